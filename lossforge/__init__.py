@@ -1,0 +1,1 @@
+"""lossforge: discover robust loss functions by genetic programming."""

@@ -1,0 +1,27 @@
+"""Typed exceptions. Library code raises these; the CLI turns each into one line and exit code 2."""
+
+from __future__ import annotations
+
+
+class LossforgeError(Exception):
+    """Base class of every error lossforge raises on bad input or bad state."""
+
+
+class SpaceError(LossforgeError):
+    """A search-space file is missing, malformed or names something unknown."""
+
+
+class ExpressionError(LossforgeError):
+    """An expression (user text, JSON export, stored tree) cannot be parsed or is unsafe."""
+
+
+class RunError(LossforgeError):
+    """A run file is missing, already exists, is corrupted or has an incompatible schema."""
+
+
+class ConfigError(LossforgeError):
+    """A search, suite or task option has an invalid value."""
+
+
+class ExportError(LossforgeError):
+    """An export or load request cannot be fulfilled (bad rank, format, path or hostile file)."""

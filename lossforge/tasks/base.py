@@ -1,0 +1,94 @@
+"""The contract every scoring task follows.
+
+A task trains small models with candidate losses and measures how well they behave. Tasks are *batched*:
+``evaluate(losses, seed)`` trains one model per loss, all at once as a single batched model (weights with a
+leading K dimension), and returns one :class:`TaskResult` per loss, in order.
+
+Rules every task keeps, so that batched and one-by-one scoring give the same numbers and comparisons are
+fair:
+
+* **Common random numbers.** Everything random (data, noise, initial weights, minibatch order, augmentation,
+  dropout masks) is drawn from generators derived from ``seed`` alone and is *shared by all K models*.
+  Model k's result therefore never depends on K or on the other losses in the batch.
+* **Isolation.** A loss that yields NaN/inf, no gradient or an exploding gradient fails *its* model only:
+  that model is frozen (its loss masked to zero) and gets ``status="failed"`` with a reason; the others
+  train on unaffected.
+* **Loss interface.** A loss is any callable ``loss(input, target) -> Tensor`` returning per-sample values
+  (shape ``[N]``), i.e. a torch criterion with ``reduction='none'``. Regression tasks pass predictions and
+  targets of shape ``[N]``; classification tasks pass logits ``[N, C]`` and either class indices ``[N]``
+  or soft targets ``[N, C]`` (mixup, CutMix, label smoothing).
+* ``score`` is higher-is-better (accuracy, robust accuracy, or a negative error).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Literal, Sequence
+
+import torch
+
+LossLike = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Status = Literal["complete", "failed"]
+
+#: Gradient norm (per model, per step) above which a loss counts as exploding.
+EXPLODING_GRAD_NORM = 1e6
+
+
+@dataclass
+class TaskResult:
+    """Outcome of training one model with one loss on one seed of one task."""
+
+    score: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    status: Status = "complete"
+    reason: str | None = None
+
+    @classmethod
+    def failed(cls, reason: str, worst: float) -> "TaskResult":
+        """A failed result carrying the task's worst score (never NaN) and why it failed."""
+        return cls(score=worst, metrics={}, status="failed", reason=reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form for storage."""
+        return {"score": self.score, "metrics": dict(self.metrics), "status": self.status, "reason": self.reason}
+
+
+@dataclass
+class Task:
+    """Base class of tasks. Subclasses are dataclasses whose fields are the task's settings."""
+
+    #: Registry name used in suite files (``type = "..."``).
+    kind_name: ClassVar[str] = ""
+    #: ``"regression"`` or ``"classification"``: how a symbolic loss is wired to model outputs.
+    problem: ClassVar[Literal["regression", "classification"]] = "regression"
+    #: Name of the reference loss that normalises this task's score (see ``lossforge.baselines``).
+    reference: ClassVar[str] = "mse"
+    #: Score given to a failed model: the worst the task can produce.
+    worst_score: ClassVar[float] = -math.inf
+
+    def evaluate(self, losses: Sequence[LossLike], seed: int, device: str = "cpu") -> list[TaskResult]:
+        """Train one model per loss (batched) on ``seed`` and return their results in order."""
+        raise NotImplementedError
+
+    def normalize(self, score: float, reference_score: float) -> float:
+        """This task's score relative to the reference loss's score: 1 = as good, higher = better.
+
+        Error-type scores (negative numbers) use ``reference / score``; accuracy-type scores (in [0, 1])
+        use ``score / reference``. A failed or non-finite score normalises to 0.
+        """
+        if not math.isfinite(score) or not math.isfinite(reference_score):
+            return 0.0
+        if reference_score < 0:  # negative error: smaller magnitude is better
+            return reference_score / score if score < 0 else 0.0
+        return score / reference_score if reference_score > 0 else 0.0
+
+    def settings(self) -> dict[str, Any]:
+        """The task's settings as plain data (stored in run files, shown to users)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def finite_or_worst(value: float, worst: float) -> float:
+    """``value`` if it is a finite float, else ``worst``: a NaN never reaches a fitness."""
+    return value if math.isfinite(value) else worst
+
