@@ -1,1 +1,27 @@
-"""lossforge: discover robust loss functions by genetic programming."""
+"""lossforge: discover robust loss functions by genetic programming.
+
+    >>> import lossforge
+    >>> hof = lossforge.search(population=20, generations=3)      # a real search, saved to runs/
+    >>> loss = lossforge.load("runs/NAME.db", rank=1)              # the best loss as an nn.Module
+    >>> lossforge.SymbolicLoss("(y_pred - y_real)**2")(pred, target)
+"""
+
+from lossforge.api import resume, score, search
+from lossforge.errors import (
+    ConfigError,
+    ExportError,
+    ExpressionError,
+    LossforgeError,
+    RunError,
+    SpaceError,
+)
+from lossforge.export import load
+from lossforge.expression import LossExpression
+from lossforge.loss import SymbolicLoss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "search", "resume", "score", "load", "SymbolicLoss", "LossExpression",
+    "LossforgeError", "ConfigError", "ExportError", "ExpressionError", "RunError", "SpaceError",
+]

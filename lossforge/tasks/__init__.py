@@ -1,0 +1,1 @@
+"""Scoring tasks (see ``base`` for the contract and ``registry`` for the names suite files use)."""

@@ -1,0 +1,333 @@
+"""The search loop: generations of ask (variation) -> score -> tell (selection), recorded in the run file.
+
+Every generation seeds Python's ``random`` (which DEAP's operators use) from (run seed, generation), so
+the run is reproducible, independent of ``jobs``, and can be resumed from its last recorded generation.
+Candidates are de-duplicated by canonical key before scoring (a loss is never trained twice in a run),
+cheap checks reject hopeless ones, and the rest are scored in fixed-size chunks (each chunk one batched
+model per task) by the executor; each result is written to the run file as soon as it arrives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from deap import algorithms, tools
+
+from lossforge import gp
+from lossforge.errors import ConfigError, RunError
+from lossforge.executor import make_executor
+from lossforge.expression import LossExpression
+from lossforge.rejection import rejection_reason
+from lossforge.scoring import ChunkResult, Suite, load_suite, score_chunk_safe, suite_from_spec
+from lossforge.space import SearchSpace, load_space
+from lossforge.storage import CandidateState, RunStatus, RunStore
+
+#: Baselines scored on every run's suite, shown beside the evolved losses.
+DISPLAY_BASELINES = {"regression": ("mse", "huber", "mae"), "classification": ("cross_entropy", "gce", "mae")}
+
+
+@dataclass
+class SearchConfig:
+    """Settings of a search. Stored in the run file; every field is plain data."""
+
+    population: int = 40
+    generations: int = 8
+    seed: int = 0
+    space: str = "survey"
+    suite: str = "regression"
+    jobs: int = -1
+    executor: str = "joblib"
+    chunk_size: int = 16
+    tournament_size: int = 3
+    crossover_prob: float = 0.7
+    mutation_prob: float = 0.4
+    elite: int = 2
+    hall_of_fame: int = 10
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.population >= 2, "population must be at least 2"),
+            (self.generations >= 1, "generations must be at least 1"),
+            (self.jobs == -1 or self.jobs >= 1, "jobs must be -1 (all cores) or at least 1"),
+            (1 <= self.chunk_size <= 256, "chunk_size must be between 1 and 256"),
+            (2 <= self.tournament_size <= self.population, "tournament_size must be between 2 and population"),
+            (0.0 <= self.crossover_prob <= 1.0, "crossover_prob must be in [0, 1]"),
+            (0.0 <= self.mutation_prob <= 1.0, "mutation_prob must be in [0, 1]"),
+            (0 <= self.elite < self.population, "elite must be >= 0 and below population"),
+            (self.hall_of_fame >= 1, "hall_of_fame must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Evaluation:
+    """The outcome of scoring one loss (shared by every individual with its canonical key)."""
+
+    status: CandidateState
+    fitness: float
+    reason: str | None = None
+    task_scores: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationStats:
+    """What a generation did, for progress lines and the run file."""
+
+    gen: int
+    evaluated: int
+    cache_hits: int
+    rejected: int
+    failed: int
+    best: float
+    median: float
+    best_formula: str
+    seconds: float
+
+    def line(self) -> str:
+        """One progress line."""
+        return (
+            f"gen {self.gen:3d}  trained {self.evaluated:3d}  cached {self.cache_hits:3d}  "
+            f"rejected {self.rejected:3d}  failed {self.failed:3d}  best {self.best:.4f}  "
+            f"median {self.median:.4f}  {self.seconds:6.1f}s  best: {self.best_formula}"
+        )
+
+
+class Search:
+    """A search bound to a run file. Build with :meth:`create` (new run) or :meth:`resume`."""
+
+    def __init__(self, store: RunStore, config: SearchConfig, space: SearchSpace, suite: Suite,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.space = space
+        self.suite = suite
+        self.suite_spec = suite.spec()
+        self.progress = progress or (lambda line: None)
+        self.toolbox, self.pset = gp.toolbox_for(space, config.tournament_size)
+        self.cache: dict[str, Evaluation] = {}
+        self.reference: dict[str, Any] = {}
+        self.executor = make_executor(config.executor, config.jobs)
+
+    # ------------------------------------------------------------------------------------------ set-up
+    @classmethod
+    def create(cls, run_path: str | Path, config: SearchConfig,
+               progress: Callable[[str], None] | None = None) -> "Search":
+        """Start a new run file at ``run_path`` (refuses an existing one)."""
+        space = load_space(config.space)
+        suite = load_suite(config.suite)
+        document = {"search": config.to_dict(), "space": space.to_dict(), "suite": suite.spec()}
+        store = RunStore.create(run_path, document, suite_hash=suite.hash)
+        return cls(store, config, space, suite, progress)
+
+    @classmethod
+    def resume(cls, run_path: str | Path, progress: Callable[[str], None] | None = None) -> "Search":
+        """Re-open a run file to continue it from its last recorded generation."""
+        store = RunStore.open(run_path)
+        document = store.config()
+        try:
+            config = SearchConfig(**document["search"])
+            space = SearchSpace.from_dict(document["space"])
+            suite = suite_from_spec(document["suite"], f"{run_path} (stored suite)")
+        except (KeyError, TypeError) as exc:
+            store.close()
+            raise RunError(f"{run_path}: stored configuration is incomplete ({exc}); it cannot be resumed") from None
+        search = cls(store, config, space, suite, progress)
+        search._load_cache()
+        return search
+
+    @staticmethod
+    def suite_of(store: RunStore) -> Suite:
+        """The suite stored in a run file."""
+        return suite_from_spec(store.config()["suite"], f"{store.path} (stored suite)")
+
+    def _load_cache(self) -> None:
+        for rec in self.store.candidates():
+            if rec.key and rec.status.is_finished():
+                self.cache[rec.key] = Evaluation(rec.status, rec.fitness if rec.fitness is not None else 0.0,
+                                                 rec.reason, rec.task_scores)
+        self.reference = {name: scores for name, scores in self.store.baselines().items()}
+
+    # -------------------------------------------------------------------------------------- scoring
+    def _score_specs(self, specs: list[Any]) -> list[ChunkResult]:
+        """Score losses (tokens or baseline names) in fixed chunks; results in input order."""
+        size = self.config.chunk_size
+        chunks = [specs[i:i + size] for i in range(0, len(specs), size)]
+        out: list[ChunkResult | None] = [None] * len(specs)
+        items = [(chunk, self.suite_spec, None, self.config.device) for chunk in chunks]
+        for ci, results in self.executor.map_unordered(score_chunk_safe, items):
+            for j, res in enumerate(results):
+                out[ci * size + j] = res
+        return out  # type: ignore[return-value]
+
+    def score_baselines(self) -> None:
+        """Score the suite's reference losses (fitness normalises against them) and display baselines."""
+        names: list[str] = []
+        for t in self.suite.tasks:
+            for name in (t.task.reference, *DISPLAY_BASELINES[t.task.problem]):
+                if name not in names and name not in self.reference:
+                    names.append(name)
+        if not names:
+            return
+        for name, res in zip(names, self._score_specs(names)):
+            self.reference[name] = res.raw
+            self.store.set_baseline(name, res.raw)
+        for t in self.suite.tasks:  # without a working reference no fitness means anything
+            ref = self.reference[t.task.reference][t.name]
+            if "complete" not in ref["statuses"]:
+                raise ConfigError(f"reference loss {t.task.reference} failed on task {t.name} "
+                                  f"({ref['reasons'][0]}); check the suite's settings")
+
+    def _reference_raw(self) -> dict[str, Any]:
+        return {t.name: self.reference[t.task.reference][t.name] for t in self.suite.tasks}
+
+    def baseline_fitness(self, name: str) -> float:
+        """Fitness of a scored baseline (the reference itself scores 1.0)."""
+        return self.suite.fitness(self.reference[name], self._reference_raw())[0]
+
+    def evaluate(self, individuals: Sequence[gp.Individual], generation: int) -> dict[str, int]:
+        """Give every individual a fitness: from the cache, by rejection, or by training (recorded)."""
+        counts = {"evaluated": 0, "cache_hits": 0, "rejected": 0, "failed": 0}
+        exprs = [gp.expression_of(ind) for ind in individuals]
+        pending: dict[str, LossExpression] = {}
+        for expr in exprs:
+            if expr.key in self.cache or expr.key in pending:
+                counts["cache_hits"] += 1
+                continue
+            reason = rejection_reason(expr, self.suite.problems)
+            if reason is not None:
+                self._record(expr, generation, Evaluation(CandidateState.REJECTED, 0.0, reason), 0.0)
+                counts["rejected"] += 1
+            else:
+                pending[expr.key] = expr
+        todo = list(pending.values())
+        if todo:
+            results = self._score_specs([list(e.tokens) for e in todo])
+            reference = self._reference_raw()
+            for expr, res in zip(todo, results):
+                fitness, summary = self.suite.fitness(res.raw, reference)
+                if res.failed:
+                    ev = Evaluation(CandidateState.FAILED, 0.0, res.first_reason, summary)
+                    counts["failed"] += 1
+                else:
+                    ev = Evaluation(CandidateState.COMPLETE, fitness, res.first_reason, summary)
+                self._record(expr, generation, ev, res.duration_s)
+                counts["evaluated"] += 1
+        for ind, expr in zip(individuals, exprs):
+            ind.fitness.values = (self.cache[expr.key].fitness,)
+        return counts
+
+    def _record(self, expr: LossExpression, generation: int, ev: Evaluation, duration: float) -> None:
+        self.cache[expr.key] = ev
+        self.store.record_candidate(
+            generation, list(expr.tokens), status=ev.status, key=expr.key, structure_key=expr.structure_key,
+            formula=expr.formula(), latex=expr.latex(), complexity=expr.complexity, reason=ev.reason,
+            fitness=ev.fitness if ev.status == CandidateState.COMPLETE else None,
+            objectives=[ev.fitness, -float(expr.complexity)], task_scores=ev.task_scores,
+            constants=expr.constants, duration_s=duration, suite_hash=self.suite.hash,
+        )
+
+    # ------------------------------------------------------------------------------------ generations
+    def _seed(self, generation: int) -> None:
+        random.seed(gp.derive_seed("generation", self.config.seed, generation))
+
+    def initial_population(self) -> list[gp.Individual]:
+        """Ramped half-and-half trees, distinct canonical keys, each using both variables where possible."""
+        self._seed(0)
+        population: list[gp.Individual] = []
+        seen: set[str] = set()
+        attempts = 0
+        while len(population) < self.config.population:
+            ind = self.toolbox.individual()
+            expr = gp.expression_of(ind)
+            attempts += 1
+            fresh = expr.key not in seen and expr.variables == {"y_pred", "y_real"}
+            if fresh or attempts > 50 * self.config.population:
+                seen.add(expr.key)
+                population.append(ind)
+        return population
+
+    def _next_generation(self, population: list[gp.Individual], generation: int) -> list[gp.Individual]:
+        self._seed(generation)
+        elite = tools.selBest(population, self.config.elite)
+        offspring = self.toolbox.select(population, len(population) - len(elite))
+        offspring = algorithms.varAnd(offspring, self.toolbox, self.config.crossover_prob, self.config.mutation_prob)
+        return elite + offspring
+
+    def _finish_generation(self, gen: int, population: list[gp.Individual], counts: dict[str, int],
+                           started: float) -> GenerationStats:
+        fits = [ind.fitness.values[0] for ind in population]
+        best = max(population, key=lambda ind: ind.fitness.values[0])
+        hof = self.hall_of_fame()
+        stats = GenerationStats(
+            gen=gen, best=max(fits), median=statistics.median(fits), best_formula=gp.expression_of(best).formula(),
+            seconds=time.perf_counter() - started, **counts,
+        )
+        self.store.record_generation(
+            gen,
+            [{"tree": gp.to_tokens(ind), "fitness": ind.fitness.values[0]} for ind in population],
+            [{"key": r.key, "fitness": r.fitness} for r in hof],
+            {"derived_from": ["generation", self.config.seed, gen]},
+            dataclasses.asdict(stats),
+        )
+        self.progress(stats.line())
+        return stats
+
+    def _restore_population(self, records: list[dict[str, Any]]) -> list[gp.Individual]:
+        population = []
+        for rec in records:
+            ind = gp.from_tokens(rec["tree"], self.pset)
+            ind.fitness.values = (float(rec["fitness"]),)
+            population.append(ind)
+        return population
+
+    def hall_of_fame(self, n: int | None = None):
+        """The best distinct complete losses of the run so far (from the run file)."""
+        return self.store.best(n or self.config.hall_of_fame)
+
+    def run(self) -> list:
+        """Run (or continue) the search to its last generation; returns the hall of fame records."""
+        self.store.set_status(RunStatus.RUNNING)
+        try:
+            self.score_baselines()
+            last = self.store.last_generation()
+            if last is None:
+                started = time.perf_counter()
+                population = self.initial_population()
+                counts = self.evaluate(population, 0)
+                self._finish_generation(0, population, counts, started)
+                start_gen = 1
+            else:
+                population = self._restore_population(last.population)
+                start_gen = last.gen + 1
+            for gen in range(start_gen, self.config.generations + 1):
+                started = time.perf_counter()
+                population = self._next_generation(population, gen)
+                invalid = [ind for ind in population if not ind.fitness.valid]
+                counts = self.evaluate(invalid, gen)
+                self._finish_generation(gen, population, counts, started)
+        except KeyboardInterrupt:
+            self.store.set_status(RunStatus.INTERRUPTED)
+            raise
+        except BaseException:
+            self.store.set_status(RunStatus.FAILED)
+            raise
+        self.store.set_status(RunStatus.FINISHED)
+        return self.hall_of_fame()
+
+    def close(self) -> None:
+        """Release the executor and the run file."""
+        self.executor.close()
+        self.store.close()

@@ -1,0 +1,221 @@
+"""Export discovered losses (py, json, latex, sympy) and load them back safely.
+
+* **json**: ``{"format": "lossforge-loss", "version": 1, "tokens": [...], "formula", "latex", "metadata"}``.
+  ``tokens`` is the prefix expression over the operator table (operator names, ``y_pred``, ``y_real`` and
+  float constants); it alone defines the loss, the other fields are for people.
+* **py**: a standalone module that needs only torch: the protected operators (their source is copied from
+  :mod:`lossforge.operators`, so the numerics are the ones the search used) and an ``nn.Module`` class
+  named after the loss following the :class:`~lossforge.loss.SymbolicLoss` conventions.
+* **latex**, **sympy**: the formula as LaTeX, or as ``sympy.srepr`` text.
+
+:func:`load` never executes anything from the file: JSON is parsed with ``json`` and its tokens are
+validated against the operator table and size limits; run files are read through SQL queries.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import sympy
+
+from lossforge import operators
+from lossforge.errors import ExportError, ExpressionError, LossforgeError
+from lossforge.expression import LossExpression
+from lossforge.loss import SymbolicLoss
+from lossforge.operators import OPERATORS
+
+FORMATS = ("py", "json", "latex", "sympy")
+JSON_FORMAT = "lossforge-loss"
+JSON_VERSION = 1
+MAX_JSON_BYTES = 1_000_000
+
+
+def to_json(expression: LossExpression, metadata: dict[str, Any] | None = None) -> str:
+    """The JSON export document."""
+    doc = {
+        "format": JSON_FORMAT,
+        "version": JSON_VERSION,
+        "tokens": expression.to_json(),
+        "formula": expression.formula(),
+        "latex": expression.latex(),
+        "metadata": metadata or {},
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def _torch_call(head: type) -> tuple[str, Any]:
+    """Python name used in generated code for the torch form of a sympy head (and its function)."""
+    for op in OPERATORS.values():
+        if op.sympy_head is head:
+            fn = op.torch_form
+            prefix = "" if fn.__module__ == operators.__name__ else "torch."
+            return prefix + fn.__name__, fn
+    raise ExportError(f"no torch form for {head.__name__}")
+
+
+def _python(expr: sympy.Expr, used: dict[str, Any]) -> str:
+    if expr.is_Symbol:
+        return expr.name
+    if expr.is_Number:
+        return repr(float(expr))
+    args = [_python(a, used) for a in expr.args]
+    if expr.is_Add:
+        return "(" + " + ".join(args) + ")"
+    if expr.is_Mul:
+        return "(" + " * ".join(args) + ")"
+    if expr.is_Pow:
+        return f"({args[0]} ** {int(expr.args[1])})"
+    name, fn = _torch_call(type(expr))
+    used[name] = fn
+    return f"{name}({', '.join(args)})"
+
+
+def class_name(expression: LossExpression, name: str | None = None) -> str:
+    """A valid class name: ``name`` made an identifier, or ``EvolvedLoss`` plus the loss key."""
+    if name:
+        ident = re.sub(r"\W+", "_", name).strip("_")
+        return ident[0].upper() + ident[1:] if ident and not ident[0].isdigit() else f"Loss_{ident}"
+    return f"EvolvedLoss_{expression.key[:8]}"
+
+
+def to_python(expression: LossExpression, metadata: dict[str, Any] | None = None, name: str | None = None) -> str:
+    """A standalone torch module defining the loss as an ``nn.Module``."""
+    used: dict[str, Any] = {}
+    body = _python(expression.sympy, used)
+    helpers = [inspect.getsource(fn) for n, fn in sorted(used.items()) if not n.startswith("torch.")]
+    eps = {k: getattr(operators, k) for k in ("DIV_EPS", "SQRT_EPS", "LOG_EPS", "EXP_MAX")}
+    meta_lines = "\n".join(f"    {k}: {v}" for k, v in (metadata or {}).items())
+    cls = class_name(expression, name)
+    return f'''"""Loss exported by lossforge (needs only torch).
+
+Formula:  {expression.formula()}
+LaTeX:    {expression.latex()}
+Prefix:   {expression.prefix()}
+{("Provenance:" + chr(10) + meta_lines) if meta_lines else ""}
+"""
+
+import torch
+from torch import nn
+
+{chr(10).join(f"{k} = {v!r}" for k, v in eps.items())}
+
+
+{(chr(10) + chr(10)).join(helpers)}
+
+class {cls}(nn.Module):
+    """L(y_pred, y_real) = {expression.formula()}
+
+    LaTeX: {expression.latex().replace(chr(92), chr(92) * 2)}
+
+    Regression: input and target of the same shape, loss applied elementwise. Classification (integer
+    class targets, or problem="classification" for soft targets): y_pred = softmax(input, dim=1), y_real =
+    one-hot target, per-sample loss summed over classes. reduction: "mean" | "sum" | "none".
+    """
+
+    def __init__(self, reduction: str = "mean", problem: str = "auto") -> None:
+        super().__init__()
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {{reduction!r}}")
+        self.reduction = reduction
+        self.problem = problem
+
+    @staticmethod
+    def elementwise(y_pred: torch.Tensor, y_real: torch.Tensor) -> torch.Tensor:
+        out = {body}
+        return out + torch.zeros_like(y_pred)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        classification = self.problem == "classification" or (
+            self.problem == "auto" and not target.is_floating_point() and input.dim() == target.dim() + 1
+        )
+        if classification:
+            y_pred = torch.softmax(input, dim=1)
+            if target.is_floating_point():
+                y_real = target.to(y_pred.dtype)
+            else:
+                y_real = nn.functional.one_hot(target.long(), input.shape[1]).movedim(-1, 1).to(y_pred.dtype)
+            per_sample = self.elementwise(y_pred, y_real).sum(dim=1)
+        else:
+            if input.shape != target.shape:
+                raise ValueError(f"input {{tuple(input.shape)}} and target {{tuple(target.shape)}} must match")
+            per_sample = self.elementwise(input, target.to(input.dtype))
+        if self.reduction == "mean":
+            return per_sample.mean()
+        if self.reduction == "sum":
+            return per_sample.sum()
+        return per_sample
+'''
+
+
+def render(expression: LossExpression, fmt: str, metadata: dict[str, Any] | None = None,
+           name: str | None = None) -> str:
+    """The export of ``expression`` in format ``fmt`` (py, json, latex, sympy)."""
+    if fmt == "json":
+        return to_json(expression, metadata)
+    if fmt == "py":
+        return to_python(expression, metadata, name)
+    if fmt == "latex":
+        return expression.latex() + "\n"
+    if fmt == "sympy":
+        return sympy.srepr(expression.sympy) + "\n"
+    raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def read_json_export(path: str | Path) -> tuple[LossExpression, dict[str, Any]]:
+    """Parse and validate a JSON export; ExportError on anything hostile or malformed."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ExportError(f"cannot read {path}: {exc.strerror}") from None
+    if size > MAX_JSON_BYTES:
+        raise ExportError(f"{path}: {size} bytes exceeds the {MAX_JSON_BYTES}-byte limit of a loss export")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ExportError(f"{path}: not a JSON loss export ({type(exc).__name__})") from None
+    if not isinstance(doc, dict) or doc.get("format") != JSON_FORMAT:
+        raise ExportError(f"{path}: not a lossforge loss export (expected \"format\": \"{JSON_FORMAT}\")")
+    if doc.get("version") != JSON_VERSION:
+        raise ExportError(f"{path}: export version {doc.get('version')!r} is not supported (this lossforge "
+                          f"reads version {JSON_VERSION})")
+    try:
+        expression = LossExpression(doc.get("tokens"), where=str(path))
+    except ExpressionError as exc:
+        raise ExportError(str(exc)) from None
+    metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    return expression, metadata
+
+
+def load(path: str | Path, rank: int = 1, reduction: str = "mean", problem: str = "auto") -> SymbolicLoss:
+    """A torch loss module from a JSON export or a run file (its ``rank``-th best loss)."""
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"no such file: {path}")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(b"SQLite format 3"):
+        expression = expression_from_run(path, rank)
+    else:
+        expression, _ = read_json_export(path)
+    return SymbolicLoss(expression, reduction=reduction, problem=problem)  # type: ignore[arg-type]
+
+
+def expression_from_run(run_path: str | Path, rank: int = 1) -> LossExpression:
+    """The ``rank``-th best distinct loss of a run (1 = best), validated like any external input."""
+    from lossforge.storage import RunStore
+
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ExportError(f"rank must be a positive integer, got {rank!r}")
+    with RunStore.open(run_path, readonly=True) as store:
+        best = store.best(rank)
+    if len(best) < rank:
+        raise ExportError(f"{run_path}: rank {rank} requested but the run has {len(best)} scored loss(es)")
+    try:
+        return LossExpression(best[rank - 1].tree, where=f"{run_path} rank {rank}")
+    except LossforgeError as exc:
+        raise ExportError(str(exc)) from None

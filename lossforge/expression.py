@@ -1,0 +1,301 @@
+"""Loss expressions: prefix trees over the operator table, a safe parser, and their sympy forms.
+
+A loss is stored and exchanged as a *prefix token list* over the operator table (the GP genotype and the
+JSON export format): operator names, the variables ``y_pred``/``y_real``, and float constants, e.g.
+``["multiply", "minus", "y_pred", "y_real", "minus", "y_pred", "y_real"]``.
+
+From the tree, sympy gives a cheap canonical form (sympy's automatic evaluation orders sums and products
+and folds ``x - x``, ``x * x``, ``-(a - b)``), a stable hash, a structure key (constants abstracted), a
+complexity and LaTeX. ``sympy.simplify`` is deliberately *not* on this path: it costs tens of milliseconds
+per candidate; :meth:`LossExpression.simplified` offers it for final reports only.
+
+Text is parsed with Python's ``ast`` module (parsing only, nothing is executed) and a whitelist walk:
+infix ``+ - * / **`` (integer powers only) and calls of the table's operators; nothing else is accepted.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import math
+from functools import cached_property
+from typing import Iterable, Sequence, Union
+
+import sympy
+
+from lossforge.errors import ExpressionError
+from lossforge.operators import FUNCTION_ALIASES, OPERATORS, VARIABLES
+
+Token = Union[str, float]
+
+#: Limits that keep hostile or runaway input from costing memory or time.
+MAX_NODES = 512
+MAX_TEXT_LENGTH = 10_000
+MAX_CONSTANT = 1e6
+MAX_POWER = 8
+
+SYMBOLS: dict[str, sympy.Symbol] = {name: sympy.Symbol(name, real=True) for name in VARIABLES}
+_INFIX_OPS = {ast.Add: "plus", ast.Sub: "minus", ast.Mult: "multiply", ast.Div: "divide"}
+_KEY_DIGITS = 6
+
+
+def _check_constant(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ExpressionError(f"{where}: constant {value!r} is not a number")
+    v = float(value)
+    if not math.isfinite(v) or abs(v) > MAX_CONSTANT:
+        raise ExpressionError(f"{where}: constant {value!r} is outside [-{MAX_CONSTANT:g}, {MAX_CONSTANT:g}]")
+    return v
+
+
+def validate_tokens(tokens: Sequence[object], where: str = "expression") -> tuple[Token, ...]:
+    """Check a prefix token list (operators, variables, numbers; arities consistent; size bounded)."""
+    if not isinstance(tokens, (list, tuple)) or not tokens:
+        raise ExpressionError(f"{where}: expected a non-empty list of prefix tokens")
+    if len(tokens) > MAX_NODES:
+        raise ExpressionError(f"{where}: {len(tokens)} nodes exceed the limit of {MAX_NODES}")
+    out: list[Token] = []
+    need = 1
+    for i, tok in enumerate(tokens):
+        if need == 0:
+            raise ExpressionError(f"{where}: extra tokens after a complete expression at position {i}")
+        if isinstance(tok, str):
+            name = FUNCTION_ALIASES.get(tok, tok)
+            if name in OPERATORS:
+                need += OPERATORS[name].arity - 1
+                out.append(name)
+            elif tok in VARIABLES:
+                need -= 1
+                out.append(tok)
+            else:
+                known = ", ".join(list(OPERATORS) + list(VARIABLES))
+                raise ExpressionError(f"{where}: unknown token {tok!r} at position {i}; known: {known}")
+        else:
+            out.append(_check_constant(tok, f"{where}, position {i}"))
+            need -= 1
+    if need != 0:
+        raise ExpressionError(f"{where}: incomplete expression ({need} operand(s) missing)")
+    return tuple(out)
+
+
+def parse(text: str) -> tuple[Token, ...]:
+    """Parse infix or function-call text (``(y_pred - y_real)**2``, ``log(y_pred)``) into prefix tokens.
+
+    Only whitelisted syntax is accepted; nothing is evaluated. Raises :class:`ExpressionError` naming
+    the offending part.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ExpressionError("empty expression; write e.g. \"(y_pred - y_real)**2\"")
+    if len(text) > MAX_TEXT_LENGTH:
+        raise ExpressionError(f"expression of {len(text)} characters exceeds the limit of {MAX_TEXT_LENGTH}")
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as exc:
+        raise ExpressionError(f"cannot parse expression: {exc.msg} at column {exc.offset}") from None
+    except (RecursionError, MemoryError, ValueError):
+        raise ExpressionError("expression is nested too deeply") from None
+    tokens: list[Token] = []
+    try:
+        _emit(node, tokens)
+    except RecursionError:
+        raise ExpressionError("expression is nested too deeply") from None
+    return validate_tokens(tokens)
+
+
+def _emit(node: ast.AST, out: list[Token]) -> None:
+    if len(out) > MAX_NODES:
+        raise ExpressionError(f"expression exceeds the limit of {MAX_NODES} nodes")
+    col = getattr(node, "col_offset", 0) + 1
+    if isinstance(node, ast.BinOp) and type(node.op) in _INFIX_OPS:
+        out.append(_INFIX_OPS[type(node.op)])
+        _emit(node.left, out)
+        _emit(node.right, out)
+    elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+        exp = node.right
+        n = exp.value if isinstance(exp, ast.Constant) else None
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_POWER:
+            raise ExpressionError(
+                f"only integer powers 1..{MAX_POWER} are supported (column {col}); use sqrt() for roots"
+            )
+        for _ in range(n - 1):  # x**n == x * x * ... * x, over the table's multiply
+            out.append("multiply")
+        for _ in range(n):
+            _emit(node.left, out)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        if isinstance(node.operand, ast.Constant):
+            out.append(-_check_constant(node.operand.value, f"column {col}"))
+        else:
+            out.extend(["minus", 0.0])
+            _emit(node.operand, out)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
+        _emit(node.operand, out)
+    elif isinstance(node, ast.Call):
+        name = node.func.id if isinstance(node.func, ast.Name) else None
+        name = FUNCTION_ALIASES.get(name, name) if name else None
+        if name not in OPERATORS:
+            raise ExpressionError(
+                f"unknown function at column {col}; allowed: {', '.join(OPERATORS)}"
+            )
+        if node.keywords or len(node.args) != OPERATORS[name].arity:
+            raise ExpressionError(f"{name}() takes {OPERATORS[name].arity} positional argument(s) (column {col})")
+        out.append(name)
+        for arg in node.args:
+            _emit(arg, out)
+    elif isinstance(node, ast.Name):
+        if node.id not in VARIABLES:
+            raise ExpressionError(f"unknown name {node.id!r} at column {col}; variables are y_pred and y_real")
+        out.append(node.id)
+    elif isinstance(node, ast.Constant):
+        out.append(_check_constant(node.value, f"column {col}"))
+    else:
+        raise ExpressionError(
+            f"unsupported syntax ({type(node).__name__}) at column {col}; "
+            "use + - * / **n, numbers, y_pred, y_real and the operators " + ", ".join(OPERATORS)
+        )
+
+
+def tokens_to_sympy(tokens: Sequence[Token]) -> sympy.Expr:
+    """Build the sympy expression of a validated prefix token list (automatic canonicalisation only)."""
+    stack: list[sympy.Expr] = []
+    for tok in reversed(tokens):
+        if isinstance(tok, float):
+            stack.append(sympy.Float(tok))
+        elif tok in SYMBOLS:
+            stack.append(SYMBOLS[tok])
+        else:
+            op = OPERATORS[tok]
+            args = [stack.pop() for _ in range(op.arity)]
+            stack.append(op.sympy_form(*args))
+    return stack[0]
+
+
+def _round_float(f: sympy.Float) -> sympy.Expr:
+    v = float(f)
+    if v == int(v) and abs(v) < 1e6:
+        return sympy.Integer(int(v))
+    return sympy.Float(float(f"{v:.{_KEY_DIGITS}g}"))
+
+
+def canonical(expr: sympy.Expr) -> sympy.Expr:
+    """Canonical form used for keys: constants rounded to 6 significant digits, integral ones exact."""
+    floats = {f: _round_float(f) for f in expr.atoms(sympy.Float)}
+    return expr.xreplace(floats) if floats else expr
+
+
+def _digest(expr: sympy.Expr) -> str:
+    return hashlib.sha256(sympy.srepr(expr).encode()).hexdigest()[:16]
+
+
+class LossExpression:
+    """A symbolic loss ``L(y_pred, y_real)``: prefix tokens plus derived sympy forms, keys and printing."""
+
+    def __init__(self, tokens: Iterable[object], where: str = "expression") -> None:
+        self.tokens: tuple[Token, ...] = validate_tokens(list(tokens), where)
+
+    @classmethod
+    def parse(cls, text: str) -> "LossExpression":
+        """Parse user text safely (see :func:`parse`)."""
+        return cls(parse(text))
+
+    @classmethod
+    def coerce(cls, value: "LossExpression | str | Sequence[Token]") -> "LossExpression":
+        """Accept a LossExpression, expression text, or a prefix token list."""
+        if isinstance(value, LossExpression):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        return cls(value)
+
+    @cached_property
+    def sympy(self) -> sympy.Expr:
+        """The sympy expression, exact constants, automatically canonicalised."""
+        return tokens_to_sympy(self.tokens)
+
+    @cached_property
+    def canonical(self) -> sympy.Expr:
+        """Canonical sympy form (rounded constants): equal for equivalent trees."""
+        return canonical(self.sympy)
+
+    @cached_property
+    def key(self) -> str:
+        """Stable 16-hex-digit hash of the canonical form: the cache and de-duplication key."""
+        return _digest(self.canonical)
+
+    @cached_property
+    def structure_key(self) -> str:
+        """Hash of the canonical form with every non-integral constant replaced by one placeholder."""
+        c = sympy.Symbol("c")
+        floats = {f: c for f in self.canonical.atoms(sympy.Float)}
+        return _digest(self.canonical.xreplace(floats) if floats else self.canonical)
+
+    @cached_property
+    def complexity(self) -> int:
+        """Number of nodes of the canonical sympy tree (a size measure that ignores equivalent rewrites)."""
+        return sum(1 for _ in sympy.preorder_traversal(self.canonical))
+
+    @property
+    def constants(self) -> list[float]:
+        """The float constants of the tree, in prefix order."""
+        return [t for t in self.tokens if isinstance(t, float)]
+
+    @cached_property
+    def variables(self) -> frozenset[str]:
+        """Which of ``y_pred``/``y_real`` the canonical form depends on."""
+        return frozenset(s.name for s in self.sympy.free_symbols)
+
+    def formula(self, digits: int = 4) -> str:
+        """Readable formula, constants shown to ``digits`` significant digits; re-parses to the same loss
+        (up to that rounding)."""
+        floats = {f: sympy.Float(float(f"{float(f):.{digits}g}")) for f in self.sympy.atoms(sympy.Float)}
+        return sympy.sstr(self.sympy.xreplace(floats) if floats else self.sympy, full_prec=False)
+
+    def latex(self, digits: int = 4) -> str:
+        """LaTeX of the formula."""
+        floats = {f: sympy.Float(float(f"{float(f):.{digits}g}")) for f in self.sympy.atoms(sympy.Float)}
+        return sympy.latex(self.sympy.xreplace(floats) if floats else self.sympy)
+
+    def prefix(self) -> str:
+        """DEAP-style function-call text (``minus(y_pred, y_real)``), which :func:`parse` accepts."""
+        pos = 0
+
+        def walk() -> str:
+            nonlocal pos
+            tok = self.tokens[pos]
+            pos += 1
+            if isinstance(tok, float):
+                return repr(tok)
+            if tok in VARIABLES:
+                return tok
+            args = [walk() for _ in range(OPERATORS[tok].arity)]
+            return f"{tok}({', '.join(args)})"
+
+        return walk()
+
+    def with_constants(self, values: Sequence[float]) -> "LossExpression":
+        """The same tree with its float constants replaced, in prefix order (e.g. after tuning)."""
+        it = iter(values)
+        tokens = [float(next(it)) if isinstance(t, float) else t for t in self.tokens]
+        return LossExpression(tokens)
+
+    def simplified(self) -> sympy.Expr:
+        """``sympy.simplify`` of the canonical form: slow (tens of ms); for final reports only.
+
+        Protected operators are opaque functions to sympy, so simplification cannot change values.
+        """
+        return sympy.simplify(self.sympy)
+
+    def to_json(self) -> list[Token]:
+        """The prefix token list as JSON-ready data."""
+        return list(self.tokens)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LossExpression) and self.tokens == other.tokens
+
+    def __hash__(self) -> int:
+        return hash(self.tokens)
+
+    def __repr__(self) -> str:
+        return f"LossExpression({self.formula()!r})"
+
+    def __str__(self) -> str:
+        return self.formula()

@@ -1,0 +1,203 @@
+"""The operator table: the one place each operator is defined.
+
+Every operator is one :class:`Operator` row: its name, arity, sympy form, torch form, LaTeX template and
+its protected semantics. The DEAP primitive set, the tree -> sympy translation, the sympy -> torch compiler,
+the expression parser and the exported ``.py`` modules are all derived from this table, so adding an
+operator means adding one row (plus, for a protected one, its sympy function class below).
+
+Protected semantics (the values where the plain operator is undefined), documented once:
+
+* ``divide(a, b)``: ``a / b`` where ``|b| >= DIV_EPS``; otherwise ``b`` is replaced by ``±DIV_EPS`` (sign of
+  ``b``, ``+`` at 0). Continuous except at ``b = 0``, never infinite, gradient kept with respect to ``a``.
+* ``sqrt(a)``: ``sqrt(max(|a|, SQRT_EPS))``: defined for negatives, and the clamp keeps the gradient finite
+  at 0 (it is 0 below the clamp instead of infinite).
+* ``log(a)``: ``log(max(|a|, LOG_EPS))``: defined for negatives and 0 (``log(0) = log(LOG_EPS) ≈ -27.6``).
+* ``exp(a)``: ``exp(min(a, EXP_MAX))``: no overflow to infinity (``exp(EXP_MAX) ≈ 1.1e13``).
+* ``plus``, ``minus``, ``multiply``, ``sin``, ``cos`` are total and need no protection.
+
+sympy must never rewrite a protected operator into something with other values (a protected ``x/x`` is not
+always 1; a protected ``log`` of a product is not a sum of logs), so each protected operator is its own
+sympy ``Function`` whose automatic evaluation applies only exact identities: numeric arguments are
+evaluated with the protected semantics, and ``divide`` by a numeric constant becomes a multiplication.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import sympy
+import torch
+
+DIV_EPS = 1e-6
+SQRT_EPS = 1e-12
+LOG_EPS = 1e-12
+EXP_MAX = 30.0
+
+
+# --- torch forms (also copied verbatim into exported .py modules, so they need only torch) -------------
+
+
+def protected_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a / b`` with ``|b|`` clamped to at least DIV_EPS (sign kept, ``+`` at 0)."""
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    eps = torch.full_like(b, DIV_EPS)
+    small = b.abs() < DIV_EPS
+    return a / torch.where(small, torch.where(b < 0, -eps, eps), b)
+
+
+def protected_sqrt(a: torch.Tensor) -> torch.Tensor:
+    """``sqrt(max(|a|, SQRT_EPS))``."""
+    return torch.sqrt(torch.clamp(torch.as_tensor(a).abs(), min=SQRT_EPS))
+
+
+def protected_log(a: torch.Tensor) -> torch.Tensor:
+    """``log(max(|a|, LOG_EPS))``."""
+    return torch.log(torch.clamp(torch.as_tensor(a).abs(), min=LOG_EPS))
+
+
+def protected_exp(a: torch.Tensor) -> torch.Tensor:
+    """``exp(min(a, EXP_MAX))``."""
+    return torch.exp(torch.clamp(torch.as_tensor(a), max=EXP_MAX))
+
+
+# --- sympy forms of the protected operators -----------------------------------------------------------
+
+
+def _is_num(x: sympy.Expr) -> bool:
+    return bool(x.is_Number)
+
+
+class ProtectedDiv(sympy.Function):
+    """sympy form of ``divide``: evaluates only exact identities (see module docstring)."""
+
+    nargs = 2
+
+    @classmethod
+    def eval(cls, a: sympy.Expr, b: sympy.Expr):  # noqa: D102 - sympy hook
+        if _is_num(b):
+            bf = float(b)
+            safe = bf if abs(bf) >= DIV_EPS else math.copysign(DIV_EPS, bf) if bf != 0 else DIV_EPS
+            return a * sympy.Float(1.0 / safe)
+        if a == 0:
+            return sympy.Integer(0)
+        return None
+
+    def _sympystr(self, printer) -> str:
+        return f"div({printer._print(self.args[0])}, {printer._print(self.args[1])})"
+
+    def _latex(self, printer) -> str:
+        return r"\frac{%s}{%s}" % (printer._print(self.args[0]), printer._print(self.args[1]))
+
+
+class ProtectedSqrt(sympy.Function):
+    """sympy form of ``sqrt``."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, a: sympy.Expr):  # noqa: D102
+        if _is_num(a):
+            return sympy.Float(math.sqrt(max(abs(float(a)), SQRT_EPS)))
+        return None
+
+    def _sympystr(self, printer) -> str:
+        return f"sqrt({printer._print(self.args[0])})"
+
+    def _latex(self, printer) -> str:
+        return r"\sqrt{\left|%s\right|}" % printer._print(self.args[0])
+
+
+class ProtectedLog(sympy.Function):
+    """sympy form of ``log``."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, a: sympy.Expr):  # noqa: D102
+        if _is_num(a):
+            return sympy.Float(math.log(max(abs(float(a)), LOG_EPS)))
+        return None
+
+    def _sympystr(self, printer) -> str:
+        return f"log({printer._print(self.args[0])})"
+
+    def _latex(self, printer) -> str:
+        return r"\log{\left|%s\right|}" % printer._print(self.args[0])
+
+
+class ProtectedExp(sympy.Function):
+    """sympy form of ``exp``."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, a: sympy.Expr):  # noqa: D102
+        if _is_num(a):
+            return sympy.Float(math.exp(min(float(a), EXP_MAX)))
+        return None
+
+    def _sympystr(self, printer) -> str:
+        return f"exp({printer._print(self.args[0])})"
+
+    def _latex(self, printer) -> str:
+        return r"e^{%s}" % printer._print(self.args[0])
+
+
+# --- the table ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One operator: everything lossforge needs to build, translate, compile and print it."""
+
+    name: str
+    arity: int
+    sympy_form: Callable[..., sympy.Expr]
+    #: the sympy head that ``sympy_form`` produces (Add, Mul, a function class); None if it folds away
+    sympy_head: type | None
+    torch_form: Callable[..., torch.Tensor]
+    #: infix symbol for the parser/printer (``+``) or None for function-call syntax
+    infix: str | None
+    protected: str
+    description: str
+
+
+OPERATORS: dict[str, Operator] = {
+    op.name: op
+    for op in [
+        Operator("plus", 2, lambda a, b: a + b, sympy.Add, torch.add, "+", "", "a + b"),
+        Operator("minus", 2, lambda a, b: a - b, None, torch.sub, "-", "", "a - b"),
+        Operator("multiply", 2, lambda a, b: a * b, sympy.Mul, torch.mul, "*", "", "a * b"),
+        Operator(
+            "divide", 2, ProtectedDiv, ProtectedDiv, protected_div, "/",
+            f"|b| < {DIV_EPS:g} is replaced by ±{DIV_EPS:g}", "protected a / b",
+        ),
+        Operator(
+            "sqrt", 1, ProtectedSqrt, ProtectedSqrt, protected_sqrt, None,
+            f"sqrt(max(|a|, {SQRT_EPS:g}))", "protected square root",
+        ),
+        Operator(
+            "log", 1, ProtectedLog, ProtectedLog, protected_log, None,
+            f"log(max(|a|, {LOG_EPS:g}))", "protected natural logarithm",
+        ),
+        Operator(
+            "exp", 1, ProtectedExp, ProtectedExp, protected_exp, None,
+            f"exp(min(a, {EXP_MAX:g}))", "protected exponential",
+        ),
+        Operator("sin", 1, sympy.sin, sympy.sin, torch.sin, None, "", "sine"),
+        Operator("cos", 1, sympy.cos, sympy.cos, torch.cos, None, "", "cosine"),
+    ]
+}
+
+#: Names accepted in function-call syntax by the parser: the table's names plus the printed short forms.
+FUNCTION_ALIASES: dict[str, str] = {"div": "divide", "add": "plus", "sub": "minus", "mul": "multiply"}
+
+#: The two input variables of every loss.
+VARIABLES = ("y_pred", "y_real")
+
+
+def operator(name: str) -> Operator:
+    """The table row for ``name`` (aliases accepted); KeyError if unknown."""
+    return OPERATORS[FUNCTION_ALIASES.get(name, name)]

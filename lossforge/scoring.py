@@ -1,0 +1,276 @@
+"""Suites and fitness: which tasks and seeds score a loss, and how their results become one number.
+
+A :class:`Suite` is data (a TOML file under ``lossforge/suites/`` or a path): tasks with settings and
+weights, search seeds and validation seeds. Scoring is split in two so that workers only ever receive plain
+data:
+
+* :func:`score_chunk` (runs in a worker): trains the models of a chunk of losses on every task and seed of
+  the suite, K losses at a time as one batched model, and returns raw per-seed results.
+* :meth:`Suite.fitness` (runs in the search process): turns raw results into per-task normalised scores
+  (relative to the task's reference loss on the same seed) and their weighted mean, the fitness. A failed
+  seed normalises to 0, so a failure can never poison the fitness with NaN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import tomllib
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from lossforge.errors import ConfigError
+from lossforge.tasks.base import Task
+from lossforge.tasks.registry import presets, task_types
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+
+#: A loss as plain data: prefix tokens of an expression, or the name of a baseline.
+LossSpec = list | tuple | str
+
+
+@dataclass(frozen=True)
+class SuiteTask:
+    """One task of a suite: its name, its configured task object and its weight in the fitness."""
+
+    name: str
+    task: Task
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A validated suite of tasks."""
+
+    name: str
+    description: str
+    tasks: tuple[SuiteTask, ...]
+    seeds: tuple[int, ...]
+    validation_seeds: tuple[int, ...] = ()
+
+    def spec(self) -> dict[str, Any]:
+        """Plain data that rebuilds this suite (:func:`suite_from_spec`), stored in run files."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "seeds": list(self.seeds),
+            "validation_seeds": list(self.validation_seeds),
+            "tasks": [
+                {"name": t.name, "type": t.task.kind_name, "weight": t.weight, "settings": t.task.settings()}
+                for t in self.tasks
+            ],
+        }
+
+    @property
+    def hash(self) -> str:
+        """Hash of the spec: runs with equal hashes score losses identically (cross-run cache key)."""
+        return hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def problems(self) -> set[str]:
+        """The problem types (``regression``/``classification``) of the suite's tasks."""
+        return {t.task.problem for t in self.tasks}
+
+    def with_seeds(self, seeds: Sequence[int]) -> "Suite":
+        """The same suite scored on other seeds (validation re-scoring, ``--seeds``)."""
+        return Suite(self.name, self.description, self.tasks, tuple(seeds), self.validation_seeds)
+
+    def fitness(self, raw: dict[str, Any], reference: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """Fitness and per-task summary of one loss's raw results, normalised against ``reference``.
+
+        ``raw`` and ``reference`` are :func:`score_chunk` outputs (task name -> per-seed lists). Per task:
+        the mean raw score, and the mean over seeds of ``task.normalize(score, reference score on the same
+        seed)``. The fitness is the weighted mean of the normalised task scores.
+        """
+        summary: dict[str, Any] = {}
+        total, weights = 0.0, 0.0
+        for t in self.tasks:
+            mine, ref = raw[t.name], reference[t.name]
+            normalized = [
+                t.task.normalize(s, r) if st == "complete" else 0.0
+                for s, r, st in zip(mine["scores"], ref["scores"], mine["statuses"])
+            ]
+            norm = sum(normalized) / len(normalized)
+            scores = [s for s, st in zip(mine["scores"], mine["statuses"]) if st == "complete"]
+            summary[t.name] = {
+                "score": sum(scores) / len(scores) if scores else t.task.worst_score,
+                "normalized": norm,
+                **mine,
+            }
+            total += t.weight * norm
+            weights += t.weight
+        return (total / weights if weights else 0.0), summary
+
+
+def _suite_path(spec: str | Path) -> Path:
+    path = Path(spec)
+    if path.suffix == ".toml" or path.exists():
+        return path
+    path = SUITES_DIR / f"{spec}.toml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
+        raise ConfigError(f"unknown suite {str(spec)!r}; bundled suites: {known}, or give a .toml path")
+    return path
+
+
+def load_suite(spec: str | Path = "regression") -> Suite:
+    """Load a suite by bundled name or TOML path; one ConfigError naming the file and field on bad input."""
+    path = _suite_path(spec)
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such suite file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read suite: {exc}") from None
+    data.setdefault("name", path.stem)
+    return suite_from_spec(data, where)
+
+
+def suite_from_spec(data: dict[str, Any], where: str = "suite") -> Suite:
+    """Build a Suite from plain data (a parsed TOML file or a stored :meth:`Suite.spec`)."""
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"{where}: 'seeds' must be a non-empty list of integers")
+    val = data.get("validation_seeds", [])
+    if not isinstance(val, list) or not all(isinstance(s, int) for s in val):
+        raise ConfigError(f"{where}: 'validation_seeds' must be a list of integers")
+    raw_tasks = data.get("tasks")
+    if not isinstance(raw_tasks, list) or not raw_tasks:
+        raise ConfigError(f"{where}: list at least one [[tasks]] entry")
+    tasks = []
+    for i, entry in enumerate(raw_tasks):
+        at = f"{where}: tasks[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{at}: must be a table")
+        unknown = set(entry) - {"name", "type", "preset", "weight", "settings"}
+        if unknown:
+            raise ConfigError(f"{at}: unknown field(s) {sorted(unknown)}; use name, type, preset, weight, settings")
+        kind = entry.get("type")
+        types = task_types()
+        if kind not in types:
+            raise ConfigError(f"{at}: unknown task type {kind!r}; known: {', '.join(sorted(types))}")
+        settings: dict[str, Any] = {}
+        if "preset" in entry:
+            named = presets(kind)
+            if entry["preset"] not in named:
+                raise ConfigError(f"{at}: unknown preset {entry['preset']!r} for {kind}; known: {', '.join(named)}")
+            settings.update(named[entry["preset"]])
+        extra = entry.get("settings", {})
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{at}: 'settings' must be a table")
+        settings.update(extra)
+        try:
+            task = types[kind](**settings)
+        except TypeError as exc:
+            raise ConfigError(f"{at}: bad settings for {kind}: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{at}: {exc}") from None
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise ConfigError(f"{at}: 'weight' must be a positive number")
+        tasks.append(SuiteTask(str(entry.get("name", f"{kind}_{i}")), task, float(weight)))
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: task names must be unique, got {names}")
+    return Suite(str(data["name"]), str(data.get("description", "")), tuple(tasks), tuple(seeds), tuple(val))
+
+
+@lru_cache(maxsize=8)
+def _cached_suite(spec_json: str) -> Suite:
+    return suite_from_spec(json.loads(spec_json))
+
+
+def make_loss(spec: LossSpec, problem: str) -> torch.nn.Module:
+    """A per-sample loss module from plain data: prefix tokens, or a baseline name."""
+    from lossforge.baselines import get_baseline
+    from lossforge.loss import SymbolicLoss
+
+    if isinstance(spec, str):
+        return get_baseline(spec).make(problem)
+    return SymbolicLoss(spec, reduction="none", problem=problem)
+
+
+@dataclass
+class ChunkResult:
+    """Raw results of one loss on a suite: task name -> per-seed scores, statuses, reasons, metrics."""
+
+    raw: dict[str, dict[str, list]] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        """True when every task and seed failed."""
+        return all(st != "complete" for r in self.raw.values() for st in r["statuses"])
+
+    @property
+    def first_reason(self) -> str | None:
+        """The first failure reason, if any."""
+        for name, r in self.raw.items():
+            for reason in r["reasons"]:
+                if reason:
+                    return f"{name}: {reason}"
+        return None
+
+
+def score_chunk(
+    specs: Sequence[LossSpec], suite_spec: dict[str, Any], seeds: Sequence[int] | None = None, device: str = "cpu"
+) -> list[ChunkResult]:
+    """Score a chunk of losses on every task and seed of a suite, the chunk trained as one batched model.
+
+    Runs in worker processes: inputs and outputs are plain data. Torch is limited to one thread, as
+    several workers share the machine's cores (two threads per process under load slowed training ~10x).
+    """
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    suite = _cached_suite(json.dumps(suite_spec, sort_keys=True))
+    seeds = list(suite.seeds if seeds is None else seeds)
+    results = [ChunkResult() for _ in specs]
+    start = time.perf_counter()
+    for t in suite.tasks:
+        losses = [make_loss(s, t.task.problem) for s in specs]
+        per_seed = [t.task.evaluate(losses, seed, device) for seed in seeds]
+        for k, res in enumerate(results):
+            rs = [seed_results[k] for seed_results in per_seed]
+            res.raw[t.name] = {
+                "seeds": seeds,
+                "scores": [r.score if math.isfinite(r.score) else t.task.worst_score for r in rs],
+                "statuses": [r.status for r in rs],
+                "reasons": [r.reason for r in rs],
+                "metrics": [r.metrics for r in rs],
+            }
+    elapsed = time.perf_counter() - start
+    for res in results:  # the chunk trained together: each loss is charged an equal share
+        res.duration_s = elapsed / max(1, len(specs))
+    return results
+
+
+def score_chunk_safe(
+    specs: Sequence[LossSpec], suite_spec: dict[str, Any], seeds: Sequence[int] | None = None, device: str = "cpu"
+) -> list[ChunkResult]:
+    """:func:`score_chunk`, but an unexpected exception fails the chunk's losses instead of the search."""
+    try:
+        return score_chunk(specs, suite_spec, seeds, device)
+    except Exception as exc:  # noqa: BLE001 - one bad chunk must not stop a search
+        reason = "scoring raised " + traceback.format_exception_only(type(exc), exc)[-1].strip()
+        suite = _cached_suite(json.dumps(suite_spec, sort_keys=True))
+        seeds = list(suite.seeds if seeds is None else seeds)
+        failed = {
+            t.name: {
+                "seeds": seeds,
+                "scores": [t.task.worst_score] * len(seeds),
+                "statuses": ["failed"] * len(seeds),
+                "reasons": [reason] * len(seeds),
+                "metrics": [{} for _ in seeds],
+            }
+            for t in suite.tasks
+        }
+        return [ChunkResult(raw=json.loads(json.dumps(failed))) for _ in specs]

@@ -1,0 +1,121 @@
+"""Search spaces as data: which variables, constants and operators trees are built from, and size limits.
+
+A space is a TOML file (see ``search_spaces/survey.toml``). Loading validates every field and raises one
+:class:`SpaceError` naming the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lossforge.errors import SpaceError
+from lossforge.operators import OPERATORS, VARIABLES
+
+#: Directory of the bundled spaces (``--space NAME`` looks here).
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space."""
+
+    name: str
+    description: str
+    operators: tuple[str, ...]
+    variables: tuple[str, ...]
+    const_low: float
+    const_high: float
+    const_digits: int
+    init_min_depth: int
+    init_max_depth: int
+    max_depth: int
+    max_nodes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for run files."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchSpace":
+        """Rebuild from :meth:`to_dict` output (validated again)."""
+        space = cls(**{**data, "operators": tuple(data["operators"]), "variables": tuple(data["variables"])})
+        space.validate("stored space")
+        return space
+
+    def validate(self, where: str) -> None:
+        """Raise SpaceError if any field is out of range."""
+        for name in self.operators:
+            if name not in OPERATORS:
+                raise SpaceError(
+                    f"{where}: operators: unknown operator {name!r}; choose from {', '.join(OPERATORS)}"
+                )
+        if not self.operators:
+            raise SpaceError(f"{where}: operators: list at least one operator")
+        for name in self.variables:
+            if name not in VARIABLES:
+                raise SpaceError(f"{where}: terminals.variables: unknown variable {name!r}; use y_pred, y_real")
+        if not self.variables:
+            raise SpaceError(f"{where}: terminals.variables: list at least one of y_pred, y_real")
+        if not self.const_low < self.const_high:
+            raise SpaceError(f"{where}: terminals.constants: low ({self.const_low}) must be below high ({self.const_high})")
+        if max(abs(self.const_low), abs(self.const_high)) > 1e6:
+            raise SpaceError(f"{where}: terminals.constants: keep low/high within ±1e6")
+        if not 0 <= self.const_digits <= 8:
+            raise SpaceError(f"{where}: terminals.constants.digits must be between 0 and 8")
+        if not 0 <= self.init_min_depth <= self.init_max_depth:
+            raise SpaceError(f"{where}: limits: need 0 <= init_min_depth <= init_max_depth")
+        if not self.init_max_depth <= self.max_depth <= 17:
+            raise SpaceError(f"{where}: limits: need init_max_depth <= max_depth <= 17")
+        if not 3 <= self.max_nodes <= 512:
+            raise SpaceError(f"{where}: limits.max_nodes must be between 3 and 512")
+
+
+def _get(table: dict, key: str, kind: type | tuple[type, ...], where: str, field: str) -> Any:
+    if key not in table:
+        raise SpaceError(f"{where}: missing field {field!r}; see search_spaces/survey.toml for an example")
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise SpaceError(f"{where}: field {field!r} must be {names}, got {value!r}")
+    return value
+
+
+def load_space(spec: str | Path = "survey") -> SearchSpace:
+    """Load a space by bundled name (``survey``) or TOML path, validating every field."""
+    path = Path(spec)
+    if not path.suffix and not path.exists():
+        path = SPACES_DIR / f"{spec}.toml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.toml")))
+            raise SpaceError(f"unknown search space {str(spec)!r}; bundled spaces: {known}, or give a .toml path")
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpaceError(f"{where}: no such file; give a .toml path or a bundled space name") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpaceError(f"{where}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpaceError(f"{where}: not valid TOML: {exc}") from None
+    terminals = _get(data, "terminals", dict, where, "terminals")
+    consts = _get(terminals, "constants", dict, where, "terminals.constants")
+    limits = _get(data, "limits", dict, where, "limits")
+    number = (int, float)
+    space = SearchSpace(
+        name=str(data.get("name", path.stem)),
+        description=str(data.get("description", "")),
+        operators=tuple(_get(data, "operators", list, where, "operators")),
+        variables=tuple(_get(terminals, "variables", list, where, "terminals.variables")),
+        const_low=float(_get(consts, "low", number, where, "terminals.constants.low")),
+        const_high=float(_get(consts, "high", number, where, "terminals.constants.high")),
+        const_digits=_get(consts, "digits", int, where, "terminals.constants.digits"),
+        init_min_depth=_get(limits, "init_min_depth", int, where, "limits.init_min_depth"),
+        init_max_depth=_get(limits, "init_max_depth", int, where, "limits.init_max_depth"),
+        max_depth=_get(limits, "max_depth", int, where, "limits.max_depth"),
+        max_nodes=_get(limits, "max_nodes", int, where, "limits.max_nodes"),
+    )
+    space.validate(where)
+    return space
