@@ -243,21 +243,27 @@ class Search:
     def _seed(self, generation: int) -> None:
         random.seed(gp.derive_seed("generation", self.config.seed, generation))
 
-    def initial_population(self) -> list[gp.Individual]:
-        """Ramped half-and-half trees, distinct canonical keys, each using both variables where possible."""
+    def initial_population(self) -> tuple[list[gp.Individual], int]:
+        """Ramped half-and-half trees with distinct canonical keys that pass the early-rejection checks
+        (random trees mostly cannot train; drawing more is cheap next to training). Returns the population
+        and how many draws were rejected."""
         self._seed(0)
         population: list[gp.Individual] = []
         seen: set[str] = set()
-        attempts = 0
+        rejected = 0
+        budget = 200 * self.config.population  # bounded: a space that cannot make viable trees still runs
         while len(population) < self.config.population:
             ind = self.toolbox.individual()
             expr = gp.expression_of(ind)
-            attempts += 1
-            fresh = expr.key not in seen and expr.variables == {"y_pred", "y_real"}
-            if fresh or attempts > 50 * self.config.population:
-                seen.add(expr.key)
-                population.append(ind)
-        return population
+            budget -= 1
+            if expr.key in seen and budget > 0:
+                continue
+            seen.add(expr.key)
+            if budget > 0 and rejection_reason(expr, self.suite.problems) is not None:
+                rejected += 1
+                continue
+            population.append(ind)
+        return population, rejected
 
     def _next_generation(self, population: list[gp.Individual], generation: int) -> list[gp.Individual]:
         self._seed(generation)
@@ -305,8 +311,9 @@ class Search:
             last = self.store.last_generation()
             if last is None:
                 started = time.perf_counter()
-                population = self.initial_population()
+                population, rejected = self.initial_population()
                 counts = self.evaluate(population, 0)
+                counts["rejected"] += rejected
                 self._finish_generation(0, population, counts, started)
                 start_gen = 1
             else:

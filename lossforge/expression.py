@@ -176,10 +176,16 @@ def _round_float(f: sympy.Float) -> sympy.Expr:
     return sympy.Float(float(f"{v:.{_KEY_DIGITS}g}"))
 
 
+def _even_power_of_negated(e: sympy.Expr) -> bool:
+    return bool(e.is_Pow and e.exp.is_Integer and e.exp.is_even and e.base.could_extract_minus_sign())
+
+
 def canonical(expr: sympy.Expr) -> sympy.Expr:
-    """Canonical form used for keys: constants rounded to 6 significant digits, integral ones exact."""
+    """Canonical form used for keys: constants rounded to 6 significant digits (integral ones exact), and
+    even powers of a negated base written with the base's sign flipped ((b - a)**2 -> (a - b)**2)."""
     floats = {f: _round_float(f) for f in expr.atoms(sympy.Float)}
-    return expr.xreplace(floats) if floats else expr
+    expr = expr.xreplace(floats) if floats else expr
+    return expr.replace(_even_power_of_negated, lambda e: (-e.base) ** e.exp)
 
 
 def _digest(expr: sympy.Expr) -> str:

@@ -88,10 +88,12 @@ class Suite:
 
         ``raw`` and ``reference`` are :func:`score_chunk` outputs (task name -> per-seed lists). Per task:
         the mean raw score, and the mean over seeds of ``task.normalize(score, reference score on the same
-        seed)``. The fitness is the weighted mean of the normalised task scores.
+        seed)`` (paired by seed, which cancels much of the seed-to-seed spread). The fitness is the weighted
+        *geometric* mean of the normalised task scores: 1.0 means as good as the reference on average, and a
+        loss must do well on every task (one failed task gives 0) rather than excel on one.
         """
         summary: dict[str, Any] = {}
-        total, weights = 0.0, 0.0
+        log_total, weights = 0.0, 0.0
         for t in self.tasks:
             mine, ref = raw[t.name], reference[t.name]
             normalized = [
@@ -105,9 +107,9 @@ class Suite:
                 "normalized": norm,
                 **mine,
             }
-            total += t.weight * norm
+            log_total += t.weight * (math.log(norm) if norm > 0 else -math.inf)
             weights += t.weight
-        return (total / weights if weights else 0.0), summary
+        return (math.exp(log_total / weights) if weights else 0.0), summary
 
 
 def _suite_path(spec: str | Path) -> Path:
