@@ -57,10 +57,10 @@ class SearchConfig:
             (self.generations >= 1, "generations must be at least 1"),
             (self.jobs == -1 or self.jobs >= 1, "jobs must be -1 (all cores) or at least 1"),
             (1 <= self.chunk_size <= 256, "chunk_size must be between 1 and 256"),
-            (2 <= self.tournament_size <= self.population, "tournament_size must be between 2 and population"),
+            (self.tournament_size >= 2, "tournament_size must be at least 2"),
             (0.0 <= self.crossover_prob <= 1.0, "crossover_prob must be in [0, 1]"),
             (0.0 <= self.mutation_prob <= 1.0, "mutation_prob must be in [0, 1]"),
-            (0 <= self.elite < self.population, "elite must be >= 0 and below population"),
+            (self.elite >= 0, "elite must be >= 0"),
             (self.hall_of_fame >= 1, "hall_of_fame must be at least 1"),
         ]
         for ok, message in checks:
@@ -116,7 +116,7 @@ class Search:
         self.suite = suite
         self.suite_spec = suite.spec()
         self.progress = progress or (lambda line: None)
-        self.toolbox, self.pset = gp.toolbox_for(space, config.tournament_size)
+        self.toolbox, self.pset = gp.toolbox_for(space, min(config.tournament_size, config.population))
         self.cache: dict[str, Evaluation] = {}
         self.reference: dict[str, Any] = {}
         self.executor = make_executor(config.executor, config.jobs)
@@ -267,7 +267,7 @@ class Search:
 
     def _next_generation(self, population: list[gp.Individual], generation: int) -> list[gp.Individual]:
         self._seed(generation)
-        elite = tools.selBest(population, self.config.elite)
+        elite = tools.selBest(population, min(self.config.elite, len(population) - 1))
         offspring = self.toolbox.select(population, len(population) - len(elite))
         offspring = algorithms.varAnd(offspring, self.toolbox, self.config.crossover_prob, self.config.mutation_prob)
         return elite + offspring

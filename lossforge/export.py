@@ -90,7 +90,7 @@ def to_python(expression: LossExpression, metadata: dict[str, Any] | None = None
     eps = {k: getattr(operators, k) for k in ("DIV_EPS", "SQRT_EPS", "LOG_EPS", "EXP_MAX")}
     meta_lines = "\n".join(f"    {k}: {v}" for k, v in (metadata or {}).items())
     cls = class_name(expression, name)
-    return f'''"""Loss exported by lossforge (needs only torch).
+    return f'''r"""Loss exported by lossforge (needs only torch).
 
 Formula:  {expression.formula()}
 LaTeX:    {expression.latex()}
@@ -107,9 +107,9 @@ from torch import nn
 {(chr(10) + chr(10)).join(helpers)}
 
 class {cls}(nn.Module):
-    """L(y_pred, y_real) = {expression.formula()}
+    r"""L(y_pred, y_real) = {expression.formula()}
 
-    LaTeX: {expression.latex().replace(chr(92), chr(92) * 2)}
+    LaTeX: {expression.latex()}
 
     Regression: input and target of the same shape, loss applied elementwise. Classification (integer
     class targets, or problem="classification" for soft targets): y_pred = softmax(input, dim=1), y_real =

@@ -196,7 +196,9 @@ class LossExpression:
     """A symbolic loss ``L(y_pred, y_real)``: prefix tokens plus derived sympy forms, keys and printing."""
 
     def __init__(self, tokens: Iterable[object], where: str = "expression") -> None:
-        self.tokens: tuple[Token, ...] = validate_tokens(list(tokens), where)
+        if not isinstance(tokens, (list, tuple)) and not isinstance(tokens, (str, bytes, dict)):
+            tokens = list(tokens)  # e.g. a generator; a string is refused by validation, not split into chars
+        self.tokens: tuple[Token, ...] = validate_tokens(tokens, where)  # type: ignore[arg-type]
 
     @classmethod
     def parse(cls, text: str) -> "LossExpression":

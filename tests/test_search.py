@@ -1,0 +1,255 @@
+"""End-to-end search, determinism, run files, export/load and the CLI (tiny suite, seeded)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lossforge
+from lossforge.cli import main
+from lossforge.engine import Search, SearchConfig
+from lossforge.errors import ConfigError, ExportError, RunError
+from lossforge.export import load, render
+from lossforge.expression import LossExpression
+from lossforge.storage import RunStore
+
+SMALL = dict(population=6, generations=2, chunk_size=4)
+
+
+def _run(tmp: Path, name: str, tiny_suite: str, **kw) -> list:
+    settings = {**SMALL, "suite": tiny_suite, **kw}
+    return lossforge.search(run=tmp / f"{name}.db", **settings)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import TINY_SUITE
+
+    tmp = tmp_path_factory.mktemp("runs")
+    _run(tmp, "base", TINY_SUITE, jobs=1, executor="serial")
+    return tmp / "base.db"
+
+
+def test_search_records_everything(finished_run: Path) -> None:
+    with RunStore.open(finished_run, readonly=True) as store:
+        gens = store.generations()
+        assert [g.gen for g in gens] == [0, 1, 2]
+        assert all(len(g.population) == SMALL["population"] for g in gens)
+        cands = store.candidates()
+        assert cands and len({c.key for c in cands}) == len(cands)  # a loss is never trained twice
+        assert {"mse", "huber"} <= set(store.baselines())
+        best = store.best(3)
+        assert best and all(b.fitness is not None and b.formula for b in best)
+        assert store.summary().status.value == "finished"
+        for c in cands:
+            assert c.status.value in ("complete", "rejected", "failed")
+            if c.status.value != "complete":
+                assert c.reason
+
+
+def test_same_seed_same_run_whatever_jobs(finished_run: Path, tmp_path: Path, tiny_suite: str) -> None:
+    _run(tmp_path, "parallel", tiny_suite, jobs=2, executor="joblib")
+    with RunStore.open(finished_run, readonly=True) as a, RunStore.open(tmp_path / "parallel.db", readonly=True) as b:
+        assert [g.population for g in a.generations()] == [g.population for g in b.generations()]
+        assert [(r.key, r.fitness) for r in a.best(5)] == [(r.key, r.fitness) for r in b.best(5)]
+
+
+def test_other_seed_other_run(finished_run: Path, tmp_path: Path, tiny_suite: str) -> None:
+    _run(tmp_path, "seed1", tiny_suite, jobs=1, executor="serial", seed=1)
+    with RunStore.open(finished_run, readonly=True) as a, RunStore.open(tmp_path / "seed1.db", readonly=True) as b:
+        assert a.generations()[0].population != b.generations()[0].population
+
+
+def test_kill_9_mid_search_then_resume_gives_the_uninterrupted_result(tmp_path: Path, tiny_suite: str) -> None:
+    import os
+    import signal
+    import time
+
+    args = ["--suite", tiny_suite, "--population", "6", "--generations", "4", "--jobs", "1", "--chunk-size", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "lossforge.cli", "--runs-dir", str(tmp_path), "search",
+                             "--run", "killed", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed = tmp_path / "killed.db"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # kill once generation 1 is recorded
+        if killed.exists():
+            try:
+                with RunStore.open(killed, readonly=True) as store:
+                    last = store.last_generation()
+                    if last is not None and last.gen >= 1:
+                        break
+            except RunError:
+                pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "search ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with RunStore.open(killed, readonly=True) as store:
+        scored_before = {c.key for c in store.candidates()}
+        assert store.last_generation().gen < 4
+    code, _, err = _cli("resume", "killed", runs_dir=tmp_path)
+    assert code == 0, err
+    code, _, err = _cli("search", "--run", "whole", *args, runs_dir=tmp_path)
+    assert code == 0, err
+    with RunStore.open(killed, readonly=True) as a, RunStore.open(tmp_path / "whole.db", readonly=True) as b:
+        assert scored_before <= {c.key for c in a.candidates()}  # nothing scored before the kill was lost
+        assert [g.population for g in a.generations()] == [g.population for g in b.generations()]
+        assert [(r.key, r.fitness) for r in a.best(10)] == [(r.key, r.fitness) for r in b.best(10)]
+
+
+def test_existing_run_is_never_overwritten(finished_run: Path, tiny_suite: str) -> None:
+    before = finished_run.read_bytes()
+    with pytest.raises(RunError, match="resume"):
+        Search.create(finished_run, SearchConfig(**SMALL, suite=tiny_suite))
+    assert finished_run.read_bytes() == before
+
+
+@pytest.mark.parametrize("bad", [dict(population=0), dict(generations=0), dict(population=-3), dict(jobs=0)])
+def test_bad_search_config(bad: dict) -> None:
+    with pytest.raises(ConfigError):
+        SearchConfig(**bad)
+
+
+def test_export_formats_and_load_agree(finished_run: Path, tmp_path: Path) -> None:
+    expr = lossforge.export.expression_from_run(finished_run, 1)
+    json_path = tmp_path / "best.json"
+    json_path.write_text(render(expr, "json", {"run": "test"}))
+    py_path = tmp_path / "best_loss.py"
+    py_path.write_text(render(expr, "py", {"run": "test"}, name="best loss"))
+    from_json = load(json_path, reduction="none")
+    from_run = load(finished_run, rank=1, reduction="none")
+    search_time = lossforge.SymbolicLoss(expr, reduction="none")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import best_loss  # the exported module: needs only torch
+    finally:
+        sys.path.remove(str(tmp_path))
+    exported = best_loss.Best_loss(reduction="none")
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(50, generator=gen, dtype=torch.float64) * 3)
+    y = torch.randn(50, generator=gen, dtype=torch.float64) * 3
+    outs, grads = [], []
+    for module in (search_time, from_json, from_run, exported):
+        xi = x.clone().requires_grad_(True)
+        v = module(xi, y)
+        v.sum().backward()
+        outs.append(v.detach())
+        grads.append(xi.grad)
+    for o, g in zip(outs[1:], grads[1:]):
+        torch.testing.assert_close(o, outs[0])
+        torch.testing.assert_close(g, grads[0])
+    assert "\\" in render(expr, "latex") or render(expr, "latex").strip()
+    assert render(expr, "sympy").strip()
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ('{"format": "lossforge-loss", "version": 1, "tokens": ["system", "y_pred"]}', "unknown token"),
+        ('{"format": "lossforge-loss", "version": 1, "tokens": "__import__(\'os\')"}', "prefix tokens"),
+        ('{"format": "lossforge-loss", "version": 1, "tokens": ["multiply", 1e300, "y_pred"]}', "outside"),
+        ('{"format": "lossforge-loss", "version": 1, "tokens": ' + json.dumps(["plus"] * 600 + ["y_pred"] * 601) + "}",
+         "limit"),
+        ('{"format": "lossforge-loss", "version": 99, "tokens": ["y_pred"]}', "version"),
+        ('{"format": "something-else"}', "not a lossforge loss export"),
+        ("import os\nos.system('true')", "not a JSON loss export"),
+    ],
+)
+def test_hostile_or_malformed_exports_are_refused(tmp_path: Path, content: str, fragment: str) -> None:
+    path = tmp_path / "hostile.json"
+    path.write_text(content)
+    with pytest.raises(ExportError, match=fragment):
+        load(path)
+
+
+def test_bad_rank(finished_run: Path) -> None:
+    with pytest.raises(ExportError, match="rank"):
+        load(finished_run, rank=10_000)
+
+
+def _cli(*args: str, runs_dir: Path) -> tuple[int, str, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lossforge.cli", "--runs-dir", str(runs_dir), *args],
+        capture_output=True, text=True, timeout=600,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_cli_show_export_runs(finished_run: Path, tmp_path: Path) -> None:
+    code, out, err = _cli("show", str(finished_run), runs_dir=tmp_path)
+    assert code == 0, err
+    assert "rank" in out and "formula" in out and "mse" in out
+    code, out, _ = _cli("export", str(finished_run), "--format", "json", runs_dir=tmp_path)
+    assert code == 0 and json.loads(out)["format"] == "lossforge-loss"
+    code, out, _ = _cli("runs", runs_dir=finished_run.parent)
+    assert code == 0 and "base" in out and "finished" in out
+    code, out, _ = _cli("space", runs_dir=tmp_path)
+    assert code == 0 and "divide" in out and "protected" in out
+
+
+def test_cli_search_and_score(tmp_path: Path, tiny_suite: str) -> None:
+    code, out, err = _cli("search", "--suite", tiny_suite, "--population", "4", "--generations", "1",
+                          "--jobs", "1", "--run", "cli", runs_dir=tmp_path)
+    assert code == 0, err
+    assert "gen   1" in out and "run saved to" in out and (tmp_path / "cli.db").exists()
+    code, out, err = _cli("score", "(y_pred - y_real)**2", "--suite", tiny_suite, runs_dir=tmp_path)
+    assert code == 0, err
+    assert "huber" in out and "loss 1" in out
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["search", "--population", "0"], "at least 1"),
+        (["search", "--generations", "-2"], "at least 1"),
+        (["search", "--population", "many"], "not an integer"),
+        (["search", "--space", "no_such_space"], "unknown search space"),
+        (["search", "--suite", "no_such_suite"], "unknown suite"),
+        (["search", "--run", "bad name!"], "run name"),
+        (["show", "no_such_run"], "no run"),
+        (["export", "no_such_run", "--format", "py"], "no run"),
+        (["export", "x", "--format", "exe"], "invalid choice"),
+        (["score", "__import__('os').system('echo hacked')"], "unknown function"),
+        (["score", "y_pred +"], "cannot parse"),
+    ],
+)
+def test_cli_bad_input_one_line_exit_2(tmp_path: Path, args: list[str], fragment: str) -> None:
+    code, out, err = _cli(*args, runs_dir=tmp_path)
+    assert code == 2
+    assert "Traceback" not in err and "hacked" not in out
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and fragment in lines[0], err
+
+
+def test_cli_refuses_existing_run_and_keeps_it(finished_run: Path) -> None:
+    before = finished_run.read_bytes()
+    code, _, err = _cli("search", "--run", "base", runs_dir=finished_run.parent)
+    assert code == 2 and "resume" in err
+    assert finished_run.read_bytes() == before
+
+
+def test_bad_space_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\noperators = ["plus", "tan"]\n[terminals]\nvariables = ["y_pred"]\n'
+                   'constants = { low = 1.0, high = 2.0, digits = 2 }\n[limits]\ninit_min_depth = 1\n'
+                   'init_max_depth = 2\nmax_depth = 4\nmax_nodes = 20\n')
+    code, _, err = _cli("space", str(bad), runs_dir=tmp_path)
+    assert code == 2 and "tan" in err and str(bad) in err
+    bad.write_text('name = "x"\noperators = ["plus"]\n[terminals]\nvariables = ["y_pred"]\n'
+                   'constants = { low = 3.0, high = 2.0, digits = 2 }\n[limits]\ninit_min_depth = 1\n'
+                   'init_max_depth = 2\nmax_depth = 4\nmax_nodes = 20\n')
+    code, _, err = _cli("space", str(bad), runs_dir=tmp_path)
+    assert code == 2 and "low" in err
+    bad.write_text('name = "x"\noperators = ["plus"]\n')
+    code, _, err = _cli("space", str(bad), runs_dir=tmp_path)
+    assert code == 2 and "missing field" in err
+
+
+def test_expression_tokens_roundtrip_through_run_file(finished_run: Path) -> None:
+    with RunStore.open(finished_run, readonly=True) as store:
+        for c in store.candidates():
+            assert LossExpression(c.tree).key == c.key
