@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -57,6 +57,7 @@ class ScoreRow:
     tasks: dict[str, Any]
     status: str
     reason: str | None = None
+    per_seed: list[float] = field(default_factory=list)
 
 
 def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite = "regression",
@@ -90,5 +91,6 @@ def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite
     ):
         fitness, summary = suite.fitness(res.raw, reference)
         status = "failed" if res.failed else "complete"
-        rows.append(ScoreRow(label, formula, fitness, summary, status, res.first_reason or rejected))
+        rows.append(ScoreRow(label, formula, fitness, summary, status, res.first_reason or rejected,
+                             suite.fitness_per_seed(res.raw, reference)))
     return rows

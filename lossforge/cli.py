@@ -62,6 +62,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = SearchConfig(
         population=args.population, generations=args.generations, seed=args.seed, space=args.space,
         suite=args.suite, jobs=args.jobs, executor=args.executor, chunk_size=args.chunk_size, device=args.device,
+        selection=args.selection, seed_baselines=args.seed_baselines, validate_top=args.validate_top,
+        tune_top=args.tune_top,
     )
     path = resolve_run_path(args.run or default_run_name(), args.runs_dir)
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
@@ -83,13 +85,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _drive(engine: Any, path: Path) -> int:
     try:
-        hof = engine.run()
+        engine.run()
         print()
-        print(_hof_table(engine.store, len(hof) and min(5, len(hof))))
+        print(_ranking_table(engine.store, 5, "best"))
         print()
-        names = [n for n in engine.reference]
-        print("baselines on the same suite: " + ", ".join(f"{n} {engine.baseline_fitness(n):.4f}" for n in names))
-        print(f"run saved to {path}  (lossforge show {path} | lossforge export {path} --format py)")
+        print(_baseline_table(engine.store))
+        print(f"\nrun saved to {path}  (lossforge show {path} | lossforge export {path} --format py)")
         return 0
     except KeyboardInterrupt:
         sys.stderr.write(f"lossforge: interrupted; everything scored is saved in {path}; "
@@ -99,52 +100,64 @@ def _drive(engine: Any, path: Path) -> int:
         engine.close()
 
 
-def _hof_table(store: Any, n: int) -> str:
-    rows = []
-    best = store.best(n) if n else []
-    task_names = list(best[0].task_scores) if best else []
-    for rank, rec in enumerate(best, 1):
-        per_task = [_fmt(rec.task_scores.get(t, {}).get("normalized")) for t in task_names]
-        rows.append([rank, _fmt(rec.fitness), rec.complexity, *per_task, rec.formula])
-    if not rows:
+def _ranking_table(store: Any, n: int, pick: str) -> str:
+    from lossforge.ranking import ranking
+
+    ranked = ranking(store, n, pick)
+    if not ranked:
         return "no loss was scored successfully yet"
-    return _table(["rank", "fitness", "complexity", *task_names, "formula"], rows)
+    task_names = list(ranked[0].record.task_scores)
+    rows = []
+    for rank, item in enumerate(ranked, 1):
+        rec = item.record
+        per_task = [_fmt(rec.task_scores.get(t, {}).get("normalized")) for t in task_names]
+        rows.append([rank, _fmt(rec.fitness), _fmt(item.validation_fitness), rec.complexity, *per_task, rec.formula])
+    return _table(["rank", "fitness", "validation", "complexity", *task_names, "formula"], rows)
+
+
+def _baseline_table(store: Any) -> str:
+    from lossforge.ranking import baseline_rows
+
+    rows = baseline_rows(store)
+    if not rows:
+        return "no baselines stored"
+    task_names = list(rows[0]["tasks"])
+    return _table(["baseline", "fitness", "validation", *task_names],
+                  [[r["name"], _fmt(r["fitness"]), _fmt(r["validation_fitness"]),
+                    *[_fmt(r["tasks"][t]) for t in task_names]] for r in rows])
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from lossforge.engine import Search
     from lossforge.storage import RunStore, resolve_run_path
 
     path = resolve_run_path(args.run, args.runs_dir)
     with RunStore.open(path, readonly=True) as store:
         summary = store.summary()
         print(f"{path}: {summary.status.value}, {summary.generations} generation(s), "
-              f"{summary.candidates} candidate(s), {summary.elapsed_s:.0f}s")
-        print(_hof_table(store, args.top))
-        baselines = store.baselines()
-        if baselines:
-            suite = Search.suite_of(store)
-            ref = {t.name: baselines[t.task.reference][t.name] for t in suite.tasks if t.task.reference in baselines}
-            if len(ref) == len(suite.tasks):
-                print()
-                rows = []
-                for name, raw in baselines.items():
-                    fit, summary_ = suite.fitness(raw, ref)
-                    rows.append([name, _fmt(fit), *[_fmt(summary_[t.name]["normalized"]) for t in suite.tasks]])
-                print(_table(["baseline", "fitness", *[t.name for t in suite.tasks]], rows))
+              f"{summary.candidates} candidate(s), {summary.elapsed_s:.0f}s "
+              "(fitness: relative to the suite's reference losses, 1 = as good; validation: on held-out seeds)")
+        print(_ranking_table(store, args.top, args.pick))
+        print()
+        print(_baseline_table(store))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lossforge.export import expression_from_run, render
+    from lossforge.export import render
+    from lossforge.ranking import ranking
     from lossforge.storage import RunStore, resolve_run_path
+    from lossforge.expression import LossExpression
 
     path = resolve_run_path(args.run, args.runs_dir)
-    expression = expression_from_run(path, args.rank)
     with RunStore.open(path, readonly=True) as store:
-        rec = store.best(args.rank)[args.rank - 1]
+        ranked = ranking(store, args.rank, args.pick)
         suite = store.config().get("suite", {}).get("name")
-    metadata = {"run": str(path), "rank": args.rank, "fitness": rec.fitness, "suite": suite, "key": rec.key}
+    if len(ranked) < args.rank:
+        raise LossforgeError(f"{path}: rank {args.rank} requested but the run has {len(ranked)} scored loss(es)")
+    item = ranked[args.rank - 1]
+    expression = LossExpression(item.record.tree, where=f"{path} rank {args.rank}")
+    metadata = {"run": str(path), "rank": args.rank, "pick": args.pick, "fitness": item.record.fitness,
+                "validation_fitness": item.validation_fitness, "suite": suite, "key": item.record.key}
     text = render(expression, args.format, metadata, args.name)
     if args.output:
         out = Path(args.output)
@@ -158,17 +171,44 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_table(rows: Sequence[Any], against: str | None) -> str:
+    from lossforge.stats import mean_ci, paired_comparison
+
+    task_names = list(rows[0].tasks)
+    table = []
+    for r in rows:
+        mean, half = mean_ci(r.per_seed)
+        table.append([r.name, f"{mean:.4f} ± {half:.4f}", *[_fmt(r.tasks[t]["normalized"]) for t in task_names],
+                      r.formula])
+    out = _table(["loss", "fitness (95% CI)", *task_names, "formula"], table)
+    if against:
+        ref = next(r for r in rows if r.name == against)
+        lines = [paired_comparison(r.per_seed, ref.per_seed).line(r.name, against) for r in rows if r is not ref]
+        out += "\n\n" + "\n".join(lines)
+    return out
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from lossforge.api import score
+    from lossforge.export import read_json_export
     from lossforge.expression import LossExpression
 
-    expr = LossExpression.parse(args.expression)
+    if args.expression.endswith(".json") and Path(args.expression).exists():
+        expr, _ = read_json_export(args.expression)
+    else:
+        expr = LossExpression.parse(args.expression)
     seeds = list(range(args.seeds)) if args.seeds else None
-    rows = score([expr], args.suite, seeds=seeds)
-    task_names = list(rows[0].tasks)
-    table = [[r.name, _fmt(r.fitness), *[_fmt(r.tasks[t]["normalized"]) for t in task_names], r.formula]
-             for r in rows]
-    print(_table(["loss", "fitness", *task_names, "formula"], table))
+    baselines = None
+    if args.against:
+        from lossforge.baselines import get_baseline
+        from lossforge.engine import DISPLAY_BASELINES
+        from lossforge.scoring import load_suite
+
+        get_baseline(args.against)
+        problems = sorted(load_suite(args.suite).problems)
+        baselines = list(dict.fromkeys([n for p in problems for n in DISPLAY_BASELINES[p]] + [args.against]))
+    rows = score([expr], args.suite, seeds=seeds, baselines=baselines)
+    print(_score_table(rows, args.against))
     if rows[0].reason:
         print(f"note: {rows[0].reason}")
     return 0
@@ -184,9 +224,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys(names))
     seeds = list(range(args.seeds)) if args.seeds else None
     rows = score([], suite, seeds=seeds, baselines=names)
-    task_names = list(rows[0].tasks)
-    print(_table(["baseline", "fitness", *task_names],
-                 [[r.name, _fmt(r.fitness), *[_fmt(r.tasks[t]["score"]) for t in task_names]] for r in rows]))
+    print(_score_table(rows, None))
     return 0
 
 
@@ -235,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["joblib", "serial"], default="joblib")
     p.add_argument("--chunk-size", type=_positive_int, default=16, help="candidates trained as one batched model")
     p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda, ...)")
+    p.add_argument("--selection", choices=["tournament", "nsga2"], default="tournament",
+                   help="single-objective tournament, or NSGA-II over fitness vs complexity")
+    p.add_argument("--seed-baselines", action="store_true", help="start from the known losses the space can express")
+    p.add_argument("--validate-top", type=_int, default=5, help="re-score this many best losses on validation seeds")
+    p.add_argument("--tune-top", type=_int, default=0, help="tune the constants of this many best losses at the end")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_search)
 
@@ -246,20 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="the hall of fame of a run")
     p.add_argument("run")
     p.add_argument("--top", type=_positive_int, default=10)
+    p.add_argument("--pick", choices=["best", "knee", "ratio"], default="best",
+                   help="rank 1: best fitness, knee of the complexity/fitness front, or best gain per complexity")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("export", help="export a loss of a run")
     p.add_argument("run")
     p.add_argument("--rank", type=_positive_int, default=1)
+    p.add_argument("--pick", choices=["best", "knee", "ratio"], default="best")
     p.add_argument("--format", choices=["py", "json", "latex", "sympy"], required=True)
     p.add_argument("--name", help="class name of the py export")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("score", help="score a hand-written loss, e.g. \"(y_pred - y_real)**2\"")
-    p.add_argument("expression")
+    p = sub.add_parser("score", help="score a loss (expression text or a .json export) on a suite")
+    p.add_argument("expression", help='e.g. "(y_pred - y_real)**2", or an exported loss.json (transfer)')
     p.add_argument("--suite", default="regression")
     p.add_argument("--seeds", type=_positive_int, help="score on seeds 0..N-1 instead of the suite's seeds")
+    p.add_argument("--against", help="baseline for a paired comparison over seeds, e.g. cross_entropy")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("baselines", help="score the known losses on a suite")
@@ -284,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LossforgeError as exc:
         sys.stderr.write(f"lossforge: error: {exc}\n")
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

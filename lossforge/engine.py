@@ -50,6 +50,15 @@ class SearchConfig:
     elite: int = 2
     hall_of_fame: int = 10
     device: str = "cpu"
+    #: "tournament" (single objective, elitist) or "nsga2" (fitness vs complexity, Pareto front)
+    selection: str = "tournament"
+    #: put the known losses the space can express into generation 0
+    seed_baselines: bool = False
+    #: re-score this many hall-of-fame losses on the suite's validation seeds when the search ends
+    validate_top: int = 5
+    #: tune the constants of this many best losses (SPSA on the search seeds) when the search ends
+    tune_top: int = 0
+    tune_iterations: int = 4
 
     def __post_init__(self) -> None:
         checks = [
@@ -62,6 +71,9 @@ class SearchConfig:
             (0.0 <= self.mutation_prob <= 1.0, "mutation_prob must be in [0, 1]"),
             (self.elite >= 0, "elite must be >= 0"),
             (self.hall_of_fame >= 1, "hall_of_fame must be at least 1"),
+            (self.selection in ("tournament", "nsga2"), "selection must be 'tournament' or 'nsga2'"),
+            (self.validate_top >= 0, "validate_top must be >= 0"),
+            (self.tune_top >= 0 and self.tune_iterations >= 1, "tune_top must be >= 0 and tune_iterations >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -116,7 +128,10 @@ class Search:
         self.suite = suite
         self.suite_spec = suite.spec()
         self.progress = progress or (lambda line: None)
-        self.toolbox, self.pset = gp.toolbox_for(space, min(config.tournament_size, config.population))
+        self.individual_class = gp.ParetoIndividual if config.selection == "nsga2" else gp.Individual
+        self.toolbox, self.pset = gp.toolbox_for(
+            space, min(config.tournament_size, config.population), self.individual_class
+        )
         self.cache: dict[str, Evaluation] = {}
         self.reference: dict[str, Any] = {}
         self.executor = make_executor(config.executor, config.jobs)
@@ -148,11 +163,6 @@ class Search:
         search._load_cache()
         return search
 
-    @staticmethod
-    def suite_of(store: RunStore) -> Suite:
-        """The suite stored in a run file."""
-        return suite_from_spec(store.config()["suite"], f"{store.path} (stored suite)")
-
     def _load_cache(self) -> None:
         for rec in self.store.candidates():
             if rec.key and rec.status.is_finished():
@@ -161,12 +171,12 @@ class Search:
         self.reference = {name: scores for name, scores in self.store.baselines().items()}
 
     # -------------------------------------------------------------------------------------- scoring
-    def _score_specs(self, specs: list[Any]) -> list[ChunkResult]:
+    def _score_specs(self, specs: list[Any], seeds: list[int] | None = None) -> list[ChunkResult]:
         """Score losses (tokens or baseline names) in fixed chunks; results in input order."""
         size = self.config.chunk_size
         chunks = [specs[i:i + size] for i in range(0, len(specs), size)]
         out: list[ChunkResult | None] = [None] * len(specs)
-        items = [(chunk, self.suite_spec, None, self.config.device) for chunk in chunks]
+        items = [(chunk, self.suite_spec, seeds, self.config.device) for chunk in chunks]
         for ci, results in self.executor.map_unordered(score_chunk_safe, items):
             for j, res in enumerate(results):
                 out[ci * size + j] = res
@@ -206,7 +216,7 @@ class Search:
             if expr.key in self.cache or expr.key in pending:
                 counts["cache_hits"] += 1
                 continue
-            reason = rejection_reason(expr, self.suite.problems)
+            reason = self.space.violation(expr.tokens) or rejection_reason(expr, self.suite.problems)
             if reason is not None:
                 self._record(expr, generation, Evaluation(CandidateState.REJECTED, 0.0, reason), 0.0)
                 counts["rejected"] += 1
@@ -226,8 +236,13 @@ class Search:
                 self._record(expr, generation, ev, res.duration_s)
                 counts["evaluated"] += 1
         for ind, expr in zip(individuals, exprs):
-            ind.fitness.values = (self.cache[expr.key].fitness,)
+            ind.fitness.values = self._objectives(self.cache[expr.key].fitness, expr)
         return counts
+
+    def _objectives(self, fitness: float, expr: LossExpression) -> tuple[float, ...]:
+        if self.config.selection == "nsga2":
+            return (fitness, float(expr.complexity))
+        return (fitness,)
 
     def _record(self, expr: LossExpression, generation: int, ev: Evaluation, duration: float) -> None:
         self.cache[expr.key] = ev
@@ -243,13 +258,27 @@ class Search:
     def _seed(self, generation: int) -> None:
         random.seed(gp.derive_seed("generation", self.config.seed, generation))
 
+    def seed_individuals(self) -> list[gp.Individual]:
+        """Known losses this space can express (and whose problem type the suite has), for generation 0."""
+        from lossforge.baselines import BASELINES
+
+        seeds = []
+        for b in BASELINES.values():
+            if b.expression is None or not (b.problem == "any" or b.problem in self.suite.problems):
+                continue
+            tokens = LossExpression.parse(b.expression).tokens
+            if self.space.violation(tokens) is None:
+                seeds.append(gp.from_tokens(tokens, self.pset, self.individual_class))
+        return seeds[: self.config.population]
+
     def initial_population(self) -> tuple[list[gp.Individual], int]:
-        """Ramped half-and-half trees with distinct canonical keys that pass the early-rejection checks
-        (random trees mostly cannot train; drawing more is cheap next to training). Returns the population
-        and how many draws were rejected."""
+        """Generation 0: the seeded known losses (if asked), then ramped half-and-half trees with distinct
+        canonical keys that satisfy the space's constraints and pass the early-rejection checks (random
+        trees mostly cannot train; drawing more is cheap next to training). Returns the population and how
+        many draws were rejected."""
         self._seed(0)
-        population: list[gp.Individual] = []
-        seen: set[str] = set()
+        population = self.seed_individuals() if self.config.seed_baselines else []
+        seen: set[str] = {gp.expression_of(ind).key for ind in population}
         rejected = 0
         budget = 200 * self.config.population  # bounded: a space that cannot make viable trees still runs
         while len(population) < self.config.population:
@@ -259,18 +288,29 @@ class Search:
             if expr.key in seen and budget > 0:
                 continue
             seen.add(expr.key)
-            if budget > 0 and rejection_reason(expr, self.suite.problems) is not None:
+            if budget > 0 and (self.space.violation(expr.tokens) or rejection_reason(expr, self.suite.problems)):
                 rejected += 1
                 continue
             population.append(ind)
         return population, rejected
 
     def _next_generation(self, population: list[gp.Individual], generation: int) -> list[gp.Individual]:
+        """Offspring of ``population`` (tournament: elitist; nsga2: offspring only, merged after scoring)."""
         self._seed(generation)
+        if self.config.selection == "nsga2":
+            population = tools.selNSGA2(population, len(population))  # assigns crowding distances
+            k = len(population) - len(population) % 4
+            parents = tools.selTournamentDCD(population, k) + tools.selRandom(population, len(population) - k)
+            return algorithms.varAnd(parents, self.toolbox, self.config.crossover_prob, self.config.mutation_prob)
         elite = tools.selBest(population, min(self.config.elite, len(population) - 1))
         offspring = self.toolbox.select(population, len(population) - len(elite))
         offspring = algorithms.varAnd(offspring, self.toolbox, self.config.crossover_prob, self.config.mutation_prob)
         return elite + offspring
+
+    def _survivors(self, population: list[gp.Individual], offspring: list[gp.Individual]) -> list[gp.Individual]:
+        if self.config.selection == "nsga2":
+            return tools.selNSGA2(population + offspring, len(population))
+        return offspring
 
     def _finish_generation(self, gen: int, population: list[gp.Individual], counts: dict[str, int],
                            started: float) -> GenerationStats:
@@ -294,10 +334,53 @@ class Search:
     def _restore_population(self, records: list[dict[str, Any]]) -> list[gp.Individual]:
         population = []
         for rec in records:
-            ind = gp.from_tokens(rec["tree"], self.pset)
-            ind.fitness.values = (float(rec["fitness"]),)
+            ind = gp.from_tokens(rec["tree"], self.pset, self.individual_class)
+            ind.fitness.values = self._objectives(float(rec["fitness"]), gp.expression_of(ind))
             population.append(ind)
         return population
+
+    def tune(self) -> None:
+        """Tune the constants of the best ``tune_top`` losses; improved variants join the run's candidates."""
+        from lossforge.tuning import tune_constants
+
+        if self.config.tune_top == 0:
+            return
+        last = self.store.last_generation()
+        generation = last.gen if last is not None else 0
+        tuned_from = {r.reason for r in self.store.candidates() if r.reason and r.reason.startswith("tuned from")}
+        for rec in self.store.best(self.config.tune_top):
+            expr = LossExpression(rec.tree)
+            if not expr.constants or any(rec.key in r for r in tuned_from):
+                continue
+            result = tune_constants(expr, self.suite, self._reference_raw(), self.config.tune_iterations,
+                                    seed=gp.derive_seed("tune", self.config.seed, rec.key), device=self.config.device)
+            tuned = result.tuned
+            if not result.improved or tuned.key in self.cache:
+                continue
+            res = self._score_specs([list(tuned.tokens)])[0]
+            fitness, summary = self.suite.fitness(res.raw, self._reference_raw())
+            state = CandidateState.FAILED if res.failed else CandidateState.COMPLETE
+            reason = f"tuned from {rec.key} (fitness {rec.fitness:.4f} -> {fitness:.4f})"
+            self._record(tuned, generation, Evaluation(state, fitness if not res.failed else 0.0, reason, summary),
+                         res.duration_s)
+            self.progress(f"tuned {rec.formula}  ->  {tuned.formula()}  fitness {rec.fitness:.4f} -> {fitness:.4f}")
+
+    def validate(self) -> None:
+        """Re-score the best ``validate_top`` losses and the baselines on the suite's validation seeds
+        (never used for selection), so the final ranking is not biased by the search seeds."""
+        seeds = list(self.suite.validation_seeds)
+        if not seeds or self.config.validate_top == 0:
+            return
+        done = self.store.validations()
+        best = [r for r in self.store.best(self.config.validate_top) if r.key not in done]
+        names = [n for n in self.reference if f"baseline:{n}" not in done]
+        specs: list[Any] = [list(r.tree) for r in best] + names
+        if not specs:
+            return
+        labels = [r.key for r in best] + [f"baseline:{n}" for n in names]
+        for label, res in zip(labels, self._score_specs(specs, seeds)):
+            self.store.set_validation(label, res.raw)
+        self.progress(f"validated the best {len(best)} loss(es) and {len(names)} baseline(s) on seeds {seeds}")
 
     def hall_of_fame(self, n: int | None = None):
         """The best distinct complete losses of the run so far (from the run file)."""
@@ -321,10 +404,12 @@ class Search:
                 start_gen = last.gen + 1
             for gen in range(start_gen, self.config.generations + 1):
                 started = time.perf_counter()
-                population = self._next_generation(population, gen)
-                invalid = [ind for ind in population if not ind.fitness.valid]
-                counts = self.evaluate(invalid, gen)
+                offspring = self._next_generation(population, gen)
+                counts = self.evaluate([ind for ind in offspring if not ind.fitness.valid], gen)
+                population = self._survivors(population, offspring)
                 self._finish_generation(gen, population, counts, started)
+            self.tune()
+            self.validate()
         except KeyboardInterrupt:
             self.store.set_status(RunStatus.INTERRUPTED)
             raise

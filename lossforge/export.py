@@ -191,31 +191,34 @@ def read_json_export(path: str | Path) -> tuple[LossExpression, dict[str, Any]]:
     return expression, metadata
 
 
-def load(path: str | Path, rank: int = 1, reduction: str = "mean", problem: str = "auto") -> SymbolicLoss:
-    """A torch loss module from a JSON export or a run file (its ``rank``-th best loss)."""
+def load(path: str | Path, rank: int = 1, reduction: str = "mean", problem: str = "auto",
+         pick: str = "best") -> SymbolicLoss:
+    """A torch loss module from a JSON export or a run file (its ``rank``-th loss in the final ranking,
+    see :mod:`lossforge.ranking`)."""
     path = Path(path)
     if not path.exists():
         raise ExportError(f"no such file: {path}")
     with open(path, "rb") as fh:
         head = fh.read(16)
     if head.startswith(b"SQLite format 3"):
-        expression = expression_from_run(path, rank)
+        expression = expression_from_run(path, rank, pick)
     else:
         expression, _ = read_json_export(path)
     return SymbolicLoss(expression, reduction=reduction, problem=problem)  # type: ignore[arg-type]
 
 
-def expression_from_run(run_path: str | Path, rank: int = 1) -> LossExpression:
-    """The ``rank``-th best distinct loss of a run (1 = best), validated like any external input."""
+def expression_from_run(run_path: str | Path, rank: int = 1, pick: str = "best") -> LossExpression:
+    """The ``rank``-th loss of a run's final ranking (1 = the pick), validated like any external input."""
+    from lossforge.ranking import ranking
     from lossforge.storage import RunStore
 
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ExportError(f"rank must be a positive integer, got {rank!r}")
     with RunStore.open(run_path, readonly=True) as store:
-        best = store.best(rank)
-    if len(best) < rank:
-        raise ExportError(f"{run_path}: rank {rank} requested but the run has {len(best)} scored loss(es)")
+        ranked = ranking(store, rank, pick)
+    if len(ranked) < rank:
+        raise ExportError(f"{run_path}: rank {rank} requested but the run has {len(ranked)} scored loss(es)")
     try:
-        return LossExpression(best[rank - 1].tree, where=f"{run_path} rank {rank}")
+        return LossExpression(ranked[rank - 1].record.tree, where=f"{run_path} rank {rank}")
     except LossforgeError as exc:
         raise ExportError(str(exc)) from None

@@ -8,6 +8,7 @@ here (no ``creator`` globals), and workers never see them: they receive prefix t
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import operator
 import random
@@ -27,12 +28,26 @@ class ScalarFitness(base.Fitness):
     weights = (1.0,)
 
 
+class ParetoFitness(base.Fitness):
+    """Two objectives for NSGA-II: robustness fitness (maximised) and complexity (minimised)."""
+
+    weights = (1.0, -1.0)
+
+
 class Individual(gp.PrimitiveTree):
-    """A GP tree with a fitness."""
+    """A GP tree with a single-objective fitness."""
+
+    fitness_class: type[base.Fitness] = ScalarFitness
 
     def __init__(self, content: Sequence[gp.Primitive | gp.Terminal]) -> None:
         super().__init__(content)
-        self.fitness = ScalarFitness()
+        self.fitness = self.fitness_class()
+
+
+class ParetoIndividual(Individual):
+    """A GP tree with a (fitness, complexity) fitness."""
+
+    fitness_class = ParetoFitness
 
 
 def derive_seed(*parts: object) -> int:
@@ -82,7 +97,7 @@ def to_tokens(individual: gp.PrimitiveTree) -> list[Token]:
     return tokens
 
 
-def from_tokens(tokens: Sequence[Token], pset: gp.PrimitiveSet) -> Individual:
+def from_tokens(tokens: Sequence[Token], pset: gp.PrimitiveSet, cls: type[Individual] = Individual) -> Individual:
     """Rebuild a DEAP individual from prefix tokens (constants become ephemerals, as in a grown tree)."""
     eph_class = next(t for t in pset.terminals[pset.ret] if isinstance(t, type))
     nodes: list[gp.Primitive | gp.Terminal] = []
@@ -93,7 +108,7 @@ def from_tokens(tokens: Sequence[Token], pset: gp.PrimitiveSet) -> Individual:
             nodes.append(node)
         else:
             nodes.append(pset.mapping[tok])
-    return Individual(nodes)
+    return cls(nodes)
 
 
 def expression_of(individual: gp.PrimitiveTree) -> LossExpression:
@@ -101,13 +116,32 @@ def expression_of(individual: gp.PrimitiveTree) -> LossExpression:
     return LossExpression(to_tokens(individual))
 
 
-def toolbox_for(space: SearchSpace, tournament_size: int = 3) -> tuple[base.Toolbox, gp.PrimitiveSet]:
+def constraint_limit(space: SearchSpace) -> Callable:
+    """Decorator for DEAP variation operators, like ``gp.staticLimit``: an offspring that breaks the
+    space's constraints is replaced by a copy of its parent."""
+
+    def decorator(func: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            keep = [copy.deepcopy(ind) for ind in args]
+            new_inds = list(func(*args, **kwargs))
+            for i, ind in enumerate(new_inds):
+                if space.violation(to_tokens(ind)) is not None:
+                    new_inds[i] = random.choice(keep)
+            return new_inds
+
+        return wrapper
+
+    return decorator
+
+
+def toolbox_for(space: SearchSpace, tournament_size: int = 3,
+                cls: type[Individual] = Individual) -> tuple[base.Toolbox, gp.PrimitiveSet]:
     """A DEAP toolbox: ramped half-and-half init, tournament selection, one-point crossover and a mix of
-    subtree, point, constant and shrink mutations, all under the space's height and size limits."""
+    subtree, point, constant and shrink mutations, all under the space's height, size and form limits."""
     pset = primitive_set(space)
     tb = base.Toolbox()
     tb.register("expr", gp.genHalfAndHalf, pset=pset, min_=space.init_min_depth, max_=space.init_max_depth)
-    tb.register("individual", lambda: Individual(tb.expr()))
+    tb.register("individual", lambda: cls(tb.expr()))
     tb.register("select", tools.selTournament, tournsize=tournament_size)
     tb.register("mate", gp.cxOnePoint)
     tb.register("expr_mut", gp.genFull, min_=0, max_=2, pset=pset)
@@ -129,4 +163,5 @@ def toolbox_for(space: SearchSpace, tournament_size: int = 3) -> tuple[base.Tool
     for name in ("mate", "mutate"):
         tb.decorate(name, gp.staticLimit(key=operator.attrgetter("height"), max_value=space.max_depth))
         tb.decorate(name, gp.staticLimit(key=len, max_value=space.max_nodes))
+        tb.decorate(name, constraint_limit(space))
     return tb, pset

@@ -112,6 +112,16 @@ class Suite:
         return (math.exp(log_total / weights) if weights else 0.0), summary
 
 
+    def fitness_per_seed(self, raw: dict[str, Any], reference: dict[str, Any]) -> list[float]:
+        """The fitness on each seed alone (paired with the reference on that seed), for intervals and tests."""
+        n = len(next(iter(raw.values()))["scores"])
+
+        def one(results: dict[str, Any], i: int) -> dict[str, Any]:
+            return {task: {k: v[i:i + 1] for k, v in r.items() if isinstance(v, list)} for task, r in results.items()}
+
+        return [self.fitness(one(raw, i), one(reference, i))[0] for i in range(n)]
+
+
 def _suite_path(spec: str | Path) -> Path:
     path = Path(spec)
     if path.suffix == ".toml" or path.exists():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from lossforge.errors import SpaceError
 from lossforge.operators import OPERATORS, VARIABLES
@@ -33,6 +33,12 @@ class SearchSpace:
     init_max_depth: int
     max_depth: int
     max_nodes: int
+    #: Constraints on the form (``[constraints]`` in the file): variables every loss must use, pairs
+    #: (outer, inner) where ``inner`` may not appear anywhere below ``outer``, and the most times an
+    #: operator may occur on one root-to-leaf path.
+    require_variables: tuple[str, ...] = ()
+    forbid_nesting: tuple[tuple[str, str], ...] = ()
+    max_nesting: tuple[tuple[str, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for run files."""
@@ -41,7 +47,14 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SearchSpace":
         """Rebuild from :meth:`to_dict` output (validated again)."""
-        space = cls(**{**data, "operators": tuple(data["operators"]), "variables": tuple(data["variables"])})
+        space = cls(**{
+            **data,
+            "operators": tuple(data["operators"]),
+            "variables": tuple(data["variables"]),
+            "require_variables": tuple(data.get("require_variables", ())),
+            "forbid_nesting": tuple(tuple(p) for p in data.get("forbid_nesting", ())),
+            "max_nesting": tuple(tuple(p) for p in data.get("max_nesting", ())),
+        })
         space.validate("stored space")
         return space
 
@@ -71,6 +84,48 @@ class SearchSpace:
             raise SpaceError(f"{where}: limits: need init_max_depth <= max_depth <= 17")
         if not 3 <= self.max_nodes <= 512:
             raise SpaceError(f"{where}: limits.max_nodes must be between 3 and 512")
+        for name in self.require_variables:
+            if name not in self.variables:
+                raise SpaceError(f"{where}: constraints.require_variables: {name!r} is not one of the space's "
+                                 f"variables {list(self.variables)}")
+        for pair in self.forbid_nesting:
+            if len(pair) != 2 or any(op not in self.operators for op in pair):
+                raise SpaceError(f"{where}: constraints.forbid_nesting: {list(pair)!r} must be [outer, inner] "
+                                 f"with operators of this space ({', '.join(self.operators)})")
+        for op, limit in self.max_nesting:
+            if op not in self.operators:
+                raise SpaceError(f"{where}: constraints.max_nesting: unknown operator {op!r}; "
+                                 f"use operators of this space ({', '.join(self.operators)})")
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise SpaceError(f"{where}: constraints.max_nesting.{op} must be an integer >= 1, got {limit!r}")
+
+    def violation(self, tokens: Sequence[Any]) -> str | None:
+        """Why a prefix token list breaks this space's constraints or operator set, or None."""
+        missing = [v for v in self.require_variables if v not in tokens]
+        if missing:
+            return f"constraint: must use {', '.join(missing)}"
+        forbidden = dict.fromkeys(self.forbid_nesting)
+        limits = dict(self.max_nesting)
+        # Walk the prefix list keeping the chain of ancestors of each node.
+        ancestors: list[tuple[str, int]] = []  # (operator, children still to visit)
+        for tok in tokens:
+            if isinstance(tok, str) and tok in OPERATORS:
+                if tok not in self.operators:
+                    return f"operator {tok!r} is not in search space {self.name!r}"
+                chain = [a for a, _ in ancestors]
+                for outer in chain:
+                    if (outer, tok) in forbidden:
+                        return f"constraint: {tok} nested inside {outer}"
+                if tok in limits and chain.count(tok) + 1 > limits[tok]:
+                    return f"constraint: {tok} nested more than {limits[tok]} time(s)"
+                ancestors.append((tok, OPERATORS[tok].arity))
+                continue
+            while ancestors:  # a leaf completes one child of each finished ancestor
+                op, left = ancestors.pop()
+                if left > 1:
+                    ancestors.append((op, left - 1))
+                    break
+        return None
 
 
 def _get(table: dict, key: str, kind: type | tuple[type, ...], where: str, field: str) -> Any:
@@ -116,6 +171,31 @@ def load_space(spec: str | Path = "survey") -> SearchSpace:
         init_max_depth=_get(limits, "init_max_depth", int, where, "limits.init_max_depth"),
         max_depth=_get(limits, "max_depth", int, where, "limits.max_depth"),
         max_nodes=_get(limits, "max_nodes", int, where, "limits.max_nodes"),
+        **_constraints(data, where),
     )
     space.validate(where)
     return space
+
+
+def _constraints(data: dict, where: str) -> dict[str, Any]:
+    table = data.get("constraints", {})
+    if not isinstance(table, dict):
+        raise SpaceError(f"{where}: [constraints] must be a table")
+    unknown = set(table) - {"require_variables", "forbid_nesting", "max_nesting"}
+    if unknown:
+        raise SpaceError(f"{where}: constraints: unknown field(s) {sorted(unknown)}; use require_variables, "
+                         "forbid_nesting, max_nesting")
+    require = table.get("require_variables", [])
+    nesting = table.get("forbid_nesting", [])
+    max_nesting = table.get("max_nesting", {})
+    if not isinstance(require, list):
+        raise SpaceError(f"{where}: constraints.require_variables must be a list of variable names")
+    if not isinstance(nesting, list) or not all(isinstance(p, list) for p in nesting):
+        raise SpaceError(f"{where}: constraints.forbid_nesting must be a list of [outer, inner] pairs")
+    if not isinstance(max_nesting, dict):
+        raise SpaceError(f"{where}: constraints.max_nesting must be a table like {{ exp = 1 }}")
+    return {
+        "require_variables": tuple(require),
+        "forbid_nesting": tuple(tuple(p) for p in nesting),
+        "max_nesting": tuple(max_nesting.items()),
+    }

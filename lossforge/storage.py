@@ -56,6 +56,9 @@ Schema (version 1)
 ``generations(gen INTEGER PK)``
     ``population`` (JSON list, in order), ``hall_of_fame`` (JSON), ``rng_state`` (opaque JSON), ``stats``
     (JSON object: best/median fitness, evaluations, rejections, cache hits, time...), ``finished_at``.
+``validations(name TEXT PK)``
+    ``task_scores`` (raw per-seed JSON) of a hall-of-fame loss (its key) or a baseline (``baseline:NAME``)
+    re-scored on the suite's validation seeds, ``updated_at``.
 ``baselines(name TEXT PK)``
     ``task_scores`` (JSON) of a reference loss scored on the run's suite, ``updated_at``.
 
@@ -254,8 +257,10 @@ _SCHEMA = (
         finished_at TEXT NOT NULL
     )""",
     "CREATE TABLE baselines (name TEXT PRIMARY KEY, task_scores TEXT NOT NULL, updated_at TEXT NOT NULL)",
+    "CREATE TABLE validations (name TEXT PRIMARY KEY, task_scores TEXT NOT NULL, updated_at TEXT NOT NULL)",
 )
-_TABLES = frozenset({"meta", "config", "run_state", "candidates", "evaluations", "generations", "baselines"})
+_TABLES = frozenset({"meta", "config", "run_state", "candidates", "evaluations", "generations", "baselines",
+                     "validations"})
 _CANDIDATE_COLUMNS = (
     "id, generation, tree, status, key, structure_key, formula, latex, complexity, reason, fitness, "
     "objectives, task_scores, constants, duration_s, created_at, updated_at, worker"
@@ -919,6 +924,23 @@ class RunStore:
     def baseline(self, name: str) -> dict[str, Any] | None:
         """The task scores of reference loss ``name``, or None."""
         return self.baselines().get(name)
+
+    def set_validation(self, name: str, task_scores: Mapping[str, Any]) -> None:
+        """Store (or replace) the raw results of loss ``name`` (a candidate key or ``baseline:NAME``) on the
+        suite's *validation* seeds."""
+        if not isinstance(task_scores, Mapping):
+            raise ValueError(f"task_scores must be a mapping of task name to scores, got {task_scores!r}")
+        document = _dumps(dict(task_scores), "task_scores")
+        with self._write() as conn:
+            conn.execute("INSERT INTO validations (name, task_scores, updated_at) VALUES (?, ?, ?) "
+                         "ON CONFLICT (name) DO UPDATE SET task_scores = excluded.task_scores, "
+                         "updated_at = excluded.updated_at", (name, document, _now()))
+
+    def validations(self) -> dict[str, dict[str, Any]]:
+        """All validation results: name -> raw task scores."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT name, task_scores FROM validations ORDER BY name").fetchall()
+        return {row["name"]: self._loads(row["task_scores"], {}, f"validation {row['name']}") for row in rows}
 
 
 def list_runs(directory: str | os.PathLike[str],

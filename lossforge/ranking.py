@@ -1,0 +1,127 @@
+"""The final ranking of a run's losses, and how to pick one from the complexity/fitness trade-off.
+
+Search fitness is measured on the suite's *search* seeds, which selection has seen; the best losses are
+re-scored on separate *validation* seeds when the search ends. The final ranking puts validated losses
+first, ordered by validation fitness, then the rest by search fitness. ``pick`` chooses the loss a user
+takes away:
+
+* ``best``: the highest (validation) fitness.
+* ``knee``: the knee of the Pareto front of complexity vs fitness: the front point farthest above the
+  straight line joining the front's simplest and fittest points (both axes scaled to [0, 1]).
+* ``ratio``: the front point with the largest gain in log-fitness per unit of complexity over the next
+  simpler front point (PySR's "best" rule), among points within 50 % of the top fitness.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from lossforge.errors import ConfigError
+from lossforge.scoring import Suite, suite_from_spec
+from lossforge.storage import CandidateRecord, RunStore
+
+PICKS = ("best", "knee", "ratio")
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A loss of a run with its search fitness and, when validated, its validation fitness."""
+
+    record: CandidateRecord
+    validation_fitness: float | None
+
+    @property
+    def fitness(self) -> float:
+        """The fitness that ranks it: validation when measured, else search."""
+        return self.validation_fitness if self.validation_fitness is not None else float(self.record.fitness)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated points of ``(complexity, fitness)`` pairs (lower complexity and higher
+    fitness are better), ordered by complexity."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _knee(points: list[tuple[float, float]]) -> int:
+    if len(points) <= 2:
+        return len(points) - 1
+    (c0, f0), (c1, f1) = points[0], points[-1]
+    cs, fs = (c1 - c0) or 1.0, (f1 - f0) or 1.0
+    # signed: points above the chord (more fitness than the complexity would buy linearly) are knees
+    dist = [(f - f0) / fs - (c - c0) / cs for c, f in points]
+    return max(range(len(points)), key=lambda i: (dist[i], points[i][1]))
+
+
+def _ratio(points: list[tuple[float, float]]) -> int:
+    top = max(f for _, f in points)
+    best_i, best_gain = len(points) - 1, -math.inf
+    for i in range(len(points)):
+        c, f = points[i]
+        if f <= 0 or f < 0.5 * top:
+            continue
+        if i == 0:
+            gain = math.log(f) / max(c, 1.0)
+        else:
+            pc, pf = points[i - 1]
+            gain = (math.log(f) - math.log(pf)) / (c - pc) if pf > 0 and c > pc else -math.inf
+        if gain > best_gain:
+            best_i, best_gain = i, gain
+    return best_i
+
+
+def validation_fitness(store: RunStore) -> dict[str, float]:
+    """Validation fitness of every validated loss key (empty when the run was not validated)."""
+    done = store.validations()
+    suite = suite_from_spec(store.config()["suite"], f"{store.path} (stored suite)")
+    try:
+        reference = {t.name: done[f"baseline:{t.task.reference}"][t.name] for t in suite.tasks}
+    except KeyError:
+        return {}
+    return {name: suite.fitness(raw, reference)[0] for name, raw in done.items()}
+
+
+def ranking(store: RunStore, n: int | None = None, pick: str = "best") -> list[Ranked]:
+    """The run's distinct complete losses, best first (see module docstring); ``pick`` decides rank 1."""
+    if pick not in PICKS:
+        raise ConfigError(f"unknown pick {pick!r}; choose one of {', '.join(PICKS)}")
+    val = validation_fitness(store)
+    records = store.best(10**9)
+    ranked = sorted(
+        (Ranked(r, val.get(r.key)) for r in records),
+        key=lambda x: (x.validation_fitness is None, -x.fitness, x.record.complexity or 0, x.record.id),
+    )
+    if pick != "best" and ranked:
+        pts = [(float(x.record.complexity or 0), x.fitness) for x in ranked]
+        front = pareto_front(pts)
+        chosen = front[(_knee if pick == "knee" else _ratio)([pts[i] for i in front])]
+        ranked.insert(0, ranked.pop(chosen))
+    return ranked if n is None else ranked[:n]
+
+
+def suite_of(store: RunStore) -> Suite:
+    """The suite stored in a run file."""
+    return suite_from_spec(store.config()["suite"], f"{store.path} (stored suite)")
+
+
+def baseline_rows(store: RunStore) -> list[dict[str, Any]]:
+    """Each stored baseline's search fitness, per-task normalised scores and validation fitness."""
+    suite = suite_of(store)
+    baselines = store.baselines()
+    if not all(t.task.reference in baselines for t in suite.tasks):
+        return []
+    reference = {t.name: baselines[t.task.reference][t.name] for t in suite.tasks}
+    val = validation_fitness(store)
+    rows = []
+    for name, raw in baselines.items():
+        fit, summary = suite.fitness(raw, reference)
+        rows.append({"name": name, "fitness": fit, "validation_fitness": val.get(f"baseline:{name}"),
+                     "tasks": {t.name: summary[t.name]["normalized"] for t in suite.tasks}})
+    return rows
