@@ -1,0 +1,337 @@
+"""Classification under label noise: a loss is fit when models trained with it stay accurate.
+
+:class:`ClassificationTask` (type ``"label_noise"``) trains K small classifiers at once, one per candidate
+loss, on training labels corrupted by symmetric or class-dependent noise, and scores each by its accuracy
+on the *clean* held-out labels. Cross-entropy memorises the wrong labels; robust losses (MAE, GCE) do not,
+and the gap is widest with a high learning rate (Adam at 1e-2), which is the default.
+
+The survey's three procedures subclass it: :class:`~lossforge.tasks.augment.AugmentTask`,
+:class:`~lossforge.tasks.adversarial.AdversarialTask` and :class:`~lossforge.tasks.regularize.RegularizeTask`.
+Suite files name a task by its ``type`` (:data:`TASK_TYPES`) or a preset (:data:`PRESETS`).
+
+Everything random is drawn from named streams of ``seed`` (:func:`lossforge.tasks.data.generator`) and shared
+by all K models, so batched and one-by-one scoring agree.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from lossforge.errors import ConfigError
+from lossforge.nn import BatchedCNN, BatchedMLP, BatchedNormMLP, BatchedTrainer
+from lossforge.tasks.base import LossLike, Task, TaskResult, finite_or_worst
+from lossforge.tasks.data import (
+    IMAGE_SHAPES,
+    NOISE_KINDS,
+    Split,
+    add_label_noise,
+    check_dataset,
+    generator,
+    input_standardization,
+    load_split,
+)
+
+MODELS = ("mlp", "cnn")
+OPTIMIZERS = ("adam", "sgd")
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` (one line naming the field and the fix) unless ``ok``."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_positive_int(value: Any, name: str) -> None:
+    """Setting ``name`` must be an int > 0 (not a bool)."""
+    require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            f"{name} must be a positive integer; got {value!r}")
+
+
+def check_range(value: Any, name: str, low: float, high: float, high_open: bool = True) -> None:
+    """Setting ``name`` must be a finite number in ``[low, high)`` (``[low, high]`` if not ``high_open``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and low <= value and (value < high if high_open else value <= high)
+    bracket = ")" if high_open else "]"
+    require(ok, f"{name} must be a number in [{low}, {high}{bracket}; got {value!r}")
+
+
+def check_int_list(value: Any, name: str, allow_empty: bool) -> tuple[int, ...]:
+    """Setting ``name`` must be a list/tuple of ints > 0; returned as a tuple (hashable, comparable)."""
+    ok = isinstance(value, (list, tuple)) and (allow_empty or len(value) > 0)
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    require(ok, f"{name} must be a list of positive integers; got {value!r}")
+    return tuple(value)
+
+
+class Classifier(nn.Module):
+    """A batched MLP or CNN behind one interface: images ``[(K,) N, 1, H, W]`` or signals ``[(K,) N, D]``.
+
+    The MLP sees images flattened; ``standardize = (mean, std)`` makes the network see ``(x - mean) / std``
+    while its inputs stay in [0, 1]. ``forward(x, generator)`` passes ``generator`` to dropout/DropBlock.
+    """
+
+    def __init__(
+        self, body: nn.Module, flatten_images: bool, standardize: tuple[float, float] | None = None
+    ) -> None:
+        super().__init__()
+        self.body = body
+        self.flatten_images = flatten_images
+        self.standardize = standardize
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.flatten_images:
+            x = x.flatten(start_dim=-3)
+        if self.standardize is not None:
+            x = (x - self.standardize[0]) / self.standardize[1]
+        return self.body(x, generator)
+
+
+@dataclass
+class Streams:
+    """The random streams one evaluation draws from (each derived from the seed, shared by all K models),
+    and ``state`` that a procedure carries between minibatches (free adversarial training's perturbation)."""
+
+    order: torch.Generator
+    augment: torch.Generator
+    dropout: torch.Generator
+    attack: torch.Generator
+    evaluation: torch.Generator
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_seed(cls, seed: int) -> "Streams":
+        return cls(*(generator(seed, name) for name in ("order", "augment", "dropout", "attack", "evaluation")))
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Accuracy of each model, ``[K]``, from logits ``[K, N, C]`` and class indices ``[N]``."""
+    return (logits.argmax(dim=-1) == labels).to(torch.float64).mean(dim=-1).cpu()
+
+
+@dataclass
+class ClassificationTask(Task):
+    """Label-noise classification. **Score: accuracy on the clean test labels** (metric ``acc_clean``).
+
+    Settings: ``dataset`` ("digits" | "mnist" | "mnist1d"), ``test_fraction`` held out, ``n_train`` (cap on
+    training samples, None = all), ``noise`` ("none" | "symmetric" | "asymmetric" | "pair") at ``noise_rate``
+    on the training labels only, ``model`` ("mlp" with ``hidden`` sizes | "cnn" with conv ``channels``, then
+    ``hidden``), ``epochs``, ``batch_size``, ``lr``, ``optimizer`` ("adam" | "sgd" with momentum 0.9),
+    ``weight_decay``.
+    """
+
+    kind_name: ClassVar[str] = "label_noise"
+    problem: ClassVar[str] = "classification"
+    reference: ClassVar[str] = "cross_entropy"
+    worst_score: ClassVar[float] = 0.0
+
+    dataset: str = "digits"
+    test_fraction: float = 0.3
+    n_train: int | None = None
+    noise: str = "symmetric"
+    noise_rate: float = 0.4
+    model: str = "mlp"
+    hidden: tuple[int, ...] = (128,)
+    channels: tuple[int, ...] = (8, 16)
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 1e-2
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_dataset(self.dataset)
+        check_range(self.test_fraction, "test_fraction", 0.05, 0.95, high_open=False)
+        if self.n_train is not None:
+            check_positive_int(self.n_train, "n_train")
+        require(self.noise in NOISE_KINDS, f"noise must be one of {list(NOISE_KINDS)}; got {self.noise!r}")
+        # class-dependent noise at >= 50 % makes the wrong class the majority: nothing left to learn
+        high = 0.5 if self.noise in ("asymmetric", "pair") else 0.9
+        check_range(self.noise_rate, "noise_rate", 0.0, high)
+        require(self.model in MODELS, f"model must be one of {list(MODELS)}; got {self.model!r}")
+        require(self.model == "mlp" or self.dataset in IMAGE_SHAPES,
+                f"model 'cnn' needs an image dataset ({sorted(IMAGE_SHAPES)}); use model 'mlp' for {self.dataset!r}")
+        self.hidden = check_int_list(self.hidden, "hidden", allow_empty=True)
+        self.channels = check_int_list(self.channels, "channels", allow_empty=False)
+        if self.model == "cnn":
+            size = min(IMAGE_SHAPES[self.dataset])
+            require(size >> len(self.channels) > 0,
+                    f"channels has {len(self.channels)} pooling blocks, too many for {size}px images; use fewer")
+        check_positive_int(self.epochs, "epochs")
+        check_positive_int(self.batch_size, "batch_size")
+        check_range(self.lr, "lr", 1e-8, 10.0)
+        require(self.optimizer in OPTIMIZERS, f"optimizer must be one of {list(OPTIMIZERS)}; got {self.optimizer!r}")
+        check_range(self.weight_decay, "weight_decay", 0.0, 1.0)
+
+    # --- pieces subclasses adjust -------------------------------------------------------------------------
+
+    def model_options(self) -> dict[str, Any]:
+        """Keyword options of the model body (regularisation adds dropout, DropBlock, batch norm)."""
+        return {}
+
+    def prepare_batch(
+        self, x: torch.Tensor, y: torch.Tensor, streams: Streams
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets the loss sees for one minibatch (augmentation and smoothing change them)."""
+        return x, y
+
+    def train_step(
+        self, model: Classifier, trainer: BatchedTrainer, x: torch.Tensor, y: torch.Tensor, streams: Streams
+    ) -> None:
+        """One optimisation step of all K models on minibatch ``(x, y)`` (noisy labels)."""
+        x, target = self.prepare_batch(x, y, streams)
+        trainer.step(model(x, streams.dropout), target)
+
+    def extra_metrics(self, model: Classifier, data: Split, streams: Streams) -> dict[str, torch.Tensor]:
+        """Metrics besides clean accuracy, each ``[K]`` (model in eval mode)."""
+        return {}
+
+    def score(self, metrics: dict[str, float]) -> float:
+        """The task's score from one model's metrics."""
+        return metrics["acc_clean"]
+
+    # --- the fixed frame ----------------------------------------------------------------------------------
+
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the data set's images, or None for flat signals."""
+        return IMAGE_SHAPES.get(self.dataset)
+
+    def data(self, seed: int) -> Split:
+        """The seed's split with noisy training labels (test labels stay clean)."""
+        split = load_split(self.dataset, seed, self.test_fraction, self.n_train)
+        noisy = add_label_noise(split.y_train, split.n_classes, self.noise, self.noise_rate, generator(seed, "noise"))
+        return Split(split.x_train, noisy, split.x_test, split.y_test, split.n_classes)
+
+    def build_model(self, n_models: int, n_features: int, n_classes: int, init: torch.Generator) -> Classifier:
+        """K identically initialised classifiers (weights drawn once from ``init``)."""
+        options = self.model_options()
+        if self.model == "cnn":
+            body = BatchedCNN(n_models, 1, self.image_shape, n_classes, init, self.channels, self.hidden, **options)
+            return Classifier(body, flatten_images=False)
+        batch_norm = options.pop("batch_norm", False)
+        options.pop("dropblock", None)
+        options.pop("dropblock_size", None)
+        cls = BatchedNormMLP if batch_norm else BatchedMLP
+        body = cls(n_models, [n_features, *self.hidden, n_classes], init, **options)
+        return Classifier(body, self.image_shape is not None, input_standardization(self.dataset))
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The configured optimiser (element-wise, so each model's update depends on its own weights only)."""
+        if self.optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+
+    def epochs_to_run(self) -> int:
+        """Passes over the training set (free adversarial training replays batches and runs fewer)."""
+        return self.epochs
+
+    def evaluate(self, losses: Sequence[LossLike], seed: int, device: str = "cpu") -> list[TaskResult]:
+        """Train one classifier per loss (batched) on ``seed``; score each on the clean test set."""
+        if not losses:
+            return []
+        data = self.data(seed).to(device)
+        n_features = data.x_train[0].numel()
+        model = self.build_model(len(losses), n_features, data.n_classes, generator(seed, "init")).to(device)
+        trainer = BatchedTrainer(model, losses, self.make_optimizer(model))
+        streams = Streams.from_seed(seed)
+        n = len(data.y_train)
+        model.train()
+        for _ in range(self.epochs_to_run()):
+            order = torch.randperm(n, generator=streams.order).to(device)
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                self.train_step(model, trainer, data.x_train[idx], data.y_train[idx], streams)
+        model.eval()
+        with torch.no_grad():
+            logits = model(data.x_test)
+        finite = torch.isfinite(logits).flatten(start_dim=1).all(dim=1).cpu()
+        metrics = {"acc_clean": accuracy(logits, data.y_test), **self.extra_metrics(model, data, streams)}
+        results = []
+        for k, failure in enumerate(trainer.failures):
+            if failure is not None:
+                results.append(TaskResult.failed(failure, self.worst_score))
+            elif not finite[k]:
+                results.append(TaskResult.failed("non-finite outputs on the test inputs", self.worst_score))
+            else:
+                values = {name: float(v[k]) for name, v in metrics.items()}
+                results.append(TaskResult(finite_or_worst(self.score(values), self.worst_score), values))
+        return results
+
+
+#: Named settings of each task type: ``PRESETS_BY_TYPE[type][preset] -> settings`` (a suite entry names
+#: ``type`` and ``preset``; its own ``settings`` override the preset's).
+PRESETS_BY_TYPE: dict[str, dict[str, dict[str, Any]]] = {
+    "label_noise": {
+        "symmetric40": {},
+        "asymmetric40": {"noise": "asymmetric", "noise_rate": 0.4},
+        "pair30": {"noise": "pair", "noise_rate": 0.3},
+        "cnn_symmetric40": {"model": "cnn", "hidden": []},
+        "mnist_symmetric40": {"dataset": "mnist", "epochs": 10},
+        "mnist1d_symmetric40": {"dataset": "mnist1d", "hidden": [128, 128]},
+    },
+    "augment": {
+        "affine_noise_cutout": {},
+        "mixup": {"augmentations": ["mixup"]},
+        "cutmix_cnn": {"augmentations": ["cutmix"], "model": "cnn", "hidden": []},
+    },
+    "adversarial": {
+        "pgd": {},
+        "fgsm": {"attack": "fgsm"},
+        "mim": {"attack": "mim"},
+        "free": {"attack": "free"},
+    },
+    "regularize": {
+        "dropout_smoothing": {},
+        "entropy": {"dropout": 0.0, "label_smoothing": 0.0, "entropy_weight": 0.5},
+        "batch_norm": {"dropout": 0.0, "label_smoothing": 0.0, "batch_norm": True},
+        "dropblock_cnn": {"model": "cnn", "hidden": [], "dropout": 0.0, "label_smoothing": 0.0, "dropblock": 0.2},
+    },
+}
+#: Every preset by its (unique) name, whatever its type.
+PRESETS: dict[str, dict[str, Any]] = {
+    name: settings for presets in PRESETS_BY_TYPE.values() for name, settings in presets.items()
+}
+
+
+@functools.cache
+def task_types() -> dict[str, type[Task]]:
+    """``type`` name -> task class of every classification task."""
+    from lossforge.tasks.adversarial import AdversarialTask
+    from lossforge.tasks.augment import AugmentTask
+    from lossforge.tasks.regularize import RegularizeTask
+
+    classes: list[type[Task]] = [ClassificationTask, AugmentTask, AdversarialTask, RegularizeTask]
+    return {cls.kind_name: cls for cls in classes}
+
+
+def __getattr__(name: str) -> Any:
+    # TASK_TYPES is built on first access: the procedure modules subclass ClassificationTask, so importing
+    # them at the top of this module would be circular whichever module is imported first.
+    if name == "TASK_TYPES":
+        return task_types()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def make_task(type_name: str, **settings: Any) -> Task:
+    """The task of registry type ``type_name`` with ``settings`` (unknown names raise :class:`ConfigError`)."""
+    types = task_types()
+    require(type_name in types, f"task type must be one of {sorted(types)}; got {type_name!r}")
+    cls = types[type_name]
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(settings) - known)
+    require(not unknown, f"unknown setting(s) {unknown} for task type {type_name!r}; known: {sorted(known)}")
+    return cls(**settings)
+
+
+def preset_task(name: str, **overrides: Any) -> Task:
+    """The task of preset ``name`` (see :data:`PRESETS_BY_TYPE`), with ``overrides`` applied to its settings."""
+    for type_name, presets in PRESETS_BY_TYPE.items():
+        if name in presets:
+            return make_task(type_name, **{**presets[name], **overrides})
+    raise ConfigError(f"preset must be one of {sorted(PRESETS)}; got {name!r}")
