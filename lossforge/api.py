@@ -4,36 +4,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from lossforge.engine import DISPLAY_BASELINES, Search, SearchConfig
 from lossforge.errors import ConfigError
 from lossforge.expression import LossExpression
 from lossforge.rejection import rejection_reason
-from lossforge.scoring import Suite, load_suite, score_chunk_safe
+from lossforge.executor import make_executor
+from lossforge.scoring import ChunkResult, Suite, load_suite, score_chunk_safe
 from lossforge.storage import CandidateRecord, resolve_run_path
 
 
-def search(run: str | Path | None = None, progress: Callable[[str], None] | None = None,
-           **settings: Any) -> list[CandidateRecord]:
+def search(run: str | Path | None = None, quiet: bool = False, **settings: Any) -> list[CandidateRecord]:
     """Run a new search and return its hall of fame (best distinct losses first).
 
     ``settings`` are :class:`~lossforge.engine.SearchConfig` fields (``population``, ``generations``,
     ``seed``, ``space``, ``suite``, ``jobs``, ...). ``run`` is a run name (stored as ``runs/NAME.db``) or a
-    path; by default a fresh name from the time. An existing run is never overwritten.
+    path; by default a fresh name from the time. An existing run is never overwritten. Progress goes to
+    stdout unless ``quiet``.
     """
     config = SearchConfig(**settings)
     path = resolve_run_path(run or default_run_name())
-    engine = Search.create(path, config, progress)
+    engine = Search.create(path, config, quiet=quiet)
     try:
         return engine.run()
     finally:
         engine.close()
 
 
-def resume(run: str | Path, progress: Callable[[str], None] | None = None) -> list[CandidateRecord]:
+def resume(run: str | Path, quiet: bool = False) -> list[CandidateRecord]:
     """Continue a stopped run from its last recorded generation; returns the hall of fame."""
-    engine = Search.resume(resolve_run_path(run), progress)
+    engine = Search.resume(resolve_run_path(run), quiet=quiet)
     try:
         return engine.run()
     finally:
@@ -60,9 +61,29 @@ class ScoreRow:
     per_seed: list[float] = field(default_factory=list)
 
 
+def score_seeds_parallel(specs: list[Any], suite: Suite, jobs: int = -1, device: str = "cpu") -> list[ChunkResult]:
+    """Score losses on every seed of ``suite``, one worker per seed (all losses batched in each)."""
+    executor = make_executor("joblib", jobs)
+    seeds = list(suite.seeds)
+    per_seed: list[list[ChunkResult]] = [[] for _ in seeds]
+    items = [(specs, suite.spec(), [seed], device) for seed in seeds]
+    for i, results in executor.map_unordered(score_chunk_safe, items):
+        per_seed[i] = results
+    merged = []
+    for k in range(len(specs)):
+        raw: dict[str, dict[str, list]] = {}
+        for results in per_seed:  # seeds in order: concatenate each task's per-seed lists
+            for task, r in results[k].raw.items():
+                entry = raw.setdefault(task, {key: [] for key in r})
+                for key, values in r.items():
+                    entry[key].extend(values)
+        merged.append(ChunkResult(raw, sum(results[k].duration_s for results in per_seed)))
+    return merged
+
+
 def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite = "regression",
           seeds: Sequence[int] | None = None, baselines: Sequence[str] | None = None,
-          device: str = "cpu") -> list[ScoreRow]:
+          device: str = "cpu", jobs: int = -1) -> list[ScoreRow]:
     """Score losses (expression text or LossExpression) and baselines on a suite, the same way a search does.
 
     Returns one row per loss, then one per baseline; fitness is relative to each task's reference loss.
@@ -80,7 +101,7 @@ def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite
     references = {t.task.reference for t in suite.tasks}
     all_names = names + [r for r in sorted(references) if r not in names]
     specs: list[Any] = [list(e.tokens) for e in exprs] + all_names
-    results = score_chunk_safe(specs, suite.spec())
+    results = score_seeds_parallel(specs, suite, jobs, device)
     raw_by_name = dict(zip(all_names, results[len(exprs):]))
     reference = {t.name: raw_by_name[t.task.reference].raw[t.name] for t in suite.tasks}
     rows = []

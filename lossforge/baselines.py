@@ -30,14 +30,14 @@ class Baseline:
     problem: Problem
     source: str
     expression: str | None = None
-    factory: Callable[[], nn.Module] | None = None
+    factory: Callable[[str], nn.Module] | None = None
 
     def make(self, problem: str) -> nn.Module:
         """A per-sample (``reduction='none'``) loss module for ``problem``."""
         if self.expression is not None:
             return SymbolicLoss(self.expression, reduction="none", problem=problem)
         assert self.factory is not None
-        return self.factory()
+        return self.factory(problem)
 
     @property
     def tokens(self) -> tuple | None:
@@ -46,13 +46,17 @@ class Baseline:
 
 
 class HuberLoss(nn.Module):
-    """Huber loss (Huber, 1964; δ = 1), per element."""
+    """Huber loss (Huber, 1964; δ = 1), per element; for classification, between the softmax
+    probabilities and the one-hot target, summed over classes (the SymbolicLoss convention)."""
 
-    def __init__(self, delta: float = 1.0) -> None:
+    def __init__(self, problem: str = "regression", delta: float = 1.0) -> None:
         super().__init__()
-        self.delta = delta
+        self.problem, self.delta = problem, delta
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.problem == "classification":
+            probs, y = _class_probs(input, target)
+            return nn.functional.huber_loss(probs, y, reduction="none", delta=self.delta).sum(1)
         return nn.functional.huber_loss(input, target, reduction="none", delta=self.delta)
 
 
@@ -68,7 +72,8 @@ class NCERCELoss(nn.Module):
     α = β = 1, log 0 := -4 in RCE. NCE divides by a sum over classes, which the elementwise language
     cannot express."""
 
-    def __init__(self, alpha: float = 1.0, beta: float = 1.0, log_zero: float = -4.0) -> None:
+    def __init__(self, problem: str = "classification", alpha: float = 1.0, beta: float = 1.0,
+                 log_zero: float = -4.0) -> None:
         super().__init__()
         self.alpha, self.beta, self.log_zero = alpha, beta, log_zero
 
@@ -84,7 +89,7 @@ class LabelSmoothingCE(nn.Module):
     """Cross-entropy with label smoothing ε = 0.1 (Szegedy et al., 2016): the smoothed target depends on
     the number of classes, so it is plain torch."""
 
-    def __init__(self, smoothing: float = 0.1) -> None:
+    def __init__(self, problem: str = "classification", smoothing: float = 0.1) -> None:
         super().__init__()
         self.smoothing = smoothing
 
@@ -102,7 +107,7 @@ BASELINES: dict[str, Baseline] = {
                  expression="(y_pred - y_real)**2"),
         Baseline("mae", "any", "Mean absolute error; on softmax: Ghosh et al., 2017 (robust to symmetric noise).",
                  expression="sqrt((y_pred - y_real)**2)"),
-        Baseline("huber", "regression", "Huber, 1964, 'Robust Estimation of a Location Parameter' (δ = 1).",
+        Baseline("huber", "any", "Huber, 1964, 'Robust Estimation of a Location Parameter' (δ = 1).",
                  factory=HuberLoss),
         Baseline("cross_entropy", "classification", "Cross-entropy: -Σ_c y_c log p_c.",
                  expression="-y_real*log(y_pred)"),

@@ -66,11 +66,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         tune_top=args.tune_top,
     )
     path = resolve_run_path(args.run or default_run_name(), args.runs_dir)
-    say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
-    engine = Search.create(path, config, say)
-    say(f"run {path}: population {config.population}, {config.generations} generations, suite "
-        f"{engine.suite.name} ({len(engine.suite.tasks)} tasks x {len(engine.suite.seeds)} seeds), "
-        f"{engine.executor.n_workers} worker(s)")
+    engine = Search.create(path, config, quiet=args.quiet)
+    if not args.quiet:
+        print(f"run {path}: population {config.population}, {config.generations} generations, suite "
+              f"{engine.suite.name} ({len(engine.suite.tasks)} tasks x {len(engine.suite.seeds)} seeds), "
+              f"{engine.executor.n_workers} worker(s)", flush=True)
     return _drive(engine, path)
 
 
@@ -79,7 +79,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from lossforge.storage import resolve_run_path
 
     path = resolve_run_path(args.run, args.runs_dir)
-    engine = Search.resume(path, None if args.quiet else (lambda line: print(line, flush=True)))
+    engine = Search.resume(path, quiet=args.quiet)
     return _drive(engine, path)
 
 
@@ -228,6 +228,16 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from lossforge.report import write_report
+    from lossforge.storage import resolve_run_path
+
+    path = resolve_run_path(args.run, args.runs_dir)
+    out = Path(args.output) if args.output else path.with_name(path.stem + "-report")
+    print(f"wrote {write_report(path, out, top=args.top)}")
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from lossforge.storage import list_runs
 
@@ -313,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="regression")
     p.add_argument("--seeds", type=_positive_int)
     p.set_defaults(func=cmd_baselines)
+
+    p = sub.add_parser("report", help="plots and a Markdown summary of a run")
+    p.add_argument("run")
+    p.add_argument("-o", "--output", help="output directory (default: <run>-report next to the run file)")
+    p.add_argument("--top", type=_positive_int, default=10)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("runs", help="list runs")
     p.set_defaults(func=cmd_runs)

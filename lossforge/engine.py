@@ -15,7 +15,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence, TextIO
 
 from deap import algorithms, tools
 
@@ -23,6 +23,7 @@ from lossforge import gp
 from lossforge.errors import ConfigError, RunError
 from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
+from lossforge.progress import Progress, make_progress
 from lossforge.rejection import rejection_reason
 from lossforge.scoring import ChunkResult, Suite, load_suite, score_chunk_safe, suite_from_spec
 from lossforge.space import SearchSpace, load_space
@@ -121,13 +122,14 @@ class Search:
     """A search bound to a run file. Build with :meth:`create` (new run) or :meth:`resume`."""
 
     def __init__(self, store: RunStore, config: SearchConfig, space: SearchSpace, suite: Suite,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 quiet: bool = True, stream: TextIO | None = None) -> None:
         self.store = store
         self.config = config
         self.space = space
         self.suite = suite
         self.suite_spec = suite.spec()
-        self.progress = progress or (lambda line: None)
+        self.quiet, self.stream = quiet, stream
+        self.reporter: Progress = make_progress(1, config.population, quiet=True)
         self.individual_class = gp.ParetoIndividual if config.selection == "nsga2" else gp.Individual
         self.toolbox, self.pset = gp.toolbox_for(
             space, min(config.tournament_size, config.population), self.individual_class
@@ -138,17 +140,17 @@ class Search:
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
-    def create(cls, run_path: str | Path, config: SearchConfig,
-               progress: Callable[[str], None] | None = None) -> "Search":
+    def create(cls, run_path: str | Path, config: SearchConfig, quiet: bool = True,
+               stream: TextIO | None = None) -> "Search":
         """Start a new run file at ``run_path`` (refuses an existing one)."""
         space = load_space(config.space)
         suite = load_suite(config.suite)
         document = {"search": config.to_dict(), "space": space.to_dict(), "suite": suite.spec()}
         store = RunStore.create(run_path, document, suite_hash=suite.hash)
-        return cls(store, config, space, suite, progress)
+        return cls(store, config, space, suite, quiet, stream)
 
     @classmethod
-    def resume(cls, run_path: str | Path, progress: Callable[[str], None] | None = None) -> "Search":
+    def resume(cls, run_path: str | Path, quiet: bool = True, stream: TextIO | None = None) -> "Search":
         """Re-open a run file to continue it from its last recorded generation."""
         store = RunStore.open(run_path)
         document = store.config()
@@ -159,7 +161,7 @@ class Search:
         except (KeyError, TypeError) as exc:
             store.close()
             raise RunError(f"{run_path}: stored configuration is incomplete ({exc}); it cannot be resumed") from None
-        search = cls(store, config, space, suite, progress)
+        search = cls(store, config, space, suite, quiet, stream)
         search._load_cache()
         return search
 
@@ -174,12 +176,17 @@ class Search:
     def _score_specs(self, specs: list[Any], seeds: list[int] | None = None) -> list[ChunkResult]:
         """Score losses (tokens or baseline names) in fixed chunks; results in input order."""
         size = self.config.chunk_size
+        # Every chunk is padded to exactly `size` losses: batched kernels may round differently for another
+        # batch size, and a result must not depend on which candidates happened to share its chunk (resume).
         chunks = [specs[i:i + size] for i in range(0, len(specs), size)]
+        chunks = [chunk + [chunk[0]] * (size - len(chunk)) for chunk in chunks]
         out: list[ChunkResult | None] = [None] * len(specs)
         items = [(chunk, self.suite_spec, seeds, self.config.device) for chunk in chunks]
         for ci, results in self.executor.map_unordered(score_chunk_safe, items):
-            for j, res in enumerate(results):
-                out[ci * size + j] = res
+            real = [j for j in range(len(results)) if ci * size + j < len(specs)]
+            for j in real:
+                out[ci * size + j] = results[j]
+            self.reporter.candidate_scored(len(real))
         return out  # type: ignore[return-value]
 
     def score_baselines(self) -> None:
@@ -328,7 +335,7 @@ class Search:
             {"derived_from": ["generation", self.config.seed, gen]},
             dataclasses.asdict(stats),
         )
-        self.progress(stats.line())
+        self.reporter.generation_finished(stats)
         return stats
 
     def _restore_population(self, records: list[dict[str, Any]]) -> list[gp.Individual]:
@@ -363,7 +370,7 @@ class Search:
             reason = f"tuned from {rec.key} (fitness {rec.fitness:.4f} -> {fitness:.4f})"
             self._record(tuned, generation, Evaluation(state, fitness if not res.failed else 0.0, reason, summary),
                          res.duration_s)
-            self.progress(f"tuned {rec.formula}  ->  {tuned.formula()}  fitness {rec.fitness:.4f} -> {fitness:.4f}")
+            self.reporter.message(f"tuned {rec.formula}  ->  {tuned.formula()}  fitness {rec.fitness:.4f} -> {fitness:.4f}")
 
     def validate(self) -> None:
         """Re-score the best ``validate_top`` losses and the baselines on the suite's validation seeds
@@ -380,7 +387,7 @@ class Search:
         labels = [r.key for r in best] + [f"baseline:{n}" for n in names]
         for label, res in zip(labels, self._score_specs(specs, seeds)):
             self.store.set_validation(label, res.raw)
-        self.progress(f"validated the best {len(best)} loss(es) and {len(names)} baseline(s) on seeds {seeds}")
+        self.reporter.message(f"validated the best {len(best)} loss(es) and {len(names)} baseline(s) on seeds {seeds}")
 
     def hall_of_fame(self, n: int | None = None):
         """The best distinct complete losses of the run so far (from the run file)."""
@@ -389,11 +396,15 @@ class Search:
     def run(self) -> list:
         """Run (or continue) the search to its last generation; returns the hall of fame records."""
         self.store.set_status(RunStatus.RUNNING)
+        last = self.store.last_generation()
+        start_gen = 0 if last is None else last.gen + 1
+        self.reporter = make_progress(max(1, self.config.generations + 1 - start_gen), self.config.population,
+                                      quiet=self.quiet, stream=self.stream)
         try:
             self.score_baselines()
-            last = self.store.last_generation()
             if last is None:
                 started = time.perf_counter()
+                self.reporter.generation_started(0)
                 population, rejected = self.initial_population()
                 counts = self.evaluate(population, 0)
                 counts["rejected"] += rejected
@@ -401,9 +412,9 @@ class Search:
                 start_gen = 1
             else:
                 population = self._restore_population(last.population)
-                start_gen = last.gen + 1
             for gen in range(start_gen, self.config.generations + 1):
                 started = time.perf_counter()
+                self.reporter.generation_started(gen)
                 offspring = self._next_generation(population, gen)
                 counts = self.evaluate([ind for ind in offspring if not ind.fitness.valid], gen)
                 population = self._survivors(population, offspring)
@@ -416,6 +427,8 @@ class Search:
         except BaseException:
             self.store.set_status(RunStatus.FAILED)
             raise
+        finally:
+            self.reporter.close()
         self.store.set_status(RunStatus.FINISHED)
         return self.hall_of_fame()
 

@@ -69,10 +69,26 @@ def _is_num(x: sympy.Expr) -> bool:
     return bool(x.is_Number)
 
 
-class ProtectedDiv(sympy.Function):
+class _Protected(sympy.Function):
+    """Printing shared by the protected operators: their table name in text, a template in LaTeX."""
+
+    printed_name = ""
+    latex_template = ""
+
+    def _sympystr(self, printer) -> str:
+        return f"{self.printed_name}({', '.join(printer._print(a) for a in self.args)})"
+
+    def _latex(self, printer, exp=None) -> str:
+        body = self.latex_template % tuple(printer._print(a) for a in self.args)
+        return body if exp is None else r"\left(%s\right)^{%s}" % (body, exp)
+
+
+class ProtectedDiv(_Protected):
     """sympy form of ``divide``: evaluates only exact identities (see module docstring)."""
 
     nargs = 2
+    printed_name = "div"
+    latex_template = r"\frac{%s}{%s}"
 
     @classmethod
     def eval(cls, a: sympy.Expr, b: sympy.Expr):  # noqa: D102 - sympy hook
@@ -84,17 +100,13 @@ class ProtectedDiv(sympy.Function):
             return sympy.Integer(0)
         return None
 
-    def _sympystr(self, printer) -> str:
-        return f"div({printer._print(self.args[0])}, {printer._print(self.args[1])})"
 
-    def _latex(self, printer) -> str:
-        return r"\frac{%s}{%s}" % (printer._print(self.args[0]), printer._print(self.args[1]))
-
-
-class ProtectedSqrt(sympy.Function):
+class ProtectedSqrt(_Protected):
     """sympy form of ``sqrt``."""
 
     nargs = 1
+    printed_name = "sqrt"
+    latex_template = r"\sqrt{\left|%s\right|}"
 
     @classmethod
     def eval(cls, a: sympy.Expr):  # noqa: D102
@@ -102,17 +114,13 @@ class ProtectedSqrt(sympy.Function):
             return sympy.Float(math.sqrt(max(abs(float(a)), SQRT_EPS)))
         return None
 
-    def _sympystr(self, printer) -> str:
-        return f"sqrt({printer._print(self.args[0])})"
 
-    def _latex(self, printer) -> str:
-        return r"\sqrt{\left|%s\right|}" % printer._print(self.args[0])
-
-
-class ProtectedLog(sympy.Function):
+class ProtectedLog(_Protected):
     """sympy form of ``log``."""
 
     nargs = 1
+    printed_name = "log"
+    latex_template = r"\log{\left|%s\right|}"
 
     @classmethod
     def eval(cls, a: sympy.Expr):  # noqa: D102
@@ -120,29 +128,19 @@ class ProtectedLog(sympy.Function):
             return sympy.Float(math.log(max(abs(float(a)), LOG_EPS)))
         return None
 
-    def _sympystr(self, printer) -> str:
-        return f"log({printer._print(self.args[0])})"
 
-    def _latex(self, printer) -> str:
-        return r"\log{\left|%s\right|}" % printer._print(self.args[0])
-
-
-class ProtectedExp(sympy.Function):
+class ProtectedExp(_Protected):
     """sympy form of ``exp``."""
 
     nargs = 1
+    printed_name = "exp"
+    latex_template = r"e^{%s}"
 
     @classmethod
     def eval(cls, a: sympy.Expr):  # noqa: D102
         if _is_num(a):
             return sympy.Float(math.exp(min(float(a), EXP_MAX)))
         return None
-
-    def _sympystr(self, printer) -> str:
-        return f"exp({printer._print(self.args[0])})"
-
-    def _latex(self, printer) -> str:
-        return r"e^{%s}" % printer._print(self.args[0])
 
 
 # --- the table ------------------------------------------------------------------------------------------

@@ -177,3 +177,24 @@ def test_symbolic_loss_dtype_and_trainable_constants() -> None:
     assert value.dtype == torch.float64
     value.backward()
     assert loss.constants.grad is not None and loss.constants.grad.abs().sum() > 0
+
+
+def test_random_trees_print_hash_compile_and_reparse() -> None:
+    """Hundreds of random GP trees: every derived form works and the printed formula is the same loss."""
+    import random
+
+    from lossforge.gp import expression_of, toolbox_for
+    from lossforge.space import load_space
+
+    toolbox, _ = toolbox_for(load_space("survey"))
+    random.seed(123)
+    gen = torch.Generator().manual_seed(0)
+    p, r = torch.randn(16, generator=gen, dtype=torch.float64), torch.randn(16, generator=gen, dtype=torch.float64)
+    for _ in range(300):
+        expr = expression_of(toolbox.individual())
+        assert expr.latex() and len(expr.key) == 16 and expr.complexity >= 1
+        again = LossExpression.parse(expr.formula(digits=17))
+        assert again.key == expr.key, (expr.formula(), again.formula())
+        a = SymbolicLoss(expr, reduction="none")(p, r)
+        b = SymbolicLoss(again, reduction="none")(p, r)
+        torch.testing.assert_close(a, b, equal_nan=True)
