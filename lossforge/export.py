@@ -200,7 +200,7 @@ def load(path: str | Path, rank: int = 1, reduction: str = "mean", problem: str 
         raise ExportError(f"no such file: {path}")
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if head.startswith(b"SQLite format 3"):
+    if head.startswith(b"SQLite format 3") or path.suffix in (".db", ".sqlite", ".sqlite3"):
         expression = expression_from_run(path, rank, pick)
     else:
         expression, _ = read_json_export(path)

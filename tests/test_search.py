@@ -13,7 +13,7 @@ import torch
 import lossforge
 from lossforge.cli import main
 from lossforge.engine import Search, SearchConfig
-from lossforge.errors import ConfigError, ExportError, RunError
+from lossforge.errors import RunError
 from lossforge.export import load, render
 from lossforge.expression import LossExpression
 from lossforge.storage import RunStore
@@ -101,19 +101,6 @@ def test_kill_9_mid_search_then_resume_gives_the_uninterrupted_result(tmp_path: 
         assert [(r.key, r.fitness) for r in a.best(10)] == [(r.key, r.fitness) for r in b.best(10)]
 
 
-def test_existing_run_is_never_overwritten(finished_run: Path, tiny_suite: str) -> None:
-    before = finished_run.read_bytes()
-    with pytest.raises(RunError, match="resume"):
-        Search.create(finished_run, SearchConfig(**SMALL, suite=tiny_suite))
-    assert finished_run.read_bytes() == before
-
-
-@pytest.mark.parametrize("bad", [dict(population=0), dict(generations=0), dict(population=-3), dict(jobs=0)])
-def test_bad_search_config(bad: dict) -> None:
-    with pytest.raises(ConfigError):
-        SearchConfig(**bad)
-
-
 def test_export_formats_and_load_agree(finished_run: Path, tmp_path: Path) -> None:
     expr = lossforge.export.expression_from_run(finished_run, 1)
     json_path = tmp_path / "best.json"
@@ -146,31 +133,6 @@ def test_export_formats_and_load_agree(finished_run: Path, tmp_path: Path) -> No
     assert render(expr, "sympy").strip()
 
 
-@pytest.mark.parametrize(
-    "content, fragment",
-    [
-        ('{"format": "lossforge-loss", "version": 1, "tokens": ["system", "y_pred"]}', "unknown token"),
-        ('{"format": "lossforge-loss", "version": 1, "tokens": "__import__(\'os\')"}', "prefix tokens"),
-        ('{"format": "lossforge-loss", "version": 1, "tokens": ["multiply", 1e300, "y_pred"]}', "outside"),
-        ('{"format": "lossforge-loss", "version": 1, "tokens": ' + json.dumps(["plus"] * 600 + ["y_pred"] * 601) + "}",
-         "limit"),
-        ('{"format": "lossforge-loss", "version": 99, "tokens": ["y_pred"]}', "version"),
-        ('{"format": "something-else"}', "not a lossforge loss export"),
-        ("import os\nos.system('true')", "not a JSON loss export"),
-    ],
-)
-def test_hostile_or_malformed_exports_are_refused(tmp_path: Path, content: str, fragment: str) -> None:
-    path = tmp_path / "hostile.json"
-    path.write_text(content)
-    with pytest.raises(ExportError, match=fragment):
-        load(path)
-
-
-def test_bad_rank(finished_run: Path) -> None:
-    with pytest.raises(ExportError, match="rank"):
-        load(finished_run, rank=10_000)
-
-
 def _cli(*args: str, runs_dir: Path) -> tuple[int, str, str]:
     proc = subprocess.run(
         [sys.executable, "-m", "lossforge.cli", "--runs-dir", str(runs_dir), *args],
@@ -199,54 +161,6 @@ def test_cli_search_and_score(tmp_path: Path, tiny_suite: str) -> None:
     code, out, err = _cli("score", "(y_pred - y_real)**2", "--suite", tiny_suite, runs_dir=tmp_path)
     assert code == 0, err
     assert "huber" in out and "loss 1" in out
-
-
-@pytest.mark.parametrize(
-    "args, fragment",
-    [
-        (["search", "--population", "0"], "at least 1"),
-        (["search", "--generations", "-2"], "at least 1"),
-        (["search", "--population", "many"], "not an integer"),
-        (["search", "--space", "no_such_space"], "unknown search space"),
-        (["search", "--suite", "no_such_suite"], "unknown suite"),
-        (["search", "--run", "bad name!"], "run name"),
-        (["show", "no_such_run"], "no run"),
-        (["export", "no_such_run", "--format", "py"], "no run"),
-        (["export", "x", "--format", "exe"], "invalid choice"),
-        (["score", "__import__('os').system('echo hacked')"], "unknown function"),
-        (["score", "y_pred +"], "cannot parse"),
-    ],
-)
-def test_cli_bad_input_one_line_exit_2(tmp_path: Path, args: list[str], fragment: str) -> None:
-    code, out, err = _cli(*args, runs_dir=tmp_path)
-    assert code == 2
-    assert "Traceback" not in err and "hacked" not in out
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and fragment in lines[0], err
-
-
-def test_cli_refuses_existing_run_and_keeps_it(finished_run: Path) -> None:
-    before = finished_run.read_bytes()
-    code, _, err = _cli("search", "--run", "base", runs_dir=finished_run.parent)
-    assert code == 2 and "resume" in err
-    assert finished_run.read_bytes() == before
-
-
-def test_bad_space_file(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.toml"
-    bad.write_text('name = "x"\noperators = ["plus", "tan"]\n[terminals]\nvariables = ["y_pred"]\n'
-                   'constants = { low = 1.0, high = 2.0, digits = 2 }\n[limits]\ninit_min_depth = 1\n'
-                   'init_max_depth = 2\nmax_depth = 4\nmax_nodes = 20\n')
-    code, _, err = _cli("space", str(bad), runs_dir=tmp_path)
-    assert code == 2 and "tan" in err and str(bad) in err
-    bad.write_text('name = "x"\noperators = ["plus"]\n[terminals]\nvariables = ["y_pred"]\n'
-                   'constants = { low = 3.0, high = 2.0, digits = 2 }\n[limits]\ninit_min_depth = 1\n'
-                   'init_max_depth = 2\nmax_depth = 4\nmax_nodes = 20\n')
-    code, _, err = _cli("space", str(bad), runs_dir=tmp_path)
-    assert code == 2 and "low" in err
-    bad.write_text('name = "x"\noperators = ["plus"]\n')
-    code, _, err = _cli("space", str(bad), runs_dir=tmp_path)
-    assert code == 2 and "missing field" in err
 
 
 def test_expression_tokens_roundtrip_through_run_file(finished_run: Path) -> None:

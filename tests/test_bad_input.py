@@ -1,0 +1,257 @@
+"""Bad input across the CLI and the API: one clear error each, exit code 2 (CLI) or a typed exception
+(API), no traceback, and saved data left intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import lossforge
+from lossforge.cli import main
+from lossforge.engine import Search, SearchConfig
+from lossforge.errors import ConfigError, ExportError, ExpressionError, LossforgeError, RunError, SpaceError
+from lossforge.export import load
+from lossforge.scoring import load_suite
+from lossforge.space import load_space
+from lossforge.storage import RunStore
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import TINY_SUITE
+
+    runs = tmp_path_factory.mktemp("runs")
+    lossforge.search(run=runs / "saved.db", suite=TINY_SUITE, population=4, generations=1, jobs=1,
+                     quiet=True, validate_top=0)
+    return runs / "saved.db"
+
+
+def _fingerprint(folder: Path) -> dict[str, bytes]:
+    # Run files and exports; SQLite's -wal/-shm side files come and go with any reader and are not data.
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+
+
+def _cli(capsys: pytest.CaptureFixture, runs_dir: Path, *args: str) -> tuple[int, str]:
+    try:
+        code = main(["--runs-dir", str(runs_dir), *args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    return code, err
+
+
+CLI_CASES = [
+    (["search", "--population", "0"], "at least 1"),
+    (["search", "--generations", "-2"], "at least 1"),
+    (["search", "--population", "many"], "not an integer"),
+    (["search", "--jobs", "0"], "-1 (all cores)"),
+    (["search", "--seed", "1.5"], "not an integer"),
+    (["search", "--space", "no_such_space"], "unknown search space"),
+    (["search", "--suite", "no_such_suite"], "unknown suite"),
+    (["search", "--run", "bad name!"], "run name"),
+    (["search", "--selection", "random"], "invalid choice"),
+    (["show", "no_such_run"], "no run"),
+    (["show", "saved", "--top", "0"], "at least 1"),
+    (["export", "no_such_run", "--format", "py"], "no run"),
+    (["export", "saved", "--format", "exe"], "invalid choice"),
+    (["export", "saved", "--format", "json", "--rank", "999"], "rank 999"),
+    (["export", "saved", "--format", "json", "--rank", "first"], "not an integer"),
+    (["export", "saved", "--format", "py", "-o", "/proc/forbidden/loss.py"], "cannot write"),
+    (["resume", "no_such_run"], "no run"),
+    (["report", "no_such_run"], "no run"),
+    (["score", "__import__('os').system('echo hacked')"], "unknown function"),
+    (["score", "y_pred +"], "cannot parse"),
+    (["score", "y_pred ** y_real"], "integer powers"),
+    (["score", "(y_pred - y_real)**2", "--against", "no_such_loss"], "unknown baseline"),
+    (["baselines", "--suite", "no_such_suite"], "unknown suite"),
+    (["space", "no_such_space"], "unknown search space"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
+def test_cli_bad_input_one_line_exit_2(saved_run: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                      fragment: str) -> None:
+    before = _fingerprint(saved_run.parent)
+    code, err = _cli(capsys, saved_run.parent, *args)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], err
+    assert "Traceback" not in err and "hacked" not in err
+    assert _fingerprint(saved_run.parent) == before  # nothing saved was touched
+
+
+def test_existing_run_is_refused_and_kept(saved_run: Path, capsys: pytest.CaptureFixture) -> None:
+    before = saved_run.read_bytes()
+    code, err = _cli(capsys, saved_run.parent, "search", "--run", "saved")
+    assert code == 2 and "resume" in err
+    assert saved_run.read_bytes() == before
+    with pytest.raises(RunError, match="resume"):
+        Search.create(saved_run, SearchConfig(population=4, generations=1))
+
+
+@pytest.mark.parametrize("corruption", ["truncated", "garbage", "foreign", "newer_schema", "empty"])
+def test_damaged_run_files_get_one_clear_error_and_stay_unchanged(
+    saved_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, corruption: str
+) -> None:
+    path = tmp_path / "damaged.db"
+    if corruption == "truncated":
+        data = saved_run.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif corruption == "garbage":
+        path.write_bytes(os.urandom(8192))
+    elif corruption == "empty":
+        path.write_bytes(b"")
+    elif corruption == "foreign":
+        con = sqlite3.connect(path)
+        con.execute("CREATE TABLE t (x)")
+        con.commit()
+        con.close()
+    else:
+        shutil.copy(saved_run, path)
+        con = sqlite3.connect(path)
+        con.execute("PRAGMA user_version = 99")
+        con.commit()
+        con.close()
+    before = path.read_bytes()
+    for command in (["show", str(path)], ["resume", str(path)], ["export", str(path), "--format", "json"],
+                    ["report", str(path)]):
+        code, err = _cli(capsys, tmp_path, *command)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and str(path) in err, (command, err)
+    with pytest.raises(RunError):
+        load(path)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ('{"format": "lossforge-loss", "version": 1, "tokens": ["system", "y_pred"]}', "unknown token"),
+        ('{"format": "lossforge-loss", "version": 1, "tokens": "__import__(\'os\')"}', "prefix tokens"),
+        ('{"format": "lossforge-loss", "version": 1, "tokens": ["multiply", 1e300, "y_pred"]}', "outside"),
+        ('{"format": "lossforge-loss", "version": 1, "tokens": ' + json.dumps(["plus"] * 600 + ["y_pred"] * 601)
+         + "}", "limit"),
+        ('{"format": "lossforge-loss", "version": 99, "tokens": ["y_pred"]}', "version"),
+        ('{"format": "something-else"}', "not a lossforge loss export"),
+        ("import os\nos.system('true')", "not a JSON loss export"),
+        ("[" * 100_000 + "]" * 100_000, "not a JSON loss export"),
+    ],
+)
+def test_hostile_or_malformed_exports_are_refused(tmp_path: Path, content: str, fragment: str) -> None:
+    path = tmp_path / "hostile.json"
+    path.write_text(content)
+    with pytest.raises(ExportError, match=fragment):
+        load(path)
+
+
+def test_oversized_export_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "huge.json"
+    path.write_text(" " * 2_000_001 + "{}")
+    with pytest.raises(ExportError, match="limit"):
+        load(path)
+
+
+@pytest.mark.parametrize("rank", [0, -1, 10_000, 1.5, True])
+def test_bad_rank_through_the_api(saved_run: Path, rank: object) -> None:
+    with pytest.raises(ExportError, match="rank"):
+        load(saved_run, rank=rank)  # type: ignore[arg-type]
+
+
+def test_missing_export_file(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="no such file"):
+        load(tmp_path / "nothing.json")
+
+
+@pytest.mark.parametrize("bad", [dict(population=0), dict(generations=0), dict(population=-3), dict(jobs=0),
+                                 dict(selection="random"), dict(chunk_size=0), dict(crossover_prob=1.5)])
+def test_bad_search_config(bad: dict) -> None:
+    with pytest.raises(ConfigError):
+        SearchConfig(**bad)
+
+
+def test_api_errors_are_typed(tmp_path: Path) -> None:
+    with pytest.raises(ExpressionError):
+        lossforge.SymbolicLoss("open('x')")
+    with pytest.raises(SpaceError):
+        load_space(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError):
+        load_suite("no_such_suite")
+    with pytest.raises(ConfigError):
+        lossforge.search(run=tmp_path / "x.db", population=0)
+    assert not (tmp_path / "x.db").exists()
+    for cls in (ExpressionError, SpaceError, ConfigError, RunError, ExportError):
+        assert issubclass(cls, LossforgeError)
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ('seeds = [0]\n[[tasks]]\nname = "a"\ntype = "no_such_task"\n', "unknown task type"),
+        ('seeds = [0]\n[[tasks]]\nname = "a"\ntype = "regression"\npreset = "nope"\n', "unknown preset"),
+        ('seeds = [0]\n[[tasks]]\nname = "a"\ntype = "regression"\nsettings = { steps = -5 }\n', "steps"),
+        ('seeds = [0]\n[[tasks]]\nname = "a"\ntype = "regression"\nsettings = { bogus = 1 }\n', "bogus"),
+        ('seeds = []\n[[tasks]]\nname = "a"\ntype = "regression"\n', "seeds"),
+        ('seeds = [0]\n', "at least one"),
+        ('seeds = [0]\n[[tasks]]\nname = "a"\ntype = "regression"\nweight = -1\n', "weight"),
+        ("seeds = [0\n", "cannot read suite"),
+    ],
+)
+def test_bad_suite_files(tmp_path: Path, body: str, fragment: str) -> None:
+    path = tmp_path / "suite.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=fragment) as info:
+        load_suite(path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_space_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = ('name = "x"\noperators = {ops}\n[terminals]\nvariables = ["y_pred", "y_real"]\n'
+            "constants = {{ low = {low}, high = 2.0, digits = 2 }}\n[limits]\ninit_min_depth = 1\n"
+            "init_max_depth = 2\nmax_depth = 4\nmax_nodes = 20\n")
+    cases = [
+        (base.format(ops='["plus", "tan"]', low=1.0), "tan"),
+        (base.format(ops='["plus"]', low=3.0), "low"),
+        ('name = "x"\noperators = ["plus"]\n', "missing field"),
+        (base.format(ops='"plus"', low=1.0), "operators"),
+        ("not toml at all = = =", "not valid TOML"),
+    ]
+    path = tmp_path / "space.toml"
+    for text, fragment in cases:
+        path.write_text(text)
+        code, err = _cli(capsys, tmp_path, "space", str(path))
+        assert code == 2 and fragment in err and str(path) in err, (text, err)
+
+
+def test_ctrl_c_stops_cleanly_keeps_everything_and_says_how_to_resume(tmp_path: Path, tiny_suite: str) -> None:
+    args = ["--suite", tiny_suite, "--population", "6", "--generations", "30", "--jobs", "1", "--chunk-size", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lossforge.cli", "--runs-dir", str(tmp_path), "search", "--run", "ctrlc", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    run = tmp_path / "ctrlc.db"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if run.exists():
+            try:
+                with RunStore.open(run, readonly=True) as store:
+                    if store.last_generation() is not None:
+                        break
+            except RunError:
+                pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "search ended before Ctrl-C"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "lossforge resume" in err and len(err.strip().splitlines()) == 1
+    with RunStore.open(run, readonly=True) as store:
+        assert store.summary().status.value == "interrupted"
+        assert store.candidates()  # everything scored before Ctrl-C is kept
