@@ -128,13 +128,16 @@ class BatchedTrainer:
                 v = v.mean() if v.dim() > 0 else v
             except (RuntimeError, ValueError, ZeroDivisionError, OverflowError) as exc:
                 self.fail(k, f"loss raised {type(exc).__name__}: {exc}")
-                values.append(outputs[k].sum() * 0.0)
-                continue
-            if not torch.isfinite(v.detach()):
-                self.fail(k, f"non-finite loss value at step {self.steps}")
                 v = outputs[k].sum() * 0.0
             values.append(v)
-        return torch.stack(values)
+        stacked = torch.stack(values)
+        finite = torch.isfinite(stacked.detach())
+        if not bool(finite.all()):  # one check for all K models, not one synchronisation each
+            for k in (~finite).nonzero().flatten().tolist():
+                self.fail(k, f"non-finite loss value at step {self.steps}")
+            # the failed models' gradients may be NaN; check_gradients zeroes them before the update
+            stacked = torch.where(finite, stacked, torch.zeros_like(stacked))
+        return stacked
 
     def step(self, outputs: torch.Tensor, target: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """One optimisation step of all live models; returns the per-model loss values (detached)."""
@@ -153,15 +156,16 @@ class BatchedTrainer:
             if p.grad is not None:
                 norms += p.grad.detach().reshape(self.n_models, -1).double().pow(2).sum(dim=1).cpu()
         norms = norms.sqrt()
-        for k in range(self.n_models):
-            if self.failures[k] is not None:
-                continue
-            if not math.isfinite(norms[k].item()):
+        alive = self.alive
+        bad = alive & (~torch.isfinite(norms) | (norms > self.max_grad_norm) | ((norms == 0) & (self.steps == 0)))
+        for k in bad.nonzero().flatten().tolist():  # rare: only failing models pay for a Python loop
+            norm = norms[k].item()
+            if not math.isfinite(norm):
                 self.fail(k, f"non-finite gradient at step {self.steps}")
-            elif self.steps == 0 and norms[k].item() == 0.0:
+            elif norm == 0.0:
                 self.fail(k, "no gradient with respect to the model's output")
-            elif norms[k].item() > self.max_grad_norm:
-                self.fail(k, f"exploding gradient (norm {norms[k].item():.3g}) at step {self.steps}")
+            else:
+                self.fail(k, f"exploding gradient (norm {norm:.3g}) at step {self.steps}")
         dead = ~self.alive
         if dead.any():
             for p in self.params:
