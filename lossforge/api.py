@@ -15,17 +15,20 @@ from lossforge.scoring import ChunkResult, Suite, load_suite, score_chunk_safe
 from lossforge.storage import CandidateRecord, resolve_run_path
 
 
-def search(run: str | Path | None = None, quiet: bool = False, **settings: Any) -> list[CandidateRecord]:
+def search(run: str | Path | None = None, quiet: bool = False, cache_from: Sequence[str | Path] = (),
+           **settings: Any) -> list[CandidateRecord]:
     """Run a new search and return its hall of fame (best distinct losses first).
 
     ``settings`` are :class:`~lossforge.engine.SearchConfig` fields (``population``, ``generations``,
     ``seed``, ``space``, ``suite``, ``jobs``, ...). ``run`` is a run name (stored as ``runs/NAME.db``) or a
     path; by default a fresh name from the time. An existing run is never overwritten. Progress goes to
-    stdout unless ``quiet``.
+    stdout unless ``quiet``. ``cache_from``: earlier run files on the same suite and seeds whose
+    evaluations are reused instead of training again.
     """
     config = SearchConfig(**settings)
     path = resolve_run_path(run or default_run_name())
     engine = Search.create(path, config, quiet=quiet)
+    engine.import_cache([resolve_run_path(p) for p in cache_from])
     try:
         return engine.run()
     finally:

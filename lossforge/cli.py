@@ -66,8 +66,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         tune_top=args.tune_top,
     )
     path = resolve_run_path(args.run or default_run_name(), args.runs_dir)
+    from lossforge.errors import RunError
+
+    cache_from = [resolve_run_path(r, args.runs_dir) for r in args.cache_from]
+    for other in cache_from:  # check before creating anything
+        if not other.exists():
+            raise RunError(f"no run at {other} to take cached evaluations from")
     engine = Search.create(path, config, quiet=args.quiet)
+    imported = engine.import_cache(cache_from)
     if not args.quiet:
+        if cache_from:
+            print(f"reusing {imported} evaluation(s) from {len(cache_from)} earlier run(s) on the same suite")
         print(f"run {path}: population {config.population}, {config.generations} generations, suite "
               f"{engine.suite.name} ({len(engine.suite.tasks)} tasks x {len(engine.suite.seeds)} seeds), "
               f"{engine.executor.n_workers} worker(s)", flush=True)
@@ -288,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-baselines", action="store_true", help="start from the known losses the space can express")
     p.add_argument("--validate-top", type=_int, default=5, help="re-score this many best losses on validation seeds")
     p.add_argument("--tune-top", type=_int, default=0, help="tune the constants of this many best losses at the end")
+    p.add_argument("--cache-from", action="append", default=[], metavar="RUN",
+                   help="reuse evaluations of an earlier run on the same suite and seeds (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_search)
 

@@ -24,7 +24,7 @@ from lossforge.errors import ConfigError, RunError
 from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
 from lossforge.progress import Progress, make_progress
-from lossforge.rejection import rejection_reason
+from lossforge.rejection import probe, rejection_reason
 from lossforge.scoring import ChunkResult, Suite, load_suite, score_chunk_safe, suite_from_spec
 from lossforge.space import SearchSpace, load_space
 from lossforge.storage import CandidateState, RunStatus, RunStore
@@ -135,6 +135,7 @@ class Search:
             space, min(config.tournament_size, config.population), self.individual_class
         )
         self.cache: dict[str, Evaluation] = {}
+        self.fingerprints: dict[str, str] = {}  # gradient fingerprint -> key of the loss scored for it
         self.reference: dict[str, Any] = {}
         self.executor = make_executor(config.executor, config.jobs)
 
@@ -148,6 +149,10 @@ class Search:
         document = {"search": config.to_dict(), "space": space.to_dict(), "suite": suite.spec()}
         store = RunStore.create(run_path, document, suite_hash=suite.hash)
         return cls(store, config, space, suite, quiet, stream)
+
+    def import_cache(self, run_paths: Sequence[str | Path]) -> int:
+        """Reuse the evaluations of earlier runs on the same suite (same tasks, settings and seeds)."""
+        return sum(self.store.import_cache(path, self.suite.hash) for path in run_paths)
 
     @classmethod
     def resume(cls, run_path: str | Path, quiet: bool = True, stream: TextIO | None = None) -> "Search":
@@ -170,6 +175,9 @@ class Search:
             if rec.key and rec.status.is_finished():
                 self.cache[rec.key] = Evaluation(rec.status, rec.fitness if rec.fitness is not None else 0.0,
                                                  rec.reason, rec.task_scores)
+                if rec.status != CandidateState.REJECTED and rec.worker is None:  # scored here: re-probe
+                    fingerprint = probe(LossExpression(rec.tree), self.suite.problems).fingerprint
+                    self.fingerprints.setdefault(fingerprint, rec.key)
         self.reference = {name: scores for name, scores in self.store.baselines().items()}
 
     # -------------------------------------------------------------------------------------- scoring
@@ -215,20 +223,37 @@ class Search:
         return self.suite.fitness(self.reference[name], self._reference_raw())[0]
 
     def evaluate(self, individuals: Sequence[gp.Individual], generation: int) -> dict[str, int]:
-        """Give every individual a fitness: from the cache, by rejection, or by training (recorded)."""
+        """Give every individual a fitness: from the cache (same canonical key, same gradient fingerprint,
+        or an imported run), by rejection, or by training (recorded as it arrives)."""
         counts = {"evaluated": 0, "cache_hits": 0, "rejected": 0, "failed": 0}
         exprs = [gp.expression_of(ind) for ind in individuals]
         pending: dict[str, LossExpression] = {}
+        aliases: dict[str, str] = {}  # key -> key of an equivalent loss scored in its place
         for expr in exprs:
-            if expr.key in self.cache or expr.key in pending:
+            if expr.key in self.cache or expr.key in pending or expr.key in aliases:
                 counts["cache_hits"] += 1
                 continue
-            reason = self.space.violation(expr.tokens) or rejection_reason(expr, self.suite.problems)
+            imported = self.store.lookup(self.suite.hash, expr.key)
+            if imported is not None and imported.origin is not None:  # scored by another run: reuse
+                ev = Evaluation(imported.status, imported.fitness or 0.0,
+                                imported.reason or f"cached from {imported.origin}", imported.task_scores)
+                self._record(expr, generation, ev, 0.0, worker=f"cache:{imported.origin}")
+                counts["cache_hits"] += 1
+                continue
+            violation = self.space.violation(expr.tokens)
+            result = probe(expr, self.suite.problems) if violation is None else None
+            reason = violation or result.reason
             if reason is not None:
                 self._record(expr, generation, Evaluation(CandidateState.REJECTED, 0.0, reason), 0.0)
                 counts["rejected"] += 1
-            else:
-                pending[expr.key] = expr
+                continue
+            twin = self.fingerprints.get(result.fingerprint)
+            if twin is not None:
+                aliases[expr.key] = twin
+                counts["cache_hits"] += 1
+                continue
+            self.fingerprints[result.fingerprint] = expr.key
+            pending[expr.key] = expr
         todo = list(pending.values())
         if todo:
             results = self._score_specs([list(e.tokens) for e in todo])
@@ -242,6 +267,8 @@ class Search:
                     ev = Evaluation(CandidateState.COMPLETE, fitness, res.first_reason, summary)
                 self._record(expr, generation, ev, res.duration_s)
                 counts["evaluated"] += 1
+        for key, twin in aliases.items():
+            self.cache[key] = self.cache[twin]
         for ind, expr in zip(individuals, exprs):
             ind.fitness.values = self._objectives(self.cache[expr.key].fitness, expr)
         return counts
@@ -251,14 +278,15 @@ class Search:
             return (fitness, float(expr.complexity))
         return (fitness,)
 
-    def _record(self, expr: LossExpression, generation: int, ev: Evaluation, duration: float) -> None:
+    def _record(self, expr: LossExpression, generation: int, ev: Evaluation, duration: float,
+                worker: str | None = None) -> None:
         self.cache[expr.key] = ev
         self.store.record_candidate(
             generation, list(expr.tokens), status=ev.status, key=expr.key, structure_key=expr.structure_key,
             formula=expr.formula(), latex=expr.latex(), complexity=expr.complexity, reason=ev.reason,
             fitness=ev.fitness if ev.status == CandidateState.COMPLETE else None,
             objectives=[ev.fitness, -float(expr.complexity)], task_scores=ev.task_scores,
-            constants=expr.constants, duration_s=duration, suite_hash=self.suite.hash,
+            constants=expr.constants, duration_s=duration, suite_hash=self.suite.hash, worker=worker,
         )
 
     # ------------------------------------------------------------------------------------ generations

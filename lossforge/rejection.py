@@ -1,12 +1,21 @@
-"""Early rejection: cheap checks that spare training a candidate that obviously cannot train.
+"""Early rejection and behavioural fingerprints: cheap checks on fixed probe data before any training.
 
 Each check runs in milliseconds on fixed probe data (seeded, so results are reproducible) and returns
 a reason string, or ``None`` when the loss passes. A rejected candidate is recorded with its reason and the
 worst fitness, never trained. A suite with several problem types rejects a loss only when it fails the
 checks of every problem type (a loss meant for classification need not regress).
+
+The same probe gives a **fingerprint**: a hash of the loss's gradient with respect to the prediction on
+the probe inputs (rounded to 6 significant digits). Training only ever sees that gradient, so two losses
+with equal gradients everywhere train identically (``L`` and ``L + 1``, ``log(y_pred**2)`` and
+``2*log(y_pred)``); losses whose fingerprints agree are scored once. The probe covers the range the tasks
+use (standardised regression values, softmax probabilities from logits of a few units).
 """
 
 from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
 
 import torch
 
@@ -15,7 +24,7 @@ from lossforge.loss import SymbolicLoss
 from lossforge.tasks.base import EXPLODING_GRAD_NORM
 
 PROBE_SIZE = 128
-DESCENT_STEPS = 60
+DESCENT_STEPS = 30
 
 
 def _probe_generator() -> torch.Generator:
@@ -47,7 +56,20 @@ def _progress(problem: str, pred: torch.Tensor, target: torch.Tensor) -> float:
         return -(pred - target).abs().mean().item()
 
 
-def numeric_reason(expression: LossExpression, problem: str) -> str | None:
+@dataclass(frozen=True)
+class Probe:
+    """Outcome of probing a loss: why it is rejected (or None), and its gradient fingerprint."""
+
+    reason: str | None
+    fingerprint: str | None = None
+
+
+def _fingerprint(grad: torch.Tensor) -> str:
+    text = ",".join(f"{v:.6g}" for v in grad.detach().double().flatten().tolist())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def numeric_probe(expression: LossExpression, problem: str) -> Probe:
     """Probe checks for one problem type: finite values, a finite and non-exploding gradient with respect
     to the prediction, and a short optimisation of the predictions themselves moving them to the targets."""
     loss = SymbolicLoss(expression, reduction="none", problem=problem)
@@ -56,43 +78,54 @@ def numeric_reason(expression: LossExpression, problem: str) -> str | None:
     pred = pred0.clone().requires_grad_(True)
     values = loss(pred, target)
     if not torch.isfinite(values).all():
-        return "not finite on probe inputs"
+        return Probe("not finite on probe inputs")
     values.mean().backward()
     grad = pred.grad
     if grad is None or not torch.isfinite(grad).all():
-        return "NaN or infinite gradient on probe inputs"
+        return Probe("NaN or infinite gradient on probe inputs")
     if grad.abs().max().item() == 0.0:
-        return "no gradient with respect to y_pred on probe inputs"
+        return Probe("no gradient with respect to y_pred on probe inputs")
     if grad.norm().item() > EXPLODING_GRAD_NORM:
-        return f"exploding gradient on probe inputs (norm {grad.norm().item():.3g})"
+        return Probe(f"exploding gradient on probe inputs (norm {grad.norm().item():.3g})")
+    fingerprint = _fingerprint(grad)
     pred = pred0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([pred], lr=0.05)
+    opt = torch.optim.Adam([pred], lr=0.1)
     before = _progress(problem, pred, target)
     for _ in range(DESCENT_STEPS):
         opt.zero_grad()
         value = loss(pred, target).mean()
         if not torch.isfinite(value):
-            return "loss turns non-finite while minimising it on probe inputs"
+            return Probe("loss turns non-finite while minimising it on probe inputs")
         value.backward()
         opt.step()
     after = _progress(problem, pred, target)
     if not after > before + 0.05 * abs(before) + 1e-3:
-        return "minimising it does not move predictions towards the targets"
-    return None
+        return Probe("minimising it does not move predictions towards the targets")
+    return Probe(None, fingerprint)
+
+
+def probe(expression: LossExpression, problems: set[str] | list[str]) -> Probe:
+    """Probe a loss for a suite with these problem types: rejected only if every problem type rejects it;
+    the fingerprint covers every problem type it passes."""
+    reason = symbolic_reason(expression)
+    if reason is not None:
+        return Probe(reason)
+    reasons, prints = [], []
+    for problem in sorted(problems):
+        try:
+            result = numeric_probe(expression, problem)
+        except (RuntimeError, ValueError, OverflowError, ZeroDivisionError) as exc:
+            result = Probe(f"raised {type(exc).__name__} on probe inputs: {exc}")
+        if result.reason is None:
+            prints.append(f"{problem}:{result.fingerprint}")
+        else:
+            reasons.append(result.reason if len(problems) == 1 else f"{problem}: {result.reason}")
+            prints.append(f"{problem}:rejected")
+    if len(reasons) == len(problems):
+        return Probe("; ".join(reasons))
+    return Probe(None, hashlib.sha256("|".join(prints).encode()).hexdigest()[:16])
 
 
 def rejection_reason(expression: LossExpression, problems: set[str] | list[str]) -> str | None:
     """``None`` if the loss may be trained on a suite with these problem types, else why not."""
-    reason = symbolic_reason(expression)
-    if reason is not None:
-        return reason
-    reasons = []
-    for problem in sorted(problems):
-        try:
-            reason = numeric_reason(expression, problem)
-        except (RuntimeError, ValueError, OverflowError, ZeroDivisionError) as exc:
-            reason = f"raised {type(exc).__name__} on probe inputs: {exc}"
-        if reason is None:
-            return None
-        reasons.append(reason if len(problems) == 1 else f"{problem}: {reason}")
-    return "; ".join(reasons)
+    return probe(expression, problems).reason

@@ -1,0 +1,114 @@
+"""Early rejection rules, gradient fingerprints, and the evaluation cache within and across runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import lossforge
+from lossforge import gp
+from lossforge.engine import Search, SearchConfig
+from lossforge.expression import LossExpression
+from lossforge.rejection import probe, rejection_reason
+from lossforge.storage import RunStore
+
+REG = {"regression"}
+CLS = {"classification"}
+
+
+@pytest.mark.parametrize(
+    "text, problems, fragment",
+    [
+        ("y_pred*y_pred", REG, "does not depend on y_real"),
+        ("y_real*y_real + 1", REG, "does not depend on y_pred"),
+        ("div(1, (y_pred - y_real)**2)", REG, "not finite|exploding|towards the targets"),
+        ("exp(30*y_pred)*y_real", REG, "exploding|non-finite|not finite"),
+        ("y_pred - y_real", REG, "towards the targets"),
+        ("(y_pred - y_real)**2 + 0*y_pred - y_pred*0", REG, ""),  # canonical form drops it: passes
+        ("y_real*log(y_pred)", CLS, "towards the targets"),  # cross-entropy with the wrong sign
+        ("sqrt(y_pred - y_pred + y_real)", REG, "does not depend on y_pred"),
+    ],
+)
+def test_rejection_rules(text: str, problems: set[str], fragment: str) -> None:
+    reason = rejection_reason(LossExpression.parse(text), problems)
+    if fragment:
+        assert reason is not None and re.search(fragment, reason), reason
+    else:
+        assert reason is None
+
+
+@pytest.mark.parametrize(
+    "text, problems",
+    [
+        ("(y_pred - y_real)**2", REG),  # MSE
+        ("sqrt((y_pred - y_real)**2)", REG),  # MAE
+        ("-y_real*log(y_pred)", CLS),  # CE
+        ("sqrt((y_pred - y_real)**2)", CLS),  # MAE on softmax
+        ("y_real*(1 - exp(0.7*log(y_pred)))/0.7", CLS),  # GCE
+        ("-0.1*y_real*log(y_pred) + 4*y_real*(1 - y_pred)", CLS),  # SCE
+        ("-y_real*(1 - y_pred)**2*log(y_pred)", CLS),  # focal
+    ],
+)
+def test_common_good_losses_are_not_rejected(text: str, problems: set[str]) -> None:
+    assert rejection_reason(LossExpression.parse(text), problems) is None
+
+
+def test_mixed_suites_reject_only_if_every_problem_rejects() -> None:
+    ce = LossExpression.parse("-y_real*log(y_pred)")
+    assert rejection_reason(ce, {"regression", "classification"}) is None
+    assert rejection_reason(LossExpression.parse("y_pred - y_real"), {"regression", "classification"})
+
+
+def test_fingerprint_merges_losses_with_equal_gradients_only() -> None:
+    fp = lambda t, p=REG: probe(LossExpression.parse(t), p).fingerprint  # noqa: E731
+    assert fp("(y_pred - y_real)**2") == fp("(y_pred - y_real)**2 + 3")  # same gradient, same training
+    assert fp("-y_real*log(y_pred)", CLS) == fp("-y_real*log(y_pred) + 0.5*y_real", CLS)  # Σ y_c = 1
+    assert fp("(y_pred - y_real)**2") != fp("2*(y_pred - y_real)**2")
+    assert fp("(y_pred - y_real)**2") != fp("sqrt((y_pred - y_real)**2)")
+
+
+class _CountingSearch(Search):
+    """A Search that records every loss it sends to training."""
+
+    trained: list[str]
+
+    def _score_specs(self, specs, seeds=None):
+        self.trained.extend(LossExpression(s).key for s in specs if not isinstance(s, str))
+        return super()._score_specs(specs, seeds)
+
+
+def test_equivalent_forms_and_twins_are_never_trained_twice(tmp_path: Path, tiny_suite: str) -> None:
+    engine = _CountingSearch.create(tmp_path / "c.db", SearchConfig(population=4, generations=1, suite=tiny_suite,
+                                                                     jobs=1, chunk_size=4))
+    engine.trained = []
+    engine.score_baselines()
+    forms = ["(y_pred - y_real)**2", "(y_real - y_pred)*(y_real - y_pred)", "(y_pred - y_real)**2 + 1",
+             "sqrt((y_pred - y_real)**2)", "sqrt((y_real - y_pred)**2)"]
+    individuals = [gp.from_tokens(LossExpression.parse(f).tokens, engine.pset, engine.individual_class) for f in forms]
+    counts = engine.evaluate(individuals, 0)
+    assert counts["evaluated"] == 2 and counts["cache_hits"] == 3
+    assert len(engine.trained) == len(set(engine.trained))  # each loss sent to training once
+    fits = [ind.fitness.values[0] for ind in individuals]
+    assert fits[0] == fits[1] == fits[2] and fits[3] == fits[4]
+    again = [gp.from_tokens(LossExpression.parse(f).tokens, engine.pset, engine.individual_class) for f in forms]
+    trained_before = list(engine.trained)
+    assert engine.evaluate(again, 1)["cache_hits"] == len(forms)
+    assert engine.trained == trained_before
+    engine.close()
+
+
+def test_cache_across_runs_with_the_same_suite(tmp_path: Path, tiny_suite: str) -> None:
+    lossforge.search(run=tmp_path / "first.db", suite=tiny_suite, population=6, generations=1, jobs=1,
+                     quiet=True, validate_top=0)
+    lossforge.search(run=tmp_path / "second.db", suite=tiny_suite, population=6, generations=1, jobs=1,
+                     quiet=True, validate_top=0, cache_from=[tmp_path / "first.db"])
+    with RunStore.open(tmp_path / "first.db", readonly=True) as a, RunStore.open(tmp_path / "second.db",
+                                                                                 readonly=True) as b:
+        first = {c.key: c for c in a.candidates()}
+        reused = [c for c in b.candidates() if c.worker and c.worker.startswith("cache:")]
+        # same seed, same suite: the second run meets the first run's losses and trains none of them again
+        assert reused and all(c.key in first and c.fitness == first[c.key].fitness for c in reused)
+        trained_again = [c for c in b.candidates() if c.key in first and not (c.worker or "").startswith("cache:")]
+        assert not trained_again
