@@ -17,7 +17,7 @@ from torch import nn
 
 from lossforge.errors import ConfigError
 from lossforge.expression import LossExpression
-from lossforge.loss import SymbolicLoss
+from lossforge.loss import SymbolicLoss, class_probabilities
 
 Problem = Literal["regression", "classification", "any"]
 
@@ -55,16 +55,9 @@ class HuberLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.problem == "classification":
-            probs, y = _class_probs(input, target)
+            probs, y = class_probabilities(input, target)
             return nn.functional.huber_loss(probs, y, reduction="none", delta=self.delta).sum(1)
         return nn.functional.huber_loss(input, target, reduction="none", delta=self.delta)
-
-
-def _class_probs(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    probs = torch.softmax(input, dim=1)
-    if target.is_floating_point():
-        return probs, target.to(probs.dtype)
-    return probs, nn.functional.one_hot(target.long(), input.shape[1]).movedim(-1, 1).to(probs.dtype)
 
 
 class NCERCELoss(nn.Module):
@@ -79,7 +72,7 @@ class NCERCELoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         log_p = torch.log_softmax(input, dim=1)
-        probs, y = _class_probs(input, target)
+        probs, y = class_probabilities(input, target)
         nce = (-(y * log_p).sum(1)) / (-log_p.sum(1))
         rce = -(probs * torch.clamp(torch.log(y), min=self.log_zero)).sum(1)
         return self.alpha * nce + self.beta * rce
@@ -95,7 +88,7 @@ class LabelSmoothingCE(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         log_p = torch.log_softmax(input, dim=1)
-        _, y = _class_probs(input, target)
+        _, y = class_probabilities(input, target)
         y = y * (1 - self.smoothing) + self.smoothing / input.shape[1]
         return -(y * log_p).sum(1)
 

@@ -28,6 +28,19 @@ Reduction = Literal["mean", "sum", "none"]
 Problem = Literal["auto", "regression", "classification"]
 
 
+def class_probabilities(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(softmax(input), one-hot or soft target)`` for logits ``[N, C, ...]`` and class indices or
+    probabilities: the classification convention's ``y_pred`` and ``y_real``."""
+    y_pred = torch.softmax(input, dim=1)
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError(
+                f"soft targets must have the shape of the logits {tuple(input.shape)}, got {tuple(target.shape)}"
+            )
+        return y_pred, target.to(y_pred.dtype)
+    return y_pred, nn.functional.one_hot(target.long(), input.shape[1]).movedim(-1, 1).to(y_pred.dtype)
+
+
 class SymbolicLoss(nn.Module):
     """A loss ``L(y_pred, y_real)`` given by a symbolic expression over the operator table.
 
@@ -72,16 +85,7 @@ class SymbolicLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.is_classification(input, target):
-            y_pred = torch.softmax(input, dim=1)
-            if target.is_floating_point():
-                if target.shape != input.shape:
-                    raise ValueError(
-                        f"soft targets must have the shape of the logits {tuple(input.shape)}, "
-                        f"got {tuple(target.shape)}"
-                    )
-                y_real = target.to(y_pred.dtype)
-            else:
-                y_real = nn.functional.one_hot(target.long(), input.shape[1]).movedim(-1, 1).to(y_pred.dtype)
+            y_pred, y_real = class_probabilities(input, target)
             per_sample = self.elementwise(y_pred, y_real).sum(dim=1)
         else:
             if input.shape != target.shape:
