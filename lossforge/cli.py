@@ -247,6 +247,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from lossforge.baselines import get_baseline
+    from lossforge.diagnostics import diagnose, plot_curves
+    from lossforge.expression import LossExpression
+    from lossforge.ranking import ranking, suite_of
+    from lossforge.storage import RunStore, resolve_run_path
+
+    target = args.target
+    if target.endswith(".db") or "/" in target or (Path(args.runs_dir) / f"{target}.db").exists():
+        path = resolve_run_path(target, args.runs_dir)
+        with RunStore.open(path, readonly=True) as store:
+            losses = [(f"rank {i}", LossExpression(r.record.tree)) for i, r in enumerate(ranking(store, args.top), 1)]
+            problems = sorted(suite_of(store).problems)
+    else:
+        losses = [("loss", LossExpression.parse(target))]
+        problems = [args.problem]
+    references = {"classification": ["cross_entropy", "mae", "gce"], "regression": ["mse", "mae"]}
+    rows = []
+    for problem in problems:
+        items = losses + [(n, LossExpression.parse(get_baseline(n).expression)) for n in references[problem]]
+        rows += [[label, *diagnose(expr, problem).row()[1:], expr.formula()] for label, expr in items]
+        if args.plot:
+            out = Path(args.plot)
+            out = out.with_name(f"{out.stem}-{problem}{out.suffix or '.png'}") if len(problems) > 1 else out
+            print(f"wrote {plot_curves([(label, e) for label, e in items[:1] + items[len(losses):]], problem, out)}")
+    print(_table(["loss", "problem", "bounded", "symmetric", "monotone", "formula"], rows))
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from lossforge.storage import list_runs
 
@@ -340,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output directory (default: <run>-report next to the run file)")
     p.add_argument("--top", type=_positive_int, default=10)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("diagnose", help="bounded / symmetric / monotone checks of a run's losses or an expression")
+    p.add_argument("target", help="a run, or an expression")
+    p.add_argument("--top", type=_positive_int, default=5)
+    p.add_argument("--problem", choices=["classification", "regression"], default="classification",
+                   help="for an expression: which convention to check")
+    p.add_argument("--plot", help="write the value and gradient curves of the best loss and references here")
+    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("runs", help="list runs")
     p.set_defaults(func=cmd_runs)
