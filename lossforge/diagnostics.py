@@ -100,8 +100,9 @@ def diagnose(expression: LossExpression | str, problem: str, name: str | None = 
             bounded &= bool(torch.isfinite(far).all()) and float((far[1] - far[0]).abs()) <= 0.01 * float(
                 far.abs().max() + 1e-12)
             symmetric &= bool(torch.allclose(v, v.flip(0), rtol=1e-6, atol=1e-9 * float(scale)))
-            half = v[x >= 0]
-            monotone &= bool((half[1:] - half[:-1] >= -1e-9 * scale).all())  # non-decreasing in |r|
+            right, left = v[x >= 0], v[x <= 0].flip(0)  # both walk away from r = 0
+            monotone &= bool((right[1:] - right[:-1] >= -1e-9 * scale).all())  # non-decreasing in |r|
+            monotone &= bool((left[1:] - left[:-1] >= -1e-9 * scale).all())
     return Diagnosis(name or expr.formula(), problem, bounded, symmetric, monotone)
 
 
