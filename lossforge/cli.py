@@ -181,42 +181,58 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _score_table(rows: Sequence[Any], against: str | None) -> str:
+    """Fitness and each task's raw score as mean ± 95 % CI over seeds; paired comparisons with ``against``."""
     from lossforge.stats import mean_ci, paired_comparison
 
+    def ci(values: Sequence[float]) -> str:
+        mean, half = mean_ci(values)
+        return f"{mean:.4f} ± {half:.4f}"
+
     task_names = list(rows[0].tasks)
-    table = []
-    for r in rows:
-        mean, half = mean_ci(r.per_seed)
-        table.append([r.name, f"{mean:.4f} ± {half:.4f}", *[_fmt(r.tasks[t]["normalized"]) for t in task_names],
-                      r.formula])
-    out = _table(["loss", "fitness (95% CI)", *task_names, "formula"], table)
+    table = [[r.name, ci(r.per_seed), *[ci(r.tasks[t]["scores"]) for t in task_names], r.formula] for r in rows]
+    out = _table(["loss", "fitness", *[f"{t} score" for t in task_names], "formula"], table)
+    out += "\n(fitness: relative to the reference loss, 1 = as good; scores: the tasks' own units, higher is better)"
     if against:
         ref = next(r for r in rows if r.name == against)
-        lines = [paired_comparison(r.per_seed, ref.per_seed).line(r.name, against) for r in rows if r is not ref]
+        lines = []
+        for r in rows:
+            if r is ref:
+                continue
+            lines.append(paired_comparison(r.per_seed, ref.per_seed).line(f"{r.name} fitness", against))
+            for t in task_names:
+                lines.append("  " + paired_comparison(r.tasks[t]["scores"], ref.tasks[t]["scores"]).line(
+                    f"{r.name} {t} score", against))
         out += "\n\n" + "\n".join(lines)
     return out
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     from lossforge.api import score
+    from lossforge.baselines import get_baseline
+    from lossforge.engine import DISPLAY_BASELINES
     from lossforge.export import read_json_export
     from lossforge.expression import LossExpression
+    from lossforge.scoring import load_suite
 
     if args.expression.endswith(".json") and Path(args.expression).exists():
         expr, _ = read_json_export(args.expression)
     else:
         expr = LossExpression.parse(args.expression)
+    suite = load_suite(args.suite)
     seeds = list(range(args.seeds)) if args.seeds else None
-    baselines = None
+    if args.validation:
+        seeds = list(suite.validation_seeds)
+        if not seeds:
+            raise LossforgeError(f"suite {suite.name} has no validation_seeds; use --seeds N")
+    if args.baselines:
+        names = [n.strip() for n in args.baselines.split(",") if n.strip()]
+    else:
+        names = [n for p in sorted(suite.problems) for n in DISPLAY_BASELINES[p]]
     if args.against:
-        from lossforge.baselines import get_baseline
-        from lossforge.engine import DISPLAY_BASELINES
-        from lossforge.scoring import load_suite
-
-        get_baseline(args.against)
-        problems = sorted(load_suite(args.suite).problems)
-        baselines = list(dict.fromkeys([n for p in problems for n in DISPLAY_BASELINES[p]] + [args.against]))
-    rows = score([expr], args.suite, seeds=seeds, baselines=baselines)
+        names.append(args.against)
+    for name in names:
+        get_baseline(name)  # an unknown name fails before any training
+    rows = score([expr], suite, seeds=seeds, baselines=list(dict.fromkeys(names)))
     print(_score_table(rows, args.against))
     if rows[0].reason:
         print(f"note: {rows[0].reason}")
@@ -357,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="regression")
     p.add_argument("--seeds", type=_positive_int, help="score on seeds 0..N-1 instead of the suite's seeds")
     p.add_argument("--against", help="baseline for a paired comparison over seeds, e.g. cross_entropy")
+    p.add_argument("--validation", action="store_true", help="score on the suite's validation seeds")
+    p.add_argument("--baselines", help="comma-separated baselines to score beside it (default: the suite's usual)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("baselines", help="score the known losses on a suite")
