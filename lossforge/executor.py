@@ -1,34 +1,186 @@
 """Executors: where chunks of candidates are scored. The one seam where parallelism plugs in.
 
-Every executor offers ``map_unordered(fn, items)`` yielding ``(index, result)`` as results arrive, so the
-search records each finished chunk at once (a crash loses nothing already scored). Results never depend
-on the executor: chunks are formed before dispatch, independent of the number of workers.
+Every executor offers ``map_unordered(fn, items, timeout_s=None)`` yielding ``(index, result)`` as results
+arrive, so the search records each finished chunk at once (a crash loses nothing already scored). Results
+never depend on the executor: chunks are formed before dispatch, independent of the number of workers.
 
 * ``serial``: in-process, for debugging and tests.
 * ``joblib`` (default): loky worker processes, reused across generations (start-up costs seconds), one
   torch thread each.
+* ``dask``: dask.distributed workers, either of a scheduler at an address (``--scheduler ADDRESS``, e.g. a
+  cluster of several machines) or of a ``LocalCluster`` started here (``--dask-workers N``); one thread and
+  one torch thread per worker. A worker that dies mid-chunk has its chunk rescheduled on another worker by
+  the scheduler (up to ``distributed.scheduler.allowed-failures`` times, default 3; then the chunk's
+  ``KilledWorker`` error is raised from ``map_unordered``).
+
+Per-chunk time limit: with ``timeout_s``, a chunk that runs longer yields ``(index, ChunkTimeout(timeout_s))``
+instead of a result and the other chunks go on. How the limit is enforced:
+
+* ``serial``: best effort, in-process. On the main thread a ``SIGALRM`` timer interrupts the chunk at the
+  limit (Python code only: a single long C call, such as one huge matmul, finishes first). Off the main
+  thread the chunk runs to its end and is reported as timed out if it took longer than the limit.
+* ``joblib``: the worker interrupts its own chunk with the same timer, so the worker is free at once. A
+  chunk still running ``kill_after_s`` past the limit (hung in C code) is reported as timed out; once the
+  other chunks in flight have finished, the pool's workers are killed and fresh ones take the rest.
+* ``dask``: the limit is watched from here (dask runs tasks in worker threads, which cannot be
+  interrupted): at the limit the chunk is reported as timed out and cancelled; once the other chunks in
+  flight have finished, the worker still running it is restarted (needs a nanny: ``dask worker`` and
+  ``LocalCluster`` have one).
+
+Only as many chunks as there are workers are in flight at a time, so a chunk starts (nearly) when it is
+dispatched and its limit runs from there; it includes a fresh worker's start-up (importing torch, a few
+seconds), so limits are meant to be generous, against hung or runaway chunks.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any, Callable, Iterable, Iterator, Sequence
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from lossforge.errors import ConfigError
+
+#: Environment of worker processes, set before they start: one OpenMP/MKL thread each.
+_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+#: Idle loky workers shut down after this long (a generation's variation and rejection take seconds).
+_IDLE_WORKER_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class ChunkTimeout:
+    """Stands in for the result of a chunk that ran past the per-chunk time limit of ``seconds``."""
+
+    seconds: float
+
+    @property
+    def reason(self) -> str:
+        """A failure reason for the chunk's candidates."""
+        return f"scoring exceeded the time limit of {self.seconds:g} s per chunk"
+
+
+class Executor(Protocol):
+    """What the search needs from an executor."""
+
+    name: str
+
+    @property
+    def n_workers(self) -> int: ...
+
+    def map_unordered(
+        self, fn: Callable[..., Any], items: Iterable[Sequence[Any]], timeout_s: float | None = None
+    ) -> Iterator[tuple[int, Any]]: ...
+
+    def close(self) -> None: ...
 
 
 def _limit_threads() -> None:
     # One thread per worker: with two threads per process and any other load, training slowed ~10x here.
-    os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["MKL_NUM_THREADS"] = "1"
+    os.environ.update(_THREAD_ENV)
     import torch
 
     torch.set_num_threads(1)
 
 
-def _call_indexed(fn: Callable[..., Any], index: int, args: Sequence[Any]) -> tuple[int, Any]:
+class _Deadline(BaseException):
+    """Raised into a chunk at its time limit. A BaseException so that ``score_chunk_safe``'s
+    ``except Exception`` cannot turn it into an ordinary failed chunk."""
+
+
+def _raise_deadline(signum: int, frame: Any) -> None:
+    raise _Deadline
+
+
+@contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """Interrupt the block with :class:`_Deadline` after ``seconds`` (main thread only: only it receives signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _raise_deadline)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _run_chunk(fn: Callable[..., Any], index: int, args: Sequence[Any], timeout_s: float | None) -> tuple[int, Any]:
+    """``(index, fn(*args))``, or ``(index, ChunkTimeout)`` past the limit. Runs wherever the chunk runs."""
     _limit_threads()
-    return index, fn(*args)
+    if not timeout_s:
+        return index, fn(*args)
+    start = time.monotonic()
+    try:
+        with _alarm(timeout_s):
+            result = fn(*args)
+    except _Deadline:
+        return index, ChunkTimeout(timeout_s)
+    if time.monotonic() - start > timeout_s:  # off the main thread nothing interrupted it
+        return index, ChunkTimeout(timeout_s)
+    return index, result
+
+
+def _check_timeout(timeout_s: float | None) -> None:
+    if timeout_s is not None and not timeout_s > 0:
+        raise ConfigError(f"the per-chunk time limit must be a positive number of seconds, got {timeout_s!r}")
+
+
+def _dispatch(
+    submit: Callable[[int, Sequence[Any]], Any],
+    release: Callable[[list[Any]], None],
+    items: Iterable[Sequence[Any]],
+    width: int,
+    timeout_s: float | None,
+    grace_s: float,
+) -> Iterator[tuple[int, Any]]:
+    """Run ``items`` through ``submit`` (-> a future of ``_run_chunk``'s result) with at most ``width`` in
+    flight, yielding ``(index, result)`` in the order chunks finish.
+
+    A chunk still running ``grace_s`` past the limit is presumed hung and yields ``ChunkTimeout`` at once.
+    Nothing more is submitted until the other chunks in flight have finished (each bounded by its own
+    limit); then ``release`` frees the workers the hung chunks hold, and dispatch goes on.
+    """
+    todo = deque(enumerate(items))
+    finished: queue.Queue[Any] = queue.Queue()
+    running: dict[Any, tuple[int, float]] = {}  # future -> (index, deadline)
+    hung: list[Any] = []
+    limit = timeout_s + grace_s if timeout_s else None
+    while todo or running:
+        while todo and not hung and len(running) < width:
+            index, args = todo.popleft()
+            future = submit(index, args)
+            running[future] = (index, time.monotonic() + limit if limit else float("inf"))
+            future.add_done_callback(finished.put)
+        if not running:  # only hung chunks are left in flight
+            release(hung)
+            hung = []
+            continue
+        wait = min(deadline for _, deadline in running.values()) - time.monotonic() if limit else None
+        try:
+            future = finished.get(timeout=max(0.0, wait) if wait is not None else None)
+        except queue.Empty:
+            now = time.monotonic()
+            for future, (index, deadline) in list(running.items()):
+                if deadline <= now:
+                    del running[future]
+                    hung.append(future)
+                    yield index, ChunkTimeout(timeout_s)  # type: ignore[arg-type]  # limit is set
+            continue
+        if future in running:
+            del running[future]
+            yield future.result()
+        elif future in hung:  # it ended after all: its worker is free, nothing to release
+            hung.remove(future)
+    if hung:
+        release(hung)
 
 
 class SerialExecutor:
@@ -37,48 +189,147 @@ class SerialExecutor:
     name = "serial"
     n_workers = 1
 
-    def map_unordered(self, fn: Callable[..., Any], items: Iterable[Sequence[Any]]) -> Iterator[tuple[int, Any]]:
-        """Yield ``(index, fn(*args))`` for each item."""
+    def map_unordered(
+        self, fn: Callable[..., Any], items: Iterable[Sequence[Any]], timeout_s: float | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(index, fn(*args))`` for each item; the time limit is best effort (module docstring)."""
+        _check_timeout(timeout_s)
         for i, args in enumerate(items):
-            yield _call_indexed(fn, i, args)
+            yield _run_chunk(fn, i, args, timeout_s)
 
     def close(self) -> None:
         """Nothing to release."""
 
 
 class JoblibExecutor:
-    """joblib/loky worker processes; the pool is reused between calls."""
+    """Worker processes of loky's reusable executor (joblib's backend); the pool is reused between calls
+    and searches, and started only when first needed."""
 
     name = "joblib"
 
-    def __init__(self, n_jobs: int = -1) -> None:
-        import joblib
-
+    def __init__(self, n_jobs: int = -1, kill_after_s: float = 30.0) -> None:
+        """``n_jobs`` worker processes (-1 or 0: one per core). ``kill_after_s``: how long past the time limit
+        a chunk that has not stopped itself may run before its workers are killed (module docstring)."""
         cores = os.cpu_count() or 1
         self.n_workers = cores if n_jobs in (-1, 0) else max(1, min(n_jobs, 64))
-        self._parallel = joblib.Parallel(
-            n_jobs=self.n_workers, backend="loky", return_as="generator_unordered", batch_size=1
-        )
+        self.kill_after_s = kill_after_s
 
-    def map_unordered(self, fn: Callable[..., Any], items: Iterable[Sequence[Any]]) -> Iterator[tuple[int, Any]]:
-        """Yield ``(index, fn(*args))`` as workers finish."""
-        import joblib
+    def _pool(self) -> Any:
+        from joblib.externals.loky import get_reusable_executor
 
-        items = list(items)
-        if self.n_workers == 1 or len(items) <= 1:
-            yield from SerialExecutor().map_unordered(fn, items)
-            return
-        yield from self._parallel(joblib.delayed(_call_indexed)(fn, i, args) for i, args in enumerate(items))
+        # The same arguments every time, so the pool is reused (loky restarts it when they change).
+        return get_reusable_executor(max_workers=self.n_workers, timeout=_IDLE_WORKER_TIMEOUT_S, env=_THREAD_ENV)
+
+    def map_unordered(
+        self, fn: Callable[..., Any], items: Iterable[Sequence[Any]], timeout_s: float | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(index, fn(*args))`` as workers finish; ``ChunkTimeout`` for chunks past ``timeout_s``."""
+        _check_timeout(timeout_s)
+
+        def submit(index: int, args: Sequence[Any]) -> Any:
+            return self._pool().submit(_run_chunk, fn, index, args, timeout_s)
+
+        def release(hung: list[Any]) -> None:
+            self._pool().shutdown(wait=True, kill_workers=True)  # the next submit starts a fresh pool
+
+        yield from _dispatch(submit, release, items, self.n_workers, timeout_s, self.kill_after_s)
 
     def close(self) -> None:
         """The loky pool is shared and reused; nothing to close per search."""
 
 
-def make_executor(kind: str = "joblib", jobs: int = -1) -> SerialExecutor | JoblibExecutor:
-    """Build an executor by name."""
+class DaskExecutor:
+    """dask.distributed workers: a scheduler's at ``address``, or a ``LocalCluster`` of ``n_workers`` processes.
+
+    The client (and the cluster, if started here) is kept for the executor's lifetime, so workers and their
+    imports are reused between calls; :meth:`close` shuts down what this executor started.
+    """
+
+    name = "dask"
+
+    def __init__(self, address: str | None = None, n_workers: int | None = None, timeout_s: float | None = None) -> None:
+        """Connect to the scheduler at ``address`` (``n_workers`` is then ignored: the cluster has the workers
+        it has), or start a local cluster of ``n_workers`` single-threaded worker processes (default: one per
+        core). ``timeout_s`` bounds connecting to the scheduler (default: dask's ``comm.timeouts.connect``)."""
+        from distributed import Client, LocalCluster
+
+        self._cluster = None
+        if address is None:
+            count = n_workers or os.cpu_count() or 1
+            if count < 1:
+                raise ConfigError(f"dask needs at least one worker, got n_workers={n_workers}")
+            self._cluster = LocalCluster(
+                n_workers=count, threads_per_worker=1, processes=True,
+                dashboard_address=":0",  # any free port: the default 8787 clashes with other clusters
+                silence_logs=logging.ERROR,
+                env=_THREAD_ENV,  # set before the workers start: OpenMP reads it once
+                preload=["lossforge.scoring"],  # import torch at start-up, not within a chunk's time limit
+            )
+        options = {} if timeout_s is None else {"timeout": timeout_s}
+        try:
+            self._client = Client(address or self._cluster, set_as_default=False, **options)
+        except (OSError, TimeoutError) as exc:
+            if self._cluster is not None:
+                self._cluster.close()
+            raise ConfigError(f"cannot connect to the dask scheduler at {address}: {exc}") from None
+
+    @property
+    def n_workers(self) -> int:
+        """Worker threads the scheduler has now (each runs one chunk at a time)."""
+        return sum(self._client.nthreads().values())
+
+    def map_unordered(
+        self, fn: Callable[..., Any], items: Iterable[Sequence[Any]], timeout_s: float | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(index, fn(*args))`` as workers finish; ``ChunkTimeout`` for chunks past ``timeout_s``."""
+        _check_timeout(timeout_s)
+        client = self._client
+
+        def submit(index: int, args: Sequence[Any]) -> Any:
+            return client.submit(_run_chunk, fn, index, args, timeout_s, pure=False)
+
+        def release(hung: list[Any]) -> None:
+            keys = {f.key for f in hung}
+            workers = [addr for addr, tasks in client.processing().items() if keys & set(tasks)]
+            client.cancel(hung)
+            if workers:  # the task's thread cannot be stopped; the worker process can
+                client.restart_workers(workers, raise_for_error=False)
+
+        # At most one chunk per worker thread in flight; tasks queue at the scheduler until workers join.
+        yield from _dispatch(submit, release, items, max(1, self.n_workers), timeout_s, 0.0)
+
+    def close(self) -> None:
+        """Close the client, and shut down the local cluster if this executor started it."""
+        self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    def __enter__(self) -> "DaskExecutor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+EXECUTORS = ("serial", "joblib", "dask")
+
+
+def make_executor(kind: str = "joblib", jobs: int = -1, **options: Any) -> Executor:
+    """Build an executor by name (``serial``, ``joblib`` or ``dask``).
+
+    ``jobs`` is the number of worker processes (-1: one per core); ``jobs=1`` means in-process for joblib.
+    For dask it sizes the local cluster unless ``options`` name ``n_workers``; ``options`` are
+    :class:`DaskExecutor`'s (``address``, ``n_workers``, ``timeout_s``) and apply to dask only.
+    """
+    if kind not in EXECUTORS:
+        raise ConfigError(f"unknown executor {kind!r}; choose {', '.join(EXECUTORS)}")
+    if kind == "dask":
+        if jobs != -1:
+            options.setdefault("n_workers", jobs)
+        return DaskExecutor(**options)
+    if options:
+        raise ConfigError(f"executor option(s) {', '.join(sorted(options))} apply to the dask executor only")
     if kind == "serial" or jobs == 1:
         return SerialExecutor()
-    if kind == "joblib":
-        return JoblibExecutor(jobs)
-    raise ConfigError(f"unknown executor {kind!r}; choose serial or joblib")
-
+    return JoblibExecutor(jobs)
