@@ -61,9 +61,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     config = SearchConfig(
         population=args.population, generations=args.generations, seed=args.seed, space=args.space,
-        suite=args.suite, jobs=args.jobs, executor=args.executor, chunk_size=args.chunk_size, device=args.device,
+        suite=args.suite, jobs=args.jobs, chunk_size=args.chunk_size, device=args.device,
         selection=args.selection, seed_baselines=args.seed_baselines, validate_top=args.validate_top,
-        tune_top=args.tune_top,
+        tune_top=args.tune_top, scheduler=args.scheduler, dask_workers=args.dask_workers,
+        chunk_timeout_s=args.chunk_timeout,
+        executor="dask" if (args.scheduler or args.dask_workers) else args.executor,
     )
     path = resolve_run_path(args.run or default_run_name(), args.runs_dir)
     from lossforge.errors import RunError
@@ -334,7 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=_jobs, default=-1, help="worker processes (-1: all cores)")
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--run", help="run name (runs/NAME.db) or path; default: search-<time>")
-    p.add_argument("--executor", choices=["joblib", "serial"], default="joblib")
+    p.add_argument("--executor", choices=["joblib", "serial", "dask"], default="joblib",
+                   help="joblib: worker processes on this machine; dask: a cluster (--scheduler or --dask-workers)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--dask-workers", type=_positive_int, metavar="N", help="start a local dask cluster of N workers")
+    p.add_argument("--chunk-timeout", type=float, metavar="SECONDS",
+                   help="stop a chunk of candidates scoring longer than this and fail them with that reason")
     p.add_argument("--chunk-size", type=_positive_int, default=16, help="candidates trained as one batched model")
     p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda, ...)")
     p.add_argument("--selection", choices=["tournament", "nsga2"], default="tournament",

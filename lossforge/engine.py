@@ -21,11 +21,11 @@ from deap import algorithms, tools
 
 from lossforge import gp
 from lossforge.errors import ConfigError, RunError
-from lossforge.executor import make_executor
+from lossforge.executor import ChunkTimeout, make_executor
 from lossforge.expression import LossExpression
 from lossforge.progress import Progress, make_progress
 from lossforge.rejection import probe, rejection_reason
-from lossforge.scoring import ChunkResult, Suite, load_suite, score_chunk_safe, suite_from_spec
+from lossforge.scoring import ChunkResult, Suite, failed_chunk, load_suite, score_chunk_safe, suite_from_spec
 from lossforge.space import SearchSpace, load_space
 from lossforge.storage import CandidateState, RunStatus, RunStore
 
@@ -43,7 +43,12 @@ class SearchConfig:
     space: str = "survey"
     suite: str = "regression"
     jobs: int = -1
+    #: "serial", "joblib" (default, one machine) or "dask" (a cluster: scheduler address or local workers)
     executor: str = "joblib"
+    scheduler: str | None = None
+    dask_workers: int | None = None
+    #: a chunk of candidates scoring longer than this (seconds) is stopped and its candidates fail
+    chunk_timeout_s: float | None = None
     chunk_size: int = 16
     tournament_size: int = 3
     crossover_prob: float = 0.7
@@ -66,6 +71,11 @@ class SearchConfig:
             (self.population >= 2, "population must be at least 2"),
             (self.generations >= 1, "generations must be at least 1"),
             (self.jobs == -1 or self.jobs >= 1, "jobs must be -1 (all cores) or at least 1"),
+            (self.executor in ("serial", "joblib", "dask"), "executor must be serial, joblib or dask"),
+            (self.executor == "dask" or (self.scheduler is None and self.dask_workers is None),
+             "scheduler and dask_workers need executor 'dask'"),
+            (self.dask_workers is None or self.dask_workers >= 1, "dask_workers must be at least 1"),
+            (self.chunk_timeout_s is None or self.chunk_timeout_s > 0, "chunk_timeout_s must be positive"),
             (1 <= self.chunk_size <= 256, "chunk_size must be between 1 and 256"),
             (self.tournament_size >= 2, "tournament_size must be at least 2"),
             (0.0 <= self.crossover_prob <= 1.0, "crossover_prob must be in [0, 1]"),
@@ -137,7 +147,12 @@ class Search:
         self.cache: dict[str, Evaluation] = {}
         self.fingerprints: dict[str, str] = {}  # gradient fingerprint -> key of the loss scored for it
         self.reference: dict[str, Any] = {}
-        self.executor = make_executor(config.executor, config.jobs)
+        options = {}
+        if config.scheduler is not None:
+            options["address"] = config.scheduler
+        if config.dask_workers is not None:
+            options["n_workers"] = config.dask_workers
+        self.executor = make_executor(config.executor, config.jobs, **options)
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
@@ -181,20 +196,32 @@ class Search:
         self.reference = {name: scores for name, scores in self.store.baselines().items()}
 
     # -------------------------------------------------------------------------------------- scoring
-    def _score_specs(self, specs: list[Any], seeds: list[int] | None = None) -> list[ChunkResult]:
-        """Score losses (tokens or baseline names) in fixed chunks; results in input order."""
+    def _score_specs(self, specs: list[Any], seeds: list[int] | None = None, timed: bool = True) -> list[ChunkResult]:
+        """Score losses (tokens or baseline names) in fixed chunks; results in input order. ``timed``: apply
+        the per-chunk time limit (not to the reference losses, without which no fitness means anything)."""
         size = self.config.chunk_size
-        # Every chunk is padded to exactly `size` losses: batched kernels may round differently for another
-        # batch size, and a result must not depend on which candidates happened to share its chunk (resume).
+        # A loss's result does not depend on which or how many losses share its chunk (tasks keep model k's
+        # arithmetic independent of K; tests/test_batch_independence.py), so a resumed run or a loss scored
+        # alone reproduces the search's numbers bit for bit.
         chunks = [specs[i:i + size] for i in range(0, len(specs), size)]
-        chunks = [chunk + [chunk[0]] * (size - len(chunk)) for chunk in chunks]
         out: list[ChunkResult | None] = [None] * len(specs)
         items = [(chunk, self.suite_spec, seeds, self.config.device) for chunk in chunks]
-        for ci, results in self.executor.map_unordered(score_chunk_safe, items):
-            real = [j for j in range(len(results)) if ci * size + j < len(specs)]
-            for j in real:
-                out[ci * size + j] = results[j]
-            self.reporter.candidate_scored(len(real))
+        try:
+            for ci, results in self.executor.map_unordered(
+                score_chunk_safe, items, self.config.chunk_timeout_s if timed else None
+            ):
+                if isinstance(results, ChunkTimeout):
+                    results = failed_chunk(len(chunks[ci]), self.suite_spec, seeds, results.reason)
+                for j, result in enumerate(results):
+                    out[ci * size + j] = result
+                self.reporter.candidate_scored(len(results))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a lost worker fails its chunks, not the search
+            reason = f"executor failed: {type(exc).__name__}: {exc}"
+            for ci, chunk in enumerate(chunks):
+                if out[ci * size] is None:
+                    out[ci * size:ci * size + len(chunk)] = failed_chunk(len(chunk), self.suite_spec, seeds, reason)
         return out  # type: ignore[return-value]
 
     def score_baselines(self) -> None:
@@ -206,7 +233,7 @@ class Search:
                     names.append(name)
         if not names:
             return
-        for name, res in zip(names, self._score_specs(names)):
+        for name, res in zip(names, self._score_specs(names, timed=False)):
             self.reference[name] = res.raw
             self.store.set_baseline(name, res.raw)
         for t in self.suite.tasks:  # without a working reference no fitness means anything

@@ -33,8 +33,13 @@ class BatchedLinear(nn.Module):
         self.bias = nn.Parameter(bias.expand(n_models, -1).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:  # shared input: one matmul against all K weight matrices
-            return torch.matmul(x, self.weight) + self.bias.unsqueeze(1)
+        n_models, in_features, out_features = self.weight.shape
+        if x.dim() == 2:  # input shared by all K models
+            x = x.unsqueeze(0).expand(n_models, -1, -1)
+        if in_features == 1 or out_features == 1:
+            # A batched GEMM with a dimension of one takes K-dependent kernel paths on CPU that round
+            # differently; this elementwise form gives model k the same bits whatever K is.
+            return (x.unsqueeze(-1) * self.weight.unsqueeze(1)).sum(-2) + self.bias.unsqueeze(1)
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
 
 

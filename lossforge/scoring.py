@@ -273,16 +273,24 @@ def score_chunk_safe(
         return score_chunk(specs, suite_spec, seeds, device)
     except Exception as exc:  # noqa: BLE001 - one bad chunk must not stop a search
         reason = "scoring raised " + traceback.format_exception_only(type(exc), exc)[-1].strip()
-        suite = _cached_suite(json.dumps(suite_spec, sort_keys=True))
-        seeds = list(suite.seeds if seeds is None else seeds)
-        failed = {
+        return failed_chunk(len(specs), suite_spec, seeds, reason)
+
+
+def failed_chunk(n: int, suite_spec: dict[str, Any], seeds: Sequence[int] | None, reason: str) -> list[ChunkResult]:
+    """Results for ``n`` losses whose chunk could not be scored (an error, a time limit, a lost worker):
+    every task and seed failed with ``reason`` and the task's worst score."""
+    suite = _cached_suite(json.dumps(suite_spec, sort_keys=True))
+    seeds = list(suite.seeds if seeds is None else seeds)
+    return [
+        ChunkResult(raw={
             t.name: {
-                "seeds": seeds,
+                "seeds": list(seeds),
                 "scores": [t.task.worst_score] * len(seeds),
                 "statuses": ["failed"] * len(seeds),
                 "reasons": [reason] * len(seeds),
                 "metrics": [{} for _ in seeds],
             }
             for t in suite.tasks
-        }
-        return [ChunkResult(raw=json.loads(json.dumps(failed))) for _ in specs]
+        })
+        for _ in range(n)
+    ]

@@ -74,9 +74,9 @@ class _CountingSearch(Search):
 
     trained: list[str]
 
-    def _score_specs(self, specs, seeds=None):
+    def _score_specs(self, specs, seeds=None, timed=True):
         self.trained.extend(LossExpression(s).key for s in specs if not isinstance(s, str))
-        return super()._score_specs(specs, seeds)
+        return super()._score_specs(specs, seeds, timed)
 
 
 def test_equivalent_forms_and_twins_are_never_trained_twice(tmp_path: Path, tiny_suite: str) -> None:

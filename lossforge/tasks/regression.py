@@ -414,8 +414,9 @@ class RegressionTask(Task):
         """
         steps = self.steps if steps is None else steps
         model = self.build_model(len(losses), seed, inputs.device) if model is None else model
-        # The fused kernel is several times faster per step for these small tensors (same update rule).
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, fused=inputs.device.type in ("cpu", "cuda"))
+        # foreach, not fused: the fused CPU kernel rounds a tensor's elements differently depending on its
+        # size, so model k's update would depend on K (common random numbers require it not to).
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, foreach=True)
         trainer = BatchedTrainer(model, [_guarded(loss) for loss in losses], optimizer)
         target_list = list(targets.unbind(0))
         train_loss, test_rmse = [], []

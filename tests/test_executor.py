@@ -1,0 +1,107 @@
+"""Executors: identical results everywhere, a local dask cluster, rescheduling after a worker dies, and the
+per-chunk time limit. No timing assertions: limits are generous next to the chunks that must finish."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from lossforge.errors import ConfigError
+from lossforge.executor import ChunkTimeout, DaskExecutor, JoblibExecutor, SerialExecutor, make_executor
+from lossforge.expression import LossExpression
+from lossforge.scoring import load_suite, score_chunk_safe
+
+# Module-level functions, so that worker processes can unpickle them.
+
+
+def nap(seconds: float, stubborn: bool = False) -> float:
+    """Sleep; ``stubborn`` blocks SIGALRM first, like a long C call the worker's own timer cannot interrupt."""
+    if stubborn:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(seconds)
+    return seconds
+
+
+def die_once(marker: str) -> int:
+    """Kill the worker process running it the first time (a crash mid-chunk); return the pid that finished."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return os.getpid()
+
+
+@pytest.fixture(scope="module")
+def dask_executor() -> Iterator[DaskExecutor]:
+    executor = make_executor("dask", jobs=2)
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
+def _collect(executor, fn, items, timeout_s=None) -> dict[int, object]:
+    results = dict(executor.map_unordered(fn, items, timeout_s=timeout_s))
+    assert sorted(results) == list(range(len(items)))  # every chunk reports exactly once
+    return results
+
+
+def test_executors_give_identical_results(dask_executor: DaskExecutor, tiny_suite: str) -> None:
+    suite = load_suite(tiny_suite).spec()
+    tokens = [list(LossExpression.parse(text).tokens) for text in
+              ("0.5*(y_pred - y_real)**2", "log(1.0 + (y_pred - y_real)**2)", "exp(30.0*y_pred) - y_real")]
+    chunks = [["mse", "huber"], [tokens[0]], [tokens[1], "mae", tokens[2]]]
+    items = [(chunk, suite, None, "cpu") for chunk in chunks]
+    raw = {}
+    for executor in (SerialExecutor(), JoblibExecutor(2), dask_executor):
+        results = _collect(executor, score_chunk_safe, items)
+        raw[executor.name] = json.dumps([[r.raw for r in results[i]] for i in range(len(chunks))], sort_keys=True)
+    assert raw["serial"] == raw["joblib"] == raw["dask"]
+    assert '"complete"' in raw["serial"]
+
+
+def test_local_cluster_runs_a_small_job(dask_executor: DaskExecutor) -> None:
+    assert dask_executor.n_workers == 2
+    assert _collect(dask_executor, nap, [(0.01 * i,) for i in range(5)]) == {i: 0.01 * i for i in range(5)}
+
+
+def test_killed_dask_worker_chunk_is_rescheduled(dask_executor: DaskExecutor, tmp_path: Path) -> None:
+    items = [(str(tmp_path / f"chunk{i}"),) for i in range(4)]
+    for i in (0, 2, 3):  # only chunk 1 kills its worker
+        Path(items[i][0]).write_text("")
+    results = _collect(dask_executor, die_once, items)
+    killed = int(Path(items[1][0]).read_text())
+    assert results[1] != killed  # finished on another (or restarted) worker
+
+
+@pytest.mark.parametrize("kind", ["serial", "joblib", "dask"])
+def test_chunk_past_time_limit_yields_timeout(kind: str, dask_executor: DaskExecutor) -> None:
+    executor = {"serial": SerialExecutor, "joblib": lambda: JoblibExecutor(2)}.get(kind, lambda: dask_executor)()
+    results = _collect(executor, nap, [(0.05,), (60.0,), (0.05,), (0.05,)], timeout_s=2.0)
+    assert results[1] == ChunkTimeout(2.0)
+    assert [results[i] for i in (0, 2, 3)] == [0.05] * 3
+
+
+def test_hung_joblib_chunk_is_killed() -> None:
+    executor = JoblibExecutor(2, kill_after_s=1.0)
+    _collect(executor, nap, [(0.5,), (0.5,)])  # both workers started, so start-up is not charged to the limit
+    results = _collect(executor, nap, [(0.05,), (0.05,), (0.05,), (60.0, True)], timeout_s=1.0)
+    assert results[3] == ChunkTimeout(1.0)
+    assert [results[i] for i in range(3)] == [0.05] * 3
+    assert _collect(executor, nap, [(0.01,), (0.02,)]) == {0: 0.01, 1: 0.02}  # fresh workers took over
+
+
+def test_make_executor_checks_its_options() -> None:
+    assert isinstance(make_executor("joblib", 1), SerialExecutor)
+    with pytest.raises(ConfigError, match="unknown executor"):
+        make_executor("threads")
+    with pytest.raises(ConfigError, match="dask executor only"):
+        make_executor("joblib", 2, address="tcp://127.0.0.1:8786")
+    with pytest.raises(ConfigError, match="positive"):
+        list(SerialExecutor().map_unordered(nap, [(0.0,)], timeout_s=0))
