@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 
 import numpy as np
 import pytest
@@ -70,9 +69,8 @@ def test_digits_load_offline_scaled_and_cached() -> None:
     assert x.shape == (1797, 1, 8, 8) and x.dtype == np.float32
     assert x.min() == 0.0 and x.max() == 1.0
     assert set(np.unique(y)) == set(range(10))
-    start = time.perf_counter()
     again = load_arrays("digits")
-    assert again[0] is x and time.perf_counter() - start < 0.01
+    assert again[0] is x  # cached: the same array object, not a reload
 
 
 @pytest.mark.parametrize(("name", "shape"), [("mnist", (5000, 1, 28, 28)), ("mnist1d", (5000, 40))])
