@@ -8,9 +8,9 @@ from typing import Any, Sequence
 
 from lossforge.engine import DISPLAY_BASELINES, Search, SearchConfig
 from lossforge.errors import ConfigError
+from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
 from lossforge.rejection import rejection_reason
-from lossforge.executor import make_executor
 from lossforge.scoring import ChunkResult, Suite, load_suite, score_chunk_safe
 from lossforge.storage import CandidateRecord, resolve_run_path
 

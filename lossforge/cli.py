@@ -155,9 +155,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from lossforge.export import render
+    from lossforge.expression import LossExpression
     from lossforge.ranking import ranking
     from lossforge.storage import RunStore, resolve_run_path
-    from lossforge.expression import LossExpression
 
     path = resolve_run_path(args.run, args.runs_dir)
     with RunStore.open(path, readonly=True) as store:

@@ -8,8 +8,8 @@ form, so a candidate seen again costs nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import operator
+from dataclasses import dataclass
 from functools import lru_cache, reduce
 from typing import Callable
 

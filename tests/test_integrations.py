@@ -8,7 +8,6 @@ Library tests skip when the library is not installed.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -11,8 +11,6 @@ import pytest
 import torch
 
 import lossforge
-from lossforge.cli import main
-from lossforge.engine import Search, SearchConfig
 from lossforge.errors import RunError
 from lossforge.export import load, render
 from lossforge.expression import LossExpression

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 
 from lossforge.nn import BatchedTrainer
 from lossforge.tasks.classification import (
-    Classifier,
     ClassificationTask,
+    Classifier,
     Streams,
-    check_range,
-    check_positive_int,
     accuracy,
+    check_positive_int,
+    check_range,
     require,
 )
 from lossforge.tasks.data import Split

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from lossforge.tasks.classification import (
-    Classifier,
     ClassificationTask,
+    Classifier,
     Streams,
-    check_range,
-    check_positive_int,
     accuracy,
+    check_positive_int,
+    check_range,
     require,
 )
 from lossforge.tasks.data import IMAGE_SHAPES, N_CLASSES, Split

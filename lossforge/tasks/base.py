@@ -28,6 +28,8 @@ from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 
+from lossforge.errors import ConfigError
+
 LossLike = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Status = Literal["complete", "failed"]
 
@@ -92,3 +94,45 @@ def finite_or_worst(value: float, worst: float) -> float:
     """``value`` if it is a finite float, else ``worst``: a NaN never reaches a fitness."""
     return value if math.isfinite(value) else worst
 
+
+
+# --- validation of task settings: one ConfigError line naming the setting and what it must be -----------
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` (one line naming the field and the fix) unless ``ok``."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_int(value: Any, name: str, minimum: int = 1) -> None:
+    """Setting ``name`` must be an int >= ``minimum`` (not a bool)."""
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+            f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+def check_positive_int(value: Any, name: str) -> None:
+    """Setting ``name`` must be an int > 0 (not a bool)."""
+    check_int(value, name, 1)
+
+
+def check_range(value: Any, name: str, low: float = -math.inf, high: float = math.inf, high_open: bool = True,
+                low_open: bool = False) -> None:
+    """Setting ``name`` must be a finite number between ``low`` and ``high`` (bounds open or closed)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    require(ok, f"{name} must be a finite number in {interval}; got {value!r}")
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> None:
+    """Setting ``name`` must be one of ``choices``."""
+    require(value in choices, f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_int_list(value: Any, name: str, allow_empty: bool) -> tuple[int, ...]:
+    """Setting ``name`` must be a list/tuple of ints > 0; returned as a tuple (hashable, comparable)."""
+    ok = isinstance(value, (list, tuple)) and (allow_empty or len(value) > 0)
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    require(ok, f"{name} must be a list of positive integers; got {value!r}")
+    return tuple(value)

@@ -16,7 +16,6 @@ by all K models, so batched and one-by-one scoring agree.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
@@ -25,7 +24,16 @@ from torch import nn
 
 from lossforge.errors import ConfigError
 from lossforge.nn import BatchedCNN, BatchedMLP, BatchedNormMLP, BatchedTrainer
-from lossforge.tasks.base import LossLike, Task, TaskResult, finite_or_worst
+from lossforge.tasks.base import (
+    LossLike,
+    Task,
+    TaskResult,
+    check_int_list,
+    check_positive_int,
+    check_range,
+    finite_or_worst,
+    require,
+)
 from lossforge.tasks.data import (
     IMAGE_SHAPES,
     NOISE_KINDS,
@@ -39,34 +47,6 @@ from lossforge.tasks.data import (
 
 MODELS = ("mlp", "cnn")
 OPTIMIZERS = ("adam", "sgd")
-
-
-def require(ok: bool, message: str) -> None:
-    """Raise :class:`ConfigError` with ``message`` (one line naming the field and the fix) unless ``ok``."""
-    if not ok:
-        raise ConfigError(message)
-
-
-def check_positive_int(value: Any, name: str) -> None:
-    """Setting ``name`` must be an int > 0 (not a bool)."""
-    require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-            f"{name} must be a positive integer; got {value!r}")
-
-
-def check_range(value: Any, name: str, low: float, high: float, high_open: bool = True) -> None:
-    """Setting ``name`` must be a finite number in ``[low, high)`` (``[low, high]`` if not ``high_open``)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and low <= value and (value < high if high_open else value <= high)
-    bracket = ")" if high_open else "]"
-    require(ok, f"{name} must be a number in [{low}, {high}{bracket}; got {value!r}")
-
-
-def check_int_list(value: Any, name: str, allow_empty: bool) -> tuple[int, ...]:
-    """Setting ``name`` must be a list/tuple of ints > 0; returned as a tuple (hashable, comparable)."""
-    ok = isinstance(value, (list, tuple)) and (allow_empty or len(value) > 0)
-    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    require(ok, f"{name} must be a list of positive integers; got {value!r}")
-    return tuple(value)
 
 
 class Classifier(nn.Module):

@@ -59,7 +59,7 @@ import torch
 
 from lossforge.errors import ConfigError
 from lossforge.nn import BatchedMLP, BatchedTrainer
-from lossforge.tasks.base import LossLike, Task, TaskResult, finite_or_worst
+from lossforge.tasks.base import LossLike, Task, TaskResult, check_choice, check_int, check_range, finite_or_worst
 
 #: Consistency factor of the MAD for Gaussian noise.
 MAD_TO_STD = 1.4826
@@ -259,54 +259,23 @@ class RegressionTask(Task):
     schedule: str = "cosine"
 
     def __post_init__(self) -> None:
-        self._check_choice("noise", NOISE_KINDS)
-        self._check_choice("noise_on", NOISE_ON)
-        self._check_choice("x_design", DESIGNS)
-        self._check_choice("activation", ACTIVATIONS)
-        self._check_choice("schedule", SCHEDULES)
-        self._check_number("noise_mean")
-        self._check_number("noise_std", low=0.0)
-        self._check_number("outlier_fraction", low=0.0, below=0.5)
-        self._check_number("outlier_scale", low=0.0)
-        self._check_number("t_df", above=0.0)
-        self._check_number("purify_z", low=0.0)
-        self._check_number("x_low")
-        self._check_number("x_high")
-        self._check_number("lr", above=0.0)
+        for name, choices in (("noise", NOISE_KINDS), ("noise_on", NOISE_ON), ("x_design", DESIGNS),
+                              ("activation", ACTIVATIONS), ("schedule", SCHEDULES)):
+            check_choice(getattr(self, name), f"regression task: {name}", choices)
+        for name in ("noise_mean", "x_low", "x_high"):
+            check_range(getattr(self, name), f"regression task: {name}")
+        for name in ("noise_std", "outlier_scale", "purify_z"):
+            check_range(getattr(self, name), f"regression task: {name}", low=0.0)
+        check_range(self.outlier_fraction, "regression task: outlier_fraction", 0.0, 0.5)
+        check_range(self.t_df, "regression task: t_df", low=0.0, low_open=True)
+        check_range(self.lr, "regression task: lr", low=0.0, low_open=True)
         if not self.x_low < self.x_high:
             raise ConfigError(
                 f"regression task: x_low={self.x_low!r} must be smaller than x_high={self.x_high!r}; swap or widen them"
             )
-        self._check_int("n_train", 4)
-        self._check_int("n_calibration", 3)
-        self._check_int("n_test", 2)
-        self._check_int("hidden", 1)
-        self._check_int("layers", 1)
-        self._check_int("steps", 1)
-
-    def _check_choice(self, name: str, choices: Sequence[str]) -> None:
-        value = getattr(self, name)
-        if value not in choices:
-            options = ", ".join(map(repr, choices))
-            raise ConfigError(f"regression task: {name}={value!r} is invalid; use one of {options}")
-
-    def _check_number(
-        self, name: str, low: float | None = None, above: float | None = None, below: float | None = None
-    ) -> None:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"regression task: {name}={value!r} is invalid; give a finite number")
-        if low is not None and value < low:
-            raise ConfigError(f"regression task: {name}={value!r} is invalid; give a number >= {low}")
-        if above is not None and value <= above:
-            raise ConfigError(f"regression task: {name}={value!r} is invalid; give a number > {above}")
-        if below is not None and value >= below:
-            raise ConfigError(f"regression task: {name}={value!r} is invalid; give a number < {below}")
-
-    def _check_int(self, name: str, minimum: int) -> None:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"regression task: {name}={value!r} is invalid; give an integer >= {minimum}")
+        for name, minimum in (("n_train", 4), ("n_calibration", 3), ("n_test", 2), ("hidden", 1), ("layers", 1),
+                              ("steps", 1)):
+            check_int(getattr(self, name), f"regression task: {name}", minimum)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "RegressionTask":

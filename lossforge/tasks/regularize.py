@@ -14,11 +14,11 @@ import torch
 
 from lossforge.nn import BatchedTrainer
 from lossforge.tasks.classification import (
-    Classifier,
     ClassificationTask,
+    Classifier,
     Streams,
-    check_range,
     check_positive_int,
+    check_range,
     require,
 )
 from lossforge.tasks.data import N_CLASSES, Split
