@@ -101,6 +101,7 @@ class BatchedTrainer:
         self.optimizer = optimizer
         self.max_grad_norm = max_grad_norm
         self.failures: list[str | None] = [None] * len(self.losses)
+        self._dead = torch.zeros(len(self.losses), dtype=torch.bool)  # kept in step with `failures`
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.steps = 0
 
@@ -111,12 +112,13 @@ class BatchedTrainer:
     @property
     def alive(self) -> torch.Tensor:
         """Boolean mask of models that have not failed."""
-        return torch.tensor([f is None for f in self.failures])
+        return ~self._dead
 
     def fail(self, k: int, reason: str) -> None:
         """Mark model k failed (first reason wins)."""
         if self.failures[k] is None:
             self.failures[k] = reason
+            self._dead[k] = True
 
     def per_model_loss(
         self, outputs: torch.Tensor, target: torch.Tensor | Sequence[torch.Tensor]
@@ -156,13 +158,11 @@ class BatchedTrainer:
 
     def check_gradients(self) -> None:
         """Fail models with non-finite or exploding gradients and zero the gradients of failed models."""
-        norms = torch.zeros(self.n_models, dtype=torch.float64)
-        for p in self.params:
-            if p.grad is not None:
-                norms += p.grad.detach().reshape(self.n_models, -1).double().pow(2).sum(dim=1).cpu()
-        norms = norms.sqrt()
-        alive = self.alive
-        bad = alive & (~torch.isfinite(norms) | (norms > self.max_grad_norm) | ((norms == 0) & (self.steps == 0)))
+        # Few, large ops: this runs every step for all K models.
+        squares = [p.grad.detach().reshape(self.n_models, -1).pow(2).sum(dim=1) for p in self.params
+                   if p.grad is not None]
+        norms = torch.stack(squares).sum(dim=0).double().sqrt().cpu()
+        bad = self.alive & (~torch.isfinite(norms) | (norms > self.max_grad_norm) | ((norms == 0) & (self.steps == 0)))
         for k in bad.nonzero().flatten().tolist():  # rare: only failing models pay for a Python loop
             norm = norms[k].item()
             if not math.isfinite(norm):
@@ -171,11 +171,10 @@ class BatchedTrainer:
                 self.fail(k, "no gradient with respect to the model's output")
             else:
                 self.fail(k, f"exploding gradient (norm {norm:.3g}) at step {self.steps}")
-        dead = ~self.alive
-        if dead.any():
+        if any(f is not None for f in self.failures):
             for p in self.params:
                 if p.grad is not None:
-                    p.grad[dead.to(p.grad.device)] = 0.0
+                    p.grad[self._dead.to(p.grad.device)] = 0.0
 
 
 # --- Batched convolutional models, batch norm and DropBlock -------------------------------------------------
