@@ -154,19 +154,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lossforge.export import render
-    from lossforge.expression import LossExpression
-    from lossforge.ranking import ranking
+    from lossforge.export import ranked_from_run, render
     from lossforge.storage import RunStore, resolve_run_path
 
     path = resolve_run_path(args.run, args.runs_dir)
+    item, expression = ranked_from_run(path, args.rank, args.pick)
     with RunStore.open(path, readonly=True) as store:
-        ranked = ranking(store, args.rank, args.pick)
         suite = store.config().get("suite", {}).get("name")
-    if len(ranked) < args.rank:
-        raise LossforgeError(f"{path}: rank {args.rank} requested but the run has {len(ranked)} scored loss(es)")
-    item = ranked[args.rank - 1]
-    expression = LossExpression(item.record.tree, where=f"{path} rank {args.rank}")
     metadata = {"run": str(path), "rank": args.rank, "pick": args.pick, "fitness": item.record.fitness,
                 "validation_fitness": item.validation_fitness, "suite": suite, "key": item.record.key}
     text = render(expression, args.format, metadata, args.name)

@@ -25,7 +25,7 @@ import sympy
 from lossforge import operators
 from lossforge.errors import ExportError, ExpressionError, LossforgeError
 from lossforge.expression import LossExpression
-from lossforge.loss import SymbolicLoss
+from lossforge.loss import SymbolicLoss, class_probabilities
 from lossforge.operators import OPERATORS
 
 FORMATS = ("py", "json", "latex", "sympy")
@@ -87,6 +87,7 @@ def to_python(expression: LossExpression, metadata: dict[str, Any] | None = None
     used: dict[str, Any] = {}
     body = _python(expression.sympy, used)
     helpers = [inspect.getsource(fn) for n, fn in sorted(used.items()) if not n.startswith("torch.")]
+    helpers.append(inspect.getsource(class_probabilities))  # the classification convention, verbatim
     eps = {k: getattr(operators, k) for k in ("DIV_EPS", "SQRT_EPS", "LOG_EPS", "EXP_MAX")}
     meta_lines = "\n".join(f"    {k}: {v}" for k, v in (metadata or {}).items())
     cls = class_name(expression, name)
@@ -133,11 +134,7 @@ class {cls}(nn.Module):
             self.problem == "auto" and not target.is_floating_point() and input.dim() == target.dim() + 1
         )
         if classification:
-            y_pred = torch.softmax(input, dim=1)
-            if target.is_floating_point():
-                y_real = target.to(y_pred.dtype)
-            else:
-                y_real = nn.functional.one_hot(target.long(), input.shape[1]).movedim(-1, 1).to(y_pred.dtype)
+            y_pred, y_real = class_probabilities(input, target)
             per_sample = self.elementwise(y_pred, y_real).sum(dim=1)
         else:
             if input.shape != target.shape:
@@ -207,8 +204,9 @@ def load(path: str | Path, rank: int = 1, reduction: str = "mean", problem: str 
     return SymbolicLoss(expression, reduction=reduction, problem=problem)  # type: ignore[arg-type]
 
 
-def expression_from_run(run_path: str | Path, rank: int = 1, pick: str = "best") -> LossExpression:
-    """The ``rank``-th loss of a run's final ranking (1 = the pick), validated like any external input."""
+def ranked_from_run(run_path: str | Path, rank: int = 1, pick: str = "best"):
+    """The ``rank``-th entry of a run's final ranking (1 = the pick), with its expression validated like any
+    external input: ``(Ranked, LossExpression)``."""
     from lossforge.ranking import ranking
     from lossforge.storage import RunStore
 
@@ -219,6 +217,11 @@ def expression_from_run(run_path: str | Path, rank: int = 1, pick: str = "best")
     if len(ranked) < rank:
         raise ExportError(f"{run_path}: rank {rank} requested but the run has {len(ranked)} scored loss(es)")
     try:
-        return LossExpression(ranked[rank - 1].record.tree, where=f"{run_path} rank {rank}")
+        return ranked[rank - 1], LossExpression(ranked[rank - 1].record.tree, where=f"{run_path} rank {rank}")
     except LossforgeError as exc:
         raise ExportError(str(exc)) from None
+
+
+def expression_from_run(run_path: str | Path, rank: int = 1, pick: str = "best") -> LossExpression:
+    """The ``rank``-th loss of a run's final ranking (1 = the pick), validated like any external input."""
+    return ranked_from_run(run_path, rank, pick)[1]

@@ -27,6 +27,19 @@ def protected_log(a: torch.Tensor) -> torch.Tensor:
     return torch.log(torch.clamp(torch.as_tensor(a).abs(), min=LOG_EPS))
 
 
+def class_probabilities(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(softmax(input), one-hot or soft target)`` for logits ``[N, C, ...]`` and class indices or
+    probabilities: the classification convention's ``y_pred`` and ``y_real``."""
+    y_pred = torch.softmax(input, dim=1)
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError(
+                f"soft targets must have the shape of the logits {tuple(input.shape)}, got {tuple(target.shape)}"
+            )
+        return y_pred, target.to(y_pred.dtype)
+    return y_pred, nn.functional.one_hot(target.long(), input.shape[1]).movedim(-1, 1).to(y_pred.dtype)
+
+
 class RobustLabelNoiseLoss(nn.Module):
     r"""L(y_pred, y_real) = 11.5*y_real*(-y_pred + y_real) - 0.1153*log(y_pred)
 
@@ -54,11 +67,7 @@ class RobustLabelNoiseLoss(nn.Module):
             self.problem == "auto" and not target.is_floating_point() and input.dim() == target.dim() + 1
         )
         if classification:
-            y_pred = torch.softmax(input, dim=1)
-            if target.is_floating_point():
-                y_real = target.to(y_pred.dtype)
-            else:
-                y_real = nn.functional.one_hot(target.long(), input.shape[1]).movedim(-1, 1).to(y_pred.dtype)
+            y_pred, y_real = class_probabilities(input, target)
             per_sample = self.elementwise(y_pred, y_real).sum(dim=1)
         else:
             if input.shape != target.shape:

@@ -21,14 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from lossforge.nn import BatchedTrainer
+from lossforge.tasks.base import check_positive_int, check_range, require
 from lossforge.tasks.classification import (
     ClassificationTask,
     Classifier,
     Streams,
     accuracy,
-    check_positive_int,
-    check_range,
-    require,
 )
 from lossforge.tasks.data import Split
 

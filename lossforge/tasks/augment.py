@@ -20,14 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lossforge.tasks.base import check_positive_int, check_range, require
 from lossforge.tasks.classification import (
     ClassificationTask,
     Classifier,
     Streams,
     accuracy,
-    check_positive_int,
-    check_range,
-    require,
 )
 from lossforge.tasks.data import IMAGE_SHAPES, N_CLASSES, Split
 

@@ -13,13 +13,11 @@ from typing import Any, ClassVar
 import torch
 
 from lossforge.nn import BatchedTrainer
+from lossforge.tasks.base import check_positive_int, check_range, require
 from lossforge.tasks.classification import (
     ClassificationTask,
     Classifier,
     Streams,
-    check_positive_int,
-    check_range,
-    require,
 )
 from lossforge.tasks.data import N_CLASSES, Split
 
