@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import sympy
 import torch
 
@@ -60,6 +61,76 @@ def protected_log(a: torch.Tensor) -> torch.Tensor:
 def protected_exp(a: torch.Tensor) -> torch.Tensor:
     """``exp(min(a, EXP_MAX))``."""
     return torch.exp(torch.clamp(torch.as_tensor(a), max=EXP_MAX))
+
+
+# --- numpy forms with their derivative (the fast trainer's loss kernels, see compile.compile_value_and_grad) -
+#
+# Each takes the arguments' values and their derivatives along ``y_pred`` (None where an argument does not
+# depend on it) and returns ``(value, derivative or None)``. The derivatives are those torch's autograd
+# takes through the torch forms above (zero where a clamp or the ``where`` cuts the gradient), so both
+# trainers follow the same gradient. Arrays are float32; the epsilons are float32 scalars so nothing is
+# promoted to float64.
+
+Array = np.ndarray
+Jvp = tuple[Array, "Array | None"]
+_DIV_EPS32, _SQRT_EPS32, _LOG_EPS32, _EXP_MAX32 = (np.float32(v) for v in (DIV_EPS, SQRT_EPS, LOG_EPS, EXP_MAX))
+
+
+def _scaled(derivative: Array | None, factor: Array) -> Array | None:
+    return None if derivative is None else derivative * factor
+
+
+def numpy_div(args: list[Array], dargs: list[Array | None]) -> Jvp:
+    """``protected_div`` and its derivative: d(a/b) = (da - value * db) / b, with no gradient through a
+    clamped ``b``."""
+    (a, b), (da, db) = args, dargs
+    small = np.abs(b) < _DIV_EPS32
+    denominator = np.where(small, np.where(b < 0, -_DIV_EPS32, _DIV_EPS32), b)
+    value = a / denominator
+    if db is None:
+        return value, _scaled(da, 1 / denominator)
+    through_b = np.where(small, np.float32(0), value * db)
+    return value, ((-through_b) if da is None else (da - through_b)) / denominator
+
+
+def numpy_sqrt(args: list[Array], dargs: list[Array | None]) -> Jvp:
+    """``protected_sqrt`` and its derivative ``sign(a) / (2 sqrt|a|)`` (0 below the clamp)."""
+    (a,), (da,) = args, dargs
+    magnitude = np.abs(a)
+    value = np.sqrt(np.maximum(magnitude, _SQRT_EPS32))
+    if da is None:
+        return value, None
+    return value, da * np.where(magnitude >= _SQRT_EPS32, np.sign(a) / (2 * value), np.float32(0))
+
+
+def numpy_log(args: list[Array], dargs: list[Array | None]) -> Jvp:
+    """``protected_log`` and its derivative ``1 / a`` (0 below the clamp)."""
+    (a,), (da,) = args, dargs
+    magnitude = np.abs(a)
+    value = np.log(np.maximum(magnitude, _LOG_EPS32))
+    if da is None:
+        return value, None
+    safe = np.where(magnitude >= _LOG_EPS32, a, np.float32(1))
+    return value, da * np.where(magnitude >= _LOG_EPS32, 1 / safe, np.float32(0))
+
+
+def numpy_exp(args: list[Array], dargs: list[Array | None]) -> Jvp:
+    """``protected_exp`` and its derivative (the value itself; 0 above the clamp)."""
+    (a,), (da,) = args, dargs
+    value = np.exp(np.minimum(a, _EXP_MAX32))
+    return value, None if da is None else da * np.where(a <= _EXP_MAX32, value, np.float32(0))
+
+
+def numpy_sin(args: list[Array], dargs: list[Array | None]) -> Jvp:
+    """``sin`` and its derivative."""
+    (a,), (da,) = args, dargs
+    return np.sin(a), _scaled(da, np.cos(a))
+
+
+def numpy_cos(args: list[Array], dargs: list[Array | None]) -> Jvp:
+    """``cos`` and its derivative."""
+    (a,), (da,) = args, dargs
+    return np.cos(a), _scaled(da, -np.sin(a))
 
 
 # --- sympy forms of the protected operators -----------------------------------------------------------
@@ -160,6 +231,9 @@ class Operator:
     infix: str | None
     protected: str
     description: str
+    #: value and derivative along y_pred in numpy, for function heads; sums, products and powers are
+    #: differentiated by the compiler itself (they are n-ary in sympy)
+    numpy_jvp: Callable[[list[np.ndarray], list[np.ndarray | None]], tuple] | None = None
 
 
 OPERATORS: dict[str, Operator] = {
@@ -170,22 +244,22 @@ OPERATORS: dict[str, Operator] = {
         Operator("multiply", 2, lambda a, b: a * b, sympy.Mul, torch.mul, "*", "", "a * b"),
         Operator(
             "divide", 2, ProtectedDiv, ProtectedDiv, protected_div, "/",
-            f"|b| < {DIV_EPS:g} is replaced by ±{DIV_EPS:g}", "protected a / b",
+            f"|b| < {DIV_EPS:g} is replaced by ±{DIV_EPS:g}", "protected a / b", numpy_div,
         ),
         Operator(
             "sqrt", 1, ProtectedSqrt, ProtectedSqrt, protected_sqrt, None,
-            f"sqrt(max(|a|, {SQRT_EPS:g}))", "protected square root",
+            f"sqrt(max(|a|, {SQRT_EPS:g}))", "protected square root", numpy_sqrt,
         ),
         Operator(
             "log", 1, ProtectedLog, ProtectedLog, protected_log, None,
-            f"log(max(|a|, {LOG_EPS:g}))", "protected natural logarithm",
+            f"log(max(|a|, {LOG_EPS:g}))", "protected natural logarithm", numpy_log,
         ),
         Operator(
             "exp", 1, ProtectedExp, ProtectedExp, protected_exp, None,
-            f"exp(min(a, {EXP_MAX:g}))", "protected exponential",
+            f"exp(min(a, {EXP_MAX:g}))", "protected exponential", numpy_exp,
         ),
-        Operator("sin", 1, sympy.sin, sympy.sin, torch.sin, None, "", "sine"),
-        Operator("cos", 1, sympy.cos, sympy.cos, torch.cos, None, "", "cosine"),
+        Operator("sin", 1, sympy.sin, sympy.sin, torch.sin, None, "", "sine", numpy_sin),
+        Operator("cos", 1, sympy.cos, sympy.cos, torch.cos, None, "", "cosine", numpy_cos),
     ]
 }
 

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from lossforge.errors import ConfigError
+from lossforge import numpy_mlp
 from lossforge.nn import BatchedMLP, BatchedTrainer
 from lossforge.tasks.base import LossLike, Task, TaskResult, check_choice, check_int, check_range, finite_or_worst
 
@@ -73,6 +74,9 @@ NOISE_ON = ("targets", "inputs", "both")
 DESIGNS = ("uniform", "grid")
 ACTIVATIONS = ("tanh", "relu", "gelu")
 SCHEDULES = ("cosine", "constant")
+#: "numpy": the fast trainer (lossforge.numpy_mlp) where it applies (CPU, tanh or relu), else autograd;
+#: "autograd": torch autograd and torch.optim.Adam through BatchedTrainer, the reference.
+ENGINES = ("numpy", "autograd")
 
 #: Named settings a suite can refer to. Noise parameters are in raw (unstandardised) units; on the default
 #: input range [-2, 2] the clean target runs from -5.1 to 22.1 with standard deviation 6.6.
@@ -257,10 +261,12 @@ class RegressionTask(Task):
     steps: int = 600
     lr: float = 0.1
     schedule: str = "cosine"
+    engine: str = "numpy"
 
     def __post_init__(self) -> None:
         for name, choices in (("noise", NOISE_KINDS), ("noise_on", NOISE_ON), ("x_design", DESIGNS),
-                              ("activation", ACTIVATIONS), ("schedule", SCHEDULES)):
+                              ("activation", ACTIVATIONS), ("schedule", SCHEDULES),
+                              ("engine", ENGINES)):
             check_choice(getattr(self, name), f"regression task: {name}", choices)
         for name in ("noise_mean", "x_low", "x_high"):
             check_range(getattr(self, name), f"regression task: {name}")
@@ -383,6 +389,10 @@ class RegressionTask(Task):
         """
         steps = self.steps if steps is None else steps
         model = self.build_model(len(losses), seed, inputs.device) if model is None else model
+        if self.engine == "numpy" and numpy_mlp.supports(model, self.activation, inputs.device):
+            fast = numpy_mlp.NumpyMLPTrainer(model, losses, self.activation, self.lr)
+            history = fast.fit(inputs, targets, steps, lambda step: self.learning_rate(step, steps), record, x_test, y_test)
+            return FitResult(model, list(fast.failures), *history)
         # foreach, not fused: the fused CPU kernel rounds a tensor's elements differently depending on its
         # size, so model k's update would depend on K (common random numbers require it not to).
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, foreach=True)
@@ -391,8 +401,7 @@ class RegressionTask(Task):
         train_loss, test_rmse = [], []
         model.train()
         for step in range(steps):
-            if self.schedule == "cosine":
-                optimizer.param_groups[0]["lr"] = 0.5 * self.lr * (1.0 + math.cos(math.pi * step / steps))
+            optimizer.param_groups[0]["lr"] = self.learning_rate(step, steps)
             if record and x_test is not None and y_test is not None:
                 test_rmse.append(rmse(predict(model, x_test), y_test))
             values = trainer.step(model(inputs).squeeze(-1), target_list)
@@ -404,6 +413,12 @@ class RegressionTask(Task):
             torch.stack(train_loss) if train_loss else None,
             torch.stack(test_rmse) if test_rmse else None,
         )
+
+    def learning_rate(self, step: int, steps: int) -> float:
+        """The learning rate of step ``step`` of ``steps``: constant, or cosine-annealed from ``lr`` to 0."""
+        if self.schedule == "cosine":
+            return 0.5 * self.lr * (1.0 + math.cos(math.pi * step / steps))
+        return self.lr
 
     def evaluate(self, losses: Sequence[LossLike], seed: int, device: str = "cpu") -> list[TaskResult]:
         """Score each loss: negative clean-target RMSE, averaged over its noisy and purified runs."""
