@@ -16,7 +16,7 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 from functools import lru_cache, reduce
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import sympy
@@ -118,10 +118,14 @@ class GradKernel:
     def __call__(self, y_pred: Array, y_real: Array, constants: Sequence[float] | None = None) -> tuple[Array, Array]:
         values = tuple(np.float32(c) for c in (self.constants if constants is None else constants))
         value, derivative = self.fn(y_pred, y_real, values)
-        value = np.broadcast_to(np.asarray(value, dtype=y_pred.dtype), y_pred.shape)
-        if derivative is None:
-            return value, np.zeros_like(y_pred)
-        return value, np.broadcast_to(np.asarray(derivative, dtype=y_pred.dtype), y_pred.shape)
+        return _full(value, y_pred), np.zeros_like(y_pred) if derivative is None else _full(derivative, y_pred)
+
+
+def _full(x: Array | np.float32, like: Array) -> Array:
+    """``x`` as an array of ``like``'s shape and dtype (a number where the expression folded to one)."""
+    if isinstance(x, np.ndarray) and x.shape == like.shape and x.dtype == like.dtype:
+        return x
+    return np.broadcast_to(np.asarray(x, dtype=like.dtype), like.shape)
 
 
 def compile_value_and_grad(expr: sympy.Expr) -> GradKernel:
@@ -153,7 +157,7 @@ def _build_grad(e: sympy.Expr, constants: list[float]) -> GradNode:
         return lambda p, r, c: (value, None)
     children = [_build_grad(a, constants) for a in e.args]
     if e.is_Add:
-        return lambda p, r, c: _sum(f(p, r, c) for f in children)
+        return lambda p, r, c: _sum([f(p, r, c) for f in children])
     if e.is_Mul:
         return lambda p, r, c: _product([f(p, r, c) for f in children])
     if e.is_Pow:
@@ -166,18 +170,27 @@ def _build_grad(e: sympy.Expr, constants: list[float]) -> GradNode:
     if jvp is None:
         raise ExpressionError(f"no numpy form for {type(e).__name__}; add it to the operator table")
 
-    def apply(p: Array, r: Array, c: tuple) -> tuple:
-        values, derivatives = zip(*(f(p, r, c) for f in children))
-        return jvp(list(values), list(derivatives))
+    if len(children) == 1:
+        (only,) = children
 
-    return apply
+        def unary(p: Array, r: Array, c: tuple) -> tuple:
+            return jvp(*only(p, r, c))
+
+        return unary
+    left, right = children
+
+    def binary(p: Array, r: Array, c: tuple) -> tuple:
+        (a, da), (b, db) = left(p, r, c), right(p, r, c)
+        return jvp(a, b, da, db)
+
+    return binary
 
 
 #: Marks the derivative of ``y_pred`` itself (1 everywhere) without allocating an array of ones.
 _ONE = np.float32(1)
 
 
-def _sum(terms: Iterable[tuple]) -> tuple:
+def _sum(terms: list[tuple]) -> tuple:
     value = derivative = None
     for v, d in terms:
         value = v if value is None else value + v

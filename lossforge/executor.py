@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 from lossforge.errors import ConfigError
 
 #: Environment of worker processes, set before they start: one OpenMP/MKL thread each.
-_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 #: Idle loky workers shut down after this long (a generation's variation and rejection take seconds).
 _IDLE_WORKER_TIMEOUT_S = 300
 

@@ -88,10 +88,12 @@ class NumpyMLPTrainer:
         self.failures: list[str | None] = [None] * self.n_models
         self.dead = np.zeros(self.n_models, dtype=bool)
         self.groups = _groups(losses)
+        self.summed = np.array([g.summed for g in self.groups for _ in range(g.start, g.stop)])
         self.steps = 0
-        # One flat buffer per quantity, [K, P]; each layer's weight and bias are views into it.
-        shapes = [(layer.weight.shape[1:], layer.bias.shape[1:]) for layer in model.layers]
-        sizes = [math.prod(s) for pair in shapes for s in pair]
+        # One flat buffer per quantity, [K, P], laid out as torch's parameters are (each layer's weight
+        # [in, out], then its bias [out]): each layer is a view [K, in + 1, out], its bias the last row.
+        # Layers then compute as one matrix product of inputs with a column of ones appended.
+        self.sizes = [(layer.weight.shape[1], layer.weight.shape[2]) for layer in model.layers]
         self.theta = np.concatenate(
             [p.detach().reshape(self.n_models, -1).numpy() for layer in model.layers for p in (layer.weight, layer.bias)],
             axis=1,
@@ -99,51 +101,82 @@ class NumpyMLPTrainer:
         self.grad = np.zeros_like(self.theta)
         self.exp_avg = np.zeros_like(self.theta)
         self.exp_avg_sq = np.zeros_like(self.theta)
-        self.weights, self.biases, self.grad_weights, self.grad_biases = [], [], [], []
+        self.layers, self.grad_layers = [], []
         offset = 0
-        for (w_shape, b_shape), w_size, b_size in zip(shapes, sizes[0::2], sizes[1::2]):
-            for flat, ws, bs in ((self.theta, self.weights, self.biases), (self.grad, self.grad_weights, self.grad_biases)):
-                ws.append(flat[:, offset : offset + w_size].reshape(self.n_models, *w_shape))
-                bs.append(flat[:, offset + w_size : offset + w_size + b_size])
-            offset += w_size + b_size
+        for n_in, n_out in self.sizes:
+            size = (n_in + 1) * n_out
+            self.layers.append(self.theta[:, offset : offset + size].reshape(self.n_models, n_in + 1, n_out))
+            self.grad_layers.append(self.grad[:, offset : offset + size].reshape(self.n_models, n_in + 1, n_out))
+            offset += size
+        self._buffers: dict[tuple, Array] = {}
+
+    def _buffer(self, name: str, shape: tuple[int, ...], ones_column: bool = False) -> Array:
+        """A reused work array; with ``ones_column`` its last column is 1 (the bias input), else 0."""
+        key = (name, shape)
+        if key not in self._buffers:
+            buffer = np.zeros(shape, dtype=np.float32)
+            if ones_column:
+                buffer[..., -1] = 1.0
+            self._buffers[key] = buffer
+        return self._buffers[key]
 
     # ------------------------------------------------------------------------------------------ passes
 
-    def forward(self, x: Array) -> tuple[Array, list[Array]]:
-        """Outputs ``[K, N]`` for inputs ``[K, N, in]`` or shared ``[N, in]``, and each layer's input."""
-        inputs = []
-        h = x if x.ndim == 3 else np.broadcast_to(x, (self.n_models, *x.shape))
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+    def augmented_inputs(self, x: Array, name: str = "x") -> Array:
+        """Inputs ``[K, N, in]`` (or shared ``[N, in]``) with a column of ones appended: ``[K, N, in + 1]``."""
+        n_in = x.shape[-1]
+        out = self._buffer(name, (self.n_models, x.shape[-2], n_in + 1), ones_column=True)
+        out[..., :n_in] = x
+        return out
+
+    def forward(self, x_aug: Array) -> tuple[Array, list[Array]]:
+        """Outputs ``[K, N]`` for augmented inputs (see :meth:`augmented_inputs`), and each layer's augmented
+        input (kept for the backward pass)."""
+        inputs = [x_aug]
+        h = x_aug
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            pre = np.matmul(h, layer)  # numpy multiplies stacked matrices one model at a time
+            if i == last:
+                return pre[..., 0], inputs
+            h = np.empty((*pre.shape[:-1], pre.shape[-1] + 1), dtype=np.float32)
+            h[..., -1] = 1.0
+            if self.activation == "tanh":
+                np.tanh(pre, out=h[..., :-1])
+            else:
+                np.maximum(pre, np.float32(0), out=h[..., :-1])
             inputs.append(h)
-            if w.shape[1] == 1:  # one input feature: an outer product, elementwise
-                h = h * w + b[:, None, :]
-            else:  # numpy multiplies stacked matrices one model at a time
-                h = np.matmul(h, w) + b[:, None, :]
-            if i < last:
-                h = np.tanh(h) if self.activation == "tanh" else np.maximum(h, np.float32(0))
-        return h[..., 0], inputs
+        raise AssertionError("unreachable: an MLP has at least one layer")
 
     def backward(self, grad_output: Array, inputs: list[Array]) -> None:
         """Fill ``self.grad`` from the gradient of the summed losses with respect to the outputs ``[K, N]``."""
         g = grad_output[..., None]
-        for i in range(len(self.weights) - 1, -1, -1):
-            h_in = inputs[i]
-            self.grad_weights[i][...] = np.matmul(h_in.transpose(0, 2, 1), g)
-            self.grad_biases[i][...] = g.sum(axis=1)
+        for i in range(len(self.layers) - 1, -1, -1):
+            self.grad_layers[i][...] = np.matmul(inputs[i].transpose(0, 2, 1), g)  # weights and bias at once
             if i == 0:
-                break
-            w = self.weights[i]
-            g = g * w[:, :, 0][:, None, :] if w.shape[2] == 1 else np.matmul(g, w.transpose(0, 2, 1))
-            # h_in is the previous layer's activation output
-            g = g * (1 - h_in * h_in) if self.activation == "tanh" else g * (h_in > 0)
+                return
+            weights_t = self.layers[i][:, :-1, :].transpose(0, 2, 1)  # [K, out, in]
+            if g.shape[-1] == 1:
+                # numpy's product with an inner dimension of 1 takes a slow generic loop: pad it to 2 with zeros
+                g_pad = self._buffer("g_pad", (*g.shape[:-1], 2))
+                w_pad = self._buffer("w_pad", (self.n_models, 2, weights_t.shape[-1]))
+                g_pad[..., 0] = g[..., 0]
+                w_pad[:, 0, :] = weights_t[:, 0, :]
+                g = np.matmul(g_pad, w_pad)
+            else:
+                g = np.matmul(g, weights_t)
+            h = inputs[i][..., :-1]  # the previous layer's activation output
+            if self.activation == "tanh":
+                g *= 1 - h * h
+            else:
+                g *= h > 0
 
     # ------------------------------------------------------------------------------------------- step
 
     def step(self, x: Array, targets: Array, lr: float) -> Array:
-        """One Adam step of every live model on inputs ``x`` and targets ``[K, N]``; returns the per-model
-        mean losses (0 for failed models)."""
-        outputs, inputs = self.forward(x)
+        """One Adam step of every live model on augmented inputs ``x`` (:meth:`augmented_inputs`) and targets
+        ``[K, N]``; returns the per-model mean losses (0 for failed models)."""
+        outputs, inputs = self.forward(x)  # x: augmented inputs
         values, grad_output = self.losses(outputs, targets)
         self.backward(grad_output, inputs)
         self.check_gradients()
@@ -153,37 +186,35 @@ class NumpyMLPTrainer:
 
     def losses(self, outputs: Array, targets: Array) -> tuple[Array, Array]:
         """Per-model mean loss ``[K]`` and the gradient of their sum with respect to ``outputs``."""
-        values = np.zeros(self.n_models, dtype=np.float32)
+        elementwise = np.zeros_like(outputs)
         grad = np.zeros_like(outputs)
-        n = outputs.shape[1]
         for group in self.groups:
             rows = slice(group.start, group.stop)
-            if self.dead[rows].all():
+            if all(self.failures[k] is not None for k in range(group.start, group.stop)):
                 continue
             try:
                 if group.kernel is not None:
-                    value, derivative = group.kernel(outputs[rows], targets[rows], group.constants)
-                    if group.summed:
-                        values[rows], grad[rows] = value.sum(axis=1), derivative
-                    else:
-                        values[rows], grad[rows] = value.mean(axis=1), derivative * np.float32(1.0 / n)
+                    elementwise[rows], grad[rows] = group.kernel(outputs[rows], targets[rows], group.constants)
                 else:
-                    values[rows], grad[rows] = _autograd_value_and_grad(group.loss, outputs[rows], targets[rows])
+                    elementwise[rows], grad[rows] = _autograd_elementwise(group.loss, outputs[rows], targets[rows])
             except (RuntimeError, ValueError, ZeroDivisionError, OverflowError) as exc:
                 for k in range(group.start, group.stop):
                     self.fail(k, f"loss raised {type(exc).__name__}: {exc}")
-        values[self.dead] = 0.0
-        grad[self.dead] = 0.0
-        bad = ~np.isfinite(values)
+        # One reduction and one scaling for all K models: mean over samples, or sum for reduction='sum'.
+        values = np.where(self.summed, elementwise.sum(axis=1), elementwise.mean(axis=1))
+        grad *= np.where(self.summed, np.float32(1), np.float32(1 / outputs.shape[1]))[:, None]
+        bad = ~np.isfinite(values) & ~self.dead
         for k in np.flatnonzero(bad):
             self.fail(int(k), f"non-finite loss value at step {self.steps}")
-            values[k] = 0.0
-            grad[k] = 0.0
+        values[self.dead] = 0.0
+        grad[self.dead] = 0.0
         return values, grad
 
     def check_gradients(self) -> None:
         """Fail models with non-finite or exploding gradients (or none at all), and zero failed models'."""
-        norms = np.sqrt((self.grad.astype(np.float64) ** 2).sum(axis=1))
+        # Squares summed in float32, as BatchedTrainer does: a finite gradient whose squares overflow counts
+        # as non-finite in both trainers.
+        norms = np.sqrt((self.grad * self.grad).sum(axis=1).astype(np.float64))
         bad = ~self.dead & (~np.isfinite(norms) | (norms > self.max_grad_norm) | ((norms == 0) & (self.steps == 0)))
         for k in np.flatnonzero(bad):
             norm = float(norms[k])
@@ -229,12 +260,12 @@ class NumpyMLPTrainer:
         """Train for ``steps`` steps with learning rate ``lr_at(step)``, then write the weights back into the
         model. With ``record``, returns the per-step losses ``[steps, K]`` and, given a test set, the
         test RMSEs before each step; otherwise ``(None, None)``."""
-        x_np = x.detach().numpy().astype(np.float32, copy=False)
+        x_np = self.augmented_inputs(x.detach().numpy())
         t_np = targets.detach().numpy().astype(np.float32, copy=False)
         train_loss, test_rmse = [], []
         recording_test = record and x_test is not None and y_test is not None
         if recording_test:
-            x_test_np = x_test.detach().numpy().astype(np.float32, copy=False)
+            x_test_np = self.augmented_inputs(x_test.detach().numpy(), "x_test")
             y_test_np = y_test.detach().numpy().astype(np.float64)
         with np.errstate(all="ignore"):  # non-finite numbers are checked for, not warned about
             for step in range(steps):
@@ -253,9 +284,9 @@ class NumpyMLPTrainer:
     def write_back(self) -> None:
         """Copy the trained weights into the model's parameters."""
         with torch.no_grad():
-            for layer, w, b in zip(self.model.layers, self.weights, self.biases):
-                layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
-                layer.bias.copy_(torch.from_numpy(np.ascontiguousarray(b)))
+            for layer, weights in zip(self.model.layers, self.layers):
+                layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weights[:, :-1, :])))
+                layer.bias.copy_(torch.from_numpy(np.ascontiguousarray(weights[:, -1, :])))
 
 
 def _groups(losses: Sequence[LossLike]) -> list[_LossGroup]:
@@ -269,14 +300,18 @@ def _groups(losses: Sequence[LossLike]) -> list[_LossGroup]:
         if isinstance(loss, SymbolicLoss) and loss.problem != "classification" and not loss.constants.requires_grad:
             kernel = compile_value_and_grad(loss.expression.sympy)
             constants = tuple(float(c) for c in loss.constants.tolist())
-        summed = isinstance(loss, SymbolicLoss) and loss.reduction == "sum"
+        # A kernel gives per-sample values, reduced here as the loss would; a fallback's own reduction stands.
+        summed = kernel is not None and loss.reduction == "sum"
         groups.append(_LossGroup(k, k + 1, loss, kernel, constants, summed))
     return groups
 
 
-def _autograd_value_and_grad(loss: LossLike, outputs: Array, targets: Array) -> tuple[Array, Array]:
-    """Mean loss and its gradient for models without a numpy kernel, one model at a time, through torch."""
-    values, grads = np.zeros(len(outputs), dtype=np.float32), np.zeros_like(outputs)
+def _autograd_elementwise(loss: LossLike, outputs: Array, targets: Array) -> tuple[Array, Array]:
+    """Per-sample losses and the gradient of their sum, through torch autograd, one model at a time: for
+    losses without a numpy kernel. A loss that returns one number (already a mean) counts as that number for
+    every sample."""
+    values, grads = np.zeros_like(outputs), np.zeros_like(outputs)
+    n = outputs.shape[1]
     for i in range(len(outputs)):
         leaf = torch.from_numpy(outputs[i].copy()).requires_grad_()
         try:
@@ -285,10 +320,10 @@ def _autograd_value_and_grad(loss: LossLike, outputs: Array, targets: Array) -> 
             raise
         except Exception as exc:  # candidate losses are arbitrary code; the reason is kept
             raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
-        value = value.mean() if value.dim() > 0 else value
-        values[i] = float(value.detach())
+        per_sample = value.dim() > 0
+        values[i] = value.detach().numpy() if per_sample else float(value.detach())
         if value.requires_grad:
-            (grad,) = torch.autograd.grad(value, leaf, allow_unused=True)
+            (grad,) = torch.autograd.grad(value.sum(), leaf, allow_unused=True)
             if grad is not None:
-                grads[i] = grad.numpy()
+                grads[i] = grad.numpy() if per_sample else grad.numpy() * n
     return values, grads

@@ -65,8 +65,8 @@ def protected_exp(a: torch.Tensor) -> torch.Tensor:
 
 # --- numpy forms with their derivative (the fast trainer's loss kernels, see compile.compile_value_and_grad) -
 #
-# Each takes the arguments' values and their derivatives along ``y_pred`` (None where an argument does not
-# depend on it) and returns ``(value, derivative or None)``. The derivatives are those torch's autograd
+# Each takes the arguments' values, then their derivatives along ``y_pred`` (None where an argument does not
+# depend on it): ``(a, da)`` or ``(a, b, da, db)``, and returns ``(value, derivative or None)``. The derivatives are those torch's autograd
 # takes through the torch forms above (zero where a clamp or the ``where`` cuts the gradient), so both
 # trainers follow the same gradient. Arrays are float32; the epsilons are float32 scalars so nothing is
 # promoted to float64.
@@ -80,10 +80,9 @@ def _scaled(derivative: Array | None, factor: Array) -> Array | None:
     return None if derivative is None else derivative * factor
 
 
-def numpy_div(args: list[Array], dargs: list[Array | None]) -> Jvp:
+def numpy_div(a: Array, b: Array, da: Array | None, db: Array | None) -> Jvp:
     """``protected_div`` and its derivative: d(a/b) = (da - value * db) / b, with no gradient through a
     clamped ``b``."""
-    (a, b), (da, db) = args, dargs
     small = np.abs(b) < _DIV_EPS32
     denominator = np.where(small, np.where(b < 0, -_DIV_EPS32, _DIV_EPS32), b)
     value = a / denominator
@@ -93,9 +92,8 @@ def numpy_div(args: list[Array], dargs: list[Array | None]) -> Jvp:
     return value, ((-through_b) if da is None else (da - through_b)) / denominator
 
 
-def numpy_sqrt(args: list[Array], dargs: list[Array | None]) -> Jvp:
+def numpy_sqrt(a: Array, da: Array | None) -> Jvp:
     """``protected_sqrt`` and its derivative ``sign(a) / (2 sqrt|a|)`` (0 below the clamp)."""
-    (a,), (da,) = args, dargs
     magnitude = np.abs(a)
     value = np.sqrt(np.maximum(magnitude, _SQRT_EPS32))
     if da is None:
@@ -103,9 +101,8 @@ def numpy_sqrt(args: list[Array], dargs: list[Array | None]) -> Jvp:
     return value, da * np.where(magnitude >= _SQRT_EPS32, np.sign(a) / (2 * value), np.float32(0))
 
 
-def numpy_log(args: list[Array], dargs: list[Array | None]) -> Jvp:
+def numpy_log(a: Array, da: Array | None) -> Jvp:
     """``protected_log`` and its derivative ``1 / a`` (0 below the clamp)."""
-    (a,), (da,) = args, dargs
     magnitude = np.abs(a)
     value = np.log(np.maximum(magnitude, _LOG_EPS32))
     if da is None:
@@ -114,22 +111,19 @@ def numpy_log(args: list[Array], dargs: list[Array | None]) -> Jvp:
     return value, da * np.where(magnitude >= _LOG_EPS32, 1 / safe, np.float32(0))
 
 
-def numpy_exp(args: list[Array], dargs: list[Array | None]) -> Jvp:
+def numpy_exp(a: Array, da: Array | None) -> Jvp:
     """``protected_exp`` and its derivative (the value itself; 0 above the clamp)."""
-    (a,), (da,) = args, dargs
     value = np.exp(np.minimum(a, _EXP_MAX32))
     return value, None if da is None else da * np.where(a <= _EXP_MAX32, value, np.float32(0))
 
 
-def numpy_sin(args: list[Array], dargs: list[Array | None]) -> Jvp:
+def numpy_sin(a: Array, da: Array | None) -> Jvp:
     """``sin`` and its derivative."""
-    (a,), (da,) = args, dargs
     return np.sin(a), _scaled(da, np.cos(a))
 
 
-def numpy_cos(args: list[Array], dargs: list[Array | None]) -> Jvp:
+def numpy_cos(a: Array, da: Array | None) -> Jvp:
     """``cos`` and its derivative."""
-    (a,), (da,) = args, dargs
     return np.cos(a), _scaled(da, -np.sin(a))
 
 
@@ -233,7 +227,7 @@ class Operator:
     description: str
     #: value and derivative along y_pred in numpy, for function heads; sums, products and powers are
     #: differentiated by the compiler itself (they are n-ary in sympy)
-    numpy_jvp: Callable[[list[np.ndarray], list[np.ndarray | None]], tuple] | None = None
+    numpy_jvp: Callable[..., tuple] | None = None
 
 
 OPERATORS: dict[str, Operator] = {

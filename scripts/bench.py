@@ -7,10 +7,13 @@ Everything is measured in one run, on the same 32 candidate losses (distinct GP 
 that pass early rejection, drawn with a fixed seed), scored on the default regression suite's tasks with
 its first seed:
 
-* one-by-one loop vs one batched model (K=32) vs executors (joblib and dask, 1 and 2 workers, chunks of
-  16 as the search uses them), as throughput ratios; executors are warmed up first (start-up excluded),
-  and the batched and executor figures are the best of three interleaved rounds (two with ``--quick``);
-  whether their results are bit-identical to the batched run's;
+* the one-by-one loop (each candidate trained alone with torch autograd and ``torch.optim.Adam``: the
+  tasks' ``engine = "autograd"``, the way scoring worked before batching) vs one batched model (K=32) vs
+  executors (joblib and dask, 1 and 2 workers, chunks of 16 as the search uses them), all on the default
+  numpy engine, as throughput ratios; the numpy engine one by one as well, to separate what batching
+  gives from what the engine gives; executors are warmed up first (start-up excluded), and the batched and
+  executor figures are the best of three interleaved rounds (two with ``--quick``); whether their results
+  are bit-identical to the batched run's, and how closely the autograd loop's scores agree;
 * canonicalisation and compilation time as a share of training time;
 * the FLOP limit: the training's matmul FLOPs over the measured float32 matmul rate, against the time taken;
 * evaluations saved by early rejection and by the cache in a small default search;
@@ -92,10 +95,22 @@ def candidates(n: int, seed: int) -> tuple[list[list[Any]], int]:
     return out, draws
 
 
-def bench_spec(quick: bool) -> dict[str, Any]:
-    """The default regression suite on its first seed (and only its first task with ``--quick``)."""
+def bench_spec(quick: bool, engine: str | None = None) -> dict[str, Any]:
+    """The default regression suite on its first seed (and only its first task with ``--quick``), on the
+    tasks' default training engine or on ``engine``."""
     spec = load_suite("regression").spec()
-    return {**spec, "seeds": spec["seeds"][:1], "tasks": spec["tasks"][:1] if quick else spec["tasks"]}
+    tasks = spec["tasks"][:1] if quick else spec["tasks"]
+    if engine is not None:
+        tasks = [{**t, "settings": {**t["settings"], "engine": engine}} for t in tasks]
+    return {**spec, "seeds": spec["seeds"][:1], "tasks": tasks}
+
+
+def agreement(a: list[Any], b: list[Any]) -> tuple[int, int]:
+    """How many of two result lists' task scores agree to a relative 1e-3, out of how many."""
+    pairs = [(x, y) for ra, rb in zip(a, b) for task in ra.raw
+             for x, y in zip(ra.raw[task]["scores"], rb.raw[task]["scores"])]
+    close = sum(1 for x, y in pairs if x == y or abs(x - y) <= 1e-3 * max(abs(x), abs(y)))
+    return close, len(pairs)
 
 
 def raw_of(results: list[Any]) -> str:
@@ -109,12 +124,11 @@ def _warm(spec: dict[str, Any]) -> int:
 
 
 def score_with(executor: Any, cands: list[list[Any]], spec: dict[str, Any]) -> tuple[float, str]:
-    """Warm every worker up (start-up, imports and pool resizing excluded), then time scoring in chunks of
-    CHUNK; returns the time and the raw results."""
-    warm_spec = {**spec, "tasks": [{**t, "settings": {**t["settings"], "steps": 2}} for t in spec["tasks"]]}
+    """Warm every worker up (start-up, imports, pool resizing and building the suite excluded, as in a
+    search's later generations), then time scoring in chunks of CHUNK; returns the time and the raw results."""
     pids: set[int] = set()
     for _ in range(10):  # a worker still starting up may miss a round
-        pids |= {pid for _, pid in executor.map_unordered(_warm, [(warm_spec,)] * executor.n_workers)}
+        pids |= {pid for _, pid in executor.map_unordered(_warm, [(spec,)] * executor.n_workers)}
         if len(pids) >= executor.n_workers:
             break
     chunks = [cands[i:i + CHUNK] for i in range(0, len(cands), CHUNK)]
@@ -228,11 +242,16 @@ def main() -> None:
     log(f"workload: tasks {[t['name'] for t in spec['tasks']]}, seeds {spec['seeds']}, "
         f"{N_CANDIDATES} candidates")
 
-    # In-process: one-by-one loop vs one batched model.
-    score_chunk(cands[:1], spec)  # warm caches and code paths
-    loop_s, loop_results = timed(lambda: [r for c in cands for r in score_chunk([c], spec)])
-    log(f"loop (one by one, 1 process):   {loop_s:7.1f} s  {N_CANDIDATES / loop_s:6.2f} candidates/s"
+    # In-process: one-by-one loops (autograd engine: the baseline; numpy engine) vs one batched model.
+    autograd_spec = bench_spec(args.quick, engine="autograd")
+    score_chunk(cands[:1], autograd_spec)  # warm caches and code paths
+    score_chunk(cands[:1], spec)
+    loop_s, loop_results = timed(lambda: [r for c in cands for r in score_chunk([c], autograd_spec)])
+    log(f"loop (one by one, 1 process, autograd engine): {loop_s:7.1f} s  {N_CANDIDATES / loop_s:6.2f} candidates/s"
         f"  (load {os.getloadavg()[0]:.2f})")
+    numpy_loop_s, numpy_loop_results = timed(lambda: [r for c in cands for r in score_chunk([c], spec)])
+    log(f"loop (one by one, 1 process, numpy engine):    {numpy_loop_s:7.1f} s  "
+        f"{N_CANDIDATES / numpy_loop_s:6.2f} candidates/s  (load {os.getloadavg()[0]:.2f})")
 
     # One batched model in-process, and executors with chunks of 16, in interleaved rounds.
     executors = {"joblib-1": JoblibExecutor(1), "joblib-2": JoblibExecutor(2)}
@@ -249,7 +268,8 @@ def main() -> None:
             figures = {"batched": seconds}
             if round_no == 1:
                 reference = raw_of(results)
-                identical["loop"] = raw_of(loop_results) == reference
+                identical["numpy-loop"] = raw_of(numpy_loop_results) == reference
+                close, total = agreement(loop_results, results)
             for name, executor in executors.items():
                 figures[name], raw = score_with(executor, cands, spec)
                 identical[name] = identical.get(name, True) and raw == reference
@@ -265,6 +285,8 @@ def main() -> None:
         log(f"{name + ':':10s} {seconds:6.1f} s  {N_CANDIDATES / seconds:6.2f} candidates/s  "
             f"({loop_s / seconds:.2f}x the loop)")
     log("results identical to the batched run: " + ", ".join(f"{k}={v}" for k, v in identical.items()))
+    log(f"autograd loop vs numpy engine: {close} of {total} task scores agree to a relative 1e-3 (chaotic "
+        "losses amplify float32 rounding differences)")
 
     # Compilation and canonicalisation next to training.
     costs = compile_costs(cands)
@@ -305,6 +327,7 @@ def main() -> None:
     summary = {
         "executor_vs_loop": loop_s / best["joblib-2"],
         "batched_vs_loop": loop_s / batched_s,
+        "batched_vs_numpy_loop": numpy_loop_s / batched_s,
         "joblib_2v1": best["joblib-1"] / best["joblib-2"],
         "dask_2v1": best["dask-1"] / best["dask-2"],
         "limit_ratio": train_per_candidate / limit_s,
