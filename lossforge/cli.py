@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dask-workers", type=_positive_int, metavar="N", help="start a local dask cluster of N workers")
     p.add_argument("--chunk-timeout", type=float, metavar="SECONDS",
                    help="stop a chunk of candidates scoring longer than this and fail them with that reason")
-    p.add_argument("--chunk-size", type=_positive_int, default=16, help="candidates trained as one batched model")
+    p.add_argument("--chunk-size", type=_positive_int, default=16, help="at most this many candidates trained as one batched model (a generation is split evenly over the workers)")
     p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda, ...)")
     p.add_argument("--selection", choices=["tournament", "nsga2"], default="tournament",
                    help="single-objective tournament, or NSGA-II over fitness vs complexity")

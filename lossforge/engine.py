@@ -3,13 +3,14 @@
 Every generation seeds Python's ``random`` (which DEAP's operators use) from (run seed, generation), so
 the run is reproducible, independent of ``jobs``, and can be resumed from its last recorded generation.
 Candidates are de-duplicated by canonical key before scoring (a loss is never trained twice in a run),
-cheap checks reject hopeless ones, and the rest are scored in fixed-size chunks (each chunk one batched
-model per task) by the executor; each result is written to the run file as soon as it arrives.
+cheap checks reject hopeless ones, and the rest are scored in chunks (each chunk one batched model per
+task, at most ``chunk_size`` losses, at least one chunk per worker) by the executor; each result is written to the run file as soon as it arrives.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import statistics
 import time
@@ -197,13 +198,17 @@ class Search:
 
     # -------------------------------------------------------------------------------------- scoring
     def _score_specs(self, specs: list[Any], seeds: list[int] | None = None, timed: bool = True) -> list[ChunkResult]:
-        """Score losses (tokens or baseline names) in fixed chunks; results in input order. ``timed``: apply
-        the per-chunk time limit (not to the reference losses, without which no fitness means anything)."""
-        size = self.config.chunk_size
+        """Score losses (tokens or baseline names) in chunks of at most ``chunk_size``, and at least one per
+        worker while there are losses enough; results in input order. ``timed``: apply the per-chunk time
+        limit (not to the reference losses, without which no fitness means anything)."""
         # A loss's result does not depend on which or how many losses share its chunk (tasks keep model k's
         # arithmetic independent of K; tests/test_batch_independence.py), so a resumed run or a loss scored
-        # alone reproduces the search's numbers bit for bit.
-        chunks = [specs[i:i + size] for i in range(0, len(specs), size)]
+        # alone reproduces the search's numbers bit for bit, and the chunks can be cut for speed alone:
+        # evenly, so that 10 losses on 2 workers are 5 + 5, not 10 on one worker while the other waits.
+        n_chunks = max(math.ceil(len(specs) / self.config.chunk_size), min(len(specs), self.executor.n_workers))
+        bounds = [round(i * len(specs) / n_chunks) for i in range(n_chunks + 1)] if specs else [0]
+        starts = bounds[:-1]
+        chunks = [specs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         out: list[ChunkResult | None] = [None] * len(specs)
         items = [(chunk, self.suite_spec, seeds, self.config.device) for chunk in chunks]
         try:
@@ -212,16 +217,15 @@ class Search:
             ):
                 if isinstance(results, ChunkTimeout):
                     results = failed_chunk(len(chunks[ci]), self.suite_spec, seeds, results.reason)
-                for j, result in enumerate(results):
-                    out[ci * size + j] = result
+                out[starts[ci]:starts[ci] + len(results)] = results
                 self.reporter.candidate_scored(len(results))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - a lost worker fails its chunks, not the search
             reason = f"executor failed: {type(exc).__name__}: {exc}"
-            for ci, chunk in enumerate(chunks):
-                if out[ci * size] is None:
-                    out[ci * size:ci * size + len(chunk)] = failed_chunk(len(chunk), self.suite_spec, seeds, reason)
+            for start, chunk in zip(starts, chunks):
+                if out[start] is None:
+                    out[start:start + len(chunk)] = failed_chunk(len(chunk), self.suite_spec, seeds, reason)
         return out  # type: ignore[return-value]
 
     def score_baselines(self) -> None:

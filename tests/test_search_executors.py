@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import lossforge
@@ -30,3 +31,44 @@ def test_chunk_time_limit_fails_candidates_with_the_reason(tmp_path: Path, tiny_
         failed = [c for c in store.candidates() if c.status.value == "failed"]
         assert failed and all("time limit" in (c.reason or "") for c in failed)
         assert store.summary().status.value == "finished"
+
+
+class _TwoWorkersReversed:
+    """A serial executor that claims two workers, records the chunks it gets and returns them last first."""
+
+    name = "recording"
+    n_workers = 2
+
+    def __init__(self) -> None:
+        self.chunk_sizes: list[int] = []
+
+    def map_unordered(self, fn, items, timeout_s=None):
+        items = list(items)
+        self.chunk_sizes = [len(args[0]) for args in items]
+        for index in reversed(range(len(items))):
+            yield index, fn(*items[index])
+
+    def close(self) -> None:
+        pass
+
+
+def test_generation_is_split_evenly_over_workers_and_results_keep_their_order(tmp_path: Path, tiny_suite: str) -> None:
+    from lossforge.engine import Search, SearchConfig
+
+    from lossforge.expression import LossExpression
+
+    specs = ["mse", "mae", "huber", list(LossExpression.coerce("sqrt(y_pred - y_real) + 0.1*y_pred").tokens),
+             list(LossExpression.coerce("(y_pred - y_real)**2 * exp(y_real)").tokens)]
+    search = Search.create(tmp_path / "r.db", SearchConfig(suite=tiny_suite, jobs=1, executor="serial", chunk_size=16))
+    try:
+        expected = [r.raw for r in search._score_specs(specs)]  # one worker: one chunk
+        search.executor = recorder = _TwoWorkersReversed()
+        got = [r.raw for r in search._score_specs(specs)]
+        assert sorted(recorder.chunk_sizes) == [2, 3]  # not 5 on one worker while the other waits
+        assert got == expected
+        search.config = dataclasses.replace(search.config, chunk_size=2)
+        got = [r.raw for r in search._score_specs(specs)]
+        assert max(recorder.chunk_sizes) <= 2 and sum(recorder.chunk_sizes) == 5
+        assert got == expected
+    finally:
+        search.close()
