@@ -174,13 +174,15 @@ def matmul_rate(threads: int, k: int, n: int, hidden: int, seconds: float = 1.0)
 def compile_costs(cands: list[list[Any]]) -> dict[str, float]:
     """Mean seconds per candidate of each step from tokens to a loss module, with cold caches."""
     compile_module._compile_cached.cache_clear()
-    costs = {"sympy": 0.0, "key": 0.0, "compile": 0.0, "module": 0.0}
+    compile_module._grad_cached.cache_clear()
+    costs = {"sympy": 0.0, "key": 0.0, "compile": 0.0, "kernel": 0.0, "module": 0.0}
     for tokens in cands:
         expr = LossExpression(tokens)
         steps = {
             "sympy": lambda: expr.sympy,
             "key": lambda: expr.key,
             "compile": lambda: compile_module.compile_expr(expr.sympy),
+            "kernel": lambda: compile_module.compile_value_and_grad(expr.sympy),
             "module": lambda: SymbolicLoss(expr, reduction="none", problem="regression"),
         }
         for name, step in steps.items():
