@@ -28,10 +28,13 @@ Reduction = Literal["mean", "sum", "none"]
 Problem = Literal["auto", "regression", "classification"]
 
 
-def class_probabilities(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def class_probabilities(
+    input: torch.Tensor, target: torch.Tensor, probabilities: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(softmax(input), one-hot or soft target)`` for logits ``[N, C, ...]`` and class indices or
-    probabilities: the classification convention's ``y_pred`` and ``y_real``."""
-    y_pred = torch.softmax(input, dim=1)
+    probabilities: the classification convention's ``y_pred`` and ``y_real``. ``probabilities``: the softmax
+    of ``input`` when it was already computed (a trainer computes it once for a batch of models)."""
+    y_pred = torch.softmax(input, dim=1) if probabilities is None else probabilities
     if target.is_floating_point():
         if target.shape != input.shape:
             raise ValueError(
@@ -85,15 +88,20 @@ class SymbolicLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.is_classification(input, target):
-            y_pred, y_real = class_probabilities(input, target)
-            per_sample = self.elementwise(y_pred, y_real).sum(dim=1)
-        else:
-            if input.shape != target.shape:
-                raise ValueError(
-                    f"regression input {tuple(input.shape)} and target {tuple(target.shape)} must have "
-                    "the same shape (reshape one of them)"
-                )
-            per_sample = self.elementwise(input, target.to(input.dtype))
+            return self.from_class_probabilities(*class_probabilities(input, target))
+        if input.shape != target.shape:
+            raise ValueError(
+                f"regression input {tuple(input.shape)} and target {tuple(target.shape)} must have "
+                "the same shape (reshape one of them)"
+            )
+        return self.reduce(self.elementwise(input, target.to(input.dtype)))
+
+    def from_class_probabilities(self, y_pred: torch.Tensor, y_real: torch.Tensor) -> torch.Tensor:
+        """The classification loss from :func:`class_probabilities`' output (summed over classes, reduced)."""
+        return self.reduce(self.elementwise(y_pred, y_real).sum(dim=1))
+
+    def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses reduced as ``reduction`` says."""
         if self.reduction == "mean":
             return per_sample.mean()
         if self.reduction == "sum":

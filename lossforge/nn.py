@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from lossforge.loss import SymbolicLoss, class_probabilities
 from lossforge.tasks.base import EXPLODING_GRAD_NORM, LossLike
 
 
@@ -125,13 +126,23 @@ class BatchedTrainer:
     ) -> torch.Tensor:
         """Mean loss of each model, ``[K]``; a non-finite or raising loss fails its model (value 0)."""
         values = []
+        probabilities = None  # softmax of all K models' logits, computed once when a symbolic loss needs it
+        shared_target: tuple[torch.Tensor, torch.Tensor] | None = None  # (target, its one-hot form)
         for k, loss in enumerate(self.losses):
             tk = target[k] if isinstance(target, (list, tuple)) else target
             if self.failures[k] is not None:
                 values.append(outputs[k].sum() * 0.0)
                 continue
             try:
-                v = loss(outputs[k], tk)
+                if isinstance(loss, SymbolicLoss) and loss.is_classification(outputs[k], tk):
+                    # The same numbers as loss(outputs[k], tk), without a softmax and a one-hot per model.
+                    if probabilities is None:
+                        probabilities = torch.softmax(outputs, dim=2)
+                    if shared_target is None or shared_target[0] is not tk:
+                        shared_target = (tk, class_probabilities(outputs[k], tk, probabilities[k])[1])
+                    v = loss.from_class_probabilities(probabilities[k], shared_target[1])
+                else:
+                    v = loss(outputs[k], tk)
                 v = v.mean() if v.dim() > 0 else v
             except (RuntimeError, ValueError, ZeroDivisionError, OverflowError) as exc:
                 self.fail(k, f"loss raised {type(exc).__name__}: {exc}")
