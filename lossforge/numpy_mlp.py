@@ -53,9 +53,11 @@ class _LossGroup:
 
 
 def supports(model: BatchedMLP, activation: str, device: str | torch.device) -> bool:
-    """Whether :class:`NumpyMLPTrainer` can train ``model`` (a CPU float32 MLP with a supported activation)."""
+    """Whether :class:`NumpyMLPTrainer` can train ``model`` (a CPU float32 MLP with one output, a supported
+    activation and no dropout)."""
     return (
         torch.device(device).type == "cpu"
+        and model.layers[-1].weight.shape[-1] == 1
         and activation in ACTIVATIONS
         and not model.dropout
         and all(p.dtype == torch.float32 for p in model.parameters())
@@ -73,14 +75,12 @@ class NumpyMLPTrainer:
         model: BatchedMLP,
         losses: Sequence[LossLike],
         activation: str,
-        lr: float,
         max_grad_norm: float = EXPLODING_GRAD_NORM,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"the numpy trainer supports activations {ACTIVATIONS}, not {activation!r}")
         self.model = model
         self.activation = activation
-        self.lr = lr
         self.max_grad_norm = max_grad_norm
         self.n_models = len(losses)
         if self.n_models != len(model.layers[0].weight):
@@ -93,7 +93,7 @@ class NumpyMLPTrainer:
         # One flat buffer per quantity, [K, P], laid out as torch's parameters are (each layer's weight
         # [in, out], then its bias [out]): each layer is a view [K, in + 1, out], its bias the last row.
         # Layers then compute as one matrix product of inputs with a column of ones appended.
-        self.sizes = [(layer.weight.shape[1], layer.weight.shape[2]) for layer in model.layers]
+        sizes = [(layer.weight.shape[1], layer.weight.shape[2]) for layer in model.layers]
         self.theta = np.concatenate(
             [p.detach().reshape(self.n_models, -1).numpy() for layer in model.layers for p in (layer.weight, layer.bias)],
             axis=1,
@@ -103,11 +103,12 @@ class NumpyMLPTrainer:
         self.exp_avg_sq = np.zeros_like(self.theta)
         self.layers, self.grad_layers = [], []
         offset = 0
-        for n_in, n_out in self.sizes:
+        for n_in, n_out in sizes:
             size = (n_in + 1) * n_out
             self.layers.append(self.theta[:, offset : offset + size].reshape(self.n_models, n_in + 1, n_out))
             self.grad_layers.append(self.grad[:, offset : offset + size].reshape(self.n_models, n_in + 1, n_out))
             offset += size
+        assert all(np.shares_memory(layer, self.theta) for layer in self.layers)  # views, not copies
         self._buffers: dict[tuple, Array] = {}
 
     def _buffer(self, name: str, shape: tuple[int, ...], ones_column: bool = False) -> Array:

@@ -227,7 +227,7 @@ def run_both(task: RegressionTask, losses: list, steps: int):
     reference, model = task.build_model(k, 0), task.build_model(k, 0)
     optimizer = torch.optim.Adam(reference.parameters(), lr=task.lr, foreach=True)
     trainer = BatchedTrainer(reference, [_guarded(loss) for loss in losses], optimizer)
-    fast = NumpyMLPTrainer(model, losses, task.activation, task.lr)
+    fast = NumpyMLPTrainer(model, losses, task.activation)
     x_np = fast.augmented_inputs(x.numpy())
     for _ in range(steps):
         ref_values = trainer.step(reference(x).squeeze(-1), list(y.unbind(0))).numpy()
@@ -436,8 +436,8 @@ def test_unknown_engine_is_a_one_line_config_error() -> None:
 
 
 def test_supports_only_cpu_float32_tanh_or_relu_without_dropout() -> None:
-    """The numpy trainer takes CPU float32 MLPs with tanh or relu and no dropout; everything else goes to
-    the autograd trainer."""
+    """The numpy trainer takes CPU float32 MLPs with one output, tanh or relu and no dropout; everything else
+    goes to the autograd trainer."""
     gen = lambda: torch.Generator().manual_seed(0)
     assert numpy_mlp.supports(BatchedMLP(2, [1, 8, 1], gen(), "tanh"), "tanh", "cpu")
     assert numpy_mlp.supports(BatchedMLP(2, [1, 8, 8, 1], gen(), "relu"), "relu", torch.device("cpu"))
@@ -445,8 +445,9 @@ def test_supports_only_cpu_float32_tanh_or_relu_without_dropout() -> None:
     assert not numpy_mlp.supports(BatchedMLP(2, [1, 8, 1], gen(), "tanh", dropout=0.1), "tanh", "cpu")
     assert not numpy_mlp.supports(BatchedMLP(2, [1, 8, 1], gen(), "tanh").double(), "tanh", "cpu")
     assert not numpy_mlp.supports(BatchedMLP(2, [1, 8, 1], gen(), "tanh"), "tanh", "cuda")
+    assert not numpy_mlp.supports(BatchedMLP(2, [1, 8, 3], gen(), "tanh"), "tanh", "cpu")  # one output only
     with pytest.raises(ValueError, match="gelu"):
-        NumpyMLPTrainer(BatchedMLP(1, [1, 8, 1], gen(), "gelu"), [sym(MSE)], "gelu", 0.1)
+        NumpyMLPTrainer(BatchedMLP(1, [1, 8, 1], gen(), "gelu"), [sym(MSE)], "gelu")
 
 
 def test_gelu_with_the_default_engine_falls_back_to_autograd() -> None:

@@ -390,7 +390,7 @@ class RegressionTask(Task):
         steps = self.steps if steps is None else steps
         model = self.build_model(len(losses), seed, inputs.device) if model is None else model
         if self.engine == "numpy" and numpy_mlp.supports(model, self.activation, inputs.device):
-            fast = numpy_mlp.NumpyMLPTrainer(model, losses, self.activation, self.lr)
+            fast = numpy_mlp.NumpyMLPTrainer(model, losses, self.activation)
             history = fast.fit(inputs, targets, steps, lambda step: self.learning_rate(step, steps), record, x_test, y_test)
             return FitResult(model, list(fast.failures), *history)
         # foreach, not fused: the fused CPU kernel rounds a tensor's elements differently depending on its
