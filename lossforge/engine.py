@@ -4,13 +4,15 @@ Every generation seeds Python's ``random`` (which DEAP's operators use) from (ru
 the run is reproducible, independent of ``jobs``, and can be resumed from its last recorded generation.
 Candidates are de-duplicated by canonical key before scoring (a loss is never trained twice in a run),
 cheap checks reject hopeless ones, and the rest are scored in chunks (each chunk one batched model per
-task, at most ``chunk_size`` losses, at least one chunk per worker) by the executor; each result is written to the run file as soon as it arrives.
+task, at most ``chunk_size`` losses, at least one chunk per worker) by the executor; each result is
+written to the run file as soon as it arrives.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import statistics
 import time
@@ -32,6 +34,37 @@ from lossforge.storage import CandidateState, RunStatus, RunStore
 
 #: Baselines scored on every run's suite, shown beside the evolved losses.
 DISPLAY_BASELINES = {"regression": ("mse", "huber", "mae"), "classification": ("cross_entropy", "gce", "mae")}
+
+
+#: Share of the memory available at the start that the workers' models may use together.
+MEMORY_BUDGET_FRACTION = 0.5
+#: Resident memory of a worker before it trains anything (torch, numpy, sympy, the suite's data).
+WORKER_BASE_BYTES = 400 * 2**20
+
+
+def available_memory_bytes() -> int | None:
+    """Memory available to new allocations on this machine (Linux ``MemAvailable``), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_chunk_cap(chunk_size: int, bytes_per_model: int, n_workers: int, available: int | None = None) -> int:
+    """The most losses a chunk may hold so that ``n_workers`` chunks training at once stay within
+    ``MEMORY_BUDGET_FRACTION`` of the available memory: ``chunk_size`` or fewer, never below 1."""
+    available = available_memory_bytes() if available is None else available
+    if not bytes_per_model or available is None:
+        return chunk_size
+    budget = MEMORY_BUDGET_FRACTION * available - n_workers * WORKER_BASE_BYTES
+    return max(1, min(chunk_size, int(budget // (n_workers * bytes_per_model))))
 
 
 @dataclass
@@ -154,6 +187,11 @@ class Search:
         if config.dask_workers is not None:
             options["n_workers"] = config.dask_workers
         self.executor = make_executor(config.executor, config.jobs, **options)
+        # A remote cluster's memory is not this machine's: only local workers are capped.
+        local = config.scheduler is None
+        self.chunk_size = config.chunk_size if not local else memory_chunk_cap(
+            config.chunk_size, max(t.task.memory_per_model() for t in suite.tasks), self.executor.n_workers
+        )
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
@@ -205,7 +243,7 @@ class Search:
         # arithmetic independent of K; tests/test_batch_independence.py), so a resumed run or a loss scored
         # alone reproduces the search's numbers bit for bit, and the chunks can be cut for speed alone:
         # evenly, so that 10 losses on 2 workers are 5 + 5, not 10 on one worker while the other waits.
-        n_chunks = max(math.ceil(len(specs) / self.config.chunk_size), min(len(specs), self.executor.n_workers))
+        n_chunks = max(math.ceil(len(specs) / self.chunk_size), min(len(specs), self.executor.n_workers))
         bounds = [round(i * len(specs) / n_chunks) for i in range(n_chunks + 1)] if specs else [0]
         starts = bounds[:-1]
         chunks = [specs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -459,6 +497,11 @@ class Search:
         start_gen = 0 if last is None else last.gen + 1
         self.reporter = make_progress(max(1, self.config.generations + 1 - start_gen), self.config.population,
                                       quiet=self.quiet, stream=self.stream)
+        if self.chunk_size < self.config.chunk_size:
+            self.reporter.message(
+                f"chunks of at most {self.chunk_size} losses instead of {self.config.chunk_size}: "
+                f"{self.executor.n_workers} worker(s) training more would not fit in the memory available"
+            )
         try:
             self.score_baselines()
             if last is None:

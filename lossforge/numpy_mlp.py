@@ -94,9 +94,9 @@ class NumpyMLPTrainer:
         # [in, out], then its bias [out]): each layer is a view [K, in + 1, out], its bias the last row.
         # Layers then compute as one matrix product of inputs with a column of ones appended.
         sizes = [(layer.weight.shape[1], layer.weight.shape[2]) for layer in model.layers]
+        parameters = [p for layer in model.layers for p in (layer.weight, layer.bias)]
         self.theta = np.concatenate(
-            [p.detach().reshape(self.n_models, -1).numpy() for layer in model.layers for p in (layer.weight, layer.bias)],
-            axis=1,
+            [p.detach().reshape(self.n_models, -1).numpy() for p in parameters], axis=1
         ).astype(np.float32)
         self.grad = np.zeros_like(self.theta)
         self.exp_avg = np.zeros_like(self.theta)

@@ -65,10 +65,10 @@ def protected_exp(a: torch.Tensor) -> torch.Tensor:
 
 # --- numpy forms with their derivative (the fast trainer's loss kernels, see compile.compile_value_and_grad) -
 #
-# Each takes the arguments' values, then their derivatives along ``y_pred`` (None where an argument does not
-# depend on it): ``(a, da)`` or ``(a, b, da, db)``, and returns ``(value, derivative or None)``. The derivatives are those torch's autograd
-# takes through the torch forms above (zero where a clamp or the ``where`` cuts the gradient), so both
-# trainers follow the same gradient. Arrays are float32; the epsilons are float32 scalars so nothing is
+# Each takes the arguments' values, then their derivatives along ``y_pred`` (None where an argument does
+# not depend on it): ``(a, da)`` or ``(a, b, da, db)``, and returns ``(value, derivative or None)``. The
+# derivatives are those torch's autograd takes through the torch forms above (zero where a clamp or the
+# ``where`` cuts the gradient), so both trainers follow the same gradient. Arrays are float32; the epsilons are float32 scalars so nothing is
 # promoted to float64.
 
 Array = np.ndarray

@@ -19,6 +19,7 @@ from lossforge.tasks.classification import (
     make_task,
     preset_task,
 )
+from lossforge.tasks.base import saved_tensor_bytes
 from lossforge.tasks.data import (
     DIGIT_FLIPS,
     N_CLASSES,
@@ -267,3 +268,24 @@ def test_settings_are_plain_data() -> None:
     settings = ClassificationTask(hidden=[64, 32]).settings()
     assert settings["hidden"] == (64, 32) and settings["dataset"] == "digits"
     assert ClassificationTask(**settings) == ClassificationTask(hidden=(64, 32))
+
+
+def test_saved_tensor_bytes_counts_what_autograd_keeps() -> None:
+    x = torch.randn(10, requires_grad=True)
+    assert saved_tensor_bytes(lambda: (x * x).sum()) == 2 * 10 * 4  # both factors are saved
+    assert saved_tensor_bytes(lambda: torch.tanh(x).sum()) == 10 * 4  # tanh keeps its output
+    assert saved_tensor_bytes(lambda: (x + 1).sum()) == 0  # an addition keeps nothing
+
+
+def test_memory_per_model_grows_with_the_network_and_the_test_set() -> None:
+    """The estimate follows what a model must hold: wider convolutions and a larger test set (tested all at
+    once) need more, and it is at least the weights with their gradients and Adam's two moments."""
+    mlp = ClassificationTask(dataset="digits", epochs=1)
+    small_cnn = ClassificationTask(dataset="digits", model="cnn", channels=(4,), hidden=(), epochs=1)
+    wide_cnn = ClassificationTask(dataset="digits", model="cnn", channels=(16,), hidden=(), epochs=1)
+    bigger_test = ClassificationTask(dataset="digits", model="cnn", channels=(4,), hidden=(), epochs=1,
+                                     test_fraction=0.6)
+    weights = sum(p.numel() for p in mlp.build_model(1, 64, 10, torch.Generator().manual_seed(0)).parameters())
+    assert mlp.memory_per_model() >= 4 * 4 * weights
+    assert small_cnn.memory_per_model() < wide_cnn.memory_per_model()
+    assert small_cnn.memory_per_model() < bigger_test.memory_per_model()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import lossforge
@@ -54,7 +53,6 @@ class _TwoWorkersReversed:
 
 def test_generation_is_split_evenly_over_workers_and_results_keep_their_order(tmp_path: Path, tiny_suite: str) -> None:
     from lossforge.engine import Search, SearchConfig
-
     from lossforge.expression import LossExpression
 
     specs = ["mse", "mae", "huber", list(LossExpression.coerce("sqrt(y_pred - y_real) + 0.1*y_pred").tokens),
@@ -66,9 +64,43 @@ def test_generation_is_split_evenly_over_workers_and_results_keep_their_order(tm
         got = [r.raw for r in search._score_specs(specs)]
         assert sorted(recorder.chunk_sizes) == [2, 3]  # not 5 on one worker while the other waits
         assert got == expected
-        search.config = dataclasses.replace(search.config, chunk_size=2)
+        search.chunk_size = 2
         got = [r.raw for r in search._score_specs(specs)]
         assert max(recorder.chunk_sizes) <= 2 and sum(recorder.chunk_sizes) == 5
         assert got == expected
+    finally:
+        search.close()
+
+
+def test_memory_cap_on_chunk_size() -> None:
+    from lossforge.engine import (
+        MEMORY_BUDGET_FRACTION,
+        WORKER_BASE_BYTES,
+        memory_chunk_cap,
+    )
+
+    mb = 2**20
+    assert memory_chunk_cap(16, 5 * mb, 2, available=16 * 1024 * mb) == 16  # plenty: the setting stands
+    # half of 2 GB, less two workers' base, shared by 2 workers at 50 MB a model
+    budget = MEMORY_BUDGET_FRACTION * 2048 * mb - 2 * WORKER_BASE_BYTES
+    assert memory_chunk_cap(16, 50 * mb, 2, available=2048 * mb) == int(budget // (2 * 50 * mb)) < 16
+    assert memory_chunk_cap(16, 50 * mb, 2, available=100 * mb) == 1  # never below one loss
+    assert memory_chunk_cap(16, 0, 2, available=100 * mb) == 16  # negligible per-model memory
+
+
+def test_search_caps_its_chunks_when_memory_is_short(tmp_path: Path, monkeypatch) -> None:
+    from lossforge import engine
+
+    suite = tmp_path / "cnn.toml"
+    suite.write_text('name = "cnn"\nseeds = [0]\n\n[[tasks]]\nname = "cnn"\ntype = "label_noise"\n'
+                     'settings = { model = "cnn", channels = [8], hidden = [], epochs = 1 }\n')
+    short = 2 * engine.WORKER_BASE_BYTES + 64 * 2**20
+    monkeypatch.setattr(engine, "available_memory_bytes", lambda: short)
+    config = engine.SearchConfig(suite=str(suite), jobs=1, executor="serial")
+    search = engine.Search.create(tmp_path / "m.db", config)
+    try:
+        per_model = search.suite.tasks[0].task.memory_per_model()
+        assert per_model > 0
+        assert search.chunk_size == engine.memory_chunk_cap(16, per_model, 1, available=short) < config.chunk_size
     finally:
         search.close()

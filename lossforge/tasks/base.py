@@ -73,6 +73,12 @@ class Task:
         """Train one model per loss (batched) on ``seed`` and return their results in order."""
         raise NotImplementedError
 
+    def memory_per_model(self) -> int:
+        """Estimated bytes each model of a batch adds while this task trains and tests it (activations
+        kept for the backward pass or the test pass, weights, gradients, optimiser state); 0 when
+        negligible. The search caps its chunk size with it (``lossforge.engine.memory_chunk_cap``)."""
+        return 0
+
     def normalize(self, score: float, reference_score: float) -> float:
         """This task's score relative to the reference loss's score: 1 = as good, higher = better.
 
@@ -136,3 +142,18 @@ def check_int_list(value: Any, name: str, allow_empty: bool) -> tuple[int, ...]:
     ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
     require(ok, f"{name} must be a list of positive integers; got {value!r}")
     return tuple(value)
+
+
+def saved_tensor_bytes(compute: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of ``compute()``: the activation memory
+    of one training step, measured rather than guessed (a tensor saved twice counts twice)."""
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        compute()
+    return total

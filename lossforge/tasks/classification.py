@@ -33,6 +33,7 @@ from lossforge.tasks.base import (
     check_range,
     finite_or_worst,
     require,
+    saved_tensor_bytes,
 )
 from lossforge.tasks.data import (
     IMAGE_SHAPES,
@@ -206,6 +207,17 @@ class ClassificationTask(Task):
         if self.optimizer == "adam":
             return torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+
+    def memory_per_model(self) -> int:
+        """One model's activations for a minibatch, measured through autograd and scaled up to the test set
+        when that is larger (all K models are tested at once), plus weights, gradients and two optimiser
+        moments. Measured on seed 0's data."""
+        data = self.data(0)
+        model = self.build_model(1, data.x_train[0].numel(), data.n_classes, generator(0, "init"))
+        batch = data.x_train[: self.batch_size]
+        per_sample = saved_tensor_bytes(lambda: model(batch).sum()) / len(batch)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        return int(per_sample * max(len(batch), len(data.x_test)) + 4 * weights)
 
     def epochs_to_run(self) -> int:
         """Passes over the training set (free adversarial training replays batches and runs fewer)."""

@@ -57,10 +57,18 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from lossforge.errors import ConfigError
 from lossforge import numpy_mlp
+from lossforge.errors import ConfigError
 from lossforge.nn import BatchedMLP, BatchedTrainer
-from lossforge.tasks.base import LossLike, Task, TaskResult, check_choice, check_int, check_range, finite_or_worst
+from lossforge.tasks.base import (
+    LossLike,
+    Task,
+    TaskResult,
+    check_choice,
+    check_int,
+    check_range,
+    finite_or_worst,
+)
 
 #: Consistency factor of the MAD for Gaussian noise.
 MAD_TO_STD = 1.4826
@@ -391,7 +399,9 @@ class RegressionTask(Task):
         model = self.build_model(len(losses), seed, inputs.device) if model is None else model
         if self.engine == "numpy" and numpy_mlp.supports(model, self.activation, inputs.device):
             fast = numpy_mlp.NumpyMLPTrainer(model, losses, self.activation)
-            history = fast.fit(inputs, targets, steps, lambda step: self.learning_rate(step, steps), record, x_test, y_test)
+            history = fast.fit(
+                inputs, targets, steps, lambda step: self.learning_rate(step, steps), record, x_test, y_test
+            )
             return FitResult(model, list(fast.failures), *history)
         # foreach, not fused: the fused CPU kernel rounds a tensor's elements differently depending on its
         # size, so model k's update would depend on K (common random numbers require it not to).
