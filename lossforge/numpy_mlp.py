@@ -30,7 +30,7 @@ import torch
 from lossforge.compile import GradKernel, compile_value_and_grad
 from lossforge.loss import SymbolicLoss
 from lossforge.nn import BatchedMLP
-from lossforge.tasks.base import EXPLODING_GRAD_NORM, LossLike
+from lossforge.tasks.base import EXPLODING_GRAD_NORM, LossLike, guarded_loss
 
 #: Activations this trainer differentiates by hand (others train with the autograd trainer).
 ACTIVATIONS = ("tanh", "relu")
@@ -315,16 +315,9 @@ def _autograd_elementwise(loss: LossLike, outputs: Array, targets: Array) -> tup
     n = outputs.shape[1]
     for i in range(len(outputs)):
         leaf = torch.from_numpy(outputs[i].copy()).requires_grad_()
-        try:
-            value = torch.as_tensor(loss(leaf, torch.from_numpy(targets[i].copy())))
-        except (RuntimeError, ValueError, ZeroDivisionError, OverflowError):
-            raise
-        except Exception as exc:  # candidate losses are arbitrary code; the reason is kept
-            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+        value = guarded_loss(loss)(leaf, torch.from_numpy(targets[i].copy()))
         per_sample = value.dim() > 0
         values[i] = value.detach().numpy() if per_sample else float(value.detach())
-        if value.requires_grad:
-            (grad,) = torch.autograd.grad(value.sum(), leaf, allow_unused=True)
-            if grad is not None:
-                grads[i] = grad.numpy() if per_sample else grad.numpy() * n
+        (grad,) = torch.autograd.grad(value.sum(), leaf)
+        grads[i] = grad.numpy() if per_sample else grad.numpy() * n
     return values, grads

@@ -25,7 +25,8 @@ from lossforge.numpy_mlp import NumpyMLPTrainer
 from lossforge.operators import OPERATORS
 from lossforge.rejection import rejection_reason
 from lossforge.space import load_space
-from lossforge.tasks.regression import RegressionTask, _guarded, predict
+from lossforge.tasks.base import guarded_loss
+from lossforge.tasks.regression import RegressionTask, predict
 
 torch.set_num_threads(1)
 
@@ -226,7 +227,7 @@ def run_both(task: RegressionTask, losses: list, steps: int):
     x, y = step_inputs(task, k)
     reference, model = task.build_model(k, 0), task.build_model(k, 0)
     optimizer = torch.optim.Adam(reference.parameters(), lr=task.lr, foreach=True)
-    trainer = BatchedTrainer(reference, [_guarded(loss) for loss in losses], optimizer)
+    trainer = BatchedTrainer(reference, [guarded_loss(loss) for loss in losses], optimizer)
     fast = NumpyMLPTrainer(model, losses, task.activation)
     x_np = fast.augmented_inputs(x.numpy())
     for _ in range(steps):
@@ -252,7 +253,7 @@ def rounding_sensitivity(task: RegressionTask, losses: list) -> np.ndarray:
             size = out.detach().abs()
             sign = torch.randint(0, 2, out.shape, generator=gen) * 2 - 1
             out = out + 2.0**-21 * (size + size.mean(dim=1, keepdim=True)) * sign
-        sum(_guarded(loss)(out[j], y[j]).mean() for j, loss in enumerate(losses)).backward()
+        sum(guarded_loss(loss)(out[j], y[j]).mean() for j, loss in enumerate(losses)).backward()
         grads.append(flat(model, grads=True))
     with np.errstate(all="ignore"):
         change = np.max([np.abs(g - grads[0]).max(axis=1) for g in grads[1:]], axis=0)

@@ -68,6 +68,7 @@ from lossforge.tasks.base import (
     check_int,
     check_range,
     finite_or_worst,
+    guarded_loss,
 )
 
 #: Consistency factor of the MAD for Gaussian noise.
@@ -406,7 +407,7 @@ class RegressionTask(Task):
         # foreach, not fused: the fused CPU kernel rounds a tensor's elements differently depending on its
         # size, so model k's update would depend on K (common random numbers require it not to).
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, foreach=True)
-        trainer = BatchedTrainer(model, [_guarded(loss) for loss in losses], optimizer)
+        trainer = BatchedTrainer(model, [guarded_loss(loss) for loss in losses], optimizer)
         target_list = list(targets.unbind(0))
         train_loss, test_rmse = [], []
         model.train()
@@ -475,22 +476,3 @@ def rmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Root mean squared error over the last dimension, in float64 so that large errors stay finite."""
     return (pred.double() - target.double()).pow(2).mean(-1).sqrt()
 
-
-def _guarded(loss: LossLike) -> LossLike:
-    """``loss`` made safe for :class:`BatchedTrainer`, which only catches numeric errors: any exception it
-    raises is re-raised as a ``RuntimeError`` naming the original type, and an output that does not depend
-    on the prediction is kept in the graph, so that either fails this loss's model, not the whole batch."""
-
-    def guarded(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        try:
-            value = torch.as_tensor(loss(pred, target), device=pred.device)
-        except (RuntimeError, ValueError, ZeroDivisionError, OverflowError):
-            raise
-        except Exception as exc:  # candidate losses are arbitrary code; the reason is kept
-            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
-        if pred.requires_grad and not value.requires_grad:
-            # backward() needs a graph; the trainer then fails the model for having no gradient.
-            value = value + pred.sum() * 0.0
-        return value
-
-    return guarded
