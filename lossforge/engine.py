@@ -187,11 +187,10 @@ class Search:
         if config.dask_workers is not None:
             options["n_workers"] = config.dask_workers
         self.executor = make_executor(config.executor, config.jobs, **options)
-        # A remote cluster's memory is not this machine's: only local workers are capped.
-        local = config.scheduler is None
-        self.chunk_size = config.chunk_size if not local else memory_chunk_cap(
-            config.chunk_size, max(t.task.memory_per_model() for t in suite.tasks), self.executor.n_workers
-        )
+        self.chunk_size = config.chunk_size
+        if config.scheduler is None:  # a remote cluster's memory is not this machine's
+            per_model = max(t.task.memory_per_model() for t in suite.tasks)
+            self.chunk_size = memory_chunk_cap(config.chunk_size, per_model, self.executor.n_workers)
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
