@@ -83,16 +83,21 @@ def _build(e: sympy.Expr, constants: list[float]) -> Node:
     if e.is_Mul:
         return lambda p, r, c: reduce(operator.mul, (f(p, r, c) for f in children))
     if e.is_Pow:
-        exponent = e.args[1]
-        if not (exponent.is_Integer and int(exponent) > 0):
-            raise ExpressionError(f"power {exponent} cannot come from the operator table")
-        base, n = children[0], int(exponent)
+        base, n = children[0], _exponent(e)
         return lambda p, r, c: base(p, r, c) ** n
     head = type(e)
     if head in _TORCH_BY_HEAD:
         torch_fn = _TORCH_BY_HEAD[head]
         return lambda p, r, c: torch_fn(*(f(p, r, c) for f in children))
     raise ExpressionError(f"no torch form for {head.__name__}; add it to the operator table")
+
+
+def _exponent(power: sympy.Pow) -> int:
+    """The exponent of a power node: a positive integer, as canonicalisation makes them (x*x -> x**2)."""
+    exponent = power.args[1]
+    if not (exponent.is_Integer and int(exponent) > 0):
+        raise ExpressionError(f"power {exponent} cannot come from the operator table")
+    return int(exponent)
 
 
 # --- numpy: value and derivative along y_pred -------------------------------------------------------------
@@ -161,10 +166,7 @@ def _build_grad(e: sympy.Expr, constants: list[float]) -> GradNode:
     if e.is_Mul:
         return lambda p, r, c: _product([f(p, r, c) for f in children])
     if e.is_Pow:
-        exponent = e.args[1]
-        if not (exponent.is_Integer and int(exponent) > 0):
-            raise ExpressionError(f"power {exponent} cannot come from the operator table")
-        base, n = children[0], int(exponent)
+        base, n = children[0], _exponent(e)
         return lambda p, r, c: _power(base(p, r, c), n)
     jvp = _JVP_BY_HEAD.get(type(e))
     if jvp is None:
