@@ -12,7 +12,7 @@ from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
 from lossforge.rejection import rejection_reason
 from lossforge.scoring import ChunkResult, Suite, load_suite, score_chunk_safe
-from lossforge.storage import CandidateRecord, resolve_run_path
+from lossforge.runfile import CandidateRecord, resolve_run_path
 
 
 def search(run: str | Path | None = None, quiet: bool = False, cache_from: Sequence[str | Path] = (),

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from lossforge.errors import ConfigError
 from lossforge.scoring import Suite, suite_from_spec
-from lossforge.storage import CandidateRecord, RunStore
+from lossforge.runfile import CandidateRecord, RunStore
 
 PICKS = ("best", "knee", "ratio")
 

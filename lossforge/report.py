@@ -33,7 +33,7 @@ from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
 from lossforge.ranking import Ranked, baseline_rows, pareto_front, ranking, suite_of
 from lossforge.scoring import Suite
-from lossforge.storage import CandidateRecord, CandidateState, RunStore, RunSummary
+from lossforge.runfile import CandidateRecord, CandidateState, RunStore, RunSummary
 
 __all__ = ["pareto_front", "write_report"]
 
