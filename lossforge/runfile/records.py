@@ -232,3 +232,15 @@ def state(value: Any, where: str, enum_type: type[enum.Enum]) -> Any:
         return enum_type(value)
     except ValueError:
         raise RunError(f"{where} has an unknown value {str(value)[:40]!r}") from None
+
+
+def task_scores(value: dict[str, Any], where: str) -> dict[str, Any]:
+    """A candidate's task scores as the scorer writes them: task name -> {score, normalized, ...}, the two
+    numbers (or null) checked, so tables that print them never meet text."""
+    for task, scores in value.items():
+        if not isinstance(scores, dict):
+            raise RunError(f"{where} of task {task[:40]!r} is not an object")
+        for field in ("score", "normalized"):
+            if field in scores:
+                number(scores[field], f"{where} {task[:40]} {field}", nullable=True)
+    return value
