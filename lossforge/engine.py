@@ -191,8 +191,7 @@ def stored_setup(store: RunStore, scheduler: str | None = None, dask_workers: in
         raise RunError(f"{where} is invalid: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RunError(f"{where} is invalid ({type(exc).__name__}: {str(exc)[:120]}); it cannot be resumed") from None
-    store.candidates()
-    store.baselines()
+    store.summary(), store.candidates(), store.baselines()  # every stored record the run will read is readable
     last = store.last_generation()
     if last is not None:
         cls = gp.ParetoIndividual if config.selection == "nsga2" else gp.Individual

@@ -193,6 +193,9 @@ def validate(path: Path) -> None:
         missing = sorted(TABLES - tables)
         if missing:
             raise RunError(f"run file {path} is incomplete: missing tables {', '.join(missing)}")
+        for table in ("config", "run_state"):  # the one-row tables every reader needs
+            if conn.execute(f"SELECT COUNT(*) FROM {table} WHERE id = 1").fetchone()[0] != 1:
+                raise RunError(f"run file {path} is incomplete: its {table} row is missing")
         problems = [row[0] for row in conn.execute("PRAGMA quick_check(1)")]
         if problems != ["ok"]:
             raise RunError(f"run file {path} is corrupted ({problems[0]}); restore it from a copy or start a new run")
