@@ -191,7 +191,10 @@ def stored_setup(store: RunStore, scheduler: str | None = None, dask_workers: in
         raise RunError(f"{where} is invalid: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RunError(f"{where} is invalid ({type(exc).__name__}: {str(exc)[:120]}); it cannot be resumed") from None
-    store.summary(), store.candidates(), store.baselines()  # every stored record the run will read is readable
+    from lossforge.ranking import baseline_rows, generation_stats, ranking
+
+    # every stored record the run will read (and print when it ends) is readable
+    store.summary(), store.candidates(), ranking(store), baseline_rows(store), generation_stats(store)
     last = store.last_generation()
     if last is not None:
         cls = gp.ParetoIndividual if config.selection == "nsga2" else gp.Individual

@@ -155,3 +155,19 @@ def baseline_rows(store: RunStore) -> list[dict[str, Any]]:
         rows.append({"name": name, "fitness": fit, "validation_fitness": val.get(f"baseline:{name}"),
                      "tasks": tasks})
     return rows
+
+
+#: The statistics of a generation that the report and progress views read.
+STAT_FIELDS = ("gen", "best", "median")
+
+
+def generation_stats(store: RunStore) -> list[dict[str, Any]]:
+    """Each recorded generation's statistics, in order (RunError when one lacks a number it must have)."""
+    out = []
+    for g in store.generations():
+        for name in STAT_FIELDS:
+            value = g.stats.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RunError(f"run file {store.path}: generation {g.gen} statistics have no number {name!r}")
+        out.append(g.stats)
+    return out

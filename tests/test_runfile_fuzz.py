@@ -124,8 +124,11 @@ def test_hostile_run_files_get_one_line_never_a_traceback(valid_run, tmp_path_fa
         _apply(path, edits)
         before = path.read_bytes()
         stats["cases"] += 1
-        for argv in (["show", str(path)], ["export", str(path), "--format", "json"],
-                     ["--runs-dir", str(directory), "runs"]):
+        commands = [["show", str(path)], ["export", str(path), "--format", "json"],
+                    ["--runs-dir", str(directory), "runs"]]
+        if PROFILE == "large":  # plots take seconds: the report joins the larger profile only
+            commands.append(["report", str(path), "-o", str(directory.with_name(directory.name + "-report"))])
+        for argv in commands:
             code, _, err = _cli(*argv)
             _check(code, err, (argv[0], edits))
             stats["refused"] += code == 2
@@ -146,3 +149,38 @@ def test_hostile_run_files_get_one_line_never_a_traceback(valid_run, tmp_path_fa
     case()
     print(f"fuzzed {stats['cases']} hostile run files, {stats['refused']} refusals")
     assert stats["cases"] >= 10
+
+
+# The hand-edited files a hostile-input campaign reported, each through every command that reads runs.
+NAMED = {
+    "config.suite a string": "UPDATE config SET document = json_set(document, '$.suite', 'regression')",
+    "text fitness": "UPDATE results SET fitness = 'high' WHERE kind = 'loss' AND status = 'complete'",
+    "wrongly shaped validation": "UPDATE results SET task_scores = '{\"outliers\": [1, 2]}' WHERE kind = 'validation'",
+    "100,000-deep JSON": "UPDATE generations SET stats = '" + DEEP + "'",
+    "code string tree": "UPDATE candidates SET tree = '\"__import__(''os'').system(''touch PWNED'')\"'",
+    "generation stats of the wrong shape": "UPDATE generations SET stats = '{\"gen\": \"x\", \"best\": []}'",
+}
+
+
+@pytest.mark.parametrize("sql", NAMED.values(), ids=NAMED.keys())
+def test_named_hostile_edits_give_one_line_from_every_command(valid_run, tmp_path, sql):
+    path = tmp_path / "run.db"
+    shutil.copy(valid_run, path)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA ignore_check_constraints = ON")
+    assert conn.execute(sql).rowcount > 0
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    refused = 0
+    for argv in (["show", str(path)], ["export", str(path), "--format", "py"], ["--runs-dir", str(tmp_path), "runs"],
+                 ["report", str(path), "-o", str(tmp_path / "report")], ["resume", str(path), "--quiet"]):
+        code, _, err = _cli(*argv)
+        _check(code, err, argv[0])
+        refused += code == 2
+        if argv[0] != "resume" or code == 2:
+            assert path.read_bytes() == before, argv
+    with pytest.raises(LossforgeError):
+        lossforge.load(path) if "stats" not in sql else (_ for _ in ()).throw(LossforgeError("stats unread"))
+    assert refused >= 1
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
