@@ -202,9 +202,8 @@ def want(value: Any, kind: type | tuple[type, ...], where: str, nullable: bool =
     """``value`` if it has type ``kind`` (bool is not a number), else RunError naming ``where``."""
     if value is None and nullable:
         return None
-    ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple)
-                                                                                   else (kind,)))
-    if not ok:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise RunError(f"{where} has the wrong type ({type(value).__name__}: {str(value)[:40]!r})")
     return value
 
