@@ -57,7 +57,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     from lossforge.api import default_run_name
     from lossforge.engine import Search, SearchConfig
-    from lossforge.storage import resolve_run_path
+    from lossforge.runfile import resolve_run_path
 
     config = SearchConfig(
         population=args.population, generations=args.generations, seed=args.seed, space=args.space,
@@ -87,10 +87,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from lossforge.engine import Search
-    from lossforge.storage import resolve_run_path
+    from lossforge.runfile import resolve_run_path
 
     path = resolve_run_path(args.run, args.runs_dir)
-    engine = Search.resume(path, quiet=args.quiet)
+    engine = Search.resume(path, quiet=args.quiet, scheduler=args.scheduler, dask_workers=args.dask_workers)
     return _drive(engine, path)
 
 
@@ -139,7 +139,7 @@ def _baseline_table(store: Any) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from lossforge.storage import RunStore, resolve_run_path
+    from lossforge.runfile import RunStore, resolve_run_path
 
     path = resolve_run_path(args.run, args.runs_dir)
     with RunStore.open(path, readonly=True) as store:
@@ -155,7 +155,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from lossforge.export import ranked_from_run, render
-    from lossforge.storage import RunStore, resolve_run_path
+    from lossforge.runfile import RunStore, resolve_run_path
 
     path = resolve_run_path(args.run, args.runs_dir)
     item, expression = ranked_from_run(path, args.rank, args.pick)
@@ -251,7 +251,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from lossforge.report import write_report
-    from lossforge.storage import resolve_run_path
+    from lossforge.runfile import resolve_run_path
 
     path = resolve_run_path(args.run, args.runs_dir)
     out = Path(args.output) if args.output else path.with_name(path.stem + "-report")
@@ -264,7 +264,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from lossforge.diagnostics import diagnose, plot_curves
     from lossforge.expression import LossExpression
     from lossforge.ranking import ranking, suite_of
-    from lossforge.storage import RunStore, resolve_run_path
+    from lossforge.runfile import RunStore, resolve_run_path
 
     target = args.target
     if target.endswith(".db") or "/" in target or (Path(args.runs_dir) / f"{target}.db").exists():
@@ -289,7 +289,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from lossforge.storage import list_runs
+    from lossforge.runfile import list_runs
 
     skipped: list[str] = []
     runs = list_runs(args.runs_dir, on_skip=lambda p, e: skipped.append(f"{p}: {e}"))
@@ -350,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue a stopped run")
     p.add_argument("run")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address (never taken from the run file)")
+    p.add_argument("--dask-workers", type=_positive_int, metavar="N", help="start a local dask cluster of N workers")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_resume)
 

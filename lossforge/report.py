@@ -31,9 +31,9 @@ from lossforge.engine import DISPLAY_BASELINES
 from lossforge.errors import ExportError, LossforgeError, RunError
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
-from lossforge.ranking import Ranked, baseline_rows, pareto_front, ranking, suite_of
+from lossforge.ranking import Ranked, baseline_rows, generation_stats, pareto_front, ranking, suite_of
 from lossforge.scoring import Suite
-from lossforge.storage import CandidateRecord, CandidateState, RunStore, RunSummary
+from lossforge.runfile import CandidateRecord, CandidateState, RunStore, RunSummary
 
 __all__ = ["pareto_front", "write_report"]
 
@@ -85,7 +85,7 @@ def _read_run(run_path: Path, top: int) -> _Run:
         return _Run(
             summary=store.summary(),
             suite=suite,
-            stats=[g.stats for g in store.generations()],
+            stats=generation_stats(store),
             complete=[c for c in candidates if c.status is CandidateState.COMPLETE and c.complexity is not None],
             counts={s.value: sum(c.status is s for c in candidates) for s in CandidateState},
             best=best,
