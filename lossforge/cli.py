@@ -237,15 +237,39 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_baselines(args: argparse.Namespace) -> int:
     from lossforge.api import score
-    from lossforge.baselines import baselines_for
+    from lossforge.baselines import baselines_for, get_baseline, tune_baselines
+    from lossforge.errors import ConfigError
+    from lossforge.expression import LossExpression
     from lossforge.scoring import load_suite
 
     suite = load_suite(args.suite)
-    names = [b.name for p in sorted(suite.problems) for b in baselines_for(p)]
+    if args.baselines:
+        names = [n.strip() for n in args.baselines.split(",") if n.strip()]
+        for name in names:
+            get_baseline(name)  # an unknown name fails before any training
+    else:
+        names = [b.name for p in sorted(suite.problems) for b in baselines_for(p)]
     names = list(dict.fromkeys(names))
-    seeds = list(range(args.seeds)) if args.seeds else None
-    rows = score([], suite, seeds=seeds, baselines=names)
+    if args.validation and not suite.validation_seeds:
+        raise ConfigError(f"suite {suite.name!r} has no validation_seeds; drop --validation or use --seeds")
+    seeds = list(range(args.seeds)) if args.seeds else (list(suite.validation_seeds) if args.validation else None)
+    attempts = []
+    if args.tune:
+        # tuned on the suite's own (search) seeds, as a search tunes its best losses; shown on the table's seeds
+        print(f"tuning {len(names)} baselines on seeds {list(suite.seeds)} ({args.tune_iterations} SPSA iterations each)")
+        attempts = tune_baselines(names, suite, args.tune_iterations, args.tune_seed)
+    tuned = [t for t in attempts if t.fitness_after > t.fitness_before]
+    exprs = [LossExpression(tuple(t.spec)) for t in tuned if isinstance(t.spec, list)]
+    tuned_torch = [t for t in tuned if isinstance(t.spec, str)]
+    rows = score(exprs, suite, seeds=seeds, baselines=names + [t.spec for t in tuned_torch])
+    labels = [t for t in tuned if isinstance(t.spec, list)] + [None] * len(names) + tuned_torch
+    for row, t in zip(rows, labels):
+        if t is not None:
+            row.name, row.formula = f"{t.name} (tuned)", t.formula
     print(_score_table(rows, None))
+    for t in attempts:
+        outcome = t.formula if t in tuned else "kept the authors' setting"
+        print(f"tuned {t.name}: {outcome}  (tuning seeds: fitness {t.fitness_before:.4f} -> {t.fitness_after:.4f})")
     return 0
 
 
@@ -382,7 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("baselines", help="score the known losses on a suite")
     p.add_argument("--suite", default="regression")
-    p.add_argument("--seeds", type=_positive_int)
+    p.add_argument("--seeds", type=_positive_int, help="score on seeds 0..N-1 instead of the suite's seeds")
+    p.add_argument("--validation", action="store_true", help="score on the suite's validation seeds")
+    p.add_argument("--baselines", help="comma-separated baselines (default: every one for the suite's problems)")
+    p.add_argument("--tune", action="store_true",
+                   help="also tune each baseline's constants / hyper-parameters on the suite's seeds, "
+                        "with the budget a search gives its best losses; improved ones get a '(tuned)' row")
+    p.add_argument("--tune-iterations", type=_positive_int, default=4, help="SPSA iterations per baseline")
+    p.add_argument("--tune-seed", type=_int, default=0, help="seed of the tuning directions")
     p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("report", help="plots and a Markdown summary of a run")

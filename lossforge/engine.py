@@ -33,7 +33,8 @@ from lossforge.space import SearchSpace, load_space
 from lossforge.runfile import CandidateState, RunStatus, RunStore
 
 #: Baselines scored on every run's suite, shown beside the evolved losses.
-DISPLAY_BASELINES = {"regression": ("mse", "huber", "mae"), "classification": ("cross_entropy", "gce", "mae")}
+DISPLAY_BASELINES = {"regression": ("mse", "huber", "mae"),
+                     "classification": ("cross_entropy", "gce", "mae", "sce", "nce_rce", "nce_agce", "anl_ce")}
 
 
 #: Share of the memory available at the start that the workers' models may use together.
