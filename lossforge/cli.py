@@ -138,10 +138,49 @@ def _baseline_table(store: Any) -> str:
                     *[_fmt(r["tasks"][t]) for t in task_names]] for r in rows])
 
 
+SHOW_FORMATS = ("table", "csv", "markdown", "json")
+
+
+def _show_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The hall of fame of a ``show --json`` document as a header and rows (tasks one column each)."""
+    tasks = list(doc["hall_of_fame"][0]["tasks"]) if doc["hall_of_fame"] else []
+    headers = ["rank", "fitness", "validation", "complexity", *tasks, "formula"]
+    rows = [[h["rank"], _fmt(h["fitness"]), _fmt(h["validation_fitness"]), h["complexity"],
+             *[_fmt(h["tasks"].get(t)) for t in tasks], h["formula"]] for h in doc["hall_of_fame"]]
+    return headers, rows
+
+
+def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731 - a pipe would end the cell
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(out + ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows])
+
+
 def cmd_show(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from lossforge.results import open_run
     from lossforge.storage import RunStore, resolve_run_path
 
     path = resolve_run_path(args.run, args.runs_dir)
+    fmt = "json" if args.json else args.format
+    if fmt != "table":
+        doc = open_run(path, pick=args.pick).to_dict(top=args.top)
+        if fmt == "json":
+            print(json.dumps(doc, indent=2))
+            return 0
+        headers, rows = _show_rows(doc)
+        if fmt == "csv":
+            headers[headers.index("validation")] = "validation_fitness"
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(headers)
+            writer.writerows([[h["rank"], h["fitness"], h["validation_fitness"], h["complexity"],
+                               *[h["tasks"].get(t) for t in headers[4:-1]], h["formula"]]
+                              for h in doc["hall_of_fame"]])
+        else:
+            print(_markdown_table(headers, rows))
+        return 0
     with RunStore.open(path, readonly=True) as store:
         summary = store.summary()
         print(f"{path}: {summary.status.value}, {summary.generations} generation(s), "
@@ -202,6 +241,30 @@ def _score_table(rows: Sequence[Any], against: str | None) -> str:
     return out
 
 
+def _score_json(rows: Sequence[Any]) -> str:
+    """``{"rows": [{name, baseline, formula, fitness, ci, tasks: {task: {score, ci, normalized}}, ...}]}``:
+    ``fitness`` is the mean over seeds and ``ci`` its 95 % half-width (as in the table)."""
+    import json
+
+    from lossforge.stats import mean_ci
+
+    def num(value: Any) -> float | None:
+        return None if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)
+
+    out = []
+    for r in rows:
+        mean, half = mean_ci(r.per_seed)
+        tasks = {}
+        for name, t in r.tasks.items():
+            t_mean, t_half = mean_ci(t["scores"])
+            tasks[name] = {"score": num(t_mean), "ci": num(t_half), "normalized": num(t.get("normalized")),
+                           "scores": [num(v) for v in t["scores"]]}
+        out.append({"name": r.name, "baseline": not r.name.startswith("loss "), "formula": r.formula,
+                    "fitness": num(mean), "ci": num(half), "status": r.status, "reason": r.reason,
+                    "per_seed": [num(v) for v in r.per_seed], "tasks": tasks})
+    return json.dumps({"rows": out}, indent=2)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from lossforge.api import score
     from lossforge.baselines import get_baseline
@@ -229,6 +292,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     for name in names:
         get_baseline(name)  # an unknown name fails before any training
     rows = score([expr], suite, seeds=seeds, baselines=list(dict.fromkeys(names)))
+    if args.json:
+        print(_score_json(rows))
+        return 0
     print(_score_table(rows, args.against))
     if rows[0].reason:
         print(f"note: {rows[0].reason}")
@@ -245,7 +311,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys(names))
     seeds = list(range(args.seeds)) if args.seeds else None
     rows = score([], suite, seeds=seeds, baselines=names)
-    print(_score_table(rows, None))
+    print(_score_json(rows) if args.json else _score_table(rows, None))
     return 0
 
 
@@ -358,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_positive_int, default=10)
     p.add_argument("--pick", choices=["best", "knee", "ratio"], default="best",
                    help="rank 1: best fitness, knee of the complexity/fitness front, or best gain per complexity")
+    p.add_argument("--format", choices=SHOW_FORMATS, default="table",
+                   help="table (default), csv, markdown, or json (the run's counts, hall of fame and baselines)")
+    p.add_argument("--json", action="store_true", help="same as --format json")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("export", help="export a loss of a run")
@@ -376,11 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", help="baseline for a paired comparison over seeds, e.g. cross_entropy")
     p.add_argument("--validation", action="store_true", help="score on the suite's validation seeds")
     p.add_argument("--baselines", help="comma-separated baselines to score beside it (default: the suite's usual)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("baselines", help="score the known losses on a suite")
     p.add_argument("--suite", default="regression")
-    p.add_argument("--seeds", type=_positive_int)
+    p.add_argument("--seeds", type=_positive_int, help="score on seeds 0..N-1 instead of the suite's seeds")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("report", help="plots and a Markdown summary of a run")
