@@ -354,6 +354,17 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from lossforge.dashboard import serve
+    from lossforge.storage import resolve_run_path
+
+    target = Path(args.run) if args.run else Path(args.runs_dir)
+    if args.run and not target.is_dir():
+        target = resolve_run_path(args.run, args.runs_dir)
+    serve(target, args.port, args.host)
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from lossforge.storage import list_runs
 
@@ -467,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for an expression: which convention to check")
     p.add_argument("--plot", help="write the value and gradient curves of the best loss and references here")
     p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser("dashboard", help="a local web page that follows a run (running or finished)")
+    p.add_argument("run", nargs="?", help="a run name or file, or a directory of runs (default: --runs-dir)")
+    p.add_argument("--port", type=_int, default=8765, help="port to listen on (default: 8765; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1, this machine only; the page has no login)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("runs", help="list runs")
     p.set_defaults(func=cmd_runs)

@@ -103,6 +103,8 @@ class Run:
     elapsed_s: float
     suite: str
     tasks: list[str]
+    #: the stored search settings (population, generations, seed, space, suite, ...)
+    config: dict[str, Any]
     _ranked: list[Ranked] = field(repr=False)
     _candidates: list[CandidateRecord] = field(repr=False)
     _generations: list[dict[str, Any]] = field(repr=False)
@@ -219,5 +221,6 @@ def open_run(path: str | os.PathLike[str], pick: str = "best") -> Run:
             raise RunError(f"{path}: cannot read the run's suite or scores ({exc})") from None
         candidates = store.candidates()
         generations = [g.stats for g in store.generations()]
+        config = dict(store.config().get("search", {}))
     return Run(path, summary.status.value, float(summary.elapsed_s), suite.name, [t.name for t in suite.tasks],
-               ranked, candidates, generations, baselines)
+               config, ranked, candidates, generations, baselines)
