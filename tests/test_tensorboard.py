@@ -11,7 +11,7 @@ pytest.importorskip("tensorboardX")
 
 from tensorboardX.proto.event_pb2 import Event  # noqa: E402
 
-from lossforge.engine import GenerationStats  # noqa: E402
+from lossforge.progress import GenerationStats  # noqa: E402
 from lossforge.tensorboard import TensorBoardCallback  # noqa: E402
 
 
