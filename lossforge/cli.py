@@ -339,8 +339,11 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             losses = [(f"rank {i}", LossExpression(r.record.tree)) for i, r in enumerate(ranking(store, args.top), 1)]
             problems = sorted(suite_of(store).problems)
     else:
+        from lossforge.scoring import load_suite
+
         losses = [("loss", LossExpression.parse(target))]
-        problems = [args.problem]
+        # by default the convention of the default suite, as `search` and `score` use it
+        problems = [args.problem] if args.problem else sorted(load_suite(DEFAULT_SUITE).problems)
     references = {"classification": ["cross_entropy", "mae", "gce"], "regression": ["mse", "mae"]}
     rows = []
     for problem in problems:
@@ -366,14 +369,28 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from lossforge.storage import list_runs
+    from lossforge.ranking import ranking
+    from lossforge.storage import RunStore, list_runs
 
     skipped: list[str] = []
     runs = list_runs(args.runs_dir, on_skip=lambda p, e: skipped.append(f"{p}: {e}"))
-    rows = [[r.name, r.status.value, r.generations, r.candidates, _fmt(r.best_fitness), f"{r.elapsed_s:.0f}s"]
-            for r in runs]
-    print(_table(["run", "status", "generations", "candidates", "best", "time"], rows) if rows
+    rows = []
+    for r in runs:
+        # rank 1 as `show` ranks it: validated losses first, by validation fitness
+        try:
+            with RunStore.open(r.path, readonly=True) as store:
+                top = ranking(store, 1)
+        except LossforgeError as exc:
+            skipped.append(f"{r.path}: {exc}")
+            continue
+        fitness = top[0].record.fitness if top else None
+        validation = top[0].validation_fitness if top else None
+        rows.append([r.name, r.status.value, r.generations, r.candidates, _fmt(fitness), _fmt(validation),
+                     f"{r.elapsed_s:.0f}s"])
+    print(_table(["run", "status", "generations", "candidates", "fitness", "validation", "time"], rows) if rows
           else f"no runs in {args.runs_dir}")
+    if rows:
+        print("(fitness and validation of rank 1 as `lossforge show` ranks it: by validation fitness when measured)")
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     return 0
@@ -393,9 +410,25 @@ def cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The suite ``search``, ``score``, ``baselines`` and ``diagnose`` use when none is given.
+DEFAULT_SUITE = "regression"
+
+
+def _bundled() -> str:
+    """The bundled suites and search spaces, for the help texts."""
+    from lossforge.scoring import SUITES_DIR
+    from lossforge.space import SPACES_DIR
+
+    suites = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
+    spaces = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.toml")))
+    return (f"bundled suites: {suites} (or a .toml file); bundled search spaces: {spaces} (or a .toml file). "
+            "`lossforge space NAME` shows a space's operators.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lossforge`` command."""
-    parser = _Parser(prog="lossforge", description="Discover robust loss functions by genetic programming.")
+    parser = _Parser(prog="lossforge", description="Discover robust loss functions by genetic programming.",
+                     epilog=_bundled())
     parser.add_argument("--runs-dir", default="runs", help="where run names are stored (default: runs)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -474,8 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diagnose", help="bounded / symmetric / monotone checks of a run's losses or an expression")
     p.add_argument("target", help="a run, or an expression")
     p.add_argument("--top", type=_positive_int, default=5)
-    p.add_argument("--problem", choices=["classification", "regression"], default="classification",
-                   help="for an expression: which convention to check")
+    p.add_argument("--problem", choices=["classification", "regression"],
+                   help="for an expression: which convention to check (default: the default suite's, "
+                        "regression, as for search and score)")
     p.add_argument("--plot", help="write the value and gradient curves of the best loss and references here")
     p.set_defaults(func=cmd_diagnose)
 
@@ -489,7 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list runs")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("space", help="show a search space and the operators' protected semantics")
+    for name in ("search", "score", "baselines", "diagnose"):
+        sub.choices[name].epilog = _bundled()
+
+    p = sub.add_parser("space", help="show a search space and the operators' protected semantics",
+                       epilog=_bundled())
     p.add_argument("space", nargs="?", default="survey")
     p.set_defaults(func=cmd_space)
     return parser
