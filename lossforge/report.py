@@ -138,6 +138,7 @@ def _plot_pareto(run: _Run, front: list[int], path: Path) -> Figure:
     ax.plot(complexity[front], fitness[front], drawstyle="steps-post", color="C3", marker="o",
             label=f"Pareto front ({len(front)})")
     ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle=":", label="reference loss (fitness 1)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # complexity counts nodes
     ax.set_xlabel("complexity (nodes of the canonical expression)")
     ax.set_ylabel("fitness")
     ax.set_title("Complexity vs fitness")
