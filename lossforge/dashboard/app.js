@@ -42,7 +42,7 @@ function chart(container, series, xlabel, ylabel, integerX) {
   if (integerX) {
     const raw = Math.max(1, (x1 - x0) / 8), mag = 10 ** Math.floor(Math.log10(raw));
     const step = [1, 2, 5, 10].map(m => m * mag).find(v => v >= raw);  // 1, 2, 5 x 10^k: ticks read easily
-    for (let x = Math.ceil(x0); x <= x1; x += step) xticks.push(x);
+    for (let x = Math.ceil(x0 / step) * step; x <= x1; x += step) xticks.push(x);  // multiples of the step
   } else { for (let i = 0; i <= 5; i++) xticks.push(x0 + i * (x1 - x0) / 5); }
   for (const x of xticks) {
     svg.appendChild(svgEl("line", {x1: sx(x), x2: sx(x), y1: T, y2: H - B, class: "grid"}));
