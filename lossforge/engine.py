@@ -26,7 +26,7 @@ from lossforge import gp
 from lossforge.errors import ConfigError, LossforgeError, RunError
 from lossforge.executor import ChunkTimeout, make_executor
 from lossforge.expression import LossExpression
-from lossforge.progress import Progress, make_progress
+from lossforge.progress import GenerationStats, Progress, make_progress
 from lossforge.rejection import probe, rejection_reason
 from lossforge.scoring import ChunkResult, Suite, failed_chunk, load_suite, score_chunk_safe, suite_from_spec
 from lossforge.space import SearchSpace, load_space
@@ -138,29 +138,6 @@ class Evaluation:
     fitness: float
     reason: str | None = None
     task_scores: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class GenerationStats:
-    """What a generation did, for progress lines and the run file."""
-
-    gen: int
-    evaluated: int
-    cache_hits: int
-    rejected: int
-    failed: int
-    best: float
-    median: float
-    best_formula: str
-    seconds: float
-
-    def line(self) -> str:
-        """One progress line."""
-        return (
-            f"gen {self.gen:3d}  trained {self.evaluated:3d}  cached {self.cache_hits:3d}  "
-            f"rejected {self.rejected:3d}  failed {self.failed:3d}  best {self.best:.4f}  "
-            f"median {self.median:.4f}  {self.seconds:6.1f}s  best: {self.best_formula}"
-        )
 
 
 def stored_setup(store: RunStore, scheduler: str | None = None, dask_workers: int | None = None
@@ -342,6 +319,7 @@ class Search:
                     names.append(name)
         if not names:
             return
+        self.reporter.phase("baselines", len(names))
         for name, res in zip(names, self._score_specs(names, timed=False)):
             self.reference[name] = res.raw
             self.store.set_result("baseline", name, res.raw)
@@ -515,6 +493,7 @@ class Search:
             return
         last = self.store.last_generation()
         generation = last.gen if last is not None else 0
+        self.reporter.phase("tuning", None)
         tuned_from = {r.reason for r in self.store.candidates() if r.reason and r.reason.startswith("tuned from")}
         for rec in self.store.best(self.config.tune_top):
             expr = LossExpression(rec.tree)
@@ -546,6 +525,7 @@ class Search:
         if not specs:
             return
         labels = [r.key for r in best] + [f"baseline:{n}" for n in names]
+        self.reporter.phase("validation", len(specs))
         for label, res in zip(labels, self._score_specs(specs, seeds)):
             self.store.set_result("validation", label, res.raw)
         self.reporter.message(f"validated the best {len(best)} loss(es) and {len(names)} baseline(s) on seeds {seeds}")

@@ -79,7 +79,7 @@ def random_control_available() -> str | None:
 def _trained(run: Path) -> int | None:
     """Distinct losses scored at full fidelity in a run file (None if this lossforge's store cannot say)."""
     try:
-        from lossforge.storage import CandidateState, RunStore
+        from lossforge.runfile import CandidateState, RunStore
     except ImportError:
         return None
     store = RunStore.open(run, readonly=True)
