@@ -216,7 +216,7 @@ class LossExpression:
         check_constants(self.sympy)
         check_constants(self.canonical)
 
-    @property
+    @cached_property
     def constant_problem(self) -> str | None:
         """Why the folded constants are refused (see :meth:`check_constants`), or None."""
         try:
