@@ -160,3 +160,12 @@ def test_random_expressions_agree_across_backends(tokens: list, seed: int) -> No
     real = np.concatenate([rng.normal(0, 1.5, 24), [0.0, -1e-9, 1e-9, 3.0]])
     # float32 rounding may be amplified by a deep composition, hence the looser tolerance here
     _check_backends(expression, pred, real, exact=False)
+
+
+@pytest.mark.parametrize("text", ["(y_pred - y_real)**2", "(y_pred - y_real)**3", "y_pred**4*y_real",
+                                  "(y_pred*y_real + 1)**5", "2.5*y_pred*y_real*sin(y_pred) - y_pred + 0.5",
+                                  "div(y_pred**3, y_real) + sqrt(y_pred)**2"])
+def test_sum_product_and_power_rows_agree_across_backends(text: str) -> None:
+    pred, real = _grid(2)
+    keep = (np.abs(pred) < 10) & (np.abs(real) < 10)  # powers of 40 overflow float32 in a fifth power
+    _check_backends(LossExpression.parse(text), pred[keep], real[keep])
