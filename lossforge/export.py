@@ -6,7 +6,8 @@
 * **py**: a standalone module that needs only torch: the protected operators (their source is copied from
   :mod:`lossforge.operators`, so the numerics are the ones the search used) and an ``nn.Module`` class
   named after the loss following the :class:`~lossforge.loss.SymbolicLoss` conventions.
-* **latex**, **sympy**: the formula as LaTeX, or as ``sympy.srepr`` text.
+* **latex**, **sympy**: the formula as LaTeX (guards shown), or as ``sympy.srepr`` text of plain sympy
+  (Piecewise/Max/Min/Abs with the protected operators' values, see :mod:`lossforge.backends.sympy_plain`).
 
 :func:`load` never executes anything from the file: JSON is parsed with ``json`` and its tokens are
 validated against the operator table and size limits; run files are read through SQL queries.
@@ -23,10 +24,11 @@ from typing import Any
 import sympy
 
 from lossforge import operators
+from lossforge.backends.python_source import python_source
+from lossforge.backends.sympy_plain import plain_sympy
 from lossforge.errors import ExportError, ExpressionError, LossforgeError
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss, class_probabilities
-from lossforge.operators import OPERATORS
 
 FORMATS = ("py", "json", "latex", "sympy")
 JSON_FORMAT = "lossforge-loss"
@@ -47,33 +49,6 @@ def to_json(expression: LossExpression, metadata: dict[str, Any] | None = None) 
     return json.dumps(doc, indent=2) + "\n"
 
 
-def _torch_call(head: type) -> tuple[str, Any]:
-    """Python name used in generated code for the torch form of a sympy head (and its function)."""
-    for op in OPERATORS.values():
-        if op.sympy_head is head:
-            fn = op.torch_form
-            prefix = "" if fn.__module__ == operators.__name__ else "torch."
-            return prefix + fn.__name__, fn
-    raise ExportError(f"no torch form for {head.__name__}")
-
-
-def _python(expr: sympy.Expr, used: dict[str, Any]) -> str:
-    if expr.is_Symbol:
-        return expr.name
-    if expr.is_Number:
-        return repr(float(expr))
-    args = [_python(a, used) for a in expr.args]
-    if expr.is_Add:
-        return "(" + " + ".join(args) + ")"
-    if expr.is_Mul:
-        return "(" + " * ".join(args) + ")"
-    if expr.is_Pow:
-        return f"({args[0]} ** {int(expr.args[1])})"
-    name, fn = _torch_call(type(expr))
-    used[name] = fn
-    return f"{name}({', '.join(args)})"
-
-
 def class_name(expression: LossExpression, name: str | None = None) -> str:
     """A valid class name: ``name`` made an identifier, or ``EvolvedLoss`` plus the loss key."""
     if name:
@@ -85,8 +60,10 @@ def class_name(expression: LossExpression, name: str | None = None) -> str:
 def to_python(expression: LossExpression, metadata: dict[str, Any] | None = None, name: str | None = None) -> str:
     """A standalone torch module defining the loss as an ``nn.Module``."""
     used: dict[str, Any] = {}
-    body = _python(expression.sympy, used)
-    helpers = [inspect.getsource(fn) for n, fn in sorted(used.items()) if not n.startswith("torch.")]
+    body = python_source(expression.sympy, used)
+    # classification reads log(y_pred) from log_softmax(logits), as the search scored it (exact cross-entropy)
+    exact_body = python_source(expression.sympy, used, log_probabilities=True)
+    helpers = [inspect.getsource(fn) for n, fn in sorted(used.items())]
     helpers.append(inspect.getsource(class_probabilities))  # the classification convention, verbatim
     eps = {k: getattr(operators, k) for k in ("DIV_EPS", "SQRT_EPS", "LOG_EPS", "EXP_MAX")}
     meta_lines = "\n".join(f"    {k}: {v}" for k, v in (metadata or {}).items())
@@ -98,6 +75,8 @@ LaTeX:    {expression.latex()}
 Prefix:   {expression.prefix()}
 {("Provenance:" + chr(10) + meta_lines) if meta_lines else ""}
 """
+
+from typing import Optional
 
 import torch
 from torch import nn
@@ -125,8 +104,12 @@ class {cls}(nn.Module):
         self.problem = problem
 
     @staticmethod
-    def elementwise(y_pred: torch.Tensor, y_real: torch.Tensor) -> torch.Tensor:
-        out = {body}
+    def elementwise(y_pred: torch.Tensor, y_real: torch.Tensor,
+                    log_y_pred: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if log_y_pred is None:
+            out = {body}
+        else:  # log_y_pred = log_softmax(logits): log(y_pred) stays exact below the protected log's clamp
+            out = {exact_body}
         return out + torch.zeros_like(y_pred)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -135,7 +118,7 @@ class {cls}(nn.Module):
         )
         if classification:
             y_pred, y_real = class_probabilities(input, target)
-            per_sample = self.elementwise(y_pred, y_real).sum(dim=1)
+            per_sample = self.elementwise(y_pred, y_real, torch.log_softmax(input, dim=1)).sum(dim=1)
         else:
             if input.shape != target.shape:
                 raise ValueError(f"input {{tuple(input.shape)}} and target {{tuple(target.shape)}} must match")
@@ -158,7 +141,7 @@ def render(expression: LossExpression, fmt: str, metadata: dict[str, Any] | None
     if fmt == "latex":
         return expression.latex() + "\n"
     if fmt == "sympy":
-        return sympy.srepr(expression.sympy) + "\n"
+        return sympy.srepr(plain_sympy(expression.sympy)) + "\n"
     raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 

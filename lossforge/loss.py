@@ -82,13 +82,22 @@ class SymbolicLoss(nn.Module):
             return self.problem == "classification"
         return not target.is_floating_point() and input.dim() == target.dim() + 1
 
-    def elementwise(self, y_pred: torch.Tensor, y_real: torch.Tensor) -> torch.Tensor:
-        """The expression applied elementwise to ``y_pred`` and ``y_real`` (no reduction, no softmax)."""
-        return self._compiled(y_pred, y_real, self.constants.to(y_pred.dtype))
+    def elementwise(self, y_pred: torch.Tensor, y_real: torch.Tensor,
+                    log_y_pred: torch.Tensor | None = None) -> torch.Tensor:
+        """The expression applied elementwise to ``y_pred`` and ``y_real`` (no reduction, no softmax).
+        ``log_y_pred``: ``log_softmax`` of the logits, from which ``log(y_pred)`` is then read (exact
+        cross-entropy where the protected log would clamp a probability below 1e-12)."""
+        return self._compiled(y_pred, y_real, self.constants.to(y_pred.dtype), log_y_pred)
+
+    @property
+    def uses_log_probabilities(self) -> bool:
+        """Whether the classification loss reads log-probabilities (it takes ``log(y_pred)``)."""
+        return self._compiled.uses_log_probabilities
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.is_classification(input, target):
-            return self.from_class_probabilities(*class_probabilities(input, target))
+            log_p = torch.log_softmax(input, dim=1) if self.uses_log_probabilities else None
+            return self.from_class_probabilities(*class_probabilities(input, target), log_p)
         if input.shape != target.shape:
             raise ValueError(
                 f"regression input {tuple(input.shape)} and target {tuple(target.shape)} must have "
@@ -96,9 +105,11 @@ class SymbolicLoss(nn.Module):
             )
         return self.reduce(self.elementwise(input, target.to(input.dtype)))
 
-    def from_class_probabilities(self, y_pred: torch.Tensor, y_real: torch.Tensor) -> torch.Tensor:
-        """The classification loss from :func:`class_probabilities`' output (summed over classes, reduced)."""
-        return self.reduce(self.elementwise(y_pred, y_real).sum(dim=1))
+    def from_class_probabilities(self, y_pred: torch.Tensor, y_real: torch.Tensor,
+                                 log_probabilities: torch.Tensor | None = None) -> torch.Tensor:
+        """The classification loss from :func:`class_probabilities`' output (summed over classes, reduced);
+        ``log_probabilities``: ``log_softmax`` of the logits, for an exact ``log(y_pred)``."""
+        return self.reduce(self.elementwise(y_pred, y_real, log_probabilities).sum(dim=1))
 
     def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
         """Per-sample losses reduced as ``reduction`` says."""
