@@ -199,3 +199,26 @@ def resolve_data(data: Any, directory: str | Path, target: str | None, trusted: 
         raise ConfigError("with (x, y) arrays pass the trusted flags as a third array: data=(x, y, trusted)")
     path, key, flags = materialize(data, directory, target, trusted)
     return str(path), key, flags
+
+
+#: Keyword arguments of ``lossforge.search``/``lossforge.score`` that describe own data (with ``data=``).
+DATA_OPTIONS = ("target", "problem", "noise", "trusted", "test_data", "features", "image_shape", "model",
+                "procedures", "epochs")
+
+
+def suite_for_data(data: Any, directory: str | Path, **options: Any) -> Path:
+    """The suite file for ``data`` (a path, ``(x, y)`` or ``(x, y, trusted)`` arrays, a DataFrame with
+    ``target=``, a torch Dataset) with :data:`DATA_OPTIONS`; in-memory data and the suite go under
+    ``directory``."""
+    unknown = sorted(set(options) - set(DATA_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown data option(s) {unknown}; use {', '.join(DATA_OPTIONS)}")
+    path, target, trusted = resolve_data(data, Path(directory) / "data", options.pop("target", None),
+                                         options.pop("trusted", None))
+    spec = data_suite_spec(path, target, trusted=trusted, **options)
+    return suite_file_for(spec, Path(directory) / "suites")
+
+
+def split_data_options(settings: dict[str, Any]) -> dict[str, Any]:
+    """Remove and return the :data:`DATA_OPTIONS` from a keyword-argument dict."""
+    return {key: settings.pop(key) for key in DATA_OPTIONS if key in settings}
