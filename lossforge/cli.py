@@ -339,7 +339,8 @@ def _add_data_options(p: argparse.ArgumentParser, required: bool = False) -> Non
     g.add_argument("--test-data", metavar="FILE", help="a clean test file instead of a held-out split")
     g.add_argument("--features", metavar="A,B,...", help="feature columns (default: all but target/trusted)")
     g.add_argument("--image-shape", metavar="H,W", help="rows are one-channel images of this shape")
-    g.add_argument("--model", metavar="SPEC", help="mlp (default), mlp:128,128, cnn")
+    g.add_argument("--model", metavar="SPEC",
+                   help="mlp (default), mlp:128,128, cnn, or package.module:factory (your nn.Module, batched)")
     g.add_argument("--procedures", metavar="LIST", help="comma-separated: plain,augment,adversarial,regularize")
     g.add_argument("--epochs", type=_positive_int, help="training epochs of every task (default 40)")
 

@@ -416,3 +416,45 @@ def test_check_task_passes_on_a_conformant_task_and_every_builtin(tmp_path: Path
         report = check_task(kind, settings)
         assert report.passed, "\n".join(report.lines())
     assert len(RULES) == 7
+
+
+# --- the user's own model, K copies trained at once with torch.func ------------------------------------------
+
+
+def _model_task(tmp_path: Path, model: str, **extra):
+    csv = write_csv(table(n=150), tmp_path / "m.csv")
+    return UserClassificationTask(dataset=str(csv), target="label", noise="symmetric", noise_rate=0.3, epochs=3,
+                                  model=model, **extra)
+
+
+def test_user_model_trained_batched_is_bit_identical_to_alone(tmp_path: Path) -> None:
+    task = _model_task(tmp_path, "tests.user_models:norm_mlp")
+    specs = ["mae", "cross_entropy", "gce", ["minus", "y_real", "y_pred"]]
+    alone = task.evaluate([make_loss("cross_entropy", "classification")], seed=1)[0]
+    batch = task.evaluate([make_loss(s, "classification") for s in specs], seed=1)
+    assert batch[1].score == alone.score and batch[1].metrics == alone.metrics  # bit-identical
+    assert len({r.score for r in batch}) > 1  # the losses really trained different models
+    again = task.evaluate([make_loss("cross_entropy", "classification")], seed=1)[0]
+    assert again.score == alone.score
+    report = check_task(task)  # determinism, common random numbers, a NaN loss frozen with a reason
+    assert report.passed, "\n".join(report.lines())
+
+
+def test_a_module_vmap_refuses_is_trained_in_a_loop_with_a_notice(tmp_path: Path) -> None:
+    task = _model_task(tmp_path, "tests.user_models:gated_mlp")
+    with pytest.warns(RuntimeWarning, match="vmap cannot batch tests.user_models:gated_mlp"):
+        batch = task.evaluate([make_loss(s, "classification") for s in ("mae", "cross_entropy")], seed=0)
+    alone = task.evaluate([make_loss("cross_entropy", "classification")], seed=0)[0]
+    assert batch[1].score == alone.score and batch[0].status == "complete"
+
+
+@pytest.mark.parametrize("model, message", [
+    ("tests.user_models:broken", "raised ValueError: this factory always fails"),
+    ("tests.user_models:not_a_module", "not a torch nn.Module"),
+    ("tests.no_such_module:f", "cannot import module 'tests.no_such_module'"),
+])
+def test_a_bad_model_factory_is_one_line_and_exit_2(tmp_path: Path, capsys, model: str, message: str) -> None:
+    csv = write_csv(table(), tmp_path / "d.csv")
+    rc, _, err = _cli(["--runs-dir", str(tmp_path / "runs"), "search", "--quiet", "--data", str(csv), "--target",
+                       "label", "--noise", "symmetric:0.3", "--model", model], capsys)
+    assert rc == 2 and message in err and err.count("\n") == 1, err

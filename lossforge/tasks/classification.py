@@ -110,6 +110,8 @@ class ClassificationTask(Task):
     problem: ClassVar[str] = "classification"
     reference: ClassVar[str] = "cross_entropy"
     worst_score: ClassVar[float] = 0.0
+    #: whether ``model`` may name a user model factory ``package.module:factory`` (the own-data tasks)
+    user_models: ClassVar[bool] = False
 
     dataset: str = "digits"
     test_fraction: float = 0.3
@@ -134,8 +136,9 @@ class ClassificationTask(Task):
         # class-dependent noise at >= 50 % makes the wrong class the majority: nothing left to learn
         high = 0.5 if self.noise in ("asymmetric", "pair") else 0.9
         check_range(self.noise_rate, "noise_rate", 0.0, high)
-        require(self.model in MODELS, f"model must be one of {list(MODELS)}; got {self.model!r}")
-        require(self.model == "mlp" or self.image_shape is not None,
+        require(self.model in MODELS or (self.user_models and ":" in str(self.model)),
+                f"model must be one of {list(MODELS)}; got {self.model!r}")
+        require(self.model != "cnn" or self.image_shape is not None,
                 f"model 'cnn' needs an image dataset ({sorted(IMAGE_SHAPES)}) or image_shape; use model 'mlp' for "
                 f"{self.dataset!r}")
         self.hidden = check_int_list(self.hidden, "hidden", allow_empty=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -30,10 +30,11 @@ from lossforge import data_sources
 from lossforge.errors import ConfigError
 from lossforge.tasks.adversarial import AdversarialTask
 from lossforge.tasks.augment import AugmentTask
-from lossforge.tasks.base import check_int_list, require
-from lossforge.tasks.classification import ClassificationTask
+from lossforge.tasks.base import LossLike, TaskResult, check_int_list, require
+from lossforge.tasks.classification import Classifier, ClassificationTask
 from lossforge.tasks.data import Split, add_label_noise, generator, stratified_split
 from lossforge.tasks.regularize import RegularizeTask
+from lossforge.tasks.torchfunc import StackedModule, build_one, is_factory_path
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Prepared:
 @dataclass
 class UserData:
     """Settings and data handling shared by the own-data tasks (a mixin placed before the task class)."""
+
+    user_models: ClassVar[bool] = True
 
     dataset: str = ""
     target: str = "y"
@@ -105,6 +108,8 @@ class UserData:
             require(main.x.shape[1] == self.image_shape[0] * self.image_shape[1],
                     f"image_shape {list(self.image_shape)} needs {self.image_shape[0] * self.image_shape[1]} "
                     f"features; the data has {main.x.shape[1]}")
+        if is_factory_path(self.model):  # a factory that raises or returns no module fails here, in one line
+            build_one(self.model, int(prepared.x[0].numel()), self.n_classes, 0)
         if prepared.trusted is not None:
             n = int(prepared.trusted.sum())
             require(n > 0, f"{self.dataset}: the trusted column {self.trusted!r} marks no rows; mark clean rows 1/true")
@@ -171,6 +176,23 @@ class UserData:
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    def build_model(self, n_models: int, n_features: int, n_classes: int, init: torch.Generator) -> Classifier:
+        """The built-in MLP/CNN, or K stacked copies of the user's module (:mod:`lossforge.tasks.torchfunc`)."""
+        if not is_factory_path(self.model):
+            return super().build_model(n_models, n_features, n_classes, init)  # type: ignore[misc]
+        seed = int(torch.randint(0, 2**62, (1,), generator=init))
+        module = build_one(self.model, n_features, n_classes, seed)
+        sample_dims = 1 if self.image_shape is None else 3
+        return Classifier(StackedModule(module, n_models, sample_dims, self.model), flatten_images=False)
+
+    def evaluate(self, losses: Sequence[LossLike], seed: int, device: str = "cpu") -> list[TaskResult]:
+        if not is_factory_path(self.model):
+            return super().evaluate(losses, seed, device)  # type: ignore[misc]
+        # a user module's random layers draw from torch's global generator: seed it for this evaluation only
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator(seed, "dropout"))))
+            return super().evaluate(losses, seed, device)  # type: ignore[misc]
 
     def flip_indices(self) -> dict[int, int]:
         index = {name: i for i, name in enumerate(self.classes)}
