@@ -458,3 +458,19 @@ def test_a_bad_model_factory_is_one_line_and_exit_2(tmp_path: Path, capsys, mode
     rc, _, err = _cli(["--runs-dir", str(tmp_path / "runs"), "search", "--quiet", "--data", str(csv), "--target",
                        "label", "--noise", "symmetric:0.3", "--model", model], capsys)
     assert rc == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 20])
+def test_rejection_and_diagnostics_take_the_class_count(n_classes: int) -> None:
+    from lossforge.diagnostics import diagnose
+    from lossforge.expression import LossExpression
+    from lossforge.rejection import probe, rejection_reason
+
+    mae = LossExpression.parse("sqrt((y_pred - y_real)**2)")
+    assert rejection_reason(mae, {"classification"}, n_classes=n_classes) is None
+    assert probe(mae, {"classification"}, n_classes).fingerprint != probe(mae, {"classification"}).fingerprint or \
+        n_classes == 10
+    verdict = diagnose(mae, "classification", n_classes=n_classes)
+    assert verdict.bounded and verdict.symmetric  # MAE is symmetric for any class count
+    ce = diagnose(LossExpression.parse("-y_real*log(y_pred)"), "classification", n_classes=n_classes)
+    assert not ce.bounded and not ce.symmetric
