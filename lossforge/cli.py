@@ -333,7 +333,8 @@ def _add_data_options(p: argparse.ArgumentParser, required: bool = False) -> Non
     g.add_argument("--target", metavar="COLUMN", default="y", help="the label column (default: y)")
     g.add_argument("--problem", choices=["classification", "regression"], default="classification")
     g.add_argument("--noise", metavar="KIND:RATE",
-                   help="inject label noise: symmetric:0.4, pair:0.3, asymmetric:0.3:SRC>DST,SRC>DST")
+                   help="inject label noise: symmetric:0.4, pair:0.3, asymmetric:0.3:SRC>DST,SRC>DST; for "
+                        "regression gaussian:STD or outliers:FRACTION")
     g.add_argument("--trusted", metavar="COLUMN|FILE",
                    help="the labels are already noisy; these rows (flag column) or this file are clean")
     g.add_argument("--test-data", metavar="FILE", help="a clean test file instead of a held-out split")
@@ -371,6 +372,10 @@ def _noise_report(spec: dict[str, Any]) -> str | None:
     if first["settings"].get("trusted") is None:
         return None
     task = make_task(first["type"], **first["settings"])
+    if task.problem == "regression":
+        model = task.noise_estimate()  # type: ignore[attr-defined]
+        return ("estimated target noise (standardised units; trusted rows vs the rest): "
+                + ", ".join(f"{k} {v:.3f}" for k, v in model.items()))
     matrix = task.noise_estimate()  # type: ignore[attr-defined]
     rate = 1.0 - float(sum(matrix[i, i] for i in range(len(matrix)))) / len(matrix)
     return (f"estimated label noise (rows: true class, columns: given label; from the trusted rows): "

@@ -92,8 +92,11 @@ def data_suite_spec(data: str | Path, target: str = "y", *, problem: str = "clas
     from lossforge.tasks.user import PROCEDURES as TYPES
     from lossforge.tasks.registry import make_task
 
+    if problem == "regression":
+        return _regression_spec(data, target, noise, trusted, test_data, features, model, procedures, seeds,
+                                validation_seeds, epochs, name)
     if problem != "classification":
-        raise ConfigError(f"problem must be 'classification' for own data in this version; got {problem!r}")
+        raise ConfigError(f"problem must be 'classification' or 'regression'; got {problem!r}")
     base: dict[str, Any] = {"dataset": str(Path(data).expanduser().resolve()), "target": target}
     base.update(parse_noise(noise) if isinstance(noise, (str, type(None))) else dict(noise))
     base.update(parse_model(model))
@@ -115,6 +118,48 @@ def data_suite_spec(data: str | Path, target: str = "y", *, problem: str = "clas
     stem = name or Path(data).stem
     return {"name": f"data-{stem}", "description": f"your data {Path(data).name}: {', '.join(t['name'] for t in tasks)}",
             "seeds": list(seeds), "validation_seeds": list(validation_seeds), "tasks": tasks}
+
+
+def parse_regression_noise(text: str | None) -> dict[str, Any]:
+    """``gaussian:STD`` or ``outliers:FRACTION`` (target standard deviations / a fraction) -> task settings."""
+    if not text:
+        return {}
+    kind, sep, value = text.partition(":")
+    if kind not in ("gaussian", "outliers") or not sep:
+        raise ConfigError(f"--noise for regression must be gaussian:STD or outliers:FRACTION; got {text!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"--noise {text!r}: {value!r} is not a number") from None
+    return {"noise": kind, "noise_std" if kind == "gaussian" else "outlier_fraction": number}
+
+
+def _regression_spec(data: str | Path, target: str, noise: Any, trusted: str | None, test_data: str | None,
+                     features: Sequence[str], model: str | None, procedures: Any, seeds: Sequence[int],
+                     validation_seeds: Sequence[int], epochs: int | None, name: str | None) -> dict[str, Any]:
+    from lossforge.tasks.registry import make_task
+
+    if parse_procedures(procedures) != ["plain"]:
+        raise ConfigError("regression on your data has the plain procedure only; drop --procedures")
+    settings: dict[str, Any] = {"dataset": str(Path(data).expanduser().resolve()), "target": target}
+    settings.update(parse_regression_noise(noise) if isinstance(noise, (str, type(None))) else dict(noise))
+    model_settings = parse_model(model)
+    if model_settings.get("model", "mlp") != "mlp":
+        raise ConfigError("regression on your data uses the built-in MLP: --model mlp or mlp:SIZES")
+    if "hidden" in model_settings:
+        settings["hidden"] = model_settings["hidden"]
+    for key, value in (("trusted", trusted), ("test_data", test_data)):
+        if value is not None:
+            settings[key] = value
+    if features:
+        settings["features"] = list(features)
+    if epochs is not None:
+        settings["steps"] = epochs  # full-batch training: one step per epoch
+    task = make_task("user_regression", **settings)
+    stored = {k: v for k, v in task.settings().items() if v is not None}
+    return {"name": f"data-{name or Path(data).stem}", "description": f"your data {Path(data).name}: regression",
+            "seeds": list(seeds), "validation_seeds": list(validation_seeds),
+            "tasks": [{"name": "plain", "type": "user_regression", "settings": stored}]}
 
 
 # --- a small TOML writer for suite specs (strings, numbers, booleans, lists; nothing executable) --------------

@@ -474,3 +474,61 @@ def test_rejection_and_diagnostics_take_the_class_count(n_classes: int) -> None:
     assert verdict.bounded and verdict.symmetric  # MAE is symmetric for any class count
     ce = diagnose(LossExpression.parse("-y_real*log(y_pred)"), "classification", n_classes=n_classes)
     assert not ce.bounded and not ce.symmetric
+
+
+# --- regression on your data ---------------------------------------------------------------------------------
+
+
+def _regression_csv(tmp_path: Path, trusted_share: float = 0.25) -> Path:
+    rng = np.random.default_rng(1)
+    n = 400
+    x = rng.uniform(-2, 2, (n, 3))
+    y = x[:, 0] + 0.5 * x[:, 1] + 0.05 * rng.normal(size=n)
+    trusted = rng.random(n) < trusted_share
+    noisy = y.copy()
+    outliers = (~trusted) & (rng.random(n) < 0.2)
+    noisy[outliers] += 8.0
+    frame = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "y": noisy, "ok": trusted.astype(int),
+                          "clean": y, "is_outlier": outliers.astype(int)})
+    return write_csv(frame, tmp_path / "reg.csv")
+
+
+def test_regression_on_your_data_with_injected_or_given_noise(tmp_path: Path) -> None:
+    from lossforge.tasks.user import UserRegressionTask
+
+    csv = _regression_csv(tmp_path)
+    frame = pd.read_csv(csv)
+    injected = UserRegressionTask(dataset=str(csv), target="clean", features=["a", "b", "c"], noise="outliers",
+                                  noise_std=0.0, outlier_fraction=0.15, steps=50)
+    x_train, y_train, x_test, y_test = injected.data(0)
+    clean = torch.tensor(((frame["clean"] - frame["clean"].mean()) / frame["clean"].std(ddof=0)).to_numpy(),
+                         dtype=torch.float32)
+    moved = ~torch.isclose(y_train, clean[_rows_of(x_train, frame)], atol=1e-5)
+    assert moved.float().mean().item() == pytest.approx(0.15, abs=1 / len(y_train))
+    assert torch.allclose(y_test, clean[_rows_of(x_test, frame)], atol=1e-5)  # scored on clean targets
+    given = UserRegressionTask(dataset=str(csv), features=["a", "b", "c"], trusted="ok", steps=50)
+    estimate = given.noise_estimate()
+    share = frame.loc[frame.ok == 0, "is_outlier"].mean()
+    assert estimate["outlier_fraction"] == pytest.approx(share, abs=0.03)
+    assert abs(estimate["bias"]) < 0.1
+    assert check_task(given).passed
+    scores = {s: r.score for s, r in zip(("mse", "mae"), given.evaluate([make_loss(s, "regression")
+                                                                        for s in ("mse", "mae")], seed=0))}
+    assert scores["mae"] > scores["mse"]  # the robust loss wins under one-sided outliers
+
+
+def _rows_of(x: torch.Tensor, frame) -> torch.Tensor:
+    """Row indices of scaled inputs, matched on column a (distinct values)."""
+    a = frame["a"].to_numpy()
+    scaled = (a - a.min()) / (a.max() - a.min())
+    order = np.argsort(scaled)
+    found = np.searchsorted(scaled[order], x[:, 0].numpy().astype(np.float64) - 1e-6)
+    found = np.clip(found, 0, len(a) - 1)
+    return torch.tensor(order[found])
+
+
+def test_regression_refuses_labels_as_targets(tmp_path: Path, capsys) -> None:
+    csv = write_csv(table(labels=["p", "q", "r"]), tmp_path / "d.csv")
+    rc, _, err = _cli(["--runs-dir", str(tmp_path / "runs"), "search", "--quiet", "--data", str(csv), "--target",
+                       "label", "--problem", "regression", "--noise", "gaussian:0.5"], capsys)
+    assert rc == 2 and "is not numeric" in err and err.count("\n") == 1

@@ -3,7 +3,7 @@
 A suite entry's ``type`` is resolved in this order:
 
 1. a built-in name (``regression``, ``label_noise``, ``augment``, ``adversarial``, ``regularize`` and the
-   own-data types ``user``, ``user_augment``, ``user_adversarial``, ``user_regularize``);
+   own-data types ``user``, ``user_augment``, ``user_adversarial``, ``user_regularize``, ``user_regression``);
 2. a name given to :func:`register_task` in this process;
 3. a name published by an installed package in the entry-point group ``lossforge.tasks``
    (``[project.entry-points."lossforge.tasks"] mytask = "mypkg.tasks:MyTask"``);
@@ -40,6 +40,7 @@ BUILTIN: dict[str, str] = {
     "user_augment": "lossforge.tasks.user:UserAugmentTask",
     "user_adversarial": "lossforge.tasks.user:UserAdversarialTask",
     "user_regularize": "lossforge.tasks.user:UserRegularizeTask",
+    "user_regression": "lossforge.tasks.user:UserRegressionTask",
 }
 #: The classification types over the bundled data sets.
 BUNDLED_CLASSIFICATION = ("label_noise", "augment", "adversarial", "regularize")

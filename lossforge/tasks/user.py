@@ -30,7 +30,7 @@ from lossforge import data_sources
 from lossforge.errors import ConfigError
 from lossforge.tasks.adversarial import AdversarialTask
 from lossforge.tasks.augment import AugmentTask
-from lossforge.tasks.base import LossLike, TaskResult, check_int_list, require
+from lossforge.tasks.base import LossLike, Task, TaskResult, check_int_list, require
 from lossforge.tasks.classification import Classifier, ClassificationTask
 from lossforge.tasks.data import Split, add_label_noise, generator, stratified_split
 from lossforge.tasks.regularize import RegularizeTask
@@ -310,3 +310,177 @@ def user_task(procedure: str, **settings: Any) -> ClassificationTask:
     if procedure not in PROCEDURES:
         raise ConfigError(f"procedure must be one of {', '.join(PROCEDURES)}; got {procedure!r}")
     return make_task(PROCEDURES[procedure], **settings)  # type: ignore[return-value]
+
+
+# --- regression on the user's data ---------------------------------------------------------------------------
+
+#: Injected target noise of the own-data regression task.
+REGRESSION_NOISE = ("none", "gaussian", "outliers")
+
+
+@dataclass
+class UserRegressionTask(Task):
+    """Regression on the user's data (type ``user_regression``). **Score: minus the mean squared error on clean
+    test targets** (standardised units).
+
+    Noise, as for classification, in one of two ways: injected into the training targets (``noise`` =
+    ``gaussian`` with ``noise_std``, or ``outliers``: that noise plus, on ``outlier_fraction`` of the rows, a
+    one-sided offset uniform in [scale/2, 3 scale/2], both in target standard deviations), or already present
+    with ``trusted`` clean rows (a column or a file) that score every loss and feed the noise model
+    (:meth:`noise_estimate`). Targets are standardised with the main file's mean and deviation; features are
+    scaled to [0, 1]. The models are K batched MLPs (``hidden``, tanh) trained full-batch with Adam.
+    """
+
+    kind_name: ClassVar[str] = "user_regression"
+    problem: ClassVar[str] = "regression"
+    reference: ClassVar[str] = "mse"
+
+    dataset: str = ""
+    target: str = "y"
+    features: tuple[str, ...] = ()
+    trusted: str | None = None
+    test_data: str | None = None
+    test_fraction: float = 0.3
+    noise: str = "none"
+    noise_std: float = 0.5
+    outlier_fraction: float = 0.1
+    outlier_scale: float = 5.0
+    hidden: tuple[int, ...] = (32,)
+    steps: int = 300
+    lr: float = 0.01
+    data_hash: str = ""
+
+    def __post_init__(self) -> None:
+        from lossforge.tasks.base import check_choice, check_positive_int, check_range
+
+        require(isinstance(self.dataset, str) and self.dataset != "",
+                "dataset must be the path of a data file (.csv, .parquet, .npz, .npy)")
+        self.dataset = str(Path(self.dataset).expanduser().resolve())
+        if self.trusted is not None and data_sources.is_data_path(self.trusted):
+            self.trusted = str(Path(self.trusted).expanduser().resolve())
+        if self.test_data is not None:
+            self.test_data = str(Path(self.test_data).expanduser().resolve())
+        self.features = tuple(self.features)
+        check_choice(self.noise, "noise", REGRESSION_NOISE)
+        check_range(self.test_fraction, "test_fraction", 0.05, 0.95, high_open=False)
+        check_range(self.noise_std, "noise_std", 0.0, 10.0, high_open=False)
+        check_range(self.outlier_fraction, "outlier_fraction", 0.0, 0.5)
+        check_range(self.outlier_scale, "outlier_scale", 0.0, 100.0, high_open=False)
+        self.hidden = check_int_list(self.hidden, "hidden", allow_empty=True)
+        check_positive_int(self.steps, "steps")
+        check_range(self.lr, "lr", 1e-8, 10.0)
+        require(self.noise != "none" or self.trusted is not None,
+                "say how the targets are noisy: inject noise (noise = 'gaussian' or 'outliers'; CLI --noise "
+                "gaussian:0.5) or name a trusted clean subset (trusted = COLUMN or FILE; CLI --trusted)")
+        require(self.noise == "none" or self.trusted is None,
+                "choose one: injected noise (noise) for clean targets, or a trusted subset (trusted) for noisy ones")
+        files = [self.dataset] + ([self._other()] if self._other() else [])
+        digest = hashlib.sha256("+".join(data_sources.file_hash(f) for f in files).encode()).hexdigest()[:16]
+        require(not self.data_hash or self.data_hash == digest,
+                f"{self.dataset}: the data changed since this task was set up (hash {digest}, stored "
+                f"{self.data_hash}); restore the file or start a new run")
+        self.data_hash = digest
+        x, y, trusted, _ = self._rows()
+        if trusted is not None:
+            require(bool(trusted.any()), f"{self.dataset}: the trusted column {self.trusted!r} marks no rows; "
+                    "mark clean rows 1/true")
+            require(not bool(trusted.all()), f"{self.dataset}: every row is trusted; nothing noisy is left to train on")
+
+    def _other(self) -> str | None:
+        if self.trusted is not None and data_sources.is_data_path(self.trusted):
+            return self.trusted
+        return self.test_data
+
+    def _rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        flag = self.trusted if self.trusted is not None and not data_sources.is_data_path(self.trusted) else None
+        main = data_sources.cached_table(self.dataset, data_sources.file_hash(self.dataset), self.target,
+                                         self.features, flag)
+        self.features = main.features
+
+        def numeric(values: np.ndarray, where: str) -> np.ndarray:
+            try:
+                return np.asarray(values, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: the target {self.target!r} is not numeric; a regression needs "
+                                  "numbers (use problem = classification for labels)") from None
+
+        y = numeric(main.y, self.dataset)
+        require(bool(np.isfinite(y).all()), f"{self.dataset}: target {self.target!r} has missing values")
+        mean, std = float(y.mean()), float(y.std()) or 1.0
+        low, high = main.x.min(axis=0), main.x.max(axis=0)
+        span = np.where(high > low, high - low, 1.0)
+
+        def inputs(x: np.ndarray) -> torch.Tensor:
+            return torch.tensor(np.clip((x - low) / span, 0.0, 1.0), dtype=torch.float32)
+
+        other = None
+        if self._other() is not None:
+            table = data_sources.cached_table(self._other(), data_sources.file_hash(self._other()), self.target,
+                                              main.features, None)
+            other = (inputs(table.x), torch.tensor((numeric(table.y, self._other()) - mean) / std, dtype=torch.float32))
+        trusted = torch.tensor(main.trusted) if main.trusted is not None else None
+        return inputs(main.x), torch.tensor((y - mean) / std, dtype=torch.float32), trusted, other
+
+    def data(self, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_train, y_train noisy, x_test, y_test clean)`` of one seed."""
+        x, y, trusted, other = self._rows()
+        if self.trusted is not None:
+            if other is not None:
+                return x, y, *other
+            return x[~trusted], y[~trusted], x[trusted], y[trusted]
+        order = torch.randperm(len(y), generator=generator(seed, "split"))
+        if other is not None:
+            train, (x_test, y_test) = order, other
+        else:
+            n_test = int(round(self.test_fraction * len(y)))
+            train, test = order[n_test:], order[:n_test]
+            x_test, y_test = x[test], y[test]
+        noise_gen = generator(seed, "noise")
+        y_train = y[train] + self.noise_std * torch.randn(len(train), generator=noise_gen)
+        if self.noise == "outliers":
+            n_out = int(round(self.outlier_fraction * len(train)))
+            chosen = torch.randperm(len(train), generator=noise_gen)[:n_out]
+            offset = self.outlier_scale * (0.5 + torch.rand(n_out, generator=noise_gen))
+            y_train[chosen] += offset
+        return x[train], y_train, x_test, y_test
+
+    def noise_estimate(self, seed: int = 0) -> dict[str, float]:
+        """The target noise model from the trusted rows (standardised units): a ridge regression fit to the
+        trusted rows predicts clean targets of the others; their residuals' median (bias), MAD-based
+        deviation and the fraction beyond 3 deviations (outliers) - the regression task's noise model."""
+        from sklearn.linear_model import RidgeCV
+
+        from lossforge.tasks.regression import robust_location_scale
+
+        require(self.trusted is not None, "the noise can be estimated only with a trusted subset (trusted = ...)")
+        x_train, y_train, x_test, y_test = self.data(seed)
+        clean = RidgeCV().fit(x_test.numpy(), y_test.numpy())
+        residuals = y_train.numpy() - clean.predict(x_train.numpy())
+        bias, spread = robust_location_scale(residuals)
+        outliers = float(np.mean(np.abs(residuals - bias) > 3 * max(spread, 1e-12)))
+        return {"bias": bias, "std": spread, "outlier_fraction": outliers}
+
+    def evaluate(self, losses: Sequence[LossLike], seed: int, device: str = "cpu") -> list[TaskResult]:
+        from lossforge.nn import BatchedMLP, BatchedTrainer
+        from lossforge.tasks.base import finite_or_worst
+
+        if not losses:
+            return []
+        x_train, y_train, x_test, y_test = (t.to(device) for t in self.data(seed))
+        model = BatchedMLP(len(losses), [x_train.shape[1], *self.hidden, 1], generator(seed, "init"),
+                           activation="tanh").to(device)
+        trainer = BatchedTrainer(model, losses, torch.optim.Adam(model.parameters(), lr=self.lr))
+        for _ in range(self.steps):
+            trainer.step(model(x_train).squeeze(-1), y_train)
+        with torch.no_grad():
+            errors = ((model(x_test).squeeze(-1) - y_test) ** 2).mean(dim=1).double().cpu()
+        results = []
+        for k, failure in enumerate(trainer.failures):
+            if failure is not None:
+                results.append(TaskResult.failed(failure, self.worst_score))
+            elif not bool(torch.isfinite(errors[k])):
+                results.append(TaskResult.failed("non-finite predictions on the test inputs", self.worst_score))
+            else:
+                mse = float(errors[k])
+                results.append(TaskResult(finite_or_worst(-mse, self.worst_score), {"mse_clean": mse}))
+        return results
