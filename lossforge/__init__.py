@@ -18,10 +18,11 @@ from lossforge.errors import (
 from lossforge.export import load
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
+from lossforge.tasks.registry import register_task
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "search", "resume", "score", "load", "SymbolicLoss", "LossExpression",
+    "search", "resume", "score", "load", "SymbolicLoss", "LossExpression", "register_task",
     "LossforgeError", "ConfigError", "ExportError", "ExpressionError", "RunError", "SpaceError",
 ]

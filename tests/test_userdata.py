@@ -532,3 +532,18 @@ def test_regression_refuses_labels_as_targets(tmp_path: Path, capsys) -> None:
     rc, _, err = _cli(["--runs-dir", str(tmp_path / "runs"), "search", "--quiet", "--data", str(csv), "--target",
                        "label", "--problem", "regression", "--noise", "gaussian:0.5"], capsys)
     assert rc == 2 and "is not numeric" in err and err.count("\n") == 1
+
+
+def test_entry_point_task_types_resolve_by_name(monkeypatch) -> None:
+    from importlib import metadata
+
+    import lossforge
+    from lossforge.tasks import registry
+
+    point = metadata.EntryPoint(name="toy_from_a_package", value=f"{__name__}:Toy", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "_entry_points", lambda: {point.name: point})
+    assert resolve("toy_from_a_package") is Toy
+    assert "toy_from_a_package" in registry.task_types()
+    suite = suite_from_spec({"name": "s", "tasks": [{"name": "t", "type": "toy_from_a_package"}]})
+    assert suite.spec()["tasks"][0]["type"] == f"{__name__}:Toy"  # stored by path: no package lookup needed later
+    assert lossforge.register_task is register_task
