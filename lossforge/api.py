@@ -50,6 +50,10 @@ def _data_suite(data: Any, settings: dict[str, Any]) -> dict[str, Any]:
     settings = dict(settings)
     options = split_data_options(settings)
     directory = settings.pop("runs_dir", "runs")
+    if isinstance(settings.get("suite"), Suite):  # a Suite object: written out as a suite file, like own data
+        from lossforge.data_suite import suite_file_for
+
+        settings["suite"] = str(suite_file_for(settings["suite"].spec(), Path(directory) / "suites"))
     if data is None:
         if options:
             raise ConfigError(f"{sorted(options)} describe own data; pass data=... too")

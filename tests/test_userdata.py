@@ -547,3 +547,15 @@ def test_entry_point_task_types_resolve_by_name(monkeypatch) -> None:
     suite = suite_from_spec({"name": "s", "tasks": [{"name": "t", "type": "toy_from_a_package"}]})
     assert suite.spec()["tasks"][0]["type"] == f"{__name__}:Toy"  # stored by path: no package lookup needed later
     assert lossforge.register_task is register_task
+
+
+def test_api_search_takes_a_suite_object(tmp_path: Path, monkeypatch) -> None:
+    import lossforge
+
+    monkeypatch.chdir(tmp_path)
+    suite = suite_from_spec({"name": "tiny", "seeds": [0], "tasks": [
+        {"name": "r", "type": "regression", "settings": {"steps": 30, "n_train": 32, "n_test": 32}}]})
+    hof = lossforge.search(run="obj", quiet=True, suite=suite, population=4, generations=1, jobs=1, validate_top=0)
+    assert hof
+    stored = list((tmp_path / "runs" / "suites").glob("tiny-*.toml"))
+    assert len(stored) == 1 and load_suite(stored[0]).hash == suite.hash
