@@ -20,10 +20,11 @@ from lossforge.export import load
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
 from lossforge.results import open_run
+from lossforge.tasks.registry import register_task
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "search", "resume", "score", "load", "open_run", "SymbolicLoss", "LossExpression",
+    "search", "resume", "score", "load", "open_run", "SymbolicLoss", "LossExpression", "register_task",
     "LossforgeError", "ConfigError", "ExportError", "ExpressionError", "RunError", "SpaceError",
 ]

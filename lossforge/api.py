@@ -16,15 +16,17 @@ from lossforge.runfile import CandidateRecord, resolve_run_path
 
 
 def search(run: str | Path | None = None, quiet: bool = False, cache_from: Sequence[str | Path] = (),
-           **settings: Any) -> list[CandidateRecord]:
+           data: Any = None, **settings: Any) -> list[CandidateRecord]:
     """Run a new search and return its hall of fame (best distinct losses first).
 
     ``settings`` are :class:`~lossforge.engine.SearchConfig` fields (``population``, ``generations``,
     ``seed``, ``space``, ``suite``, ``jobs``, ...). ``run`` is a run name (stored as ``runs/NAME.db``) or a
     path; by default a fresh name from the time. An existing run is never overwritten. Progress goes to
     stdout unless ``quiet``. ``cache_from``: earlier run files on the same suite and seeds whose
-    evaluations are reused instead of training again.
+    evaluations are reused instead of training again. ``data``: your own data instead of ``suite`` (see
+    :func:`_data_suite`).
     """
+    settings = _data_suite(data, settings)
     config = SearchConfig(**settings)
     path = resolve_run_path(run or default_run_name())
     engine = Search.create(path, config, quiet=quiet)
@@ -33,6 +35,31 @@ def search(run: str | Path | None = None, quiet: bool = False, cache_from: Seque
         return engine.run()
     finally:
         engine.close()
+
+
+def _data_suite(data: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with its own-data options replaced by ``suite`` = a suite file for ``data``.
+
+    ``data``: a file path (.csv, .parquet, .npz, .npy), ``(x, y)`` or ``(x, y, trusted)`` arrays, a DataFrame
+    (with ``target=``) or a torch Dataset; options (:data:`lossforge.data_suite.DATA_OPTIONS`): ``target``,
+    ``problem``, ``noise`` ("symmetric:0.4" or settings), ``trusted``, ``test_data``, ``features``,
+    ``image_shape``, ``model``, ``procedures``, ``epochs``. In-memory data and the suite file are written under
+    ``runs_dir`` (default ``runs``), so workers and later processes read the same rows."""
+    from lossforge.data_suite import split_data_options, suite_for_data
+
+    settings = dict(settings)
+    options = split_data_options(settings)
+    directory = settings.pop("runs_dir", "runs")
+    if isinstance(settings.get("suite"), Suite):  # a Suite object: written out as a suite file, like own data
+        from lossforge.data_suite import suite_file_for
+
+        settings["suite"] = str(suite_file_for(settings["suite"].spec(), Path(directory) / "suites"))
+    if data is None:
+        if options:
+            raise ConfigError(f"{sorted(options)} describe own data; pass data=... too")
+        return settings
+    settings["suite"] = str(suite_for_data(data, directory, **options))
+    return settings
 
 
 def resume(run: str | Path, quiet: bool = False, scheduler: str | None = None,
@@ -88,11 +115,16 @@ def score_seeds_parallel(specs: list[Any], suite: Suite, jobs: int = -1, device:
 
 def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite = "regression",
           seeds: Sequence[int] | None = None, baselines: Sequence[str] | None = None,
-          device: str = "cpu", jobs: int = -1) -> list[ScoreRow]:
+          device: str = "cpu", jobs: int = -1, data: Any = None, **data_options: Any) -> list[ScoreRow]:
     """Score losses (expression text or LossExpression) and baselines on a suite, the same way a search does.
 
     Returns one row per loss, then one per baseline; fitness is relative to each task's reference loss.
+    ``data`` and ``data_options``: your own data instead of ``suite`` (see :func:`_data_suite`).
     """
+    if data is not None:
+        suite = _data_suite(data, {"suite": suite, **data_options})["suite"]
+    elif data_options:
+        raise ConfigError(f"{sorted(data_options)} describe own data; pass data=... too")
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     if seeds is not None:
         if not seeds:

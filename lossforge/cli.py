@@ -59,6 +59,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from lossforge.engine import Search, SearchConfig
     from lossforge.runfile import resolve_run_path
 
+    args.suite = _data_suite(args) or args.suite
     config = SearchConfig(
         population=args.population, generations=args.generations, seed=args.seed, space=args.space,
         suite=args.suite, jobs=args.jobs, chunk_size=args.chunk_size, device=args.device,
@@ -277,6 +278,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         expr, _ = read_json_export(args.expression)
     else:
         expr = LossExpression.parse(args.expression)
+    args.suite = _data_suite(args) or args.suite
     suite = load_suite(args.suite)
     seeds = list(range(args.seeds)) if args.seeds else None
     if args.validation:
@@ -450,11 +452,136 @@ def _bundled() -> str:
             "`lossforge space NAME` shows a space's operators.")
 
 
+# --- own data, plug-in tasks, version ---------------------------------------------------------------------
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    from lossforge import __version__
+
+    parser.add_argument("--version", action="version", version=f"lossforge {__version__}")
+
+
+def _add_data_options(p: argparse.ArgumentParser, required: bool = False) -> None:
+    g = p.add_argument_group("your own data" + ("" if required else " (instead of --suite)"))
+    g.add_argument("--data", metavar="FILE", required=required, help="a .csv, .parquet, .npz or .npy file")
+    g.add_argument("--target", metavar="COLUMN", default="y", help="the label column (default: y)")
+    g.add_argument("--problem", choices=["classification", "regression"], default="classification")
+    g.add_argument("--noise", metavar="KIND:RATE",
+                   help="inject label noise: symmetric:0.4, pair:0.3, asymmetric:0.3:SRC>DST,SRC>DST; for "
+                        "regression gaussian:STD or outliers:FRACTION")
+    g.add_argument("--trusted", metavar="COLUMN|FILE",
+                   help="the labels are already noisy; these rows (flag column) or this file are clean")
+    g.add_argument("--test-data", metavar="FILE", help="a clean test file instead of a held-out split")
+    g.add_argument("--features", metavar="A,B,...", help="feature columns (default: all but target/trusted)")
+    g.add_argument("--image-shape", metavar="H,W", help="rows are one-channel images of this shape")
+    g.add_argument("--model", metavar="SPEC",
+                   help="mlp (default), mlp:128,128, cnn, or package.module:factory (your nn.Module, batched)")
+    g.add_argument("--procedures", metavar="LIST", help="comma-separated: plain,augment,adversarial,regularize")
+    g.add_argument("--epochs", type=_positive_int, help="training epochs of every task (default 40)")
+
+
+def _data_spec(args: argparse.Namespace) -> dict[str, Any]:
+    from lossforge.data_suite import data_suite_spec
+
+    def ints(text: str | None) -> list[int] | None:
+        if text is None:
+            return None
+        try:
+            return [int(v) for v in text.split(",")]
+        except ValueError:
+            raise LossforgeError(f"--image-shape must be H,W (integers); got {text!r}") from None
+
+    return data_suite_spec(
+        args.data, args.target, problem=args.problem, noise=args.noise, trusted=args.trusted,
+        test_data=args.test_data, features=[f for f in (args.features or "").split(",") if f],
+        image_shape=ints(args.image_shape), model=args.model, procedures=args.procedures, epochs=args.epochs)
+
+
+def _noise_report(spec: dict[str, Any]) -> str | None:
+    """The estimated transition matrix of the first task, when the labels are declared noisy."""
+    from lossforge.tasks.registry import make_task
+    from lossforge.tasks.user import format_transition
+
+    first = spec["tasks"][0]
+    if first["settings"].get("trusted") is None:
+        return None
+    task = make_task(first["type"], **first["settings"])
+    if task.problem == "regression":
+        model = task.noise_estimate()  # type: ignore[attr-defined]
+        return ("estimated target noise (standardised units; trusted rows vs the rest): "
+                + ", ".join(f"{k} {v:.3f}" for k, v in model.items()))
+    matrix = task.noise_estimate()  # type: ignore[attr-defined]
+    rate = 1.0 - float(sum(matrix[i, i] for i in range(len(matrix)))) / len(matrix)
+    return (f"estimated label noise (rows: true class, columns: given label; from the trusted rows): "
+            f"mean off-diagonal mass {rate:.3f}\n{format_transition(matrix, task.classes)}")  # type: ignore[attr-defined]
+
+
+def _data_suite(args: argparse.Namespace) -> str | None:
+    """The suite file for ``--data`` (written under RUNS_DIR/suites/), or None without ``--data``."""
+    if not getattr(args, "data", None):
+        return None
+    from lossforge.data_suite import suite_file_for
+
+    spec = _data_spec(args)
+    report = _noise_report(spec)
+    if report and not getattr(args, "quiet", False):
+        print(report)
+    return str(suite_file_for(spec, Path(args.runs_dir) / "suites"))
+
+
+def cmd_suite_init(args: argparse.Namespace) -> int:
+    from lossforge.data_suite import suite_toml, write_text_atomic
+
+    spec = _data_spec(args)
+    report = _noise_report(spec)
+    header = "A suite on your data, written by `lossforge suite init`: edit it, then\n" \
+             f"lossforge search --suite {args.output}"
+    if report:
+        header += "\n\n" + report
+        print(report)
+    path = write_text_atomic(args.output, suite_toml(spec, header), overwrite=args.force)
+    print(f"suite written to {path} ({len(spec['tasks'])} task(s)); run it with: lossforge search --suite {path}")
+    return 0
+
+
+def cmd_check_task(args: argparse.Namespace) -> int:
+    import json
+
+    from lossforge.conformance import check_task
+
+    try:
+        settings = json.loads(args.settings) if args.settings else {}
+    except json.JSONDecodeError as exc:
+        raise LossforgeError(f"--settings must be a JSON object: {exc}") from None
+    if not isinstance(settings, dict):
+        raise LossforgeError("--settings must be a JSON object, e.g. '{\"epochs\": 2}'")
+    report = check_task(args.task, settings)
+    for line in report.lines():
+        print(line)
+    return 0 if report.passed else 1
+
+
+def _add_userdata_commands(sub: Any) -> None:
+    p = sub.add_parser("suite", help="write a suite file for your data (suite init)")
+    inner = p.add_subparsers(dest="suite_command", required=True, parser_class=_Parser)
+    init = inner.add_parser("init", help="write a suite for --data FILE to edit and search with")
+    _add_data_options(init, required=True)
+    init.add_argument("-o", "--output", required=True, help="the suite file to write")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+    init.set_defaults(func=cmd_suite_init)
+
+    p = sub.add_parser("check-task", help="conformance check of a task type (built-in name or module:Class)")
+    p.add_argument("task", help="e.g. label_noise, or mypackage.tasks:MyTask")
+    p.add_argument("--settings", help="JSON object of settings to construct it with (keep it small and fast)")
+    p.set_defaults(func=cmd_check_task)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lossforge`` command."""
     parser = _Parser(prog="lossforge", description="Discover robust loss functions by genetic programming.",
                      epilog=_bundled())
     parser.add_argument("--runs-dir", default="runs", help="where run names are stored (default: runs)")
+    _add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("search", help="run a new search")
@@ -481,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-from", action="append", default=[], metavar="RUN",
                    help="reuse evaluations of an earlier run on the same suite and seeds (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_data_options(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("resume", help="continue a stopped run")
@@ -517,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", action="store_true", help="score on the suite's validation seeds")
     p.add_argument("--baselines", help="comma-separated baselines to score beside it (default: the suite's usual)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    _add_data_options(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("baselines", help="score the known losses on a suite")
@@ -564,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_bundled())
     p.add_argument("space", nargs="?", default="survey")
     p.set_defaults(func=cmd_space)
+    _add_userdata_commands(sub)
     return parser
 
 

@@ -26,6 +26,7 @@ import torch
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
 
+#: Classes of the probability grids by default; ``diagnose(..., n_classes=C)`` checks another count.
 CLASSES = 10
 #: Targets around which regression shapes are drawn: a loss need not depend on the residual alone, so a
 #: curve at one fixed ``y_real`` would misstate it (``sqrt(y_pred*y_real)`` is flat at ``y_real = 0``).
@@ -54,10 +55,10 @@ class Diagnosis:
         return [self.name, self.problem, yes(self.bounded), yes(self.symmetric), yes(self.monotone)]
 
 
-def _class_loss_of_prob(loss: SymbolicLoss, p_true: torch.Tensor) -> torch.Tensor:
+def _class_loss_of_prob(loss: SymbolicLoss, p_true: torch.Tensor, n_classes: int = CLASSES) -> torch.Tensor:
     """Per-sample loss when the true class (0) has probability ``p_true`` and the others share the rest."""
-    rest = (1 - p_true) / (CLASSES - 1)
-    probs = torch.cat([p_true[:, None], rest[:, None].expand(-1, CLASSES - 1)], dim=1)
+    rest = (1 - p_true) / (n_classes - 1)
+    probs = torch.cat([p_true[:, None], rest[:, None].expand(-1, n_classes - 1)], dim=1)
     onehot = torch.zeros_like(probs)
     onehot[:, 0] = 1
     return loss.elementwise(probs, onehot).sum(1)
@@ -90,35 +91,37 @@ def probability_band(loss: torch.nn.Module, p_true: torch.Tensor, n_classes: int
     return stack[0], stack.amin(0), stack.amax(0)
 
 
-def curves(expression: LossExpression | str, problem: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def curves(expression: LossExpression | str, problem: str, n_classes: int = CLASSES
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x, value, gradient)``: loss and its derivative against the true-class probability
     (classification) or the residual (regression, ``y_real = 0``)."""
     loss = SymbolicLoss(expression, reduction="none", problem=problem)
     x = (_P_GRID if problem == "classification" else _R_GRID).clone().requires_grad_(True)
     if problem == "classification":
-        values = _class_loss_of_prob(loss, x)
+        values = _class_loss_of_prob(loss, x, n_classes)
     else:
         values = loss.elementwise(x, torch.zeros_like(x))
     (grad,) = torch.autograd.grad(values.sum(), x)
     return x.detach(), values.detach(), grad
 
 
-def diagnose(expression: LossExpression | str, problem: str, name: str | None = None) -> Diagnosis:
-    """Check boundedness, symmetry and monotonicity of a loss (see module docstring)."""
+def diagnose(expression: LossExpression | str, problem: str, name: str | None = None,
+             n_classes: int = CLASSES) -> Diagnosis:
+    """Check boundedness, symmetry and monotonicity of a loss (see module docstring) for ``n_classes`` classes."""
     expr = LossExpression.coerce(expression)
     loss = SymbolicLoss(expr, reduction="none", problem=problem)
-    x, values, _ = curves(expr, problem)
+    x, values, _ = curves(expr, problem, n_classes)
     finite = bool(torch.isfinite(values).all())
     scale = values.abs().max().clamp(min=1e-12)
     if problem == "classification":
         # bounded: growth between p = 1e-3 and p = 1e-5 within 2 % of the loss's range on the grid
-        lo = _class_loss_of_prob(loss, torch.tensor([1e-3, 1e-5], dtype=torch.float64))
+        lo = _class_loss_of_prob(loss, torch.tensor([1e-3, 1e-5], dtype=torch.float64), n_classes)
         bounded = finite and float((lo[1] - lo[0]).abs()) <= 0.02 * float(values.max() - values.min() + 1e-12)
         gen = torch.Generator().manual_seed(0)
-        probs = torch.distributions.Dirichlet(torch.ones(CLASSES, dtype=torch.float64)).sample((256,))
+        probs = torch.distributions.Dirichlet(torch.ones(n_classes, dtype=torch.float64)).sample((256,))
         probs = probs[torch.randperm(256, generator=gen)]
-        eye = torch.eye(CLASSES, dtype=torch.float64)
-        sums = torch.stack([loss.elementwise(probs, eye[k].expand_as(probs)).sum(1) for k in range(CLASSES)]).sum(0)
+        eye = torch.eye(n_classes, dtype=torch.float64)
+        sums = torch.stack([loss.elementwise(probs, eye[k].expand_as(probs)).sum(1) for k in range(n_classes)]).sum(0)
         symmetric = bool(torch.isfinite(sums).all()) and float(sums.std() / sums.abs().mean().clamp(min=1e-12)) < 1e-3
         monotone = finite and bool((values[1:] - values[:-1] <= 1e-9 * scale).all())  # decreasing in p
     else:  # as a function of the residual, around several targets (a loss need not depend on r alone)

@@ -24,6 +24,9 @@ from lossforge.loss import SymbolicLoss
 from lossforge.tasks.base import EXPLODING_GRAD_NORM
 
 PROBE_SIZE = 128
+#: Classes of the classification probe by default (any count works: the probe checks the loss's shape, and
+#: callers that know their data's class count may pass it).
+PROBE_CLASSES = 10
 DESCENT_STEPS = 30
 
 
@@ -43,10 +46,10 @@ def symbolic_reason(expression: LossExpression) -> str | None:
     return None
 
 
-def _probe(problem: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _probe(problem: str, gen: torch.Generator, n_classes: int = PROBE_CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
     if problem == "classification":
-        logits = torch.randn(PROBE_SIZE, 10, generator=gen) * 2
-        target = torch.randint(0, 10, (PROBE_SIZE,), generator=gen)
+        logits = torch.randn(PROBE_SIZE, n_classes, generator=gen) * 2
+        target = torch.randint(0, n_classes, (PROBE_SIZE,), generator=gen)
         return logits, target
     return torch.randn(PROBE_SIZE, generator=gen) * 1.5, torch.randn(PROBE_SIZE, generator=gen) * 1.5
 
@@ -72,12 +75,12 @@ def _fingerprint(grad: torch.Tensor) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def numeric_probe(expression: LossExpression, problem: str) -> Probe:
+def numeric_probe(expression: LossExpression, problem: str, n_classes: int = PROBE_CLASSES) -> Probe:
     """Probe checks for one problem type: finite values, a finite and non-exploding gradient with respect
     to the prediction, and a short optimisation of the predictions themselves moving them to the targets."""
     loss = SymbolicLoss(expression, reduction="none", problem=problem)
     gen = _probe_generator()
-    pred0, target = _probe(problem, gen)
+    pred0, target = _probe(problem, gen, n_classes)
     pred = pred0.clone().requires_grad_(True)
     values = loss(pred, target)
     if not torch.isfinite(values).all():
@@ -107,7 +110,7 @@ def numeric_probe(expression: LossExpression, problem: str) -> Probe:
     return Probe(None, fingerprint)
 
 
-def probe(expression: LossExpression, problems: set[str] | list[str]) -> Probe:
+def probe(expression: LossExpression, problems: set[str] | list[str], n_classes: int = PROBE_CLASSES) -> Probe:
     """Probe a loss for a suite with these problem types: rejected only if every problem type rejects it;
     the fingerprint covers every problem type it passes."""
     reason = symbolic_reason(expression)
@@ -116,7 +119,7 @@ def probe(expression: LossExpression, problems: set[str] | list[str]) -> Probe:
     reasons, prints = [], []
     for problem in sorted(problems):
         try:
-            result = numeric_probe(expression, problem)
+            result = numeric_probe(expression, problem, n_classes)
         except (RuntimeError, ValueError, OverflowError, ZeroDivisionError) as exc:
             result = Probe(f"raised {type(exc).__name__} on probe inputs: {exc}")
         if result.reason is None:
@@ -129,6 +132,7 @@ def probe(expression: LossExpression, problems: set[str] | list[str]) -> Probe:
     return Probe(None, hashlib.sha256("|".join(prints).encode()).hexdigest()[:16])
 
 
-def rejection_reason(expression: LossExpression, problems: set[str] | list[str]) -> str | None:
+def rejection_reason(expression: LossExpression, problems: set[str] | list[str],
+                     n_classes: int = PROBE_CLASSES) -> str | None:
     """``None`` if the loss may be trained on a suite with these problem types, else why not."""
-    return probe(expression, problems).reason
+    return probe(expression, problems, n_classes).reason

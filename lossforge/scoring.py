@@ -29,7 +29,7 @@ import torch
 
 from lossforge.errors import ConfigError
 from lossforge.tasks.base import Task
-from lossforge.tasks.registry import presets, task_types
+from lossforge.tasks.registry import presets, resolve, type_name
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
@@ -64,7 +64,7 @@ class Suite:
             "seeds": list(self.seeds),
             "validation_seeds": list(self.validation_seeds),
             "tasks": [
-                {"name": t.name, "type": t.task.kind_name, "weight": t.weight, "settings": t.task.settings()}
+                {"name": t.name, "type": type_name(type(t.task)), "weight": t.weight, "settings": t.task.settings()}
                 for t in self.tasks
             ],
         }
@@ -122,6 +122,10 @@ class Suite:
         return [self.fitness(one(raw, i), one(reference, i))[0] for i in range(n)]
 
 
+#: Top-level keys of a suite file.
+SUITE_KEYS = frozenset({"name", "description", "seeds", "validation_seeds", "tasks"})
+
+
 def _suite_path(spec: str | Path) -> Path:
     path = Path(spec)
     if path.suffix == ".toml" or path.exists():
@@ -149,6 +153,9 @@ def load_suite(spec: str | Path = "regression") -> Suite:
 
 def suite_from_spec(data: dict[str, Any], where: str = "suite") -> Suite:
     """Build a Suite from plain data (a parsed TOML file or a stored :meth:`Suite.spec`)."""
+    unknown_keys = sorted(set(data) - SUITE_KEYS)
+    if unknown_keys:  # a typo such as ``sed = [0]`` must not fall back to the default silently
+        raise ConfigError(f"{where}: unknown key(s) {unknown_keys}; valid keys: {', '.join(sorted(SUITE_KEYS))}")
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"{where}: 'seeds' must be a non-empty list of integers")
@@ -167,9 +174,10 @@ def suite_from_spec(data: dict[str, Any], where: str = "suite") -> Suite:
         if unknown:
             raise ConfigError(f"{at}: unknown field(s) {sorted(unknown)}; use name, type, preset, weight, settings")
         kind = entry.get("type")
-        types = task_types()
-        if kind not in types:
-            raise ConfigError(f"{at}: unknown task type {kind!r}; known: {', '.join(sorted(types))}")
+        try:
+            cls = resolve(kind)
+        except ConfigError as exc:
+            raise ConfigError(f"{at}: {exc}") from None
         settings: dict[str, Any] = {}
         if "preset" in entry:
             named = presets(kind)
@@ -181,7 +189,7 @@ def suite_from_spec(data: dict[str, Any], where: str = "suite") -> Suite:
             raise ConfigError(f"{at}: 'settings' must be a table")
         settings.update(extra)
         try:
-            task = types[kind](**settings)
+            task = cls(**settings)
         except TypeError as exc:
             raise ConfigError(f"{at}: bad settings for {kind}: {exc}") from None
         except ConfigError as exc:

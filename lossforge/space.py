@@ -15,7 +15,7 @@ from lossforge.errors import SpaceError
 from lossforge.operators import OPERATORS, VARIABLES
 
 #: Directory of the bundled spaces (``--space NAME`` looks here).
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"  # package data (top-level search_spaces/ links here)
 
 
 @dataclass(frozen=True)

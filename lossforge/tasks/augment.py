@@ -27,11 +27,13 @@ from lossforge.tasks.classification import (
     Streams,
     accuracy,
 )
-from lossforge.tasks.data import IMAGE_SHAPES, N_CLASSES, Split
+from lossforge.tasks.data import IMAGE_SHAPES, Split
 
 AUGMENTATIONS = ("cutout", "cutmix", "mixup", "affine", "noise")
 #: Augmentations that mix two samples and therefore need soft targets.
 MIXING = ("cutmix", "mixup")
+#: Augmentations that move pixels: they need images.
+IMAGE_AUGMENTATIONS = ("cutout", "cutmix", "affine")
 
 
 def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -145,16 +147,21 @@ class AugmentTask(ClassificationTask):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.dataset in IMAGE_SHAPES,
-                f"augment tasks need an image dataset ({sorted(IMAGE_SHAPES)}); got {self.dataset!r}")
         names = self.augmentations
         ok = isinstance(names, (list, tuple)) and all(a in AUGMENTATIONS for a in names)
         require(ok and len(set(names)) == len(names),
                 f"augmentations must be distinct names from {list(AUGMENTATIONS)}; got {names!r}")
         self.augmentations = tuple(names)
+        # tabular data takes input noise and mixup; the others move pixels
+        image_only = [a for a in names if a in IMAGE_AUGMENTATIONS]
+        require(self.image_shape is not None or not image_only,
+                f"augmentations {image_only} need an image dataset ({sorted(IMAGE_SHAPES)}) or image_shape; "
+                f"got {self.dataset!r} (use 'noise' and 'mixup' for tabular data)")
         check_positive_int(self.cutout_size, "cutout_size")
-        side = min(IMAGE_SHAPES[self.dataset])
-        require(self.cutout_size <= side, f"cutout_size must be at most the image side {side}; got {self.cutout_size}")
+        if self.image_shape is not None:
+            side = min(self.image_shape)
+            require(self.cutout_size <= side,
+                    f"cutout_size must be at most the image side {side}; got {self.cutout_size}")
         check_range(self.mix_alpha, "mix_alpha", 1e-3, 100.0, high_open=False)
         check_range(self.max_rotation, "max_rotation", 0.0, 180.0, high_open=False)
         check_range(self.max_zoom, "max_zoom", 0.0, 0.9, high_open=False)
@@ -166,7 +173,7 @@ class AugmentTask(ClassificationTask):
         self, x: torch.Tensor, y: torch.Tensor, streams: Streams
     ) -> tuple[torch.Tensor, torch.Tensor]:
         gen = streams.augment
-        target = one_hot(y, N_CLASSES) if any(a in MIXING for a in self.augmentations) else y
+        target = one_hot(y, self.n_classes) if any(a in MIXING for a in self.augmentations) else y
         for name in self.augmentations:
             if name == "cutout":
                 x = cutout(x, self.cutout_size, gen)
@@ -184,13 +191,17 @@ class AugmentTask(ClassificationTask):
         gen = streams.evaluation
         x = data.x_test
         noisy = gaussian_noise(x, self.test_noise_std, gen)
+        with torch.no_grad():
+            metrics = {"acc_noise": accuracy(model(noisy), data.y_test)}
+        if self.image_shape is None:  # tabular data: no rotated test set
+            return metrics
         sign = torch.randint(0, 2, (len(x),), generator=gen) * 2 - 1
         rotated = rotate_zoom(x, sign * self.test_rotation, torch.ones(len(x)))
         with torch.no_grad():
-            return {
-                "acc_noise": accuracy(model(noisy), data.y_test),
-                "acc_rotate": accuracy(model(rotated), data.y_test),
-            }
+            metrics["acc_rotate"] = accuracy(model(rotated), data.y_test)
+        return metrics
 
     def score(self, metrics: dict[str, float]) -> float:
+        if "acc_rotate" not in metrics:
+            return (metrics["acc_clean"] + metrics["acc_noise"]) / 2.0
         return (metrics["acc_clean"] + metrics["acc_noise"] + metrics["acc_rotate"]) / 3.0

@@ -7,7 +7,7 @@ and the gap is widest with a high learning rate (Adam at 1e-2), which is the def
 
 The survey's three procedures subclass it: :class:`~lossforge.tasks.augment.AugmentTask`,
 :class:`~lossforge.tasks.adversarial.AdversarialTask` and :class:`~lossforge.tasks.regularize.RegularizeTask`.
-Suite files name a task by its ``type`` (:data:`TASK_TYPES`) or a preset (:data:`PRESETS`).
+Suite files name a task by its ``type`` or a preset (both in :mod:`lossforge.tasks.registry`).
 
 Everything random is drawn from named streams of ``seed`` (:func:`lossforge.tasks.data.generator`) and shared
 by all K models, so batched and one-by-one scoring agree.
@@ -15,7 +15,6 @@ by all K models, so batched and one-by-one scoring agree.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
@@ -41,6 +40,7 @@ from lossforge.tasks.data import (
     Split,
     add_label_noise,
     check_dataset,
+    dataset_classes,
     generator,
     input_standardization,
     load_split,
@@ -110,6 +110,8 @@ class ClassificationTask(Task):
     problem: ClassVar[str] = "classification"
     reference: ClassVar[str] = "cross_entropy"
     worst_score: ClassVar[float] = 0.0
+    #: whether ``model`` may name a user model factory ``package.module:factory`` (the own-data tasks)
+    user_models: ClassVar[bool] = False
 
     dataset: str = "digits"
     test_fraction: float = 0.3
@@ -126,7 +128,7 @@ class ClassificationTask(Task):
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        check_dataset(self.dataset)
+        self.check_data()
         check_range(self.test_fraction, "test_fraction", 0.05, 0.95, high_open=False)
         if self.n_train is not None:
             check_positive_int(self.n_train, "n_train")
@@ -134,13 +136,15 @@ class ClassificationTask(Task):
         # class-dependent noise at >= 50 % makes the wrong class the majority: nothing left to learn
         high = 0.5 if self.noise in ("asymmetric", "pair") else 0.9
         check_range(self.noise_rate, "noise_rate", 0.0, high)
-        require(self.model in MODELS, f"model must be one of {list(MODELS)}; got {self.model!r}")
-        require(self.model == "mlp" or self.dataset in IMAGE_SHAPES,
-                f"model 'cnn' needs an image dataset ({sorted(IMAGE_SHAPES)}); use model 'mlp' for {self.dataset!r}")
+        require(self.model in MODELS or (self.user_models and ":" in str(self.model)),
+                f"model must be one of {list(MODELS)}; got {self.model!r}")
+        require(self.model != "cnn" or self.image_shape is not None,
+                f"model 'cnn' needs an image dataset ({sorted(IMAGE_SHAPES)}) or image_shape; use model 'mlp' for "
+                f"{self.dataset!r}")
         self.hidden = check_int_list(self.hidden, "hidden", allow_empty=True)
         self.channels = check_int_list(self.channels, "channels", allow_empty=False)
         if self.model == "cnn":
-            size = min(IMAGE_SHAPES[self.dataset])
+            size = min(self.image_shape)
             require(size >> len(self.channels) > 0,
                     f"channels has {len(self.channels)} pooling blocks, too many for {size}px images; use fewer")
         check_positive_int(self.epochs, "epochs")
@@ -178,10 +182,19 @@ class ClassificationTask(Task):
 
     # --- the fixed frame ----------------------------------------------------------------------------------
 
+    def check_data(self) -> None:
+        """Validate the data settings (own-data tasks check theirs instead)."""
+        check_dataset(self.dataset)
+
     @property
     def image_shape(self) -> tuple[int, int] | None:
         """``(H, W)`` of the data set's images, or None for flat signals."""
         return IMAGE_SHAPES.get(self.dataset)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes, from the data."""
+        return dataset_classes(self.dataset)
 
     def data(self, seed: int) -> Split:
         """The seed's split with noisy training labels (test labels stay clean)."""
@@ -254,76 +267,3 @@ class ClassificationTask(Task):
                 values = {name: float(v[k]) for name, v in metrics.items()}
                 results.append(TaskResult(finite_or_worst(self.score(values), self.worst_score), values))
         return results
-
-
-#: Named settings of each task type: ``PRESETS_BY_TYPE[type][preset] -> settings`` (a suite entry names
-#: ``type`` and ``preset``; its own ``settings`` override the preset's).
-PRESETS_BY_TYPE: dict[str, dict[str, dict[str, Any]]] = {
-    "label_noise": {
-        "symmetric40": {},
-        "asymmetric40": {"noise": "asymmetric", "noise_rate": 0.4},
-        "pair30": {"noise": "pair", "noise_rate": 0.3},
-        "cnn_symmetric40": {"model": "cnn", "hidden": []},
-        "mnist_symmetric40": {"dataset": "mnist", "epochs": 10},
-        "mnist1d_symmetric40": {"dataset": "mnist1d", "hidden": [128, 128]},
-    },
-    "augment": {
-        "affine_noise_cutout": {},
-        "mixup": {"augmentations": ["mixup"]},
-        "cutmix_cnn": {"augmentations": ["cutmix"], "model": "cnn", "hidden": []},
-    },
-    "adversarial": {
-        "pgd": {},
-        "fgsm": {"attack": "fgsm"},
-        "mim": {"attack": "mim"},
-        "free": {"attack": "free"},
-    },
-    "regularize": {
-        "dropout_smoothing": {},
-        "entropy": {"dropout": 0.0, "label_smoothing": 0.0, "entropy_weight": 0.5},
-        "batch_norm": {"dropout": 0.0, "label_smoothing": 0.0, "batch_norm": True},
-        "dropblock_cnn": {"model": "cnn", "hidden": [], "dropout": 0.0, "label_smoothing": 0.0, "dropblock": 0.2},
-    },
-}
-#: Every preset by its (unique) name, whatever its type.
-PRESETS: dict[str, dict[str, Any]] = {
-    name: settings for presets in PRESETS_BY_TYPE.values() for name, settings in presets.items()
-}
-
-
-@functools.cache
-def task_types() -> dict[str, type[Task]]:
-    """``type`` name -> task class of every classification task."""
-    from lossforge.tasks.adversarial import AdversarialTask
-    from lossforge.tasks.augment import AugmentTask
-    from lossforge.tasks.regularize import RegularizeTask
-
-    classes: list[type[Task]] = [ClassificationTask, AugmentTask, AdversarialTask, RegularizeTask]
-    return {cls.kind_name: cls for cls in classes}
-
-
-def __getattr__(name: str) -> Any:
-    # TASK_TYPES is built on first access: the procedure modules subclass ClassificationTask, so importing
-    # them at the top of this module would be circular whichever module is imported first.
-    if name == "TASK_TYPES":
-        return task_types()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def make_task(type_name: str, **settings: Any) -> Task:
-    """The task of registry type ``type_name`` with ``settings`` (unknown names raise :class:`ConfigError`)."""
-    types = task_types()
-    require(type_name in types, f"task type must be one of {sorted(types)}; got {type_name!r}")
-    cls = types[type_name]
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(settings) - known)
-    require(not unknown, f"unknown setting(s) {unknown} for task type {type_name!r}; known: {sorted(known)}")
-    return cls(**settings)
-
-
-def preset_task(name: str, **overrides: Any) -> Task:
-    """The task of preset ``name`` (see :data:`PRESETS_BY_TYPE`), with ``overrides`` applied to its settings."""
-    for type_name, presets in PRESETS_BY_TYPE.items():
-        if name in presets:
-            return make_task(type_name, **{**presets[name], **overrides})
-    raise ConfigError(f"preset must be one of {sorted(PRESETS)}; got {name!r}")

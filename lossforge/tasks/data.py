@@ -39,6 +39,7 @@ SYNTHETIC: dict[str, dict[str, float]] = {
 }
 #: Image shape ``(H, W)`` of each image data set; absent means a flat signal (no CNN, no image augmentation).
 IMAGE_SHAPES: dict[str, tuple[int, int]] = {"digits": (8, 8), "mnist": (28, 28)}
+#: Classes of the bundled digit data sets (every count used in training comes from the data: dataset_classes).
 N_CLASSES = 10
 
 #: Label-noise kinds: no noise, uniform flips, flips along fixed digit confusions, flips to the next class.
@@ -135,6 +136,12 @@ def _generate_mnist1d() -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=None)
+def dataset_classes(name: str) -> int:
+    """Number of classes of bundled data set ``name``, read from its labels."""
+    return int(load_arrays(name)[1].max()) + 1
+
+
+@functools.lru_cache(maxsize=None)
 def input_standardization(name: str) -> tuple[float, float] | None:
     """``(mean, std)`` a model should standardise data set ``name``'s inputs with, or None to use them as they are.
 
@@ -167,11 +174,14 @@ def load_split(name: str, seed: int, test_fraction: float = 0.3, n_train: int | 
     test, train = order[:n_test], order[n_test:]
     if n_train is not None:
         train = train[:n_train]
-    return Split(xt[train], yt[train], xt[test], yt[test], N_CLASSES)
+    return Split(xt[train], yt[train], xt[test], yt[test], dataset_classes(name))
 
 
-def flip_map(kind: str, n_classes: int) -> dict[int, int]:
-    """Source -> destination classes of a class-dependent noise kind (``"asymmetric"`` or ``"pair"``)."""
+def flip_map(kind: str, n_classes: int, flips: dict[int, int] | None = None) -> dict[int, int]:
+    """Source -> destination classes of a class-dependent noise kind (``"asymmetric"`` or ``"pair"``).
+    ``flips`` replaces the digit look-alikes of the asymmetric kind (own data names its own class map)."""
+    if kind == "asymmetric" and flips is not None:
+        return dict(flips)
     if kind == "asymmetric":
         return {s: d for s, d in DIGIT_FLIPS.items() if s < n_classes and d < n_classes}
     if kind == "pair":
@@ -180,13 +190,14 @@ def flip_map(kind: str, n_classes: int) -> dict[int, int]:
 
 
 def add_label_noise(
-    labels: torch.Tensor, n_classes: int, kind: str, rate: float, generator: torch.Generator
+    labels: torch.Tensor, n_classes: int, kind: str, rate: float, generator: torch.Generator,
+    flips: dict[int, int] | None = None,
 ) -> torch.Tensor:
     """A noisy copy of ``labels`` (int64 ``[N]``); the input is not modified.
 
     * ``"symmetric"``: exactly ``round(rate * N)`` samples, chosen at random, get a uniformly random *other*
       class, so the fraction of wrong labels is ``rate`` (not ``rate * (C - 1) / C``).
-    * ``"asymmetric"``: in each source class of :data:`DIGIT_FLIPS`, exactly ``round(rate * n_c)`` samples
+    * ``"asymmetric"``: in each source class of ``flips`` (default :data:`DIGIT_FLIPS`), exactly ``round(rate * n_c)`` samples
       are flipped to that class's look-alike; other classes are untouched.
     * ``"pair"``: the same per class, every class ``c`` flipping to ``c + 1 (mod C)``.
     * ``"none"``: an unchanged copy.
@@ -201,9 +212,27 @@ def add_label_noise(
         offset = torch.randint(1, n_classes, (n_flip,), generator=generator)
         noisy[chosen] = (labels[chosen] + offset) % n_classes
         return noisy
-    for source, dest in flip_map(kind, n_classes).items():
+    for source, dest in flip_map(kind, n_classes, flips).items():
         members = torch.nonzero(labels == source).flatten()
         n_flip = int(round(rate * len(members)))
         chosen = members[torch.randperm(len(members), generator=generator)[:n_flip]]
         noisy[chosen] = dest
     return noisy
+
+
+def stratified_split(labels: torch.Tensor, test_fraction: float, generator: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, test)`` indices holding out ``round(test_fraction * n_c)`` samples of every class ``c``
+    (at least one of a class with two or more), drawn from ``generator``; both sorted."""
+    test = []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        n = int(round(test_fraction * len(members)))
+        if len(members) >= 2:
+            n = min(max(n, 1), len(members) - 1)
+        test.append(members[:n])
+    test_idx = torch.sort(torch.cat(test)).values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[test_idx] = False
+    return torch.nonzero(mask).flatten(), test_idx

@@ -19,7 +19,7 @@ from lossforge.tasks.classification import (
     Classifier,
     Streams,
 )
-from lossforge.tasks.data import N_CLASSES, Split
+from lossforge.tasks.data import Split
 
 
 def smooth_targets(labels: torch.Tensor, n_classes: int, smoothing: float) -> torch.Tensor:
@@ -82,7 +82,7 @@ class RegularizeTask(ClassificationTask):
         self, x: torch.Tensor, y: torch.Tensor, streams: Streams
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.label_smoothing > 0:
-            return x, smooth_targets(y, N_CLASSES, self.label_smoothing).to(x.device)
+            return x, smooth_targets(y, self.n_classes, self.label_smoothing).to(x.device)
         return x, y
 
     def train_step(

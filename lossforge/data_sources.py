@@ -1,0 +1,283 @@
+"""The user's data: tables from CSV, Parquet, NPZ and NPY files, and arrays, DataFrames and torch Datasets
+from the Python API, read into one plain form (:class:`Table`).
+
+Workers and later processes (``show``, ``resume``) rebuild tasks from settings, so a task refers to its data by
+a file path plus the file's content hash, never by an object: in-memory data is first written to a
+content-addressed ``.npz`` file (:func:`materialize`). A file that changed since the run was made is refused.
+Nothing is unpickled: NPZ/NPY files are read with ``allow_pickle=False``.
+
+Inputs are min-max scaled per feature to [0, 1] over all rows (features only, never labels), the range the
+built-in procedures assume (attacks and input noise clamp to it). Class labels (numbers or strings) map to
+indices in sorted order; the mapping (``classes``) is stored in the task's settings, hence in the run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lossforge.errors import ConfigError
+
+#: File formats by suffix.
+FORMATS = (".csv", ".parquet", ".npz", ".npy")
+_TRUE = {"1", "true", "yes", "y", "t", "1.0"}
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows of one data file: features ``x`` float32 ``[N, D]``, raw labels ``y`` ``[N]`` (numbers or strings),
+    ``trusted`` flags ``[N]`` (None: no trusted column) and the feature names."""
+
+    x: np.ndarray
+    y: np.ndarray
+    trusted: np.ndarray | None
+    features: tuple[str, ...]
+
+
+def file_hash(path: str | Path) -> str:
+    """Content hash of a data file (16 hex digits): part of the task settings, so the cache key changes with it."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise ConfigError(f"data file {str(path)!r}: cannot read it ({exc.strerror or exc}); check the path") from None
+    return digest.hexdigest()[:16]
+
+
+def is_data_path(value: str) -> bool:
+    """Whether ``value`` names a data file by its suffix (a trusted *file* rather than a column)."""
+    return Path(value).suffix.lower() in FORMATS
+
+
+def _frame(path: Path) -> Any:
+    """A CSV or Parquet file as a pandas DataFrame (pandas, and pyarrow for Parquet, are optional extras)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ConfigError(f"{path}: reading CSV/Parquet needs pandas: pip install 'lossforge[data]'") from None
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path)
+        return pd.read_parquet(path)
+    except ImportError:
+        raise ConfigError(f"{path}: reading Parquet needs pyarrow: pip install 'lossforge[parquet]'") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read it as {path.suffix[1:]}: {str(exc).splitlines()[0]}") from None
+
+
+def _truthy(values: np.ndarray) -> np.ndarray:
+    return np.array([str(v).strip().lower() in _TRUE for v in values], dtype=bool)
+
+
+def _select(columns: Sequence[str], where: str, target: str, features: Sequence[str], trusted: str | None
+            ) -> list[str]:
+    columns = [str(c) for c in columns]
+    if target not in columns:
+        raise ConfigError(f"{where}: no target column {target!r}; columns are {', '.join(columns)}")
+    if trusted is not None and trusted not in columns:
+        raise ConfigError(f"{where}: no trusted column {trusted!r}; columns are {', '.join(columns)}")
+    missing = [f for f in features if f not in columns]
+    if missing:
+        raise ConfigError(f"{where}: no feature column(s) {missing}; columns are {', '.join(columns)}")
+    return list(features) or [c for c in columns if c not in (target, trusted)]
+
+
+def _features(values: Any, names: Sequence[str], where: str) -> np.ndarray:
+    try:
+        x = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        bad = next((n for n, col in zip(names, np.asarray(values, dtype=object).T) if not _numeric(col)), "?")
+        raise ConfigError(
+            f"{where}: feature column {bad!r} is not numeric; encode it as numbers or leave it out with features=[...]"
+        ) from None
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ConfigError(f"{where}: no feature columns left; name them with features=[...]")
+    if not np.isfinite(x).all():
+        col = names[int(np.nonzero(~np.isfinite(x).all(axis=0))[0][0])] if len(names) == x.shape[1] else "?"
+        raise ConfigError(f"{where}: feature column {col!r} has missing or non-finite values; fill or drop them")
+    return x
+
+
+def _numeric(column: np.ndarray) -> bool:
+    try:
+        np.asarray(column, dtype=np.float64)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def read_table(path: str | Path, target: str, features: Sequence[str] = (), trusted: str | None = None) -> Table:
+    """Read one data file. CSV/Parquet: ``target`` and ``trusted`` are column names, ``features`` the columns
+    to use (default: all others). NPZ: arrays ``x`` (``[N, D]`` or images ``[N, H, W]``/``[N, 1, H, W]``,
+    flattened) and ``target`` (default key ``y``), optional flags under ``trusted``. NPY: a 2-D numeric array
+    whose column ``target`` (an index, default the last) holds the labels."""
+    path = Path(path)
+    where = str(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ConfigError(f"{where}: unknown data format {suffix or '(none)'!r}; use one of {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise ConfigError(f"{where}: no such data file")
+    if suffix in (".csv", ".parquet"):
+        frame = _frame(path)
+        names = _select(frame.columns, where, target, features, trusted)
+        x = _features(frame[names].to_numpy(), names, where)
+        if frame[target].isna().any():
+            raise ConfigError(f"{where}: target column {target!r} has missing values; drop those rows")
+        flags = _truthy(frame[trusted].to_numpy()) if trusted is not None else None
+        return Table(x.astype(np.float32), frame[target].to_numpy(), flags, tuple(names))
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+        else:
+            arrays = {"array": np.load(path, allow_pickle=False)}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot read it as {suffix[1:]} without pickle: {str(exc).splitlines()[0]}") from None
+    if suffix == ".npy":
+        array = arrays["array"]
+        if array.ndim != 2 or array.shape[1] < 2:
+            raise ConfigError(f"{where}: an .npy file must be a 2-D array of feature columns and a label column")
+        column = -1 if target in ("", "y") else _index(target, array.shape[1], where)
+        keep = [i for i in range(array.shape[1]) if i != column % array.shape[1]]
+        names = [str(i) for i in keep]
+        return Table(_features(array[:, keep], names, where).astype(np.float32), array[:, column], None, tuple(names))
+    target = target or "y"
+    for key in ("x", target):
+        if key not in arrays:
+            raise ConfigError(f"{where}: no array {key!r}; arrays are {', '.join(arrays)}")
+    x = arrays["x"].reshape(len(arrays["x"]), -1)
+    names = [str(n) for n in arrays["features"]] if "features" in arrays else [str(i) for i in range(x.shape[1])]
+    flags = None
+    if trusted is not None:
+        if trusted not in arrays:
+            raise ConfigError(f"{where}: no trusted array {trusted!r}; arrays are {', '.join(arrays)}")
+        flags = _truthy(arrays[trusted])
+    y = arrays[target]
+    if len(y) != len(x):
+        raise ConfigError(f"{where}: {len(x)} inputs but {len(y)} labels; they must match")
+    return Table(_features(x, names, where).astype(np.float32), y, flags, tuple(names))
+
+
+def _index(value: str, width: int, where: str) -> int:
+    try:
+        index = int(value)
+    except ValueError:
+        raise ConfigError(f"{where}: in an .npy file the target is a column index; got {value!r}") from None
+    if not -width <= index < width:
+        raise ConfigError(f"{where}: target column {index} is out of range for {width} columns")
+    return index
+
+
+def _label_key(value: Any) -> str:
+    """A label as text: integral numbers without a fractional part (``3.0`` -> ``"3"``)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def infer_classes(labels: np.ndarray) -> tuple[str, ...]:
+    """Class names in index order: numeric labels sorted by value, others sorted as text."""
+    keys = {_label_key(v) for v in labels.tolist()}
+    try:
+        return tuple(sorted(keys, key=float))
+    except ValueError:
+        return tuple(sorted(keys))
+
+
+def encode_labels(labels: np.ndarray, classes: Sequence[str], where: str) -> np.ndarray:
+    """Class indices of ``labels`` under the stored mapping ``classes`` (index -> name)."""
+    index = {name: i for i, name in enumerate(classes)}
+    keys = [_label_key(v) for v in labels.tolist()]
+    unknown = sorted({k for k in keys if k not in index})
+    if unknown:
+        raise ConfigError(f"{where}: label(s) {unknown[:5]} are not among the classes {list(classes)}")
+    return np.array([index[k] for k in keys], dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=16)
+def cached_table(path: str, digest: str, target: str, features: tuple[str, ...], trusted: str | None) -> Table:
+    """:func:`read_table`, once per process, refusing a file whose content changed since ``digest`` was taken."""
+    now = file_hash(path)
+    if digest and now != digest:
+        raise ConfigError(f"data file {path!r} changed since this task was set up (hash {now}, expected {digest});"
+                          " restore it or start a new run")
+    return read_table(path, target, features, trusted)
+
+
+def scale_unit(x: np.ndarray) -> np.ndarray:
+    """Features min-max scaled per column to [0, 1] (constant columns become 0)."""
+    low, high = x.min(axis=0), x.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    return ((x - low) / span).astype(np.float32)
+
+
+# --- in-memory data: written once to a content-addressed file ------------------------------------------------
+
+
+def _to_arrays(data: Any, target: str | None, trusted: str | None) -> dict[str, np.ndarray]:
+    if isinstance(data, tuple) and len(data) in (2, 3):
+        arrays = {"x": np.asarray(data[0]), "y": np.asarray(data[1])}
+        if len(data) == 3:
+            arrays["trusted"] = np.asarray(data[2], dtype=bool)
+        return arrays
+    if hasattr(data, "columns") and hasattr(data, "to_numpy"):  # a pandas DataFrame
+        if target is None:
+            raise ConfigError("a DataFrame needs target='COLUMN' naming its label column")
+        names = _select(list(data.columns), "DataFrame", target, (), trusted)
+        arrays = {"x": _features(data[names].to_numpy(), names, "DataFrame"), "y": data[target].to_numpy(),
+                  "features": np.array(names, dtype=str)}
+        if trusted is not None:
+            arrays["trusted"] = _truthy(data[trusted].to_numpy())
+        return arrays
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):  # a map-style torch Dataset of (x, y)
+        xs, ys = [], []
+        for i in range(len(data)):
+            item = data[i]
+            if not (isinstance(item, (tuple, list)) and len(item) >= 2):
+                raise ConfigError("a Dataset must yield (input, label) pairs")
+            xs.append(np.asarray(item[0], dtype=np.float32))
+            ys.append(np.asarray(item[1]).item())
+        if not xs:
+            raise ConfigError("the Dataset is empty")
+        return {"x": np.stack(xs), "y": np.asarray(ys)}
+    raise ConfigError(f"data must be a file path, (x, y) arrays, a DataFrame or a torch Dataset; got {type(data).__name__}")
+
+
+def materialize(data: Any, directory: str | Path, target: str | None = None, trusted: str | None = None
+                ) -> tuple[Path, str, str | None]:
+    """Write in-memory ``data`` to ``directory/<hash>.npz`` (atomically; an existing equal file is reused) and
+    return ``(path, target key, trusted key)`` for the task settings. Labels are stored as numbers or text
+    (never objects), so reading them back needs no pickle."""
+    arrays = _to_arrays(data, target, trusted)
+    y = arrays["y"]
+    if y.dtype == object or y.dtype.kind in "SU":
+        arrays["y"] = np.array([_label_key(v) for v in y.tolist()], dtype=str)
+    if arrays["x"].dtype == object:
+        raise ConfigError("inputs must be numeric arrays")
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        digest.update(key.encode() + str(arrays[key].dtype).encode() + str(arrays[key].shape).encode())
+        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = (directory / f"{digest.hexdigest()[:16]}.npz").resolve()
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return path, "y", ("trusted" if "trusted" in arrays else None)

@@ -1,0 +1,486 @@
+"""Tasks on the user's own data: the built-in classification task and its procedures, fed from a file.
+
+``dataset`` is the path of a data file (CSV, Parquet, NPZ, NPY; see :mod:`lossforge.data_sources`); ``target``
+names the label column, ``features`` the input columns (default: all others). Labels are noisy in one of two
+ways, and the task refuses to guess which:
+
+* **injected** (``noise`` = ``symmetric`` | ``asymmetric`` with ``flips`` | ``pair`` at ``noise_rate``): the
+  file's labels are taken as clean; a seeded stratified ``test_fraction`` is held out (or ``test_data``, a second
+  file, is the test set), training labels are corrupted, and every loss is scored on the clean test labels;
+* **already noisy** (``trusted``): a column (or array) flagging rows whose labels are known to be right, or a
+  second file of clean rows. Training uses the other rows as they are; every loss is scored on the trusted rows.
+  :meth:`UserClassificationTask.noise_estimate` then estimates the noise's transition matrix from them.
+
+``classes`` (label names in index order) and ``data_hash`` are filled in on construction and stored with the
+settings, so a run reopened in another process maps labels alike and refuses a data file that has changed.
+``image_shape = [H, W]`` reads each row as a one-channel image: the CNN and the image augmentations apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from lossforge import data_sources
+from lossforge.errors import ConfigError
+from lossforge.tasks.adversarial import AdversarialTask
+from lossforge.tasks.augment import AugmentTask
+from lossforge.tasks.base import LossLike, Task, TaskResult, check_int_list, require
+from lossforge.tasks.classification import Classifier, ClassificationTask
+from lossforge.tasks.data import Split, add_label_noise, generator, stratified_split
+from lossforge.tasks.regularize import RegularizeTask
+from lossforge.tasks.torchfunc import StackedModule, build_one, is_factory_path
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The user's rows as tensors: inputs in [0, 1] ``[N, D]`` or ``[N, 1, H, W]``, class indices, trusted flags;
+    ``test`` is the separate test/trusted file's rows when there is one."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    trusted: torch.Tensor | None
+    test: tuple[torch.Tensor, torch.Tensor] | None
+
+
+@dataclass
+class UserData:
+    """Settings and data handling shared by the own-data tasks (a mixin placed before the task class)."""
+
+    user_models: ClassVar[bool] = True
+
+    dataset: str = ""
+    target: str = "y"
+    features: tuple[str, ...] = ()
+    trusted: str | None = None
+    test_data: str | None = None
+    classes: tuple[str, ...] = ()
+    flips: tuple[tuple[str, str], ...] = ()
+    image_shape: tuple[int, int] | None = None
+    data_hash: str = ""
+
+    def check_data(self) -> None:
+        require(isinstance(self.dataset, str) and self.dataset != "",
+                "dataset must be the path of a data file (.csv, .parquet, .npz, .npy)")
+        self.dataset = str(Path(self.dataset).expanduser().resolve())
+        for name in ("trusted", "test_data"):
+            value = getattr(self, name)
+            require(value is None or (isinstance(value, str) and value != ""), f"{name} must be a name or a path")
+        if self.trusted is not None and data_sources.is_data_path(self.trusted):
+            self.trusted = str(Path(self.trusted).expanduser().resolve())
+        if self.test_data is not None:
+            self.test_data = str(Path(self.test_data).expanduser().resolve())
+        require(isinstance(self.features, (list, tuple)) and all(isinstance(f, str) for f in self.features),
+                f"features must be a list of column names; got {self.features!r}")
+        self.features = tuple(self.features)
+        if self.image_shape is not None:
+            self.image_shape = check_int_list(self.image_shape, "image_shape", allow_empty=False)
+            require(len(self.image_shape) == 2, f"image_shape must be [height, width]; got {list(self.image_shape)}")
+        # settings are checked before the files are read, so a bad setting is named, not a file error
+        digest = self._hash_files()
+        require(not self.data_hash or self.data_hash == digest,
+                f"{self.dataset}: the data changed since this task was set up (hash {digest}, stored "
+                f"{self.data_hash}); restore the file or start a new run")
+        self.data_hash = digest
+        self._check_noise_mode()
+        main, other = self._tables()
+        self.features = main.features  # inferred ones are stored, so the run says what was used
+        if not self.classes:
+            labels = [main.y] + ([other.y] if other is not None else [])
+            self.classes = data_sources.infer_classes(np.concatenate([np.asarray(v, dtype=object) for v in labels]))
+        self.classes = tuple(str(c) for c in self.classes)
+        require(len(self.classes) >= 2,
+                f"{self.dataset}: the target {self.target!r} has a single class {list(self.classes)}; "
+                "a classifier needs at least two")
+        self.flips = tuple((str(s), str(d)) for s, d in self.flips)
+        unknown = sorted({c for pair in self.flips for c in pair} - set(self.classes))
+        require(not unknown, f"flips name unknown class(es) {unknown}; classes are {list(self.classes)}")
+        require(self.noise != "asymmetric" or bool(self.flips),
+                "asymmetric noise on your data needs flips = [[source, destination], ...] class names "
+                "(CLI: --noise asymmetric:0.3:cat>dog,dog>cat)")
+        prepared = self.prepared()  # reads and checks every row once
+        if self.image_shape is not None:
+            require(main.x.shape[1] == self.image_shape[0] * self.image_shape[1],
+                    f"image_shape {list(self.image_shape)} needs {self.image_shape[0] * self.image_shape[1]} "
+                    f"features; the data has {main.x.shape[1]}")
+        if is_factory_path(self.model):  # a factory that raises or returns no module fails here, in one line
+            build_one(self.model, int(prepared.x[0].numel()), self.n_classes, 0)
+        if prepared.trusted is not None:
+            n = int(prepared.trusted.sum())
+            require(n > 0, f"{self.dataset}: the trusted column {self.trusted!r} marks no rows; mark clean rows 1/true")
+            require(n < len(prepared.y), f"{self.dataset}: every row is trusted; nothing noisy is left to train on")
+
+    def _check_noise_mode(self) -> None:
+        noisy = self.noise != "none" and self.noise_rate > 0
+        require(noisy or self.trusted is not None,
+                "say how the labels are noisy: inject noise (noise = 'symmetric' with noise_rate; CLI --noise "
+                "symmetric:0.4) or name a trusted clean subset (trusted = COLUMN or FILE; CLI --trusted)")
+        require(not (noisy and self.trusted is not None),
+                "choose one: injected noise (noise) for clean labels, or a trusted subset (trusted) for noisy ones")
+        require(self.test_data is None or self.trusted is None,
+                "with a trusted subset the losses are scored on it; drop test_data")
+
+    def _other_file(self) -> str | None:
+        if self.trusted is not None and data_sources.is_data_path(self.trusted):
+            return self.trusted
+        return self.test_data
+
+    def _hash_files(self) -> str:
+        files = [self.dataset] + ([self._other_file()] if self._other_file() else [])
+        hashes = "+".join(data_sources.file_hash(f) for f in files)
+        return hashlib.sha256(hashes.encode()).hexdigest()[:16]
+
+    def _tables(self) -> tuple[data_sources.Table, data_sources.Table | None]:
+        flag = self.trusted if self.trusted is not None and not data_sources.is_data_path(self.trusted) else None
+        main = data_sources.cached_table(self.dataset, data_sources.file_hash(self.dataset), self.target,
+                                         self.features, flag)
+        other_path = self._other_file()
+        other = None
+        if other_path is not None:
+            other = data_sources.cached_table(other_path, data_sources.file_hash(other_path), self.target,
+                                              main.features, None)
+        return main, other
+
+    def prepared(self) -> Prepared:
+        """Every row as tensors, scaled with the main file's per-feature range (cached per settings)."""
+        key = (self.dataset, self.data_hash, self.target, self.features, self.trusted, self.test_data, self.classes,
+               self.image_shape)
+        hit = _PREPARED.get(key)
+        if hit is not None:
+            return hit
+        main, other = self._tables()
+        low, high = main.x.min(axis=0), main.x.max(axis=0)
+        span = np.where(high > low, high - low, 1.0)
+
+        def inputs(x: np.ndarray) -> torch.Tensor:
+            scaled = torch.tensor(np.clip((x - low) / span, 0.0, 1.0), dtype=torch.float32)
+            if self.image_shape is not None:
+                scaled = scaled.reshape(len(scaled), 1, *self.image_shape)
+            return scaled
+
+        y = torch.tensor(data_sources.encode_labels(main.y, self.classes, self.dataset))
+        trusted = torch.tensor(main.trusted) if main.trusted is not None else None
+        test = None
+        if other is not None:
+            labels = data_sources.encode_labels(other.y, self.classes, str(self._other_file()))
+            test = (inputs(other.x), torch.tensor(labels))
+        prepared = Prepared(inputs(main.x), y, trusted, test)
+        _PREPARED[key] = prepared
+        return prepared
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def build_model(self, n_models: int, n_features: int, n_classes: int, init: torch.Generator) -> Classifier:
+        """The built-in MLP/CNN, or K stacked copies of the user's module (:mod:`lossforge.tasks.torchfunc`)."""
+        if not is_factory_path(self.model):
+            return super().build_model(n_models, n_features, n_classes, init)  # type: ignore[misc]
+        seed = int(torch.randint(0, 2**62, (1,), generator=init))
+        module = build_one(self.model, n_features, n_classes, seed)
+        sample_dims = 1 if self.image_shape is None else 3
+        return Classifier(StackedModule(module, n_models, sample_dims, self.model), flatten_images=False)
+
+    def evaluate(self, losses: Sequence[LossLike], seed: int, device: str = "cpu") -> list[TaskResult]:
+        if not is_factory_path(self.model):
+            return super().evaluate(losses, seed, device)  # type: ignore[misc]
+        # a user module's random layers draw from torch's global generator: seed it for this evaluation only
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator(seed, "dropout"))))
+            return super().evaluate(losses, seed, device)  # type: ignore[misc]
+
+    def flip_indices(self) -> dict[int, int]:
+        index = {name: i for i, name in enumerate(self.classes)}
+        return {index[s]: index[d] for s, d in self.flips}
+
+    def data(self, seed: int) -> Split:
+        """The seed's split: trusted rows (or file) as the clean test set, or a seeded stratified hold-out (or
+        ``test_data``) with injected noise on the training labels."""
+        rows = self.prepared()
+        if self.trusted is not None:
+            if rows.test is not None:
+                x_train, y_train, (x_test, y_test) = rows.x, rows.y, rows.test
+            else:
+                x_train, y_train = rows.x[~rows.trusted], rows.y[~rows.trusted]
+                x_test, y_test = rows.x[rows.trusted], rows.y[rows.trusted]
+            if self.n_train is not None:
+                keep = torch.randperm(len(y_train), generator=generator(seed, "split"))[: self.n_train]
+                x_train, y_train = x_train[keep], y_train[keep]
+            return Split(x_train, y_train, x_test, y_test, self.n_classes)
+        if rows.test is not None:
+            train = torch.randperm(len(rows.y), generator=generator(seed, "split"))
+            x_test, y_test = rows.test
+        else:
+            train, test = stratified_split(rows.y, self.test_fraction, generator(seed, "split"))
+            train = train[torch.randperm(len(train), generator=generator(seed, "subset"))]
+            x_test, y_test = rows.x[test], rows.y[test]
+        if self.n_train is not None:
+            train = train[: self.n_train]
+        y_train = rows.y[train]
+        noisy = add_label_noise(y_train, self.n_classes, self.noise, self.noise_rate, generator(seed, "noise"),
+                                self.flip_indices() if self.noise == "asymmetric" else None)
+        return Split(rows.x[train], noisy, x_test, y_test, self.n_classes)
+
+    def noise_estimate(self, seed: int = 0) -> np.ndarray:
+        """The label-noise transition matrix ``T[i, j] = P(noisy label j | true class i)`` estimated from the
+        trusted rows (Hendrycks et al., 2018, "gold loss correction"): a classifier fit to the noisy rows
+        predicts noisy-label probabilities, averaged over the trusted rows of each true class."""
+        require(self.trusted is not None, "the noise can be estimated only with a trusted subset (trusted = ...)")
+        split = self.data(seed)
+        return estimate_transition(split.x_train.flatten(1).numpy(), split.y_train.numpy(),
+                                   split.x_test.flatten(1).numpy(), split.y_test.numpy(), self.n_classes)
+
+
+_PREPARED: dict[tuple, Prepared] = {}
+
+
+def estimate_transition(x_noisy: np.ndarray, y_noisy: np.ndarray, x_clean: np.ndarray, y_clean: np.ndarray,
+                        n_classes: int) -> np.ndarray:
+    """``T[i, j]``: mean predicted probability of noisy label ``j`` over clean rows of class ``i`` (a row of a
+    class with no clean rows is uniform). The classifier is a multinomial logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(max_iter=500)
+    model.fit(x_noisy, y_noisy)
+    probs = np.zeros((len(x_clean), n_classes))
+    probs[:, model.classes_] = model.predict_proba(x_clean)
+    matrix = np.full((n_classes, n_classes), 1.0 / n_classes)
+    for c in range(n_classes):
+        if (y_clean == c).any():
+            matrix[c] = probs[y_clean == c].mean(axis=0)
+    return matrix
+
+
+def format_transition(matrix: np.ndarray, classes: tuple[str, ...]) -> str:
+    """The matrix as a small text table, rows = true class, columns = noisy label."""
+    width = max(6, *(len(c) for c in classes))
+    head = " " * width + " " + " ".join(f"{c:>{width}}" for c in classes)
+    rows = [f"{c:>{width}} " + " ".join(f"{v:>{width}.2f}" for v in row) for c, row in zip(classes, matrix)]
+    return "\n".join([head, *rows])
+
+
+@dataclass
+class UserClassificationTask(UserData, ClassificationTask):
+    """Label noise on the user's data (type ``user``); scored on clean test labels (``acc_clean``)."""
+
+    kind_name: ClassVar[str] = "user"
+    noise: str = "none"
+
+
+@dataclass
+class UserAugmentTask(UserData, AugmentTask):
+    """Augmentation on the user's data (type ``user_augment``): input noise and mixup for tabular data, the
+    image augmentations with ``image_shape``."""
+
+    kind_name: ClassVar[str] = "user_augment"
+    noise: str = "none"
+    augmentations: tuple[str, ...] = ("noise", "mixup")
+
+
+@dataclass
+class UserAdversarialTask(UserData, AdversarialTask):
+    """Adversarial training on the user's data (type ``user_adversarial``)."""
+
+    kind_name: ClassVar[str] = "user_adversarial"
+    noise: str = "none"
+
+
+@dataclass
+class UserRegularizeTask(UserData, RegularizeTask):
+    """Regularisation on the user's data (type ``user_regularize``): dropout, label smoothing, entropy."""
+
+    kind_name: ClassVar[str] = "user_regularize"
+    noise: str = "none"
+
+
+#: Procedure name (CLI ``--procedures``) -> own-data task type.
+PROCEDURES: dict[str, str] = {"plain": "user", "augment": "user_augment", "adversarial": "user_adversarial",
+                              "regularize": "user_regularize"}
+
+
+def user_task(procedure: str, **settings: Any) -> ClassificationTask:
+    """The own-data task of ``procedure`` (see :data:`PROCEDURES`) with ``settings``."""
+    from lossforge.tasks.registry import make_task
+
+    if procedure not in PROCEDURES:
+        raise ConfigError(f"procedure must be one of {', '.join(PROCEDURES)}; got {procedure!r}")
+    return make_task(PROCEDURES[procedure], **settings)  # type: ignore[return-value]
+
+
+# --- regression on the user's data ---------------------------------------------------------------------------
+
+#: Injected target noise of the own-data regression task.
+REGRESSION_NOISE = ("none", "gaussian", "outliers")
+
+
+@dataclass
+class UserRegressionTask(Task):
+    """Regression on the user's data (type ``user_regression``). **Score: minus the mean squared error on clean
+    test targets** (standardised units).
+
+    Noise, as for classification, in one of two ways: injected into the training targets (``noise`` =
+    ``gaussian`` with ``noise_std``, or ``outliers``: that noise plus, on ``outlier_fraction`` of the rows, a
+    one-sided offset uniform in [scale/2, 3 scale/2], both in target standard deviations), or already present
+    with ``trusted`` clean rows (a column or a file) that score every loss and feed the noise model
+    (:meth:`noise_estimate`). Targets are standardised with the main file's mean and deviation; features are
+    scaled to [0, 1]. The models are K batched MLPs (``hidden``, tanh) trained full-batch with Adam.
+    """
+
+    kind_name: ClassVar[str] = "user_regression"
+    problem: ClassVar[str] = "regression"
+    reference: ClassVar[str] = "mse"
+
+    dataset: str = ""
+    target: str = "y"
+    features: tuple[str, ...] = ()
+    trusted: str | None = None
+    test_data: str | None = None
+    test_fraction: float = 0.3
+    noise: str = "none"
+    noise_std: float = 0.5
+    outlier_fraction: float = 0.1
+    outlier_scale: float = 5.0
+    hidden: tuple[int, ...] = (32,)
+    steps: int = 300
+    lr: float = 0.01
+    data_hash: str = ""
+
+    def __post_init__(self) -> None:
+        from lossforge.tasks.base import check_choice, check_positive_int, check_range
+
+        require(isinstance(self.dataset, str) and self.dataset != "",
+                "dataset must be the path of a data file (.csv, .parquet, .npz, .npy)")
+        self.dataset = str(Path(self.dataset).expanduser().resolve())
+        if self.trusted is not None and data_sources.is_data_path(self.trusted):
+            self.trusted = str(Path(self.trusted).expanduser().resolve())
+        if self.test_data is not None:
+            self.test_data = str(Path(self.test_data).expanduser().resolve())
+        self.features = tuple(self.features)
+        check_choice(self.noise, "noise", REGRESSION_NOISE)
+        check_range(self.test_fraction, "test_fraction", 0.05, 0.95, high_open=False)
+        check_range(self.noise_std, "noise_std", 0.0, 10.0, high_open=False)
+        check_range(self.outlier_fraction, "outlier_fraction", 0.0, 0.5)
+        check_range(self.outlier_scale, "outlier_scale", 0.0, 100.0, high_open=False)
+        self.hidden = check_int_list(self.hidden, "hidden", allow_empty=True)
+        check_positive_int(self.steps, "steps")
+        check_range(self.lr, "lr", 1e-8, 10.0)
+        require(self.noise != "none" or self.trusted is not None,
+                "say how the targets are noisy: inject noise (noise = 'gaussian' or 'outliers'; CLI --noise "
+                "gaussian:0.5) or name a trusted clean subset (trusted = COLUMN or FILE; CLI --trusted)")
+        require(self.noise == "none" or self.trusted is None,
+                "choose one: injected noise (noise) for clean targets, or a trusted subset (trusted) for noisy ones")
+        files = [self.dataset] + ([self._other()] if self._other() else [])
+        digest = hashlib.sha256("+".join(data_sources.file_hash(f) for f in files).encode()).hexdigest()[:16]
+        require(not self.data_hash or self.data_hash == digest,
+                f"{self.dataset}: the data changed since this task was set up (hash {digest}, stored "
+                f"{self.data_hash}); restore the file or start a new run")
+        self.data_hash = digest
+        x, y, trusted, _ = self._rows()
+        if trusted is not None:
+            require(bool(trusted.any()), f"{self.dataset}: the trusted column {self.trusted!r} marks no rows; "
+                    "mark clean rows 1/true")
+            require(not bool(trusted.all()), f"{self.dataset}: every row is trusted; nothing noisy is left to train on")
+
+    def _other(self) -> str | None:
+        if self.trusted is not None and data_sources.is_data_path(self.trusted):
+            return self.trusted
+        return self.test_data
+
+    def _rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        flag = self.trusted if self.trusted is not None and not data_sources.is_data_path(self.trusted) else None
+        main = data_sources.cached_table(self.dataset, data_sources.file_hash(self.dataset), self.target,
+                                         self.features, flag)
+        self.features = main.features
+
+        def numeric(values: np.ndarray, where: str) -> np.ndarray:
+            try:
+                return np.asarray(values, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: the target {self.target!r} is not numeric; a regression needs "
+                                  "numbers (use problem = classification for labels)") from None
+
+        y = numeric(main.y, self.dataset)
+        require(bool(np.isfinite(y).all()), f"{self.dataset}: target {self.target!r} has missing values")
+        mean, std = float(y.mean()), float(y.std()) or 1.0
+        low, high = main.x.min(axis=0), main.x.max(axis=0)
+        span = np.where(high > low, high - low, 1.0)
+
+        def inputs(x: np.ndarray) -> torch.Tensor:
+            return torch.tensor(np.clip((x - low) / span, 0.0, 1.0), dtype=torch.float32)
+
+        other = None
+        if self._other() is not None:
+            table = data_sources.cached_table(self._other(), data_sources.file_hash(self._other()), self.target,
+                                              main.features, None)
+            other = (inputs(table.x), torch.tensor((numeric(table.y, self._other()) - mean) / std, dtype=torch.float32))
+        trusted = torch.tensor(main.trusted) if main.trusted is not None else None
+        return inputs(main.x), torch.tensor((y - mean) / std, dtype=torch.float32), trusted, other
+
+    def data(self, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_train, y_train noisy, x_test, y_test clean)`` of one seed."""
+        x, y, trusted, other = self._rows()
+        if self.trusted is not None:
+            if other is not None:
+                return x, y, *other
+            return x[~trusted], y[~trusted], x[trusted], y[trusted]
+        order = torch.randperm(len(y), generator=generator(seed, "split"))
+        if other is not None:
+            train, (x_test, y_test) = order, other
+        else:
+            n_test = int(round(self.test_fraction * len(y)))
+            train, test = order[n_test:], order[:n_test]
+            x_test, y_test = x[test], y[test]
+        noise_gen = generator(seed, "noise")
+        y_train = y[train] + self.noise_std * torch.randn(len(train), generator=noise_gen)
+        if self.noise == "outliers":
+            n_out = int(round(self.outlier_fraction * len(train)))
+            chosen = torch.randperm(len(train), generator=noise_gen)[:n_out]
+            offset = self.outlier_scale * (0.5 + torch.rand(n_out, generator=noise_gen))
+            y_train[chosen] += offset
+        return x[train], y_train, x_test, y_test
+
+    def noise_estimate(self, seed: int = 0) -> dict[str, float]:
+        """The target noise model from the trusted rows (standardised units): a ridge regression fit to the
+        trusted rows predicts clean targets of the others; their residuals' median (bias), MAD-based
+        deviation and the fraction beyond 3 deviations (outliers) - the regression task's noise model."""
+        from sklearn.linear_model import RidgeCV
+
+        from lossforge.tasks.regression import robust_location_scale
+
+        require(self.trusted is not None, "the noise can be estimated only with a trusted subset (trusted = ...)")
+        x_train, y_train, x_test, y_test = self.data(seed)
+        clean = RidgeCV().fit(x_test.numpy(), y_test.numpy())
+        residuals = y_train.numpy() - clean.predict(x_train.numpy())
+        bias, spread = robust_location_scale(residuals)
+        outliers = float(np.mean(np.abs(residuals - bias) > 3 * max(spread, 1e-12)))
+        return {"bias": bias, "std": spread, "outlier_fraction": outliers}
+
+    def evaluate(self, losses: Sequence[LossLike], seed: int, device: str = "cpu") -> list[TaskResult]:
+        from lossforge.nn import BatchedMLP, BatchedTrainer
+        from lossforge.tasks.base import finite_or_worst
+
+        if not losses:
+            return []
+        x_train, y_train, x_test, y_test = (t.to(device) for t in self.data(seed))
+        model = BatchedMLP(len(losses), [x_train.shape[1], *self.hidden, 1], generator(seed, "init"),
+                           activation="tanh").to(device)
+        trainer = BatchedTrainer(model, losses, torch.optim.Adam(model.parameters(), lr=self.lr))
+        for _ in range(self.steps):
+            trainer.step(model(x_train).squeeze(-1), y_train)
+        with torch.no_grad():
+            errors = ((model(x_test).squeeze(-1) - y_test) ** 2).mean(dim=1).double().cpu()
+        results = []
+        for k, failure in enumerate(trainer.failures):
+            if failure is not None:
+                results.append(TaskResult.failed(failure, self.worst_score))
+            elif not bool(torch.isfinite(errors[k])):
+                results.append(TaskResult.failed("non-finite predictions on the test inputs", self.worst_score))
+            else:
+                mse = float(errors[k])
+                results.append(TaskResult(finite_or_worst(-mse, self.worst_score), {"mse_clean": mse}))
+        return results
