@@ -25,7 +25,7 @@ from lossforge.errors import LossforgeError
 
 settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, database=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-settings.register_profile("large", max_examples=600, deadline=None, database=None,
+settings.register_profile("large", max_examples=300, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 PROFILE = "large" if os.environ.get("LOSSFORGE_FUZZ") == "large" else "ci"
 
