@@ -1,36 +1,38 @@
-"""The search loop: generations of ask (variation) -> score -> tell (selection), recorded in the run file.
+"""The search loop: generations of breed (selection + variation) -> evaluate -> survive, recorded in the run file.
+
+The loop reads like DEAP's ``eaSimple``; what a generation does is delegated: the selection and variation
+strategies (:mod:`lossforge.selection`) breed offspring and pick survivors, and the
+:class:`~lossforge.evaluator.Evaluator` gives each new loss a fitness (cache, rejection, chunked
+training on the executor, fitness), each result written to the run file as it arrives.
 
 Every generation seeds Python's ``random`` (which DEAP's operators use) from (run seed, generation), so
 the run is reproducible, independent of ``jobs``, and can be resumed from its last recorded generation.
-Candidates are de-duplicated by canonical key before scoring (a loss is never trained twice in a run),
-cheap checks reject hopeless ones, and the rest are scored in chunks (each chunk one batched model per
-task, at most ``chunk_size`` losses, at least one chunk per worker) by the executor; each result is
-written to the run file as soon as it arrives.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import random
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TextIO
-
-from deap import algorithms, tools
+from typing import Any, Callable, Sequence, TextIO
 
 from lossforge import gp
 from lossforge.errors import ConfigError, RunError
-from lossforge.executor import ChunkTimeout, make_executor
+from lossforge.evaluator import FULL, Evaluation, Evaluator, Fidelity
+from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
-from lossforge.progress import Progress, make_progress
+from lossforge.progress import GenerationStats, Progress, make_progress
 from lossforge.rejection import probe, rejection_reason
-from lossforge.scoring import ChunkResult, Suite, failed_chunk, load_suite, score_chunk_safe, suite_from_spec
+from lossforge.scoring import ChunkResult, Suite, load_suite, suite_from_spec
+from lossforge.selection import SELECTIONS, VARIATIONS, make_selection, make_variation
 from lossforge.space import SearchSpace, load_space
-from lossforge.storage import CandidateState, RunStatus, RunStore
+from lossforge.storage import CandidateRecord, CandidateState, RunStatus, RunStore
+
+__all__ = ["SearchConfig", "Search", "GenerationStats", "Evaluation", "Callback", "DISPLAY_BASELINES"]
 
 #: Baselines scored on every run's suite, shown beside the evolved losses.
 DISPLAY_BASELINES = {"regression": ("mse", "huber", "mae"), "classification": ("cross_entropy", "gce", "mae")}
@@ -67,38 +69,47 @@ def memory_chunk_cap(chunk_size: int, bytes_per_model: int, n_workers: int, avai
     return max(1, min(chunk_size, int(budget // (n_workers * bytes_per_model))))
 
 
+def _setting(default: Any, help: str, **cli: Any) -> Any:
+    """A SearchConfig field with its help text (and CLI details: ``flag``, ``choices``, ``metavar``,
+    ``type``) in its metadata; the CLI options are generated from these."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class SearchConfig:
-    """Settings of a search. Stored in the run file; every field is plain data."""
+    """Settings of a search. Stored in the run file; every field is plain data. The one place where the
+    search's defaults and their help texts are written (the CLI and :func:`lossforge.search` read them)."""
 
-    population: int = 40
-    generations: int = 8
-    seed: int = 0
-    space: str = "survey"
-    suite: str = "regression"
-    jobs: int = -1
-    #: "serial", "joblib" (default, one machine) or "dask" (a cluster: scheduler address or local workers)
-    executor: str = "joblib"
-    scheduler: str | None = None
-    dask_workers: int | None = None
-    #: a chunk of candidates scoring longer than this (seconds) is stopped and its candidates fail
-    chunk_timeout_s: float | None = None
-    chunk_size: int = 16
-    tournament_size: int = 3
-    crossover_prob: float = 0.7
-    mutation_prob: float = 0.4
-    elite: int = 2
-    hall_of_fame: int = 10
-    device: str = "cpu"
-    #: "tournament" (single objective, elitist) or "nsga2" (fitness vs complexity, Pareto front)
-    selection: str = "tournament"
-    #: put the known losses the space can express into generation 0
-    seed_baselines: bool = False
-    #: re-score this many hall-of-fame losses on the suite's validation seeds when the search ends
-    validate_top: int = 5
-    #: tune the constants of this many best losses (SPSA on the search seeds) when the search ends
-    tune_top: int = 0
-    tune_iterations: int = 4
+    population: int = _setting(40, "individuals per generation", type="positive_int")
+    generations: int = _setting(8, "generations after generation 0", type="positive_int")
+    seed: int = _setting(0, "seed of every random choice (same seed, same run, whatever the workers)")
+    space: str = _setting("survey", "search space name or .toml file")
+    suite: str = _setting("regression", "suite name or .toml file")
+    jobs: int = _setting(-1, "worker processes (-1: all cores)", type="jobs")
+    executor: str = _setting("joblib", "joblib: worker processes on this machine; dask: a cluster "
+                             "(--scheduler or --dask-workers)", choices=("joblib", "serial", "dask"))
+    scheduler: str | None = _setting(None, "dask scheduler address, e.g. tcp://10.0.0.5:8786", metavar="ADDRESS")
+    dask_workers: int | None = _setting(None, "start a local dask cluster of N workers", metavar="N",
+                                        type="positive_int")
+    chunk_timeout_s: float | None = _setting(
+        None, "stop a chunk of candidates scoring longer than this and fail them with that reason",
+        flag="--chunk-timeout", metavar="SECONDS")
+    chunk_size: int = _setting(16, "at most this many candidates trained as one batched model (a generation is "
+                               "split evenly over the workers)", type="positive_int")
+    tournament_size: int = _setting(3, "individuals per selection tournament")
+    crossover_prob: float = _setting(0.7, "probability that a pair of parents is crossed over")
+    mutation_prob: float = _setting(0.4, "probability that a child is mutated")
+    elite: int = _setting(2, "best individuals kept unchanged each generation (tournament selection)")
+    hall_of_fame: int = _setting(10, "best distinct losses kept in the hall of fame")
+    device: str = _setting("cpu", "torch device for training (cpu, cuda, ...)")
+    selection: str = _setting("tournament", "single-objective tournament, or NSGA-II over fitness vs complexity",
+                              choices=tuple(SELECTIONS))
+    variation: str = _setting("varand", "varand: crossover and mutation of parents; random: fresh random trees "
+                              "(the random-search control)", choices=tuple(VARIATIONS))
+    seed_baselines: bool = _setting(False, "start from the known losses the space can express")
+    validate_top: int = _setting(5, "re-score this many best losses on the suite's validation seeds at the end")
+    tune_top: int = _setting(0, "tune the constants of this many best losses (SPSA) at the end")
+    tune_iterations: int = _setting(4, "SPSA iterations per tuned loss")
 
     def __post_init__(self) -> None:
         checks = [
@@ -116,7 +127,8 @@ class SearchConfig:
             (0.0 <= self.mutation_prob <= 1.0, "mutation_prob must be in [0, 1]"),
             (self.elite >= 0, "elite must be >= 0"),
             (self.hall_of_fame >= 1, "hall_of_fame must be at least 1"),
-            (self.selection in ("tournament", "nsga2"), "selection must be 'tournament' or 'nsga2'"),
+            (self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}"),
+            (self.variation in VARIATIONS, f"variation must be one of {', '.join(VARIATIONS)}"),
             (self.validate_top >= 0, "validate_top must be >= 0"),
             (self.tune_top >= 0 and self.tune_iterations >= 1, "tune_top must be >= 0 and tune_iterations >= 1"),
         ]
@@ -128,227 +140,143 @@ class SearchConfig:
         """Plain data."""
         return dataclasses.asdict(self)
 
-
-@dataclass
-class Evaluation:
-    """The outcome of scoring one loss (shared by every individual with its canonical key)."""
-
-    status: CandidateState
-    fitness: float
-    reason: str | None = None
-    task_scores: dict[str, Any] = field(default_factory=dict)
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
+        """A stored config (fields added since it was written take their defaults)."""
+        return cls(**data)
 
 
-@dataclass
-class GenerationStats:
-    """What a generation did, for progress lines and the run file."""
-
-    gen: int
-    evaluated: int
-    cache_hits: int
-    rejected: int
-    failed: int
-    best: float
-    median: float
-    best_formula: str
-    seconds: float
-
-    def line(self) -> str:
-        """One progress line."""
-        return (
-            f"gen {self.gen:3d}  trained {self.evaluated:3d}  cached {self.cache_hits:3d}  "
-            f"rejected {self.rejected:3d}  failed {self.failed:3d}  best {self.best:.4f}  "
-            f"median {self.median:.4f}  {self.seconds:6.1f}s  best: {self.best_formula}"
-        )
+#: ``callback(stats, hall_of_fame) -> bool | None``, called after every generation; True stops the search
+#: (the run is then ``stopped`` and can be resumed).
+Callback = Callable[[GenerationStats, list[CandidateRecord]], "bool | None"]
 
 
 class Search:
     """A search bound to a run file. Build with :meth:`create` (new run) or :meth:`resume`."""
 
     def __init__(self, store: RunStore, config: SearchConfig, space: SearchSpace, suite: Suite,
-                 quiet: bool = True, stream: TextIO | None = None) -> None:
+                 quiet: bool = True, stream: TextIO | None = None, callbacks: Sequence[Callback] = ()) -> None:
         self.store = store
         self.config = config
         self.space = space
         self.suite = suite
-        self.suite_spec = suite.spec()
         self.quiet, self.stream = quiet, stream
+        self.callbacks = list(callbacks)
         self.reporter: Progress = make_progress(1, config.population, quiet=True)
-        self.individual_class = gp.ParetoIndividual if config.selection == "nsga2" else gp.Individual
+        self.selection = make_selection(config)
+        self.variation = make_variation(config)
+        self.individual_class = self.selection.individual_class
         self.toolbox, self.pset = gp.toolbox_for(
             space, min(config.tournament_size, config.population), self.individual_class
         )
-        self.cache: dict[str, Evaluation] = {}
-        self.fingerprints: dict[str, str] = {}  # gradient fingerprint -> key of the loss scored for it
-        self.reference: dict[str, Any] = {}
         options = {}
         if config.scheduler is not None:
             options["address"] = config.scheduler
         if config.dask_workers is not None:
             options["n_workers"] = config.dask_workers
-        self.executor = make_executor(config.executor, config.jobs, **options)
-        self.chunk_size = config.chunk_size
+        executor = make_executor(config.executor, config.jobs, **options)
+        chunk_size = config.chunk_size
         if config.scheduler is None:  # a remote cluster's memory is not this machine's
             per_model = max(t.task.memory_per_model() for t in suite.tasks)
-            self.chunk_size = memory_chunk_cap(config.chunk_size, per_model, self.executor.n_workers)
+            chunk_size = memory_chunk_cap(config.chunk_size, per_model, executor.n_workers)
+        self._gen = 0  # the generation whose candidates the evaluator is recording
+        self.evaluator = Evaluator(
+            suite, executor, chunk_size=chunk_size, device=config.device, chunk_timeout_s=config.chunk_timeout_s,
+            violation=space.violation, lookup=lambda key: self.store.lookup(self.suite.hash, key),
+            record=lambda expr, ev, duration, worker: self._record(expr, self._gen, ev, duration, worker),
+            on_scored=lambda n: self.reporter.candidate_scored(n),
+        )
+        # every training passes through _score_specs, so a subclass can observe or replace it
+        self.evaluator.train = lambda specs, fidelity, timed: self._score_specs(specs, fidelity, timed)
+
+    # the evaluator owns these; kept as attributes of the search for callers and tests
+    executor = property(lambda self: self.evaluator.executor,
+                        lambda self, value: setattr(self.evaluator, "executor", value))
+    chunk_size = property(lambda self: self.evaluator.chunk_size,
+                          lambda self, value: setattr(self.evaluator, "chunk_size", value))
+    cache = property(lambda self: self.evaluator.cache)
+    reference = property(lambda self: self.evaluator.reference)
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
     def create(cls, run_path: str | Path, config: SearchConfig, quiet: bool = True,
-               stream: TextIO | None = None) -> "Search":
+               stream: TextIO | None = None, callbacks: Sequence[Callback] = ()) -> "Search":
         """Start a new run file at ``run_path`` (refuses an existing one)."""
         space = load_space(config.space)
         suite = load_suite(config.suite)
         document = {"search": config.to_dict(), "space": space.to_dict(), "suite": suite.spec()}
         store = RunStore.create(run_path, document, suite_hash=suite.hash)
-        return cls(store, config, space, suite, quiet, stream)
+        return cls(store, config, space, suite, quiet, stream, callbacks)
 
     def import_cache(self, run_paths: Sequence[str | Path]) -> int:
         """Reuse the evaluations of earlier runs on the same suite (same tasks, settings and seeds)."""
         return sum(self.store.import_cache(path, self.suite.hash) for path in run_paths)
 
     @classmethod
-    def resume(cls, run_path: str | Path, quiet: bool = True, stream: TextIO | None = None) -> "Search":
+    def resume(cls, run_path: str | Path, quiet: bool = True, stream: TextIO | None = None,
+               callbacks: Sequence[Callback] = ()) -> "Search":
         """Re-open a run file to continue it from its last recorded generation."""
         store = RunStore.open(run_path)
         document = store.config()
         try:
-            config = SearchConfig(**document["search"])
+            config = SearchConfig.from_dict(document["search"])
             space = SearchSpace.from_dict(document["space"])
             suite = suite_from_spec(document["suite"], f"{run_path} (stored suite)")
         except (KeyError, TypeError) as exc:
             store.close()
             raise RunError(f"{run_path}: stored configuration is incomplete ({exc}); it cannot be resumed") from None
-        search = cls(store, config, space, suite, quiet, stream)
+        search = cls(store, config, space, suite, quiet, stream, callbacks)
         search._load_cache()
         return search
 
     def _load_cache(self) -> None:
         for rec in self.store.candidates():
             if rec.key and rec.status.is_finished():
-                self.cache[rec.key] = Evaluation(rec.status, rec.fitness if rec.fitness is not None else 0.0,
-                                                 rec.reason, rec.task_scores)
+                expr = LossExpression(rec.tree)
+                fingerprint = None
                 if rec.status != CandidateState.REJECTED and rec.worker is None:  # scored here: re-probe
-                    fingerprint = probe(LossExpression(rec.tree), self.suite.problems).fingerprint
-                    self.fingerprints.setdefault(fingerprint, rec.key)
-        self.reference = {name: scores for name, scores in self.store.baselines().items()}
+                    fingerprint = probe(expr, self.suite.problems).fingerprint
+                self.evaluator.remember(expr, Evaluation(
+                    rec.status, rec.fitness if rec.fitness is not None else 0.0, rec.reason, rec.task_scores
+                ), fingerprint)
+        self.reference.update(self.store.baselines())
 
     # -------------------------------------------------------------------------------------- scoring
-    def _score_specs(self, specs: list[Any], seeds: list[int] | None = None, timed: bool = True) -> list[ChunkResult]:
-        """Score losses (tokens or baseline names) in chunks of at most ``chunk_size``, and at least one per
-        worker while there are losses enough; results in input order. ``timed``: apply the per-chunk time
-        limit (not to the reference losses, without which no fitness means anything)."""
-        # A loss's result does not depend on which or how many losses share its chunk (tasks keep model k's
-        # arithmetic independent of K; tests/test_batch_independence.py), so a resumed run or a loss scored
-        # alone reproduces the search's numbers bit for bit, and the chunks can be cut for speed alone:
-        # evenly, so that 10 losses on 2 workers are 5 + 5, not 10 on one worker while the other waits.
-        n_chunks = max(math.ceil(len(specs) / self.chunk_size), min(len(specs), self.executor.n_workers))
-        bounds = [round(i * len(specs) / n_chunks) for i in range(n_chunks + 1)] if specs else [0]
-        starts = bounds[:-1]
-        chunks = [specs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        out: list[ChunkResult | None] = [None] * len(specs)
-        items = [(chunk, self.suite_spec, seeds, self.config.device) for chunk in chunks]
-        try:
-            for ci, results in self.executor.map_unordered(
-                score_chunk_safe, items, self.config.chunk_timeout_s if timed else None
-            ):
-                if isinstance(results, ChunkTimeout):
-                    results = failed_chunk(len(chunks[ci]), self.suite_spec, seeds, results.reason)
-                out[starts[ci]:starts[ci] + len(results)] = results
-                self.reporter.candidate_scored(len(results))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # noqa: BLE001 - a lost worker fails its chunks, not the search
-            reason = f"executor failed: {type(exc).__name__}: {exc}"
-            for start, chunk in zip(starts, chunks):
-                if out[start] is None:
-                    out[start:start + len(chunk)] = failed_chunk(len(chunk), self.suite_spec, seeds, reason)
-        return out  # type: ignore[return-value]
+    def _score_specs(self, specs: list[Any], seeds: Sequence[int] | Fidelity | None = None,
+                     timed: bool = True) -> list[ChunkResult]:
+        """Train losses (tokens or baseline names) through the evaluator's chunks and executor, on ``seeds``
+        (None: the search seeds) or at a whole :class:`Fidelity`."""
+        fidelity = seeds if isinstance(seeds, Fidelity) else Fidelity(None if seeds is None else tuple(seeds))
+        return self.evaluator.train_chunks(specs, fidelity, timed)
 
     def score_baselines(self) -> None:
         """Score the suite's reference losses (fitness normalises against them) and display baselines."""
         names: list[str] = []
         for t in self.suite.tasks:
             for name in (t.task.reference, *DISPLAY_BASELINES[t.task.problem]):
-                if name not in names and name not in self.reference:
+                if name not in names:
                     names.append(name)
-        if not names:
-            return
-        for name, res in zip(names, self._score_specs(names, timed=False)):
-            self.reference[name] = res.raw
-            self.store.set_baseline(name, res.raw)
-        for t in self.suite.tasks:  # without a working reference no fitness means anything
-            ref = self.reference[t.task.reference][t.name]
-            if "complete" not in ref["statuses"]:
-                raise ConfigError(f"reference loss {t.task.reference} failed on task {t.name} "
-                                  f"({ref['reasons'][0]}); check the suite's settings")
+        for name, raw in self.evaluator.score_references(names).items():
+            self.store.set_baseline(name, raw)
 
     def _reference_raw(self) -> dict[str, Any]:
-        return {t.name: self.reference[t.task.reference][t.name] for t in self.suite.tasks}
+        return self.evaluator.reference_raw(FULL)
 
     def baseline_fitness(self, name: str) -> float:
         """Fitness of a scored baseline (the reference itself scores 1.0)."""
         return self.suite.fitness(self.reference[name], self._reference_raw())[0]
 
     def evaluate(self, individuals: Sequence[gp.Individual], generation: int) -> dict[str, int]:
-        """Give every individual a fitness: from the cache (same canonical key, same gradient fingerprint,
-        or an imported run), by rejection, or by training (recorded as it arrives)."""
-        counts = {"evaluated": 0, "cache_hits": 0, "rejected": 0, "failed": 0}
+        """Give every individual a fitness through the evaluator (recorded in ``generation``)."""
+        self._gen = generation
         exprs = [gp.expression_of(ind) for ind in individuals]
-        pending: dict[str, LossExpression] = {}
-        aliases: dict[str, str] = {}  # key -> key of an equivalent loss scored in its place
-        for expr in exprs:
-            if expr.key in self.cache or expr.key in pending or expr.key in aliases:
-                counts["cache_hits"] += 1
-                continue
-            imported = self.store.lookup(self.suite.hash, expr.key)
-            if imported is not None and imported.origin is not None:  # scored by another run: reuse
-                ev = Evaluation(imported.status, imported.fitness or 0.0,
-                                imported.reason or f"cached from {imported.origin}", imported.task_scores)
-                self._record(expr, generation, ev, 0.0, worker=f"cache:{imported.origin}")
-                counts["cache_hits"] += 1
-                continue
-            violation = self.space.violation(expr.tokens)
-            result = probe(expr, self.suite.problems) if violation is None else None
-            reason = violation or result.reason
-            if reason is not None:
-                self._record(expr, generation, Evaluation(CandidateState.REJECTED, 0.0, reason), 0.0)
-                counts["rejected"] += 1
-                continue
-            twin = self.fingerprints.get(result.fingerprint)
-            if twin is not None:
-                aliases[expr.key] = twin
-                counts["cache_hits"] += 1
-                continue
-            self.fingerprints[result.fingerprint] = expr.key
-            pending[expr.key] = expr
-        todo = list(pending.values())
-        if todo:
-            results = self._score_specs([list(e.tokens) for e in todo])
-            reference = self._reference_raw()
-            for expr, res in zip(todo, results):
-                fitness, summary = self.suite.fitness(res.raw, reference)
-                if res.failed:
-                    ev = Evaluation(CandidateState.FAILED, 0.0, res.first_reason, summary)
-                    counts["failed"] += 1
-                else:
-                    ev = Evaluation(CandidateState.COMPLETE, fitness, res.first_reason, summary)
-                self._record(expr, generation, ev, res.duration_s)
-                counts["evaluated"] += 1
-        for key, twin in aliases.items():
-            self.cache[key] = self.cache[twin]
-        for ind, expr in zip(individuals, exprs):
-            ind.fitness.values = self._objectives(self.cache[expr.key].fitness, expr)
+        counts, evaluations = self.evaluator.evaluate(exprs, FULL)
+        for ind, expr, ev in zip(individuals, exprs, evaluations):
+            ind.fitness.values = self.selection.objectives(ev.fitness, expr)
         return counts
-
-    def _objectives(self, fitness: float, expr: LossExpression) -> tuple[float, ...]:
-        if self.config.selection == "nsga2":
-            return (fitness, float(expr.complexity))
-        return (fitness,)
 
     def _record(self, expr: LossExpression, generation: int, ev: Evaluation, duration: float,
                 worker: str | None = None) -> None:
-        self.cache[expr.key] = ev
         self.store.record_candidate(
             generation, list(expr.tokens), status=ev.status, key=expr.key, structure_key=expr.structure_key,
             formula=expr.formula(), latex=expr.latex(), complexity=expr.complexity, reason=ev.reason,
@@ -397,26 +325,9 @@ class Search:
             population.append(ind)
         return population, rejected
 
-    def _next_generation(self, population: list[gp.Individual], generation: int) -> list[gp.Individual]:
-        """Offspring of ``population`` (tournament: elitist; nsga2: offspring only, merged after scoring)."""
-        self._seed(generation)
-        if self.config.selection == "nsga2":
-            population = tools.selNSGA2(population, len(population))  # assigns crowding distances
-            k = len(population) - len(population) % 4
-            parents = tools.selTournamentDCD(population, k) + tools.selRandom(population, len(population) - k)
-            return algorithms.varAnd(parents, self.toolbox, self.config.crossover_prob, self.config.mutation_prob)
-        elite = tools.selBest(population, min(self.config.elite, len(population) - 1))
-        offspring = self.toolbox.select(population, len(population) - len(elite))
-        offspring = algorithms.varAnd(offspring, self.toolbox, self.config.crossover_prob, self.config.mutation_prob)
-        return elite + offspring
-
-    def _survivors(self, population: list[gp.Individual], offspring: list[gp.Individual]) -> list[gp.Individual]:
-        if self.config.selection == "nsga2":
-            return tools.selNSGA2(population + offspring, len(population))
-        return offspring
-
     def _finish_generation(self, gen: int, population: list[gp.Individual], counts: dict[str, int],
-                           started: float) -> GenerationStats:
+                           started: float) -> bool:
+        """Record generation ``gen``, report it and call the callbacks; True when one asks to stop."""
         fits = [ind.fitness.values[0] for ind in population]
         best = max(population, key=lambda ind: ind.fitness.values[0])
         hof = self.hall_of_fame()
@@ -432,13 +343,14 @@ class Search:
             dataclasses.asdict(stats),
         )
         self.reporter.generation_finished(stats)
-        return stats
+        # every callback sees every generation, even after one has asked to stop
+        return any([bool(callback(stats, list(hof))) for callback in self.callbacks])
 
     def _restore_population(self, records: list[dict[str, Any]]) -> list[gp.Individual]:
         population = []
         for rec in records:
             ind = gp.from_tokens(rec["tree"], self.pset, self.individual_class)
-            ind.fitness.values = self._objectives(float(rec["fitness"]), gp.expression_of(ind))
+            ind.fitness.values = self.selection.objectives(float(rec["fitness"]), gp.expression_of(ind))
             population.append(ind)
         return population
 
@@ -456,7 +368,8 @@ class Search:
             if not expr.constants or any(rec.key in r for r in tuned_from):
                 continue
             result = tune_constants(expr, self.suite, self._reference_raw(), self.config.tune_iterations,
-                                    seed=gp.derive_seed("tune", self.config.seed, rec.key), device=self.config.device)
+                                    seed=gp.derive_seed("tune", self.config.seed, rec.key), device=self.config.device,
+                                    evaluator=self.evaluator)
             tuned = result.tuned
             if not result.improved or tuned.key in self.cache:
                 continue
@@ -464,8 +377,9 @@ class Search:
             fitness, summary = self.suite.fitness(res.raw, self._reference_raw())
             state = CandidateState.FAILED if res.failed else CandidateState.COMPLETE
             reason = f"tuned from {rec.key} (fitness {rec.fitness:.4f} -> {fitness:.4f})"
-            self._record(tuned, generation, Evaluation(state, fitness if not res.failed else 0.0, reason, summary),
-                         res.duration_s)
+            ev = Evaluation(state, fitness if not res.failed else 0.0, reason, summary)
+            self.cache[tuned.key] = ev
+            self._record(tuned, generation, ev, res.duration_s)
             self.reporter.message(f"tuned {rec.formula}  ->  {tuned.formula()}  fitness {rec.fitness:.4f} -> {fitness:.4f}")
 
     def validate(self) -> None:
@@ -476,7 +390,7 @@ class Search:
             return
         done = self.store.validations()
         best = [r for r in self.store.best(self.config.validate_top) if r.key not in done]
-        names = [n for n in self.reference if f"baseline:{n}" not in done]
+        names = [n for n in self.reference if n in self.store.baselines() and f"baseline:{n}" not in done]
         specs: list[Any] = [list(r.tree) for r in best] + names
         if not specs:
             return
@@ -485,11 +399,24 @@ class Search:
             self.store.set_validation(label, res.raw)
         self.reporter.message(f"validated the best {len(best)} loss(es) and {len(names)} baseline(s) on seeds {seeds}")
 
-    def hall_of_fame(self, n: int | None = None):
+    def hall_of_fame(self, n: int | None = None) -> list[CandidateRecord]:
         """The best distinct complete losses of the run so far (from the run file)."""
         return self.store.best(n or self.config.hall_of_fame)
 
-    def run(self) -> list:
+    def _generations(self, population: list[gp.Individual], start_gen: int) -> bool:
+        """The generational loop (DEAP's ``eaSimple``): breed, evaluate the new, select; True if stopped."""
+        for gen in range(start_gen, self.config.generations + 1):
+            started = time.perf_counter()
+            self.reporter.generation_started(gen)
+            self._seed(gen)
+            offspring = self.selection.breed(population, self.variation, self.toolbox)
+            counts = self.evaluate([ind for ind in offspring if not ind.fitness.valid], gen)
+            population = self.selection.survivors(population, offspring)
+            if self._finish_generation(gen, population, counts, started):
+                return True
+        return False
+
+    def run(self) -> list[CandidateRecord]:
         """Run (or continue) the search to its last generation; returns the hall of fame records."""
         self.store.set_status(RunStatus.RUNNING)
         last = self.store.last_generation()
@@ -501,6 +428,7 @@ class Search:
                 f"chunks of at most {self.chunk_size} losses instead of {self.config.chunk_size}: "
                 f"{self.executor.n_workers} worker(s) training more would not fit in the memory available"
             )
+        stopped = False
         try:
             self.score_baselines()
             if last is None:
@@ -509,19 +437,14 @@ class Search:
                 population, rejected = self.initial_population()
                 counts = self.evaluate(population, 0)
                 counts["rejected"] += rejected
-                self._finish_generation(0, population, counts, started)
+                stopped = self._finish_generation(0, population, counts, started)
                 start_gen = 1
             else:
                 population = self._restore_population(last.population)
-            for gen in range(start_gen, self.config.generations + 1):
-                started = time.perf_counter()
-                self.reporter.generation_started(gen)
-                offspring = self._next_generation(population, gen)
-                counts = self.evaluate([ind for ind in offspring if not ind.fitness.valid], gen)
-                population = self._survivors(population, offspring)
-                self._finish_generation(gen, population, counts, started)
-            self.tune()
-            self.validate()
+            stopped = stopped or self._generations(population, start_gen)
+            if not stopped:
+                self.tune()
+                self.validate()
         except KeyboardInterrupt:
             self.store.set_status(RunStatus.INTERRUPTED)
             raise
@@ -530,7 +453,7 @@ class Search:
             raise
         finally:
             self.reporter.close()
-        self.store.set_status(RunStatus.FINISHED)
+        self.store.set_status(RunStatus.STOPPED if stopped else RunStatus.FINISHED)
         return self.hall_of_fame()
 
     def close(self) -> None:

@@ -19,12 +19,33 @@ import math
 import shutil
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TextIO
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, TextIO
 
-if TYPE_CHECKING:  # the engine imports this module: a runtime import would be circular
-    from lossforge.engine import GenerationStats
+__all__ = ["GenerationStats", "Progress", "make_progress", "format_duration"]
 
-__all__ = ["Progress", "make_progress", "format_duration"]
+
+@dataclass
+class GenerationStats:
+    """What a generation did, for progress lines, callbacks and the run file."""
+
+    gen: int
+    evaluated: int
+    cache_hits: int
+    rejected: int
+    failed: int
+    best: float
+    median: float
+    best_formula: str
+    seconds: float
+
+    def line(self) -> str:
+        """One progress line."""
+        return (
+            f"gen {self.gen:3d}  trained {self.evaluated:3d}  cached {self.cache_hits:3d}  "
+            f"rejected {self.rejected:3d}  failed {self.failed:3d}  best {self.best:.4f}  "
+            f"median {self.median:.4f}  {self.seconds:6.1f}s  best: {self.best_formula}"
+        )
 
 
 class Progress(Protocol):

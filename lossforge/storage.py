@@ -131,6 +131,8 @@ class RunStatus(enum.Enum):
     RUNNING = "running"
     FINISHED = "finished"
     INTERRUPTED = "interrupted"
+    #: a callback asked the search to stop; resumable like an interrupted run
+    STOPPED = "stopped"
     FAILED = "failed"
 
 
@@ -208,7 +210,7 @@ _SCHEMA = (
     "CREATE TABLE config (id INTEGER PRIMARY KEY CHECK (id = 1), document TEXT NOT NULL)",
     """CREATE TABLE run_state (
         id INTEGER PRIMARY KEY CHECK (id = 1),
-        status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'interrupted', 'failed')),
+        status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'interrupted', 'stopped', 'failed')),
         started_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
         elapsed_s REAL NOT NULL DEFAULT 0
