@@ -39,7 +39,9 @@ def _named_keywords(func: Callable) -> Callable:
 
 @_named_keywords
 def search(run: str | Path | None = None, *,
-           population: int = _D.population, generations: int = _D.generations, seed: int = _D.seed,
+           population: int | None = _D.population, generations: int | None = _D.generations,
+           budget: float | None = _D.budget, time_s: float | None = _D.time_s, screening: float = _D.screening,
+           promote: float = _D.promote, niche: int = _D.niche, seed: int = _D.seed,
            space: str = _D.space, suite: str = _D.suite, jobs: int = _D.jobs, executor: str = _D.executor,
            scheduler: str | None = _D.scheduler, dask_workers: int | None = _D.dask_workers,
            chunk_timeout_s: float | None = _D.chunk_timeout_s, chunk_size: int = _D.chunk_size,

@@ -76,6 +76,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.quiet:
         if cache_from:
             print(f"reusing {imported} evaluation(s) from {len(cache_from)} earlier run(s) on the same suite")
+        config = engine.config  # population and generations resolved from the budget
         print(f"run {path}: population {config.population}, {config.generations} generations, suite "
               f"{engine.suite.name} ({len(engine.suite.tasks)} tasks x {len(engine.suite.seeds)} seeds), "
               f"{engine.executor.n_workers} worker(s)", flush=True)
@@ -313,8 +314,31 @@ def cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
-_OPTION_TYPES: dict[str, Callable[[str], Any]] = {"int": _int, "float": float, "str": str,
-                                                  "positive_int": _positive_int, "jobs": _jobs}
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+def _duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``1.5h`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 90s, 10m or 1h") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive duration, e.g. 10m")
+    return value
+
+
+_OPTION_TYPES: dict[str, Callable[[str], Any]] = {"int": _int, "float": float, "str": str, "positive_int": _positive_int,
+                                                  "jobs": _jobs, "positive_float": _positive_float, "duration": _duration}
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ the run is reproducible, independent of ``jobs``, and can be resumed from its la
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 import statistics
@@ -25,7 +26,7 @@ from lossforge.errors import ConfigError, RunError
 from lossforge.evaluator import FULL, Evaluation, Evaluator, Fidelity
 from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
-from lossforge.progress import GenerationStats, Progress, make_progress
+from lossforge.progress import GenerationStats, Progress, format_duration, make_progress
 from lossforge.rejection import probe, rejection_reason
 from lossforge.scoring import ChunkResult, Suite, load_suite, suite_from_spec
 from lossforge.selection import SELECTIONS, VARIATIONS, make_selection, make_variation
@@ -69,6 +70,18 @@ def memory_chunk_cap(chunk_size: int, bytes_per_model: int, n_workers: int, avai
     return max(1, min(chunk_size, int(budget // (n_workers * bytes_per_model))))
 
 
+#: Population when none is given.
+DEFAULT_POPULATION = 40
+#: Budget (full evaluations) when neither a budget, a time nor generations are given.
+DEFAULT_BUDGET = 400.0
+#: Screening share of the training (one seed); chosen by scripts/screening_correlation.py.
+DEFAULT_SCREENING = 0.25
+#: How many times a child that is not a new loss is varied again before its slot counts as exhausted.
+REDRAWS = 20
+#: Generations when only a time limit bounds the search.
+MAX_GENERATIONS = 100_000
+
+
 def _setting(default: Any, help: str, **cli: Any) -> Any:
     """A SearchConfig field with its help text (and CLI details: ``flag``, ``choices``, ``metavar``,
     ``type``) in its metadata; the CLI options are generated from these."""
@@ -80,8 +93,20 @@ class SearchConfig:
     """Settings of a search. Stored in the run file; every field is plain data. The one place where the
     search's defaults and their help texts are written (the CLI and :func:`lossforge.search` read them)."""
 
-    population: int = _setting(40, "individuals per generation", type="positive_int")
-    generations: int = _setting(8, "generations after generation 0", type="positive_int")
+    population: int | None = _setting(None, f"individuals per generation (default: {DEFAULT_POPULATION})",
+                                      type="positive_int", metavar="N")
+    generations: int | None = _setting(None, "generations after generation 0 (default: as many as --budget buys)",
+                                       type="positive_int", metavar="N")
+    budget: float | None = _setting(None, "search budget in full evaluations (one loss scored on every search seed "
+                                    f"with whole trainings; default {DEFAULT_BUDGET:g}, or unlimited with --time)",
+                                    metavar="EVALS", type="positive_float")
+    time_s: float | None = _setting(None, "stop starting generations once this much time would be spent, "
+                                    "e.g. 10m, 90s, 1h", flag="--time", metavar="DURATION", type="duration")
+    screening: float = _setting(DEFAULT_SCREENING, "share of the training every new loss gets on one seed before "
+                                "the best are promoted to full scoring (1: no screening)")
+    promote: float = _setting(0.25, "share of each generation's screened losses promoted to full scoring")
+    niche: int = _setting(2, "at most this many children of one structure (constants aside) per generation; "
+                          "0: no limit")
     seed: int = _setting(0, "seed of every random choice (same seed, same run, whatever the workers)")
     space: str = _setting("survey", "search space name or .toml file")
     suite: str = _setting("regression", "suite name or .toml file")
@@ -113,8 +138,15 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.population >= 2, "population must be at least 2"),
-            (self.generations >= 1, "generations must be at least 1"),
+            (self.population is None or self.population >= 2, "population must be at least 2"),
+            (self.generations is None or self.generations >= 1, "generations must be at least 1"),
+            (self.budget is None or (math.isfinite(self.budget) and self.budget > 0),
+             "budget must be a positive number of full evaluations, e.g. 200"),
+            (self.time_s is None or (math.isfinite(self.time_s) and self.time_s > 0),
+             "time must be a positive duration, e.g. 10m"),
+            (0.0 < self.screening <= 1.0, "screening must be in (0, 1], e.g. 0.25 (1: no screening)"),
+            (0.0 < self.promote <= 1.0, "promote must be in (0, 1], e.g. 0.25"),
+            (self.niche >= 0, "niche must be >= 0 (0: no limit)"),
             (self.jobs == -1 or self.jobs >= 1, "jobs must be -1 (all cores) or at least 1"),
             (self.executor in ("serial", "joblib", "dask"), "executor must be serial, joblib or dask"),
             (self.executor == "dask" or (self.scheduler is None and self.dask_workers is None),
@@ -139,6 +171,25 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
         return dataclasses.asdict(self)
+
+    def resolved(self, suite: Suite) -> "SearchConfig":
+        """This config with population and generations filled in from the budget (explicit values win)."""
+        population = self.population or DEFAULT_POPULATION
+        if self.generations is not None:
+            return dataclasses.replace(self, population=population)
+        if self.budget is None and self.time_s is not None:  # time alone: as many generations as it allows
+            return dataclasses.replace(self, population=population, generations=MAX_GENERATIONS)
+        budget = self.budget if self.budget is not None else DEFAULT_BUDGET
+        per_gen = self.generation_cost(population, len(suite.seeds))
+        generations = max(1, round((budget - per_gen) / per_gen))  # generation 0 is a generation too
+        return dataclasses.replace(self, population=population, generations=generations)
+
+    def generation_cost(self, population: int, n_seeds: int) -> float:
+        """Expected spend of one generation in full evaluations: every child screened, the promoted scored."""
+        children = population - (self.elite if self.selection == "tournament" else 0)
+        if self.screening >= 1.0:
+            return float(children)
+        return children * (self.screening / n_seeds + self.promote)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
@@ -180,10 +231,13 @@ class Search:
             per_model = max(t.task.memory_per_model() for t in suite.tasks)
             chunk_size = memory_chunk_cap(config.chunk_size, per_model, executor.n_workers)
         self._gen = 0  # the generation whose candidates the evaluator is recording
+        #: fidelity of the first rung (None: every new loss is scored in full at once)
+        self.screen = None if config.screening >= 1.0 else Fidelity((suite.seeds[0],), config.screening)
         self.evaluator = Evaluator(
             suite, executor, chunk_size=chunk_size, device=config.device, chunk_timeout_s=config.chunk_timeout_s,
             violation=space.violation, lookup=lambda key: self.store.lookup(self.suite.hash, key),
-            record=lambda expr, ev, duration, worker: self._record(expr, self._gen, ev, duration, worker),
+            record=lambda expr, ev, duration, worker, fidelity: self._record(expr, self._gen, ev, duration, worker,
+                                                                             fidelity),
             on_scored=lambda n: self.reporter.candidate_scored(n),
         )
         # every training passes through _score_specs, so a subclass can observe or replace it
@@ -204,6 +258,7 @@ class Search:
         """Start a new run file at ``run_path`` (refuses an existing one)."""
         space = load_space(config.space)
         suite = load_suite(config.suite)
+        config = config.resolved(suite)
         document = {"search": config.to_dict(), "space": space.to_dict(), "suite": suite.spec()}
         store = RunStore.create(run_path, document, suite_hash=suite.hash)
         return cls(store, config, space, suite, quiet, stream, callbacks)
@@ -239,6 +294,15 @@ class Search:
                 self.evaluator.remember(expr, Evaluation(
                     rec.status, rec.fitness if rec.fitness is not None else 0.0, rec.reason, rec.task_scores
                 ), fingerprint)
+        for rung in self.store.rungs():
+            expr = LossExpression(rung["tree"])
+            fidelity = Fidelity(rung["fidelity"]["seeds"], rung["fidelity"]["steps_fraction"])
+            fitness = rung["fitness"] if rung["fitness"] is not None else 0.0
+            fingerprint = probe(expr, self.suite.problems).fingerprint
+            self.evaluator.remember(expr, Evaluation(rung["status"], fitness, rung["reason"], rung["task_scores"]),
+                                    fingerprint, fidelity)
+        last = self.store.last_generation()
+        self.evaluator.spent = float(last.stats.get("spent", 0.0)) if last is not None else 0.0
         self.reference.update(self.store.baselines())
 
     # -------------------------------------------------------------------------------------- scoring
@@ -267,16 +331,85 @@ class Search:
         return self.suite.fitness(self.reference[name], self._reference_raw())[0]
 
     def evaluate(self, individuals: Sequence[gp.Individual], generation: int) -> dict[str, int]:
-        """Give every individual a fitness through the evaluator (recorded in ``generation``)."""
+        """Give every individual a fitness through the evaluator at full fidelity (recorded in ``generation``)."""
         self._gen = generation
         exprs = [gp.expression_of(ind) for ind in individuals]
         counts, evaluations = self.evaluator.evaluate(exprs, FULL)
         for ind, expr, ev in zip(individuals, exprs, evaluations):
             ind.fitness.values = self.selection.objectives(ev.fitness, expr)
-        return counts
+        return {**counts, "screened": 0}
+
+    def race(self, individuals: Sequence[gp.Individual], generation: int) -> dict[str, int]:
+        """:meth:`evaluate` without screening; with it, successive halving over two rungs: every loss is screened at ``self.screen`` (one seed, a share of
+        the training); the best ``promote`` share of the screened is scored at full fidelity. Only full
+        scores reach the candidates table (so the hall of fame and the ranking); a loss left at the first
+        rung gets its screening fitness for selection, capped at the worst promoted loss's full fitness
+        (so it never outranks a loss that beat it on screening and was then measured in full)."""
+        if self.screen is None:
+            return self.evaluate(individuals, generation)
+        self._gen = generation
+        exprs = [gp.expression_of(ind) for ind in individuals]
+        counts, screens = self.evaluator.evaluate(exprs, self.screen)
+        screened = counts.pop("evaluated")
+        ranked: dict[str, float] = {}
+        for expr, ev in zip(exprs, screens):
+            if ev.status == CandidateState.COMPLETE and expr.key not in self.cache:
+                ranked.setdefault(expr.key, ev.fitness)
+        n_promote = math.ceil(self.config.promote * len(ranked)) if ranked else 0
+        promoted = set(sorted(ranked, key=lambda k: -ranked[k])[:n_promote])  # stable: ties keep their order
+        chosen = list({e.key: e for e in exprs if e.key in promoted}.values())
+        full_counts, _ = self.evaluator.evaluate(chosen, FULL)
+        counts["failed"] += full_counts["failed"]
+        counts["evaluated"] = full_counts["evaluated"]
+        full = [self.cache[k].fitness for k in promoted]
+        cap = min(full) if full else math.inf
+        for ind, expr, ev in zip(individuals, exprs, screens):
+            if expr.key in self.cache:  # scored in full (or rejected)
+                fitness = self.cache[expr.key].fitness
+            else:
+                fitness = min(ev.fitness, cap)
+            ind.fitness.values = self.selection.objectives(fitness, expr)
+        return {**counts, "screened": screened}
+
+    def novel(self, children: list[gp.Individual], kept: Sequence[gp.Individual],
+              pool: Sequence[gp.Individual] = ()) -> tuple[list[gp.Individual], dict[str, int]]:
+        """Every slot a new loss: a child the run already knows (same key or gradient fingerprint as a scored
+        loss, or as an earlier child of this generation), that is rejected, or whose structure already fills
+        its niche is varied again, at most ``REDRAWS`` times; a slot still not new then counts as exhausted."""
+        taken = {gp.expression_of(ind).key for ind in kept}
+        structures: dict[str, int] = {}
+        fingerprints: set[str | None] = set()
+        counts = {"redrawn": 0, "exhausted": 0}
+        out = []
+        for child in children:
+            for attempt in range(REDRAWS + 1):
+                expr = gp.expression_of(child)
+                why = self.evaluator.novelty(expr) or ("known" if expr.key in taken else None)
+                fingerprint = self.evaluator.probes.get(expr.key, (None, None))[1]
+                if why is None and fingerprint in fingerprints:
+                    why = "twin"
+                if why is None and self.config.niche and structures.get(expr.structure_key, 0) >= self.config.niche:
+                    why = "niche"
+                if why is None:
+                    break
+                if attempt == REDRAWS:
+                    counts["exhausted"] += 1
+                    break
+                counts["redrawn"] += 1
+                child = self.variation.redraw(child, pool, self.toolbox)
+            taken.add(expr.key)
+            fingerprints.add(fingerprint)
+            structures[expr.structure_key] = structures.get(expr.structure_key, 0) + 1
+            out.append(child)
+        return out, counts
 
     def _record(self, expr: LossExpression, generation: int, ev: Evaluation, duration: float,
-                worker: str | None = None) -> None:
+                worker: str | None = None, fidelity: Fidelity = FULL) -> None:
+        if not fidelity.is_full:
+            self.store.record_rung(generation, list(expr.tokens), key=expr.key, fidelity=fidelity.to_dict(),
+                                   status=ev.status, reason=ev.reason, task_scores=ev.task_scores,
+                                   fitness=ev.fitness if ev.status == CandidateState.COMPLETE else None)
+            return
         self.store.record_candidate(
             generation, list(expr.tokens), status=ev.status, key=expr.key, structure_key=expr.structure_key,
             formula=expr.formula(), latex=expr.latex(), complexity=expr.complexity, reason=ev.reason,
@@ -325,7 +458,7 @@ class Search:
             population.append(ind)
         return population, rejected
 
-    def _finish_generation(self, gen: int, population: list[gp.Individual], counts: dict[str, int],
+    def _finish_generation(self, gen: int, population: list[gp.Individual], counts: dict[str, Any],
                            started: float) -> bool:
         """Record generation ``gen``, report it and call the callbacks; True when one asks to stop."""
         fits = [ind.fitness.values[0] for ind in population]
@@ -333,7 +466,8 @@ class Search:
         hof = self.hall_of_fame()
         stats = GenerationStats(
             gen=gen, best=max(fits), median=statistics.median(fits), best_formula=gp.expression_of(best).formula(),
-            seconds=time.perf_counter() - started, **counts,
+            seconds=time.perf_counter() - started, spent=round(self.evaluator.spent, 6),
+            structures=len({gp.expression_of(ind).structure_key for ind in population}), **counts,
         )
         self.store.record_generation(
             gen,
@@ -404,17 +538,51 @@ class Search:
         return self.store.best(n or self.config.hall_of_fame)
 
     def _generations(self, population: list[gp.Individual], start_gen: int) -> bool:
-        """The generational loop (DEAP's ``eaSimple``): breed, evaluate the new, select; True if stopped."""
+        """The generational loop (DEAP's ``eaSimple``): breed, keep only new losses, evaluate them, select;
+        True if a callback stopped it. Ends early when the budget or the time is spent."""
         for gen in range(start_gen, self.config.generations + 1):
+            if self._out_of_budget():
+                break
             started = time.perf_counter()
             self.reporter.generation_started(gen)
             self._seed(gen)
-            offspring = self.selection.breed(population, self.variation, self.toolbox)
-            counts = self.evaluate([ind for ind in offspring if not ind.fitness.valid], gen)
-            population = self.selection.survivors(population, offspring)
-            if self._finish_generation(gen, population, counts, started):
+            kept, children = self.selection.breed(population, self.variation, self.toolbox)
+            children, novelty = self.novel(children, kept, population)
+            counts = self.race([ind for ind in children if not ind.fitness.valid], gen)
+            population = self.selection.survivors(population, kept + children)
+            if self._finish_generation(gen, population, {**counts, **novelty}, started):
                 return True
         return False
+
+    def _out_of_budget(self) -> bool:
+        """Whether the budget is spent, or the next generation would end past the time limit."""
+        if self.config.budget is not None and self.evaluator.spent >= self.config.budget:
+            return True
+        if self.config.time_s is None:
+            return False
+        gens = self.store.generations()
+        per_gen = statistics.median(g.stats.get("seconds", 0.0) for g in gens[1:]) if len(gens) > 1 else 0.0
+        return self.store.summary().elapsed_s + per_gen > self.config.time_s
+
+    def budget_line(self) -> str:
+        """What the search may spend, for the start of a run."""
+        c = self.config
+        limits = [f"budget {c.budget:g} full evaluations" if c.budget is not None else None,
+                  f"time {format_duration(c.time_s)}" if c.time_s is not None else None]
+        screen = (f"every new loss screened on 1 seed at {c.screening:g} of the training, the best {c.promote:g} "
+                  "promoted to full scoring" if self.screen is not None else "every new loss scored in full")
+        expected = c.generation_cost(c.population, len(self.suite.seeds)) * c.generations + c.population
+        stop = ", ".join(x for x in limits if x) or f"about {expected:.0f} full evaluations"
+        return (f"population {c.population}, up to {c.generations} generations, {stop}; {screen} "
+                f"(a full evaluation: {len(self.suite.tasks)} tasks x {len(self.suite.seeds)} seeds)")
+
+    def spend_line(self) -> str:
+        """What the search spent, for the end of a run."""
+        gens = self.store.generations()
+        screened = sum(g.stats.get("screened", 0) for g in gens)
+        trained = sum(g.stats.get("evaluated", 0) for g in gens)
+        return (f"spent {self.evaluator.spent:.1f} full evaluations in {len(gens)} generation(s): {screened} losses "
+                f"screened, {trained} scored in full, {format_duration(self.store.summary().elapsed_s)}")
 
     def run(self) -> list[CandidateRecord]:
         """Run (or continue) the search to its last generation; returns the hall of fame records."""
@@ -428,6 +596,8 @@ class Search:
                 f"chunks of at most {self.chunk_size} losses instead of {self.config.chunk_size}: "
                 f"{self.executor.n_workers} worker(s) training more would not fit in the memory available"
             )
+        if last is None:
+            self.reporter.message(self.budget_line())
         stopped = False
         try:
             self.score_baselines()
@@ -435,7 +605,7 @@ class Search:
                 started = time.perf_counter()
                 self.reporter.generation_started(0)
                 population, rejected = self.initial_population()
-                counts = self.evaluate(population, 0)
+                counts = self.race(population, 0)
                 counts["rejected"] += rejected
                 stopped = self._finish_generation(0, population, counts, started)
                 start_gen = 1
@@ -443,6 +613,7 @@ class Search:
                 population = self._restore_population(last.population)
             stopped = stopped or self._generations(population, start_gen)
             if not stopped:
+                self.reporter.message(self.spend_line())
                 self.tune()
                 self.validate()
         except KeyboardInterrupt:

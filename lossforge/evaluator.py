@@ -81,7 +81,7 @@ class Evaluator:
                  device: str = "cpu", chunk_timeout_s: float | None = None,
                  violation: Callable[[Sequence[Any]], str | None] | None = None,
                  lookup: Callable[[str], Any] | None = None,
-                 record: Callable[[LossExpression, Evaluation, float, str | None], None] | None = None,
+                 record: Callable[[LossExpression, Evaluation, float, str | None, "Fidelity"], None] | None = None,
                  on_scored: Callable[[int], None] | None = None) -> None:
         self.suite = suite
         self.suite_spec = suite.spec()
@@ -91,10 +91,14 @@ class Evaluator:
         self.chunk_timeout_s = chunk_timeout_s
         self.violation = violation or (lambda tokens: None)
         self.lookup = lookup or (lambda key: None)
-        self.record = record or (lambda expr, ev, duration, worker: None)
+        self.record = record or (lambda expr, ev, duration, worker, fidelity: None)
         self.on_scored = on_scored or (lambda n: None)
         self.train: Callable[[list[LossSpec], Fidelity, bool], list[ChunkResult]] = self.train_chunks
-        self.cache: dict[str, Evaluation] = {}
+        self.cache: dict[str, Evaluation] = {}  # full fidelity (and rejections, which hold at any fidelity)
+        self.screens: dict[Fidelity, dict[str, Evaluation]] = {}  # lower fidelities
+        self.probes: dict[str, tuple[str | None, str | None]] = {}  # key -> (rejection reason, fingerprint)
+        #: candidate trainings so far, in full-evaluation equivalents (see :meth:`cost`)
+        self.spent = 0.0
         self.fingerprints: dict[str, str] = {}  # gradient fingerprint -> key of the loss scored for it
         self.reference: dict[str, Any] = {}  # loss name -> raw results at full fidelity
 
@@ -178,12 +182,34 @@ class Evaluator:
 
     # --------------------------------------------------------------------------------- one-off scoring
     def rejection(self, expr: LossExpression) -> tuple[str | None, str | None]:
-        """(why ``expr`` may not be trained, or None; its gradient fingerprint when it may)."""
-        violation = self.violation(expr.tokens)
-        if violation is not None:
-            return violation, None
-        result = probe(expr, self.suite.problems)
-        return result.reason, result.fingerprint
+        """(why ``expr`` may not be trained, or None; its gradient fingerprint when it may). Memoised."""
+        if expr.key not in self.probes:
+            violation = self.violation(expr.tokens)
+            if violation is not None:
+                self.probes[expr.key] = (violation, None)
+            else:
+                result = probe(expr, self.suite.problems)
+                self.probes[expr.key] = (result.reason, result.fingerprint)
+        return self.probes[expr.key]
+
+    def cost(self, fidelity: Fidelity) -> float:
+        """What training one loss at ``fidelity`` costs, in full evaluations (seeds share x steps share)."""
+        seeds = 1.0 if fidelity.seeds is None else len(fidelity.seeds) / len(self.suite.seeds)
+        return seeds * fidelity.steps_fraction
+
+    def novelty(self, expr: LossExpression) -> str | None:
+        """None if ``expr`` is a new trainable loss for this run; else why not: ``known`` (its key was
+        evaluated at some fidelity or imported), ``twin`` (a scored loss has its gradient fingerprint) or
+        ``rejected``."""
+        if expr.key in self.cache or any(expr.key in c for c in self.screens.values()):
+            return "known"
+        imported = self.lookup(expr.key)
+        if imported is not None and imported.origin is not None:
+            return "known"
+        reason, fingerprint = self.rejection(expr)
+        if reason is not None:
+            return "rejected"
+        return "twin" if fingerprint in self.fingerprints else None
 
     def fitness_of(self, specs: list[LossSpec], fidelity: Fidelity = FULL) -> list[float]:
         """Fitness of each loss (no cache, no record): for tuning, whose variants are throwaway points."""
@@ -191,37 +217,41 @@ class Evaluator:
 
     # ------------------------------------------------------------------------------ search candidates
     def evaluate(self, exprs: Sequence[LossExpression], fidelity: Fidelity = FULL) -> tuple[dict[str, int], list[Evaluation]]:
-        """Give every loss an evaluation: from the cache (same canonical key, same gradient fingerprint,
-        or an imported run), by rejection, or by training (each new result passed to ``record``). Returns
-        the counts (:data:`COUNT_NAMES`) and one evaluation per input, in order."""
+        """Give every loss an evaluation at ``fidelity``: from the cache (same canonical key, same gradient
+        fingerprint, or an imported run; a full-fidelity result serves any request), by rejection, or by
+        training (each new result passed to ``record``). Returns the counts (:data:`COUNT_NAMES`) and one
+        evaluation per input, in order."""
         counts = dict.fromkeys(COUNT_NAMES, 0)
+        cache = self.cache if fidelity.is_full else self.screens.setdefault(fidelity, {})
+        known = lambda key: key in self.cache or key in cache  # noqa: E731
         pending: dict[str, LossExpression] = {}
         aliases: dict[str, str] = {}  # key -> key of an equivalent loss scored in its place
         for expr in exprs:
-            if expr.key in self.cache or expr.key in pending or expr.key in aliases:
+            if known(expr.key) or expr.key in pending or expr.key in aliases:
                 counts["cache_hits"] += 1
                 continue
-            imported = self.lookup(expr.key)
+            imported = self.lookup(expr.key) if fidelity.is_full else None
             if imported is not None and imported.origin is not None:  # scored by another run: reuse
                 ev = Evaluation(imported.status, imported.fitness or 0.0,
                                 imported.reason or f"cached from {imported.origin}", imported.task_scores)
-                self._keep(expr, ev, 0.0, f"cache:{imported.origin}")
+                self._keep(self.cache, expr, ev, 0.0, f"cache:{imported.origin}", FULL)
                 counts["cache_hits"] += 1
                 continue
             reason, fingerprint = self.rejection(expr)
-            if reason is not None:
-                self._keep(expr, Evaluation(CandidateState.REJECTED, 0.0, reason), 0.0)
+            if reason is not None:  # rejected at every fidelity
+                self._keep(self.cache, expr, Evaluation(CandidateState.REJECTED, 0.0, reason), 0.0, None, FULL)
                 counts["rejected"] += 1
                 continue
             twin = self.fingerprints.get(fingerprint)
-            if twin is not None:
+            if twin is not None and twin != expr.key and (known(twin) or twin in pending):
                 aliases[expr.key] = twin
                 counts["cache_hits"] += 1
                 continue
-            self.fingerprints[fingerprint] = expr.key
+            self.fingerprints.setdefault(fingerprint, expr.key)
             pending[expr.key] = expr
         todo = list(pending.values())
         if todo:
+            self.spent += len(todo) * self.cost(fidelity)
             for expr, res in zip(todo, self.train([list(e.tokens) for e in todo], fidelity, True)):
                 fitness, summary = self.fitness(res, fidelity)
                 if res.failed:
@@ -229,23 +259,25 @@ class Evaluator:
                     counts["failed"] += 1
                 else:
                     ev = Evaluation(CandidateState.COMPLETE, fitness, res.first_reason, summary)
-                self._keep(expr, ev, res.duration_s)
+                self._keep(cache, expr, ev, res.duration_s, None, fidelity)
                 counts["evaluated"] += 1
         for key, twin in aliases.items():
-            self.cache[key] = self.cache[twin]
-        return counts, [self.cache[e.key] for e in exprs]
+            cache[key] = self.cache[twin] if twin in self.cache else cache[twin]
+        return counts, [self.cache[e.key] if e.key in self.cache else cache[e.key] for e in exprs]
 
-    def _keep(self, expr: LossExpression, ev: Evaluation, duration: float, worker: str | None = None) -> None:
-        self.cache[expr.key] = ev
-        self.record(expr, ev, duration, worker)
+    def _keep(self, cache: dict[str, Evaluation], expr: LossExpression, ev: Evaluation, duration: float,
+              worker: str | None, fidelity: Fidelity) -> None:
+        cache[expr.key] = ev
+        self.record(expr, ev, duration, worker, fidelity)
 
     def knows(self, expr: LossExpression) -> bool:
         """Whether this loss (its canonical key) has already been given an evaluation."""
         return expr.key in self.cache
 
-    def remember(self, expr: LossExpression, ev: Evaluation, fingerprint: str | None = None) -> None:
+    def remember(self, expr: LossExpression, ev: Evaluation, fingerprint: str | None = None,
+                 fidelity: Fidelity = FULL) -> None:
         """Take a stored result (resume) into the cache, and its fingerprint when it was trained here."""
-        self.cache[expr.key] = ev
+        (self.cache if fidelity.is_full else self.screens.setdefault(fidelity, {}))[expr.key] = ev
         if fingerprint is not None:
             self.fingerprints.setdefault(fingerprint, expr.key)
 

@@ -13,7 +13,8 @@ A new scheme is a new class registered in :data:`SELECTIONS` or :data:`VARIATION
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import random
+from typing import Any, Protocol, Sequence
 
 from deap import algorithms, base, tools
 
@@ -27,13 +28,15 @@ class Variation(Protocol):
     def vary(self, parents: list[gp.Individual], toolbox: base.Toolbox) -> list[gp.Individual]:
         """Children of ``parents`` (same number); a changed child's fitness is invalid."""
 
-    def redraw(self, child: gp.Individual, toolbox: base.Toolbox) -> gp.Individual:
-        """Another child in place of ``child``, which the run already knows."""
+    def redraw(self, child: gp.Individual, pool: Sequence[gp.Individual], toolbox: base.Toolbox) -> gp.Individual:
+        """Another child in place of ``child``, which is not a new loss; ``pool``: the current population."""
 
 
 class VarAnd:
     """DEAP's ``varAnd``: pairwise one-point crossover with ``crossover_prob``, then mutation with
-    ``mutation_prob``; a known child is mutated again."""
+    ``mutation_prob``; a child that is not a new loss is replaced by a mutant of a random member of the
+    population (mutating the child again would mostly walk further from the viable region: most trees
+    of a space cannot train)."""
 
     def __init__(self, crossover_prob: float, mutation_prob: float) -> None:
         self.crossover_prob, self.mutation_prob = crossover_prob, mutation_prob
@@ -41,8 +44,8 @@ class VarAnd:
     def vary(self, parents: list[gp.Individual], toolbox: base.Toolbox) -> list[gp.Individual]:
         return algorithms.varAnd(parents, toolbox, self.crossover_prob, self.mutation_prob)
 
-    def redraw(self, child: gp.Individual, toolbox: base.Toolbox) -> gp.Individual:
-        mutant, = toolbox.mutate(toolbox.clone(child))
+    def redraw(self, child: gp.Individual, pool: Sequence[gp.Individual], toolbox: base.Toolbox) -> gp.Individual:
+        mutant, = toolbox.mutate(toolbox.clone(random.choice(list(pool)) if pool else child))
         del mutant.fitness.values
         return mutant
 
@@ -53,7 +56,7 @@ class RandomTrees:
     def vary(self, parents: list[gp.Individual], toolbox: base.Toolbox) -> list[gp.Individual]:
         return [toolbox.individual() for _ in parents]
 
-    def redraw(self, child: gp.Individual, toolbox: base.Toolbox) -> gp.Individual:
+    def redraw(self, child: gp.Individual, pool: Sequence[gp.Individual], toolbox: base.Toolbox) -> gp.Individual:
         return toolbox.individual()
 
 
@@ -66,8 +69,8 @@ class Selection(Protocol):
         """The fitness values DEAP compares."""
 
     def breed(self, population: list[gp.Individual], variation: Variation,
-              toolbox: base.Toolbox) -> list[gp.Individual]:
-        """The offspring of ``population``."""
+              toolbox: base.Toolbox) -> tuple[list[gp.Individual], list[gp.Individual]]:
+        """The offspring of ``population``: (kept unchanged, e.g. the elite; children of variation)."""
 
     def survivors(self, population: list[gp.Individual], offspring: list[gp.Individual]) -> list[gp.Individual]:
         """The next population, once the offspring are scored."""
@@ -86,10 +89,10 @@ class TournamentElitism:
         return (fitness,)
 
     def breed(self, population: list[gp.Individual], variation: Variation,
-              toolbox: base.Toolbox) -> list[gp.Individual]:
+              toolbox: base.Toolbox) -> tuple[list[gp.Individual], list[gp.Individual]]:
         elite = tools.selBest(population, min(self.elite, len(population) - 1))
         parents = toolbox.select(population, len(population) - len(elite))
-        return elite + variation.vary(parents, toolbox)
+        return elite, variation.vary(parents, toolbox)
 
     def survivors(self, population: list[gp.Individual], offspring: list[gp.Individual]) -> list[gp.Individual]:
         return offspring
@@ -105,11 +108,11 @@ class NSGA2:
         return (fitness, float(expr.complexity))
 
     def breed(self, population: list[gp.Individual], variation: Variation,
-              toolbox: base.Toolbox) -> list[gp.Individual]:
+              toolbox: base.Toolbox) -> tuple[list[gp.Individual], list[gp.Individual]]:
         population = tools.selNSGA2(population, len(population))  # assigns crowding distances
         k = len(population) - len(population) % 4
         parents = tools.selTournamentDCD(population, k) + tools.selRandom(population, len(population) - k)
-        return variation.vary(parents, toolbox)
+        return [], variation.vary(parents, toolbox)
 
     def survivors(self, population: list[gp.Individual], offspring: list[gp.Individual]) -> list[gp.Individual]:
         return tools.selNSGA2(population + offspring, len(population))

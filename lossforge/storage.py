@@ -938,6 +938,38 @@ class RunStore:
                          "ON CONFLICT (name) DO UPDATE SET task_scores = excluded.task_scores, "
                          "updated_at = excluded.updated_at", (name, document, _now()))
 
+    # ------------------------------------------------------------------------------------------ rungs
+    # Screening results (a loss scored at a lower fidelity than the search's) live in their own small
+    # table, created on first use, so that candidates and the evaluation cache hold full-fidelity results
+    # only (the hall of fame and the final ranking read those).
+    _RUNGS = ("CREATE TABLE IF NOT EXISTS rungs (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL, "
+              "key TEXT NOT NULL, tree TEXT NOT NULL, fidelity TEXT NOT NULL, status TEXT NOT NULL, "
+              "fitness REAL, reason TEXT, task_scores TEXT NOT NULL, created_at TEXT NOT NULL)")
+
+    def record_rung(self, generation: int, tree: Sequence[str | float], *, key: str, fidelity: Mapping[str, Any],
+                    status: CandidateState | str, fitness: float | None, reason: str | None,
+                    task_scores: Mapping[str, Any]) -> None:
+        """Record a screening result of loss ``key`` at ``fidelity`` (plain data); durable once this returns."""
+        state = CandidateState(status)
+        _check_result(state, fitness)
+        values = (int(generation), key, _dumps(list(tree), "tree"), _dumps(dict(fidelity), "fidelity"), state.value,
+                  None if fitness is None else float(fitness), reason, _dumps(dict(task_scores), "task_scores"), _now())
+        with self._write() as conn:
+            conn.execute(self._RUNGS)
+            conn.execute("INSERT INTO rungs (generation, key, tree, fidelity, status, fitness, reason, task_scores, "
+                         "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+
+    def rungs(self) -> list[dict[str, Any]]:
+        """All screening results in the order recorded (empty for a run that screened nothing)."""
+        with self._read() as conn:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rungs'").fetchone() is None:
+                return []  # nothing was screened
+            rows = conn.execute("SELECT * FROM rungs ORDER BY id").fetchall()
+        return [{"generation": r["generation"], "key": r["key"], "tree": self._loads(r["tree"], [], "rung tree"),
+                 "fidelity": self._loads(r["fidelity"], {}, "rung fidelity"), "status": CandidateState(r["status"]),
+                 "fitness": r["fitness"], "reason": r["reason"],
+                 "task_scores": self._loads(r["task_scores"], {}, "rung task_scores")} for r in rows]
+
     def validations(self) -> dict[str, dict[str, Any]]:
         """All validation results: name -> raw task scores."""
         with self._read() as conn:
