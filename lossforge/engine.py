@@ -76,8 +76,6 @@ DEFAULT_POPULATION = 40
 DEFAULT_BUDGET = 400.0
 #: Screening share of the training (one seed); chosen by scripts/screening_correlation.py.
 DEFAULT_SCREENING = 0.25
-#: How many times a child that is not a new loss is varied again before its slot counts as exhausted.
-REDRAWS = 20
 #: Generations when only a time limit bounds the search.
 MAX_GENERATIONS = 100_000
 
@@ -285,6 +283,8 @@ class Search:
         return search
 
     def _load_cache(self) -> None:
+        last = self.store.last_generation()
+        done = -1 if last is None else last.gen
         for rec in self.store.candidates():
             if rec.key and rec.status.is_finished():
                 expr = LossExpression(rec.tree)
@@ -293,15 +293,15 @@ class Search:
                     fingerprint = probe(expr, self.suite.problems).fingerprint
                 self.evaluator.remember(expr, Evaluation(
                     rec.status, rec.fitness if rec.fitness is not None else 0.0, rec.reason, rec.task_scores
-                ), fingerprint)
+                ), fingerprint if rec.generation <= done else None, finished=rec.generation <= done)
         for rung in self.store.rungs():
             expr = LossExpression(rung["tree"])
             fidelity = Fidelity(rung["fidelity"]["seeds"], rung["fidelity"]["steps_fraction"])
             fitness = rung["fitness"] if rung["fitness"] is not None else 0.0
-            fingerprint = probe(expr, self.suite.problems).fingerprint
+            finished = rung["generation"] <= done
+            fingerprint = probe(expr, self.suite.problems).fingerprint if finished else None
             self.evaluator.remember(expr, Evaluation(rung["status"], fitness, rung["reason"], rung["task_scores"]),
-                                    fingerprint, fidelity)
-        last = self.store.last_generation()
+                                    fingerprint, fidelity, finished)
         self.evaluator.spent = float(last.stats.get("spent", 0.0)) if last is not None else 0.0
         self.reference.update(self.store.baselines())
 
@@ -375,14 +375,14 @@ class Search:
               pool: Sequence[gp.Individual] = ()) -> tuple[list[gp.Individual], dict[str, int]]:
         """Every slot a new loss: a child the run already knows (same key or gradient fingerprint as a scored
         loss, or as an earlier child of this generation), that is rejected, or whose structure already fills
-        its niche is varied again, at most ``REDRAWS`` times; a slot still not new then counts as exhausted."""
+        its niche is varied again, at most ``variation.redraws`` times; a slot still not new then counts as exhausted."""
         taken = {gp.expression_of(ind).key for ind in kept}
         structures: dict[str, int] = {}
         fingerprints: set[str | None] = set()
         counts = {"redrawn": 0, "exhausted": 0}
         out = []
         for child in children:
-            for attempt in range(REDRAWS + 1):
+            for attempt in range(self.variation.redraws + 1):
                 expr = gp.expression_of(child)
                 why = self.evaluator.novelty(expr) or ("known" if expr.key in taken else None)
                 fingerprint = self.evaluator.probes.get(expr.key, (None, None))[1]
@@ -392,7 +392,7 @@ class Search:
                     why = "niche"
                 if why is None:
                     break
-                if attempt == REDRAWS:
+                if attempt == self.variation.redraws:
                     counts["exhausted"] += 1
                     break
                 counts["redrawn"] += 1

@@ -97,6 +97,9 @@ class Evaluator:
         self.cache: dict[str, Evaluation] = {}  # full fidelity (and rejections, which hold at any fidelity)
         self.screens: dict[Fidelity, dict[str, Evaluation]] = {}  # lower fidelities
         self.probes: dict[str, tuple[str | None, str | None]] = {}  # key -> (rejection reason, fingerprint)
+        #: results recorded by an unfinished generation (resume): served when that loss is asked for again at
+        #: that fidelity, without training or recording it again, but not "known" to the novelty filter
+        self.replay: dict[tuple[Fidelity, str], Evaluation] = {}
         #: candidate trainings so far, in full-evaluation equivalents (see :meth:`cost`)
         self.spent = 0.0
         self.fingerprints: dict[str, str] = {}  # gradient fingerprint -> key of the loss scored for it
@@ -249,7 +252,16 @@ class Evaluator:
                 continue
             self.fingerprints.setdefault(fingerprint, expr.key)
             pending[expr.key] = expr
-        todo = list(pending.values())
+        todo = []
+        for expr in pending.values():
+            replayed = self.replay.pop((fidelity, expr.key), None)
+            if replayed is None:
+                todo.append(expr)
+                continue
+            cache[expr.key] = replayed
+            self.spent += self.cost(fidelity)
+            counts["evaluated"] += 1
+            counts["failed"] += replayed.status == CandidateState.FAILED
         if todo:
             self.spent += len(todo) * self.cost(fidelity)
             for expr, res in zip(todo, self.train([list(e.tokens) for e in todo], fidelity, True)):
@@ -275,9 +287,15 @@ class Evaluator:
         return expr.key in self.cache
 
     def remember(self, expr: LossExpression, ev: Evaluation, fingerprint: str | None = None,
-                 fidelity: Fidelity = FULL) -> None:
-        """Take a stored result (resume) into the cache, and its fingerprint when it was trained here."""
-        (self.cache if fidelity.is_full else self.screens.setdefault(fidelity, {}))[expr.key] = ev
+                 fidelity: Fidelity = FULL, finished: bool = True) -> None:
+        """Take a stored result (resume) into the cache, and its fingerprint when it was trained here.
+        ``finished=False``: the result of a generation that did not finish, kept for replay only (the
+        generation is bred again exactly as before, so it must not find its own losses known)."""
+        if not finished and ev.status != CandidateState.REJECTED:
+            self.replay[(fidelity, expr.key)] = ev
+            return
+        (self.cache if fidelity.is_full or ev.status == CandidateState.REJECTED
+         else self.screens.setdefault(fidelity, {}))[expr.key] = ev
         if fingerprint is not None:
             self.fingerprints.setdefault(fingerprint, expr.key)
 

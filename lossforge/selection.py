@@ -25,6 +25,9 @@ from lossforge.expression import LossExpression
 class Variation(Protocol):
     """Turns parents into children."""
 
+    #: how many times a child that is not a new loss may be re-drawn before its slot counts as exhausted
+    redraws: int
+
     def vary(self, parents: list[gp.Individual], toolbox: base.Toolbox) -> list[gp.Individual]:
         """Children of ``parents`` (same number); a changed child's fitness is invalid."""
 
@@ -37,6 +40,8 @@ class VarAnd:
     ``mutation_prob``; a child that is not a new loss is replaced by a mutant of a random member of the
     population (mutating the child again would mostly walk further from the viable region: most trees
     of a space cannot train)."""
+
+    redraws = 50
 
     def __init__(self, crossover_prob: float, mutation_prob: float) -> None:
         self.crossover_prob, self.mutation_prob = crossover_prob, mutation_prob
@@ -52,6 +57,8 @@ class VarAnd:
 
 class RandomTrees:
     """Random search: every child is a fresh ramped half-and-half tree of the space (parents unused)."""
+
+    redraws = 400  # most random trees cannot train: as many draws as generation 0 may take per slot
 
     def vary(self, parents: list[gp.Individual], toolbox: base.Toolbox) -> list[gp.Individual]:
         return [toolbox.individual() for _ in parents]
