@@ -255,10 +255,13 @@ class Evaluator:
         todo = []
         for expr in pending.values():
             replayed = self.replay.pop((fidelity, expr.key), None)
+            failed = self.replay.get((FULL, expr.key))
+            if replayed is None and failed is not None and failed.status == CandidateState.FAILED:
+                replayed = self.replay.pop((FULL, expr.key))  # failures are recorded at full fidelity
             if replayed is None:
                 todo.append(expr)
                 continue
-            cache[expr.key] = replayed
+            (self.cache if replayed.status == CandidateState.FAILED else cache)[expr.key] = replayed
             self.spent += self.cost(fidelity)
             counts["evaluated"] += 1
             counts["failed"] += replayed.status == CandidateState.FAILED
@@ -266,12 +269,13 @@ class Evaluator:
             self.spent += len(todo) * self.cost(fidelity)
             for expr, res in zip(todo, self.train([list(e.tokens) for e in todo], fidelity, True)):
                 fitness, summary = self.fitness(res, fidelity)
-                if res.failed:
+                if res.failed:  # a loss that cannot train fails at every fidelity: a final result
                     ev = Evaluation(CandidateState.FAILED, 0.0, res.first_reason, summary)
                     counts["failed"] += 1
+                    self._keep(self.cache, expr, ev, res.duration_s, None, FULL)
                 else:
                     ev = Evaluation(CandidateState.COMPLETE, fitness, res.first_reason, summary)
-                self._keep(cache, expr, ev, res.duration_s, None, fidelity)
+                    self._keep(cache, expr, ev, res.duration_s, None, fidelity)
                 counts["evaluated"] += 1
         for key, twin in aliases.items():
             cache[key] = self.cache[twin] if twin in self.cache else cache[twin]
