@@ -23,7 +23,7 @@ fair:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
@@ -90,6 +90,14 @@ class Task:
         if reference_score < 0:  # negative error: smaller magnitude is better
             return reference_score / score if score < 0 else 0.0
         return score / reference_score if reference_score > 0 else 0.0
+
+    def shortened(self, steps_fraction: float) -> "Task":
+        """This task with its training cut to ``steps_fraction`` of its length (its ``epochs`` or ``steps``
+        setting, at least 1), for cheap screening; itself at 1.0 or when it has no such setting."""
+        length = next((n for n in ("epochs", "steps") if n in {f.name for f in fields(self)}), None)
+        if steps_fraction >= 1.0 or length is None:
+            return self
+        return replace(self, **{length: max(1, round(getattr(self, length) * steps_fraction))})
 
     def settings(self) -> dict[str, Any]:
         """The task's settings as plain data (stored in run files, shown to users)."""
