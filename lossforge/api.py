@@ -51,7 +51,11 @@ def search(run: str | Path | None = None, *,
            seed_baselines: bool = _D.seed_baselines, validate_top: int = _D.validate_top,
            tune_top: int = _D.tune_top, tune_iterations: int = _D.tune_iterations,
            quiet: bool = False, cache_from: Sequence[str | Path] = (), callbacks: Sequence[Callback] = (),
-           stream: TextIO | None = None) -> list[CandidateRecord]:
+           stream: TextIO | None = None, data: Any = None, target: str | None = None,
+           problem: str | None = None, noise: Any = None, trusted: Any = None, test_data: Any = None,
+           features: Sequence[str] | None = None, image_shape: Sequence[int] | None = None,
+           model: Any = None, procedures: Any = None, epochs: int | None = None,
+           runs_dir: str | Path = "runs") -> list[CandidateRecord]:
     """Run a new search and return its hall of fame (best distinct losses first).
 
     The settings are :class:`~lossforge.engine.SearchConfig`'s fields, with its defaults and meanings
