@@ -4,12 +4,18 @@
   ``tokens`` is the prefix expression over the operator table (operator names, ``y_pred``, ``y_real`` and
   float constants); it alone defines the loss, the other fields are for people.
 * **py**: a standalone module that needs only torch: the protected operators (their source is copied from
-  :mod:`lossforge.operators`, so the numerics are the ones the search used) and an ``nn.Module`` class
-  named after the loss following the :class:`~lossforge.loss.SymbolicLoss` conventions.
+  :mod:`lossforge.operators`, so the numerics are the ones the search used), the classification convention
+  (copied from :mod:`lossforge.loss`) and an ``nn.Module`` class named after the loss following the
+  :class:`~lossforge.loss.SymbolicLoss` conventions (``weight``, ``ignore_index``, ``label_smoothing``). It
+  compiles with ``torch.jit.script`` and ``torch.compile``. Text from the run (formula, run path, suite
+  name, any metadata) enters it only as ``repr`` string literals, and a class name only as an ASCII
+  identifier, so no file or name can put code into it.
 * **latex**, **sympy**: the formula as LaTeX, or as ``sympy.srepr`` text.
 
-:func:`load` never executes anything from the file: JSON is parsed with ``json`` and its tokens are
-validated against the operator table and size limits; run files are read through SQL queries.
+:func:`load` never executes anything from the file: JSON is read with a bounded read (regular files only,
+at most ``MAX_JSON_BYTES`` bytes actually read), parsed with ``json`` and its tokens are validated against
+the operator table and size limits; run files are read through SQL queries. Files are written by
+:mod:`lossforge.atomic`.
 """
 
 from __future__ import annotations
@@ -319,9 +325,10 @@ def _is_run_file(path: Path) -> bool:
 
 
 def load(path: str | Path, rank: int = 1, reduction: str = "mean", problem: str = "auto",
-         pick: str = "best") -> SymbolicLoss:
+         pick: str = "best", **options: Any) -> SymbolicLoss:
     """A torch loss module from a JSON export or a run file (its ``rank``-th loss in the final ranking,
-    see :mod:`lossforge.ranking`)."""
+    see :mod:`lossforge.ranking`). ``options``: SymbolicLoss's ``weight``, ``ignore_index``,
+    ``label_smoothing``, ``trainable_constants``."""
     path = Path(path)
     if not path.exists():
         raise ExportError(f"no such file: {path}")
@@ -329,7 +336,7 @@ def load(path: str | Path, rank: int = 1, reduction: str = "mean", problem: str 
         expression = expression_from_run(path, rank, pick)
     else:
         expression, _ = read_json_export(path)
-    return SymbolicLoss(expression, reduction=reduction, problem=problem)  # type: ignore[arg-type]
+    return SymbolicLoss(expression, reduction=reduction, problem=problem, **options)  # type: ignore[arg-type]
 
 
 def ranked_from_run(run_path: str | Path, rank: int = 1, pick: str = "best"):
