@@ -136,3 +136,21 @@ def test_torch_compile_of_the_export_traces_as_one_graph(exported_ce: type) -> N
     expected = logits.detach().clone().requires_grad_(True)
     F.cross_entropy(expected, labels, weight=weight).backward()
     torch.testing.assert_close(logits.grad, expected.grad)
+
+
+def test_skorch_predict_proba_needs_predict_nonlinearity_with_an_exported_loss(exported_ce: type) -> None:
+    """skorch applies softmax in predict_proba only for nn.CrossEntropyLoss; with any other criterion its
+    'auto' nonlinearity is the identity, so pass predict_nonlinearity (documented in the README)."""
+    skorch = pytest.importorskip("skorch")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=gen)
+    y = (x[:, 0] > 0).long()
+    common = dict(module=torch.nn.Linear, module__in_features=5, module__out_features=2, criterion=exported_ce,
+                  max_epochs=2, lr=0.1, train_split=None, verbose=0)
+    torch.manual_seed(0)
+    raw = skorch.NeuralNetClassifier(**common).fit(x, y).predict_proba(x)
+    torch.manual_seed(0)
+    proba = skorch.NeuralNetClassifier(**common, predict_nonlinearity=lambda z: torch.softmax(z, dim=-1)) \
+        .fit(x, y).predict_proba(x)
+    assert abs(raw.sum(1) - 1).max() > 1e-3  # logits, not probabilities
+    assert abs(proba.sum(1) - 1).max() < 1e-5 and (proba >= 0).all()
