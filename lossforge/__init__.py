@@ -3,6 +3,7 @@
     >>> import lossforge
     >>> hof = lossforge.search(population=20, generations=3)      # a real search, saved to runs/
     >>> loss = lossforge.load("runs/NAME.db", rank=1)              # the best loss as an nn.Module
+    >>> lossforge.open_run("runs/NAME.db").hall_of_fame()        # results as a DataFrame
     >>> lossforge.SymbolicLoss("(y_pred - y_real)**2")(pred, target)
 """
 
@@ -18,10 +19,11 @@ from lossforge.errors import (
 from lossforge.export import load
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
+from lossforge.results import open_run
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "search", "resume", "score", "load", "SymbolicLoss", "LossExpression",
+    "search", "resume", "score", "load", "open_run", "SymbolicLoss", "LossExpression",
     "LossforgeError", "ConfigError", "ExportError", "ExpressionError", "RunError", "SpaceError",
 ]

@@ -12,7 +12,7 @@ from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
 from lossforge.rejection import rejection_reason
 from lossforge.scoring import ChunkResult, Suite, load_suite, score_chunk_safe
-from lossforge.storage import CandidateRecord, resolve_run_path
+from lossforge.runfile import CandidateRecord, resolve_run_path
 
 
 def search(run: str | Path | None = None, quiet: bool = False, cache_from: Sequence[str | Path] = (),
@@ -35,9 +35,11 @@ def search(run: str | Path | None = None, quiet: bool = False, cache_from: Seque
         engine.close()
 
 
-def resume(run: str | Path, quiet: bool = False) -> list[CandidateRecord]:
-    """Continue a stopped run from its last recorded generation; returns the hall of fame."""
-    engine = Search.resume(resolve_run_path(run), quiet=quiet)
+def resume(run: str | Path, quiet: bool = False, scheduler: str | None = None,
+           dask_workers: int | None = None) -> list[CandidateRecord]:
+    """Continue a stopped run from its last recorded generation; returns the hall of fame. A run that used
+    a dask scheduler needs its address again (``scheduler``): endpoints are never taken from the file."""
+    engine = Search.resume(resolve_run_path(run), quiet=quiet, scheduler=scheduler, dask_workers=dask_workers)
     try:
         return engine.run()
     finally:

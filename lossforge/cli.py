@@ -65,7 +65,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def cmd_search(args: argparse.Namespace) -> int:
     from lossforge.api import default_run_name
     from lossforge.engine import Search, SearchConfig
-    from lossforge.storage import resolve_run_path
+    from lossforge.runfile import resolve_run_path
 
     config = SearchConfig(
         population=args.population, generations=args.generations, seed=args.seed, space=args.space,
@@ -95,10 +95,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from lossforge.engine import Search
-    from lossforge.storage import resolve_run_path
+    from lossforge.runfile import resolve_run_path
 
     path = resolve_run_path(args.run, args.runs_dir)
-    engine = Search.resume(path, quiet=args.quiet)
+    engine = Search.resume(path, quiet=args.quiet, scheduler=args.scheduler, dask_workers=args.dask_workers)
     return _drive(engine, path)
 
 
@@ -146,10 +146,49 @@ def _baseline_table(store: Any) -> str:
                     *[_fmt(r["tasks"][t]) for t in task_names]] for r in rows])
 
 
+SHOW_FORMATS = ("table", "csv", "markdown", "json")
+
+
+def _show_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The hall of fame of a ``show --json`` document as a header and rows (tasks one column each)."""
+    tasks = list(doc["hall_of_fame"][0]["tasks"]) if doc["hall_of_fame"] else []
+    headers = ["rank", "fitness", "validation", "complexity", *tasks, "formula"]
+    rows = [[h["rank"], _fmt(h["fitness"]), _fmt(h["validation_fitness"]), h["complexity"],
+             *[_fmt(h["tasks"].get(t)) for t in tasks], h["formula"]] for h in doc["hall_of_fame"]]
+    return headers, rows
+
+
+def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731 - a pipe would end the cell
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(out + ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows])
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    from lossforge.storage import RunStore, resolve_run_path
+    import csv
+    import json
+
+    from lossforge.results import open_run
+    from lossforge.runfile import RunStore, resolve_run_path
 
     path = resolve_run_path(args.run, args.runs_dir)
+    fmt = "json" if args.json else args.format
+    if fmt != "table":
+        doc = open_run(path, pick=args.pick).to_dict(top=args.top)
+        if fmt == "json":
+            print(json.dumps(doc, indent=2))
+            return 0
+        headers, rows = _show_rows(doc)
+        if fmt == "csv":
+            headers[headers.index("validation")] = "validation_fitness"
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(headers)
+            writer.writerows([[h["rank"], h["fitness"], h["validation_fitness"], h["complexity"],
+                               *[h["tasks"].get(t) for t in headers[4:-1]], h["formula"]]
+                              for h in doc["hall_of_fame"]])
+        else:
+            print(_markdown_table(headers, rows))
+        return 0
     with RunStore.open(path, readonly=True) as store:
         summary = store.summary()
         print(f"{path}: {summary.status.value}, {summary.generations} generation(s), "
@@ -163,7 +202,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from lossforge.export import ranked_from_run, render
-    from lossforge.storage import RunStore, resolve_run_path
+    from lossforge.runfile import RunStore, resolve_run_path
 
     path = resolve_run_path(args.run, args.runs_dir)
     item, expression = ranked_from_run(path, args.rank, args.pick)
@@ -209,6 +248,30 @@ def _score_table(rows: Sequence[Any], against: str | None) -> str:
     return out
 
 
+def _score_json(rows: Sequence[Any]) -> str:
+    """``{"rows": [{name, baseline, formula, fitness, ci, tasks: {task: {score, ci, normalized}}, ...}]}``:
+    ``fitness`` is the mean over seeds and ``ci`` its 95 % half-width (as in the table)."""
+    import json
+
+    from lossforge.stats import mean_ci
+
+    def num(value: Any) -> float | None:
+        return None if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)
+
+    out = []
+    for r in rows:
+        mean, half = mean_ci(r.per_seed)
+        tasks = {}
+        for name, t in r.tasks.items():
+            t_mean, t_half = mean_ci(t["scores"])
+            tasks[name] = {"score": num(t_mean), "ci": num(t_half), "normalized": num(t.get("normalized")),
+                           "scores": [num(v) for v in t["scores"]]}
+        out.append({"name": r.name, "baseline": not r.name.startswith("loss "), "formula": r.formula,
+                    "fitness": num(mean), "ci": num(half), "status": r.status, "reason": r.reason,
+                    "per_seed": [num(v) for v in r.per_seed], "tasks": tasks})
+    return json.dumps({"rows": out}, indent=2)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from lossforge.api import score
     from lossforge.baselines import get_baseline
@@ -236,6 +299,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     for name in names:
         get_baseline(name)  # an unknown name fails before any training
     rows = score([expr], suite, seeds=seeds, baselines=list(dict.fromkeys(names)))
+    if args.json:
+        print(_score_json(rows))
+        return 0
     print(_score_table(rows, args.against))
     if rows[0].reason:
         print(f"note: {rows[0].reason}")
@@ -244,21 +310,46 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_baselines(args: argparse.Namespace) -> int:
     from lossforge.api import score
-    from lossforge.baselines import baselines_for
+    from lossforge.baselines import baselines_for, get_baseline, tune_baselines
+    from lossforge.errors import ConfigError
+    from lossforge.expression import LossExpression
     from lossforge.scoring import load_suite
 
     suite = load_suite(args.suite)
-    names = [b.name for p in sorted(suite.problems) for b in baselines_for(p)]
+    if args.baselines:
+        names = [n.strip() for n in args.baselines.split(",") if n.strip()]
+        for name in names:
+            get_baseline(name)  # an unknown name fails before any training
+    else:
+        names = [b.name for p in sorted(suite.problems) for b in baselines_for(p)]
     names = list(dict.fromkeys(names))
-    seeds = list(range(args.seeds)) if args.seeds else None
-    rows = score([], suite, seeds=seeds, baselines=names)
-    print(_score_table(rows, None))
+    if args.validation and not suite.validation_seeds:
+        raise ConfigError(f"suite {suite.name!r} has no validation_seeds; drop --validation or use --seeds")
+    seeds = list(range(args.seeds)) if args.seeds else (list(suite.validation_seeds) if args.validation else None)
+    info = sys.stderr if args.json else sys.stdout  # JSON on stdout stays parseable
+    attempts = []
+    if args.tune:
+        # tuned on the suite's own (search) seeds, as a search tunes its best losses; shown on the table's seeds
+        print(f"tuning {len(names)} baselines on seeds {list(suite.seeds)} ({args.tune_iterations} SPSA iterations each)", file=info)
+        attempts = tune_baselines(names, suite, args.tune_iterations, args.tune_seed)
+    tuned = [t for t in attempts if t.fitness_after > t.fitness_before]
+    exprs = [LossExpression(tuple(t.spec)) for t in tuned if isinstance(t.spec, list)]
+    tuned_torch = [t for t in tuned if isinstance(t.spec, str)]
+    rows = score(exprs, suite, seeds=seeds, baselines=names + [t.spec for t in tuned_torch])
+    labels = [t for t in tuned if isinstance(t.spec, list)] + [None] * len(names) + tuned_torch
+    for row, t in zip(rows, labels):
+        if t is not None:
+            row.name, row.formula = f"{t.name} (tuned)", t.formula
+    print(_score_json(rows) if args.json else _score_table(rows, None))
+    for t in attempts:
+        outcome = t.formula if t in tuned else "kept the authors' setting"
+        print(f"tuned {t.name}: {outcome}  (tuning seeds: fitness {t.fitness_before:.4f} -> {t.fitness_after:.4f})", file=info)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from lossforge.report import write_report
-    from lossforge.storage import resolve_run_path
+    from lossforge.runfile import resolve_run_path
 
     path = resolve_run_path(args.run, args.runs_dir)
     out = Path(args.output) if args.output else path.with_name(path.stem + "-report")
@@ -271,7 +362,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from lossforge.diagnostics import diagnose, plot_curves
     from lossforge.expression import LossExpression
     from lossforge.ranking import ranking, suite_of
-    from lossforge.storage import RunStore, resolve_run_path
+    from lossforge.runfile import RunStore, resolve_run_path
 
     target = args.target
     if target.endswith(".db") or "/" in target or (Path(args.runs_dir) / f"{target}.db").exists():
@@ -280,8 +371,11 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             losses = [(f"rank {i}", LossExpression(r.record.tree)) for i, r in enumerate(ranking(store, args.top), 1)]
             problems = sorted(suite_of(store).problems)
     else:
+        from lossforge.scoring import load_suite
+
         losses = [("loss", LossExpression.parse(target))]
-        problems = [args.problem]
+        # by default the convention of the default suite, as `search` and `score` use it
+        problems = [args.problem] if args.problem else sorted(load_suite(DEFAULT_SUITE).problems)
     references = {"classification": ["cross_entropy", "mae", "gce"], "regression": ["mse", "mae"]}
     rows = []
     for problem in problems:
@@ -295,15 +389,40 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from lossforge.dashboard import serve
+    from lossforge.runfile import resolve_run_path
+
+    target = Path(args.run) if args.run else Path(args.runs_dir)
+    if args.run and not target.is_dir():
+        target = resolve_run_path(args.run, args.runs_dir)
+    serve(target, args.port, args.host)
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
-    from lossforge.storage import list_runs
+    from lossforge.ranking import ranking
+    from lossforge.runfile import RunStore, list_runs
 
     skipped: list[str] = []
     runs = list_runs(args.runs_dir, on_skip=lambda p, e: skipped.append(f"{p}: {e}"))
-    rows = [[r.name, r.status.value, r.generations, r.candidates, _fmt(r.best_fitness), f"{r.elapsed_s:.0f}s"]
-            for r in runs]
-    print(_table(["run", "status", "generations", "candidates", "best", "time"], rows) if rows
+    rows = []
+    for r in runs:
+        # rank 1 as `show` ranks it: validated losses first, by validation fitness
+        try:
+            with RunStore.open(r.path, readonly=True) as store:
+                top = ranking(store, 1)
+        except LossforgeError as exc:
+            skipped.append(f"{r.path}: {exc}")
+            continue
+        fitness = top[0].record.fitness if top else None
+        validation = top[0].validation_fitness if top else None
+        rows.append([r.name, r.status.value, r.generations, r.candidates, _fmt(fitness), _fmt(validation),
+                     f"{r.elapsed_s:.0f}s"])
+    print(_table(["run", "status", "generations", "candidates", "fitness", "validation", "time"], rows) if rows
           else f"no runs in {args.runs_dir}")
+    if rows:
+        print("(fitness and validation of rank 1 as `lossforge show` ranks it: by validation fitness when measured)")
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     return 0
@@ -323,9 +442,25 @@ def cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The suite ``search``, ``score``, ``baselines`` and ``diagnose`` use when none is given.
+DEFAULT_SUITE = "regression"
+
+
+def _bundled() -> str:
+    """The bundled suites and search spaces, for the help texts."""
+    from lossforge.scoring import SUITES_DIR
+    from lossforge.space import SPACES_DIR
+
+    suites = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
+    spaces = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.toml")))
+    return (f"bundled suites: {suites} (or a .toml file); bundled search spaces: {spaces} (or a .toml file). "
+            "`lossforge space NAME` shows a space's operators.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lossforge`` command."""
-    parser = _Parser(prog="lossforge", description="Discover robust loss functions by genetic programming.")
+    parser = _Parser(prog="lossforge", description="Discover robust loss functions by genetic programming.",
+                     epilog=_bundled())
     parser.add_argument("--runs-dir", default="runs", help="where run names are stored (default: runs)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -357,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue a stopped run")
     p.add_argument("run")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address (never taken from the run file)")
+    p.add_argument("--dask-workers", type=_positive_int, metavar="N", help="start a local dask cluster of N workers")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_resume)
 
@@ -365,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_positive_int, default=10)
     p.add_argument("--pick", choices=["best", "knee", "ratio"], default="best",
                    help="rank 1: best fitness, knee of the complexity/fitness front, or best gain per complexity")
+    p.add_argument("--format", choices=SHOW_FORMATS, default="table",
+                   help="table (default), csv, markdown, or json (the run's counts, hall of fame and baselines)")
+    p.add_argument("--json", action="store_true", help="same as --format json")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("export", help="export a loss of a run")
@@ -384,11 +524,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", help="baseline for a paired comparison over seeds, e.g. cross_entropy")
     p.add_argument("--validation", action="store_true", help="score on the suite's validation seeds")
     p.add_argument("--baselines", help="comma-separated baselines to score beside it (default: the suite's usual)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("baselines", help="score the known losses on a suite")
     p.add_argument("--suite", default="regression")
-    p.add_argument("--seeds", type=_positive_int)
+    p.add_argument("--seeds", type=_positive_int, help="score on seeds 0..N-1 instead of the suite's seeds")
+    p.add_argument("--validation", action="store_true", help="score on the suite's validation seeds")
+    p.add_argument("--baselines", help="comma-separated baselines (default: every one for the suite's problems)")
+    p.add_argument("--tune", action="store_true",
+                   help="also tune each baseline's constants / hyper-parameters on the suite's seeds, "
+                        "with the budget a search gives its best losses; improved ones get a '(tuned)' row")
+    p.add_argument("--tune-iterations", type=_positive_int, default=4, help="SPSA iterations per baseline")
+    p.add_argument("--tune-seed", type=_int, default=0, help="seed of the tuning directions")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("report", help="plots and a Markdown summary of a run")
@@ -401,15 +550,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diagnose", help="bounded / symmetric / monotone checks of a run's losses or an expression")
     p.add_argument("target", help="a run, or an expression")
     p.add_argument("--top", type=_positive_int, default=5)
-    p.add_argument("--problem", choices=["classification", "regression"], default="classification",
-                   help="for an expression: which convention to check")
+    p.add_argument("--problem", choices=["classification", "regression"],
+                   help="for an expression: which convention to check (default: the default suite's, "
+                        "regression, as for search and score)")
     p.add_argument("--plot", help="write the value and gradient curves of the best loss and references here")
     p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser("dashboard", help="a local web page that follows a run (running or finished)")
+    p.add_argument("run", nargs="?", help="a run name or file, or a directory of runs (default: --runs-dir)")
+    p.add_argument("--port", type=_int, default=8765, help="port to listen on (default: 8765; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: 127.0.0.1, this machine only; the page has no login)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("runs", help="list runs")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("space", help="show a search space and the operators' protected semantics")
+    for name in ("search", "score", "baselines", "diagnose"):
+        sub.choices[name].epilog = _bundled()
+
+    p = sub.add_parser("space", help="show a search space and the operators' protected semantics",
+                       epilog=_bundled())
     p.add_argument("space", nargs="?", default="survey")
     p.set_defaults(func=cmd_space)
     return parser

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -29,6 +29,11 @@ from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
 
 CLASSES = 10
+#: Targets around which regression shapes are drawn: a loss need not depend on the residual alone, so a
+#: curve at one fixed ``y_real`` would misstate it (``sqrt(y_pred*y_real)`` is flat at ``y_real = 0``).
+REGRESSION_TARGETS = torch.linspace(-2.0, 2.0, 41, dtype=torch.float64)
+#: Draws of how the other classes share ``1 - p`` (classification shapes show the spread over them).
+_REST_DRAWS = 32
 # True-class probabilities down to 1e-5: below DIV_EPS (1e-6) the protected operators clamp, which would make
 # any loss look bounded.
 _P_GRID = torch.logspace(-5, 0, 200, dtype=torch.float64)
@@ -58,6 +63,33 @@ def _class_loss_of_prob(loss: SymbolicLoss, p_true: torch.Tensor) -> torch.Tenso
     onehot = torch.zeros_like(probs)
     onehot[:, 0] = 1
     return loss.elementwise(probs, onehot).sum(1)
+
+
+def residual_band(loss: torch.nn.Module, residuals: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-sample regression loss against the residual ``r``: ``(mean, low, high)`` over the targets
+    :data:`REGRESSION_TARGETS` (``y_pred = y_real + r``); the band is zero-wide for a loss of ``r`` alone.
+    ``loss`` is a per-sample module called as ``loss(y_pred, y_real)``."""
+    real = REGRESSION_TARGETS.to(residuals.dtype)[:, None].expand(-1, len(residuals))
+    values = loss((real + residuals[None, :]).reshape(-1), real.reshape(-1)).reshape(real.shape)
+    return values.mean(0), values.amin(0), values.amax(0)
+
+
+def probability_band(loss: torch.nn.Module, p_true: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, ...]:
+    """Per-sample classification loss against the true class's probability ``p``: ``(uniform, low, high)``
+    where ``uniform`` has the other classes share ``1 - p`` equally and ``low``/``high`` span seeded random
+    shares (Dirichlet) as well. ``loss`` is a per-sample module called as ``loss(logits, class_index)``."""
+    gen = torch.Generator().manual_seed(0)
+    shares = [torch.full((n_classes - 1,), 1.0 / (n_classes - 1), dtype=p_true.dtype)]
+    if n_classes > 2:
+        draws = -torch.log(torch.rand(_REST_DRAWS, n_classes - 1, dtype=torch.float64, generator=gen))
+        shares += list((draws / draws.sum(1, keepdim=True)).to(p_true.dtype))  # Dirichlet(1, ..., 1)
+    curves = []
+    for share in shares:
+        rest = (1.0 - p_true)[:, None] * share[None, :]
+        probs = torch.cat([p_true[:, None], rest], dim=1).clamp(min=1e-300)
+        curves.append(loss(torch.log(probs), torch.zeros(len(p_true), dtype=torch.long)))  # softmax(log q) = q
+    stack = torch.stack(curves)
+    return stack[0], stack.amin(0), stack.amax(0)
 
 
 def curves(expression: LossExpression | str, problem: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -109,37 +141,80 @@ def diagnose(expression: LossExpression | str, problem: str, name: str | None = 
 
 
 def plot_curves(items: Sequence[tuple[str, LossExpression | str]], problem: str, path: str | Path) -> Path:
-    """PNG with the value and gradient curves of several losses side by side (each value curve scaled to
-    [0, 1] so shapes compare; gradients scaled by their largest magnitude)."""
+    """Write :func:`curves_figure` as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(items, problem)
+    path = Path(path)
+    buffer = io.BytesIO()  # rendered in memory, written atomically (never a half-written file)
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def curves_figure(items: Sequence[tuple[str, LossExpression | str]], problem: str) -> Any:
+    """A figure with the value and gradient curves of several losses side by side, each labelled with its
+    formula. Values are min-max scaled per curve over the plotted range (raw range in the legend) so that
+    shapes of very different scales compare. Classification: against the true-class probability on a log
+    axis (others sharing the rest equally), gradient magnitudes unscaled on a log axis. Regression: gradients
+    divided by their largest magnitude in the plotted range. Regression: against the residual, averaged over targets in [-2, 2], the band showing the
+    spread over the targets (a loss need not depend on the residual alone).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_v, ax_g) = plt.subplots(1, 2, figsize=(10, 4))
-    for label, expr in items:
-        x, v, g = curves(expr, problem)
+    styles = ("-", "--", "-.", ":")
+    fig, (ax_v, ax_g) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for i, (label, expr) in enumerate(items):
+        expr = LossExpression.coerce(expr)
+        loss = SymbolicLoss(expr, reduction="none", problem=problem)
+        if problem == "classification":
+            x = torch.logspace(-4, -1e-3, 240, dtype=torch.float64).requires_grad_(True)  # p < 1: MAE has a kink there
+            v = _class_loss_of_prob(loss, x)
+            low = high = None
+        else:
+            x = torch.linspace(-5, 5, 241, dtype=torch.float64).requires_grad_(True)
+            v, low, high = residual_band(lambda a, b: loss.elementwise(a, b), x)
+        (g,) = torch.autograd.grad(v.sum(), x)
+        x, v, g = x.detach(), v.detach(), g.detach()
         keep = torch.isfinite(v) & torch.isfinite(g)
-        x, v, g = x[keep], v[keep], g[keep]
-        if len(v) == 0:
+        if not bool(keep.any()):
             continue
-        v = (v - v.min()) / (v.max() - v.min()).clamp(min=1e-12)
-        g = g / g.abs().max().clamp(min=1e-12)
-        ax_v.plot(x.numpy(), v.numpy(), label=label)
-        ax_g.plot(x.numpy(), g.numpy(), label=label)
-    xlabel = "probability of the true class" if problem == "classification" else "residual y_pred - y_real"
-    for ax, title in ((ax_v, "loss (scaled to [0, 1])"), (ax_g, "gradient (scaled)")):
+        lows, highs = (v, v) if low is None or high is None else (low.detach(), high.detach())
+        keep &= torch.isfinite(lows) & torch.isfinite(highs)
+        if not bool(keep.any()):
+            continue
+        v_lo, v_hi = float(lows[keep].min()), float(highs[keep].max())  # the band fits in [0, 1] too
+        span = max(v_hi - v_lo, 1e-12)
+        g_max = float(g[keep].abs().max().clamp(min=1e-12))
+        text = f"{label}: {expr.formula()}"
+        text = text if len(text) <= 60 else text[:59] + "…"
+        style = {"linestyle": styles[i % len(styles)], "linewidth": 2.4 if i == 0 else 1.5, "color": f"C{i}"}
+        xs = x[keep].numpy()
+        line, = ax_v.plot(xs, ((v[keep] - v_lo) / span).numpy(), label=f"{text}  [{v_lo:.3g}, {v_hi:.3g}]",
+                          **style)
+        if bool(((highs - lows)[keep] > 1e-9 * span).any()):
+            ax_v.fill_between(xs, ((lows[keep] - v_lo) / span).numpy(), ((highs[keep] - v_lo) / span).numpy(),
+                              color=line.get_color(), alpha=0.15)
+        if problem == "classification":  # 1/p-like gradients span decades: magnitudes on a log axis, unscaled
+            ax_g.plot(xs, g[keep].abs().clamp(min=1e-12).numpy(), label=text, **style)
+        else:
+            ax_g.plot(xs, (g[keep] / g_max).numpy(), label=text, **style)
+    xlabel = "probability of the true class (log scale)" if problem == "classification" else \
+        "residual y_pred - y_real (mean over y_real in [-2, 2]; band: spread)"
+    g_title = ("|d loss / d p| (log scale, not rescaled)" if problem == "classification"
+               else "gradient d loss / d r, divided by each curve's largest |value|")
+    for ax, title in ((ax_v, "loss, min-max scaled per curve [raw range]"), (ax_g, g_title)):
         ax.set_xlabel(xlabel)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
         if problem == "classification":
             ax.set_xscale("log")
-        else:
-            ax.set_xlim(-5, 5)
-    ax_v.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    buffer = io.BytesIO()  # rendered in memory, written atomically (never a half-written file)
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
-    return path
+    if problem == "classification":
+        ax_g.set_yscale("log")
+    ax_v.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    ax_g.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    return fig

@@ -23,17 +23,18 @@ from typing import Any, Sequence, TextIO
 from deap import algorithms, tools
 
 from lossforge import gp
-from lossforge.errors import ConfigError, RunError
+from lossforge.errors import ConfigError, LossforgeError, RunError
 from lossforge.executor import ChunkTimeout, make_executor
 from lossforge.expression import LossExpression
-from lossforge.progress import Progress, make_progress
+from lossforge.progress import GenerationStats, Progress, make_progress
 from lossforge.rejection import probe, rejection_reason
 from lossforge.scoring import ChunkResult, Suite, failed_chunk, load_suite, score_chunk_safe, suite_from_spec
 from lossforge.space import SearchSpace, load_space
-from lossforge.storage import CandidateState, RunStatus, RunStore
+from lossforge.runfile import CandidateState, RunStatus, RunStore
 
 #: Baselines scored on every run's suite, shown beside the evolved losses.
-DISPLAY_BASELINES = {"regression": ("mse", "huber", "mae"), "classification": ("cross_entropy", "gce", "mae")}
+DISPLAY_BASELINES = {"regression": ("mse", "huber", "mae"),
+                     "classification": ("cross_entropy", "gce", "mae", "sce", "nce_rce", "nce_agce", "anl_ce")}
 
 
 #: Share of the memory available at the start that the workers' models may use together.
@@ -139,27 +140,59 @@ class Evaluation:
     task_scores: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class GenerationStats:
-    """What a generation did, for progress lines and the run file."""
+def stored_setup(store: RunStore, scheduler: str | None = None, dask_workers: int | None = None
+                 ) -> tuple[SearchConfig, SearchSpace, Suite, Any]:
+    """The configuration, space, suite and last generation of a run file, checked as a new search checks
+    them (same bounds, same errors) and with every stored candidate and the population readable: RunError
+    naming the problem otherwise. ``scheduler``/``dask_workers`` replace the stored ones: an endpoint is
+    never dialled because a file says so."""
+    where = f"{store.path}: stored configuration"
+    document = store.config()
+    parts = {name: document.get(name) for name in ("search", "space", "suite")}
+    for name, part in parts.items():
+        if not isinstance(part, dict):
+            raise RunError(f"{where}: '{name}' is not a table; the run cannot be resumed")
+    stored = dict(parts["search"])
+    if stored.get("scheduler") is not None and scheduler is None:
+        raise RunError(f"{store.path} ran on a dask cluster; give its scheduler again with `lossforge resume "
+                       f"{store.path} --scheduler ADDRESS` (addresses are never taken from the run file)")
+    stored["scheduler"] = scheduler
+    if dask_workers is not None:
+        stored["dask_workers"] = dask_workers
+    if scheduler is not None or dask_workers is not None:
+        stored["executor"] = "dask"
+    try:
+        config = SearchConfig(**stored)
+        space = SearchSpace.from_dict(parts["space"])
+        suite = suite_from_spec(parts["suite"], f"{store.path} (stored suite)")
+    except LossforgeError as exc:
+        raise RunError(f"{where} is invalid: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RunError(f"{where} is invalid ({type(exc).__name__}: {str(exc)[:120]}); it cannot be resumed") from None
+    from lossforge.ranking import baseline_rows, generation_stats, ranking
 
-    gen: int
-    evaluated: int
-    cache_hits: int
-    rejected: int
-    failed: int
-    best: float
-    median: float
-    best_formula: str
-    seconds: float
-
-    def line(self) -> str:
-        """One progress line."""
-        return (
-            f"gen {self.gen:3d}  trained {self.evaluated:3d}  cached {self.cache_hits:3d}  "
-            f"rejected {self.rejected:3d}  failed {self.failed:3d}  best {self.best:.4f}  "
-            f"median {self.median:.4f}  {self.seconds:6.1f}s  best: {self.best_formula}"
-        )
+    # every stored record the run will read (and print when it ends) is readable
+    store.summary(), store.candidates(), ranking(store), baseline_rows(store), generation_stats(store)
+    last = store.last_generation()
+    if last is not None:
+        cls = gp.ParetoIndividual if config.selection == "nsga2" else gp.Individual
+        pset = gp.toolbox_for(space, min(config.tournament_size, config.population), cls)[1]
+        try:
+            for i, item in enumerate(last.population):
+                if not isinstance(item, dict) or not isinstance(item.get("fitness"), (int, float)) \
+                        or isinstance(item["fitness"], bool) or not math.isfinite(item["fitness"]):
+                    raise ValueError(f"member {i} has no finite fitness")
+                tokens = LossExpression(item.get("tree"), where=f"member {i}").tokens
+                gp.from_tokens(tokens, pset, cls)  # every name is in the run's primitive set
+                if space.violation(tokens) is not None:
+                    raise ValueError(f"member {i} is outside the run's search space")
+        except (LossforgeError, KeyError, TypeError, ValueError) as exc:
+            raise RunError(f"{store.path}: the population of generation {last.gen} is damaged ({str(exc)[:120]}); "
+                           "the run cannot be resumed") from None
+        if not last.population:
+            raise RunError(f"{store.path}: the population of generation {last.gen} is empty; the run cannot be "
+                           "resumed")
+    return config, space, suite, last
 
 
 class Search:
@@ -200,27 +233,39 @@ class Search:
         space = load_space(config.space)
         suite = load_suite(config.suite)
         document = {"search": config.to_dict(), "space": space.to_dict(), "suite": suite.spec()}
-        store = RunStore.create(run_path, document, suite_hash=suite.hash)
-        return cls(store, config, space, suite, quiet, stream)
+        store = RunStore.create(run_path, document, suite_hash=suite.hash, lease=True)
+        try:
+            return cls(store, config, space, suite, quiet, stream)
+        except BaseException:
+            store.discard()  # a failed start leaves no run behind, so a retry is not refused
+            raise
 
     def import_cache(self, run_paths: Sequence[str | Path]) -> int:
         """Reuse the evaluations of earlier runs on the same suite (same tasks, settings and seeds)."""
-        return sum(self.store.import_cache(path, self.suite.hash) for path in run_paths)
+        try:
+            return sum(self.store.import_cache(path, self.suite.hash) for path in run_paths)
+        except BaseException:
+            self.executor.close()
+            self.store.discard()  # a refused --cache-from leaves no half-made run behind
+            raise
 
     @classmethod
-    def resume(cls, run_path: str | Path, quiet: bool = True, stream: TextIO | None = None) -> "Search":
-        """Re-open a run file to continue it from its last recorded generation."""
-        store = RunStore.open(run_path)
-        document = store.config()
+    def resume(cls, run_path: str | Path, quiet: bool = True, stream: TextIO | None = None,
+               scheduler: str | None = None, dask_workers: int | None = None) -> "Search":
+        """Re-open a run file to continue it from its last recorded generation, holding its lease.
+
+        Everything stored is checked first, read-only, as a new search would check it; a refused run is
+        left byte-identical. Endpoints (``scheduler``) come from the caller, never from the file."""
+        with RunStore.open(run_path, readonly=True) as peek:
+            stored_setup(peek, scheduler, dask_workers)
+        store = RunStore.open(run_path, lease=True)
         try:
-            config = SearchConfig(**document["search"])
-            space = SearchSpace.from_dict(document["space"])
-            suite = suite_from_spec(document["suite"], f"{run_path} (stored suite)")
-        except (KeyError, TypeError) as exc:
+            config, space, suite, last = stored_setup(store, scheduler, dask_workers)
+            search = cls(store, config, space, suite, quiet, stream)
+            search._load_cache()
+        except BaseException:
             store.close()
-            raise RunError(f"{run_path}: stored configuration is incomplete ({exc}); it cannot be resumed") from None
-        search = cls(store, config, space, suite, quiet, stream)
-        search._load_cache()
+            raise
         return search
 
     def _load_cache(self) -> None:
@@ -274,9 +319,10 @@ class Search:
                     names.append(name)
         if not names:
             return
+        self.reporter.phase("baselines", len(names))
         for name, res in zip(names, self._score_specs(names, timed=False)):
             self.reference[name] = res.raw
-            self.store.set_baseline(name, res.raw)
+            self.store.set_result("baseline", name, res.raw)
         for t in self.suite.tasks:  # without a working reference no fitness means anything
             ref = self.reference[t.task.reference][t.name]
             if "complete" not in ref["statuses"]:
@@ -353,7 +399,7 @@ class Search:
             generation, list(expr.tokens), status=ev.status, key=expr.key, structure_key=expr.structure_key,
             formula=expr.formula(), latex=expr.latex(), complexity=expr.complexity, reason=ev.reason,
             fitness=ev.fitness if ev.status == CandidateState.COMPLETE else None,
-            objectives=[ev.fitness, -float(expr.complexity)], task_scores=ev.task_scores,
+            task_scores=ev.task_scores,
             constants=expr.constants, duration_s=duration, suite_hash=self.suite.hash, worker=worker,
         )
 
@@ -419,7 +465,6 @@ class Search:
                            started: float) -> GenerationStats:
         fits = [ind.fitness.values[0] for ind in population]
         best = max(population, key=lambda ind: ind.fitness.values[0])
-        hof = self.hall_of_fame()
         stats = GenerationStats(
             gen=gen, best=max(fits), median=statistics.median(fits), best_formula=gp.expression_of(best).formula(),
             seconds=time.perf_counter() - started, **counts,
@@ -427,8 +472,6 @@ class Search:
         self.store.record_generation(
             gen,
             [{"tree": gp.to_tokens(ind), "fitness": ind.fitness.values[0]} for ind in population],
-            [{"key": r.key, "fitness": r.fitness} for r in hof],
-            {"derived_from": ["generation", self.config.seed, gen]},
             dataclasses.asdict(stats),
         )
         self.reporter.generation_finished(stats)
@@ -450,6 +493,7 @@ class Search:
             return
         last = self.store.last_generation()
         generation = last.gen if last is not None else 0
+        self.reporter.phase("tuning", None)
         tuned_from = {r.reason for r in self.store.candidates() if r.reason and r.reason.startswith("tuned from")}
         for rec in self.store.best(self.config.tune_top):
             expr = LossExpression(rec.tree)
@@ -481,8 +525,9 @@ class Search:
         if not specs:
             return
         labels = [r.key for r in best] + [f"baseline:{n}" for n in names]
+        self.reporter.phase("validation", len(specs))
         for label, res in zip(labels, self._score_specs(specs, seeds)):
-            self.store.set_validation(label, res.raw)
+            self.store.set_result("validation", label, res.raw)
         self.reporter.message(f"validated the best {len(best)} loss(es) and {len(names)} baseline(s) on seeds {seeds}")
 
     def hall_of_fame(self, n: int | None = None):

@@ -343,7 +343,7 @@ def ranked_from_run(run_path: str | Path, rank: int = 1, pick: str = "best"):
     """The ``rank``-th entry of a run's final ranking (1 = the pick), with its expression validated like any
     external input: ``(Ranked, LossExpression)``."""
     from lossforge.ranking import ranking
-    from lossforge.storage import RunStore
+    from lossforge.runfile import RunStore
 
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ExportError(f"rank must be a positive integer, got {rank!r}")

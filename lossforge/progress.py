@@ -2,15 +2,23 @@
 
 :func:`make_progress` picks the reporter for the output stream:
 
-* a terminal: a live status line (generation, losses trained in this generation, best fitness so far,
-  rejections, training rate, ETA) redrawn as candidates are scored, with one permanent line per finished
-  generation above it; drawn with ``rich`` when it is installed, with a carriage-return line otherwise;
-* anything else (a pipe, a log file, CI): one plain line per finished generation,
-  :meth:`GenerationStats.line` plus rate and ETA, so logs stay line-oriented;
+* a terminal with ``rich``: a ``rich.progress`` display with a bar per phase (baselines, generation k of n,
+  validation, tuning), losses done of the phase's total, best fitness, rejections, rate and ETA, and one
+  permanent line per finished generation above it;
+* a terminal without rich: a live carriage-return status line;
+* anything else (a pipe, a log file, CI): plain lines: one when a phase other than a generation starts and
+  ends, and one per finished generation, :meth:`GenerationStats.line` plus rate and ETA;
 * ``quiet``: nothing.
 
-The engine calls ``generation_started(gen)``, ``candidate_scored(n)`` for each trained loss,
-``generation_finished(stats)`` and finally ``close()``.
+The engine calls ``phase(name, total)`` before scoring baselines, validating or tuning,
+``generation_started(gen)``, ``candidate_scored(n)`` for each trained loss, ``generation_finished(stats)``
+and finally ``close()``. A ``candidate_scored`` outside any phase is attributed to the baselines before the
+first generation and to the final validation and tuning after the last.
+
+Rate: losses trained in the generations per second since the first generation started; none is shown
+before the first loss of a generation has finished (set-up and baselines are not search throughput).
+ETA: the mean finished generation's time for each generation still to run; before the first generation
+has finished, a full generation at the current generation's pace; in other phases, the phase's pace.
 """
 
 from __future__ import annotations
@@ -19,16 +27,41 @@ import math
 import shutil
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TextIO
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, TextIO
 
-if TYPE_CHECKING:  # the engine imports this module: a runtime import would be circular
-    from lossforge.engine import GenerationStats
+__all__ = ["GenerationStats", "Progress", "make_progress", "format_duration"]
 
-__all__ = ["Progress", "make_progress", "format_duration"]
+
+@dataclass
+class GenerationStats:
+    """What a generation did, for progress lines, callbacks and the run file."""
+
+    gen: int
+    evaluated: int
+    cache_hits: int
+    rejected: int
+    failed: int
+    best: float
+    median: float
+    best_formula: str
+    seconds: float
+
+    def line(self) -> str:
+        """One progress line."""
+        return (
+            f"gen {self.gen:3d}  trained {self.evaluated:3d}  cached {self.cache_hits:3d}  "
+            f"rejected {self.rejected:3d}  failed {self.failed:3d}  best {self.best:.4f}  "
+            f"median {self.median:.4f}  {self.seconds:6.1f}s  best: {self.best_formula}"
+        )
 
 
 class Progress(Protocol):
     """What the search reports to."""
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        """A phase other than a generation begins (``baselines``, ``validation``, ``tuning``) that will
+        score ``total`` losses (None: unknown)."""
 
     def generation_started(self, gen: int) -> None:
         """Generation ``gen`` begins (variation, then scoring)."""
@@ -61,6 +94,9 @@ def format_duration(seconds: float | None) -> str:
 class _Quiet:
     """Reports nothing."""
 
+    def phase(self, name: str, total: int | None = None) -> None:
+        pass
+
     def generation_started(self, gen: int) -> None:
         pass
 
@@ -89,12 +125,30 @@ class _Tracker:
         self.gen: int | None = None
         self.gen_started = 0.0
         self.gen_seconds: list[float] = []
-        self.trained = 0
+        self.trained = 0  # losses trained in generations (the rate's numerator)
         self.trained_in_gen = 0
         self.rejected = 0
         self.best: float | None = None
+        # the phase outside generations: name, total, done, start
+        self.phase_name: str | None = None
+        self.phase_total: int | None = None
+        self.phase_done = 0
+        self.phase_started = 0.0
+
+    # ------------------------------------------------------------------------------------------ events
+    def phase(self, name: str, total: int | None = None) -> None:
+        self._end_phase()
+        self.phase_name, self.phase_total, self.phase_done = name, total, 0
+        self.phase_started = self.clock()
+        self._phase_started()
+
+    def _end_phase(self) -> None:
+        if self.phase_name is not None:
+            self._phase_finished(self.clock() - self.phase_started)
+            self.phase_name = None
 
     def generation_started(self, gen: int) -> None:
+        self._end_phase()
         self.gen = gen
         self.gen_started = self.clock()
         if self.started is None:
@@ -103,8 +157,13 @@ class _Tracker:
         self._changed()
 
     def candidate_scored(self, n: int = 1) -> None:
-        self.trained += n
-        self.trained_in_gen += n
+        if self.gen is None:
+            if self.phase_name is None:  # an engine that does not announce phases
+                self.phase("baselines" if self.started is None else "validation and tuning")
+            self.phase_done += n
+        else:
+            self.trained += n
+            self.trained_in_gen += n
         self._changed()
 
     def generation_finished(self, stats: GenerationStats) -> None:
@@ -115,12 +174,16 @@ class _Tracker:
         self._finished(stats)
 
     def close(self) -> None:
-        pass
+        self._end_phase()
 
-    def rate(self) -> float:
-        """Losses trained per second since the first generation started."""
-        elapsed = self.clock() - self.started if self.started is not None else 0.0
-        return self.trained / elapsed if elapsed > 0 else 0.0
+    # ---------------------------------------------------------------------------------------- numbers
+    def rate(self) -> float | None:
+        """Losses trained in generations per second since the first generation started; None before the
+        first such loss finished."""
+        if self.started is None or self.trained == 0:
+            return None
+        elapsed = self.clock() - self.started
+        return self.trained / elapsed if elapsed > 0 else None
 
     def eta(self) -> float | None:
         """Seconds left: the mean finished generation's time for each generation still to finish (before the
@@ -135,31 +198,62 @@ class _Tracker:
         remaining = self.total_generations - len(self.gen_seconds)
         return max(0.0, per_gen * remaining - in_gen)
 
+    def phase_eta(self) -> float | None:
+        """Seconds left in the current non-generation phase at its pace so far (None until one loss is done)."""
+        if not self.phase_done or not self.phase_total:
+            return None
+        elapsed = self.clock() - self.phase_started
+        return max(0.0, elapsed / self.phase_done * (self.phase_total - self.phase_done))
+
+    def rate_text(self) -> str:
+        rate = self.rate()
+        return "- losses/s" if rate is None else f"{rate:.2f} losses/s"
+
     def tail(self) -> str:
         """Rate and ETA, appended to every line."""
-        return f"  | {self.rate():.2f} losses/s  ETA {format_duration(self.eta())}"
+        rate = self.rate()
+        return f"  | {0.0 if rate is None else rate:.2f} losses/s  ETA {format_duration(self.eta())}"
 
     def status(self) -> str:
         """The live line."""
+        if self.gen is None and self.phase_name is not None:
+            total = "?" if self.phase_total is None else str(self.phase_total)
+            return (f"{self.phase_name}: {self.phase_done}/{total} scored  "
+                    f"ETA {format_duration(self.phase_eta())}")
         done = len(self.gen_seconds)
         gen = "-" if self.gen is None else str(self.gen)
         best = "-" if self.best is None else f"{self.best:.4f}"
         return (f"gen {gen} ({done}/{self.total_generations} done)  trained {self.trained_in_gen}/{self.population}"
                 f"  best {best}  rejected {self.rejected}" + self.tail())
 
+    # ------------------------------------------------------------------------------------------- hooks
     def _changed(self) -> None:
         """The counts moved (live reporters redraw)."""
 
     def _finished(self, stats: GenerationStats) -> None:
         """A generation finished."""
 
+    def _phase_started(self) -> None:
+        """A non-generation phase began."""
+
+    def _phase_finished(self, seconds: float) -> None:
+        """The non-generation phase ended after ``seconds``."""
+
 
 class _Lines(_Tracker):
-    """One plain line per finished generation (non-terminal output)."""
+    """Plain lines: phases and finished generations (non-terminal output)."""
 
     def __init__(self, total_generations: int, population: int, stream: TextIO, **kw: Any) -> None:
         super().__init__(total_generations, population, **kw)
         self.stream = stream
+
+    def _phase_started(self) -> None:
+        total = "" if self.phase_total is None else f" {self.phase_total} loss(es)"
+        print(f"{self.phase_name}:{total} ...", file=self.stream, flush=True)
+
+    def _phase_finished(self, seconds: float) -> None:
+        print(f"{self.phase_name}: {self.phase_done} scored in {format_duration(seconds)}", file=self.stream,
+              flush=True)
 
     def _finished(self, stats: GenerationStats) -> None:
         print(stats.line() + self.tail(), file=self.stream, flush=True)
@@ -185,6 +279,14 @@ class _CarriageReturn(_Lines):
         self._write(self.status())
         self.shown = True
 
+    def _phase_started(self) -> None:
+        self._changed()
+
+    def _phase_finished(self, seconds: float) -> None:
+        self._clear()
+        print(f"{self.phase_name}: {self.phase_done} scored in {format_duration(seconds)}", file=self.stream,
+              flush=True)
+
     def _finished(self, stats: GenerationStats) -> None:
         if self.shown:
             self._write("")
@@ -193,43 +295,78 @@ class _CarriageReturn(_Lines):
         self.shown = False
 
     def message(self, text: str) -> None:
-        self.close()
+        self._clear()
         print(text, file=self.stream, flush=True)
 
-    def close(self) -> None:
+    def _clear(self) -> None:
         if self.shown:
             self._write("")
             self.stream.write("\r")
             self.stream.flush()
             self.shown = False
 
+    def close(self) -> None:
+        super().close()
+        self._clear()
+
 
 class _Rich(_Tracker):
-    """A rich live line, with finished generations printed above it (terminal with rich)."""
+    """rich.progress bars: one for the generations, one for the current phase's losses; finished generations
+    and messages are printed above them (terminal with rich)."""
 
     def __init__(self, total_generations: int, population: int, stream: TextIO, **kw: Any) -> None:
         from rich.console import Console
-        from rich.live import Live
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         super().__init__(total_generations, population, **kw)
         self.console = Console(file=stream)
-        self.live = Live(self._status_text(), console=self.console, refresh_per_second=4, transient=True)
-        self.live.start()
+        # Our own rate and ETA columns (info): rich's would count set-up time and show a rate before any
+        # loss has finished.
+        self.bars = Progress(TextColumn("{task.description:<18}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                             TextColumn("{task.fields[info]}"), console=self.console, transient=True,
+                             refresh_per_second=4, auto_refresh=True)
+        self.gens_bar = self.bars.add_task("generations", total=total_generations, info="", visible=False)
+        self.step_bar = self.bars.add_task("", total=None, info="", visible=False)
+        self.step_key: tuple[str, int | None] | None = None
+        self.bars.start()
 
-    def _status_text(self) -> Any:
-        from rich.text import Text
-
-        return Text(self.status(), no_wrap=True, overflow="ellipsis")  # a wrapped live line would flicker
+    def _step(self, description: str, total: int | None) -> None:
+        """The lower bar shows ``description`` with ``total`` steps (a new bar: rich cannot unset a total)."""
+        if self.step_key != (description, total):
+            self.bars.remove_task(self.step_bar)
+            self.step_bar = self.bars.add_task(description, total=total, info="")
+            self.step_key = (description, total)
 
     def _changed(self) -> None:
-        self.live.update(self._status_text())
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        if self.gen is not None:
+            self.bars.update(self.gens_bar, visible=True, completed=len(self.gen_seconds),
+                             info=f"best {best}  rejected {self.rejected}  {self.rate_text()}  "
+                                  f"ETA {format_duration(self.eta())}")
+            last = self.gen + self.total_generations - len(self.gen_seconds) - 1
+            self._step(f"generation {self.gen} of {last}", self.population)
+            self.bars.update(self.step_bar, completed=self.trained_in_gen, info="losses trained")
+        elif self.phase_name is not None:
+            if self.gen_seconds:  # the generations are over: their ETA no longer applies
+                self.bars.update(self.gens_bar, info=f"best {best}  rejected {self.rejected}  {self.rate_text()}")
+            self._step(self.phase_name, self.phase_total)
+            self.bars.update(self.step_bar, completed=self.phase_done,
+                             info=f"ETA {format_duration(self.phase_eta())}")
+
+    def _phase_started(self) -> None:
+        self._changed()
+
+    def _phase_finished(self, seconds: float) -> None:
+        from rich.text import Text
+
+        self.console.print(Text(f"{self.phase_name}: {self.phase_done} scored in {format_duration(seconds)}"))
 
     def _finished(self, stats: GenerationStats) -> None:
         from rich.text import Text
 
         # Text, not str: formulas are not rich markup; soft_wrap: long lines wrap as a plain print's do
         self.console.print(Text(stats.line() + self.tail()), soft_wrap=True)
-        self._changed()
+        self.bars.update(self.gens_bar, completed=len(self.gen_seconds))
 
     def message(self, text: str) -> None:
         from rich.text import Text
@@ -237,7 +374,8 @@ class _Rich(_Tracker):
         self.console.print(Text(text), soft_wrap=True)
 
     def close(self) -> None:
-        self.live.stop()
+        super().close()
+        self.bars.stop()
 
 
 def _is_terminal(stream: TextIO) -> bool:

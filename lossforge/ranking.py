@@ -18,9 +18,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from lossforge.errors import ConfigError
+from lossforge.errors import ConfigError, LossforgeError, RunError
 from lossforge.scoring import Suite, suite_from_spec
-from lossforge.storage import CandidateRecord, RunStore
+from lossforge.runfile import CandidateRecord, RunStore
 
 PICKS = ("best", "knee", "ratio")
 
@@ -77,15 +77,30 @@ def _ratio(points: list[tuple[float, float]]) -> int:
     return best_i
 
 
+# Stored scores are data from a file: a wrongly shaped one surfaces as one of these inside Suite.fitness.
+_SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError)
+
+
+def _fitness(suite: Suite, raw: Any, reference: Any, store: RunStore, what: str) -> tuple[float, dict[str, Any]]:
+    try:
+        fit, summary = suite.fitness(raw, reference)
+        return float(fit), summary
+    except _SHAPE_ERRORS as exc:
+        raise RunError(f"run file {store.path}: the stored scores of {what} are malformed "
+                       f"({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
 def validation_fitness(store: RunStore) -> dict[str, float]:
     """Validation fitness of every validated loss key (empty when the run was not validated)."""
     done = store.validations()
-    suite = suite_from_spec(store.config()["suite"], f"{store.path} (stored suite)")
+    suite = suite_of(store)
     try:
         reference = {t.name: done[f"baseline:{t.task.reference}"][t.name] for t in suite.tasks}
     except KeyError:
         return {}
-    return {name: suite.fitness(raw, reference)[0] for name, raw in done.items()}
+    except TypeError:
+        raise RunError(f"run file {store.path}: the stored validation of the reference loss is malformed") from None
+    return {name: _fitness(suite, raw, reference, store, f"validation {name[:40]}")[0] for name, raw in done.items()}
 
 
 def ranking(store: RunStore, n: int | None = None, pick: str = "best") -> list[Ranked]:
@@ -107,8 +122,16 @@ def ranking(store: RunStore, n: int | None = None, pick: str = "best") -> list[R
 
 
 def suite_of(store: RunStore) -> Suite:
-    """The suite stored in a run file."""
-    return suite_from_spec(store.config()["suite"], f"{store.path} (stored suite)")
+    """The suite stored in a run file (RunError when it is missing or malformed)."""
+    spec = store.config().get("suite")
+    if not isinstance(spec, dict):
+        raise RunError(f"run file {store.path}: the stored suite is not a table")
+    try:
+        return suite_from_spec(spec, f"{store.path} (stored suite)")
+    except LossforgeError as exc:
+        raise RunError(f"run file {store.path}: the stored suite is invalid: {exc}") from None
+    except _SHAPE_ERRORS as exc:
+        raise RunError(f"run file {store.path}: the stored suite is malformed ({type(exc).__name__})") from None
 
 
 def baseline_rows(store: RunStore) -> list[dict[str, Any]]:
@@ -117,11 +140,34 @@ def baseline_rows(store: RunStore) -> list[dict[str, Any]]:
     baselines = store.baselines()
     if not all(t.task.reference in baselines for t in suite.tasks):
         return []
-    reference = {t.name: baselines[t.task.reference][t.name] for t in suite.tasks}
+    try:
+        reference = {t.name: baselines[t.task.reference][t.name] for t in suite.tasks}
+    except (KeyError, TypeError):
+        raise RunError(f"run file {store.path}: the stored scores of the reference loss are malformed") from None
     val = validation_fitness(store)
     rows = []
     for name, raw in baselines.items():
-        fit, summary = suite.fitness(raw, reference)
+        fit, summary = _fitness(suite, raw, reference, store, f"baseline {name[:40]}")
+        try:
+            tasks = {t.name: float(summary[t.name]["normalized"]) for t in suite.tasks}
+        except _SHAPE_ERRORS:
+            raise RunError(f"run file {store.path}: the stored scores of baseline {name[:40]} are malformed") from None
         rows.append({"name": name, "fitness": fit, "validation_fitness": val.get(f"baseline:{name}"),
-                     "tasks": {t.name: summary[t.name]["normalized"] for t in suite.tasks}})
+                     "tasks": tasks})
     return rows
+
+
+#: The statistics of a generation that the report and progress views read.
+STAT_FIELDS = ("gen", "best", "median")
+
+
+def generation_stats(store: RunStore) -> list[dict[str, Any]]:
+    """Each recorded generation's statistics, in order (RunError when one lacks a number it must have)."""
+    out = []
+    for g in store.generations():
+        for name in STAT_FIELDS:
+            value = g.stats.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RunError(f"run file {store.path}: generation {g.gen} statistics have no number {name!r}")
+        out.append(g.stats)
+    return out

@@ -5,7 +5,9 @@
 * ``report_fitness.png`` - best and median fitness per generation, with the baselines' fitness;
 * ``report_pareto.png`` - complexity against fitness of every complete candidate, Pareto front highlighted;
 * ``report_shapes.png`` - the shapes of the best losses next to reference losses (regression: loss against
-  the residual; classification: per-sample loss against the predicted probability of the true class);
+  the residual, averaged over targets in [-2, 2] with the spread over them shaded, since a loss need not
+  depend on the residual alone; classification: per-sample loss against the predicted probability of the
+  true class, the other classes sharing the rest equally, shaded: other ways of sharing it);
 * ``report_tasks.png`` - per-task normalised scores of the best losses next to the stored baselines;
 * ``report.md`` - the summary linking them, with the hall of fame and baseline tables.
 
@@ -25,17 +27,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import nn
 
 from lossforge.atomic import check_output, write_atomic
 from lossforge.baselines import get_baseline
+from lossforge.diagnostics import probability_band, residual_band
 from lossforge.engine import DISPLAY_BASELINES
 from lossforge.errors import ExportError, LossforgeError, RunError
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
-from lossforge.ranking import Ranked, baseline_rows, pareto_front, ranking, suite_of
+from lossforge.ranking import Ranked, baseline_rows, generation_stats, pareto_front, ranking, suite_of
 from lossforge.scoring import Suite
-from lossforge.storage import CandidateRecord, CandidateState, RunStore, RunSummary
+from lossforge.runfile import CandidateRecord, CandidateState, RunStore, RunSummary
 
 __all__ = ["pareto_front", "write_report"]
 
@@ -87,7 +91,7 @@ def _read_run(run_path: Path, top: int) -> _Run:
         return _Run(
             summary=store.summary(),
             suite=suite,
-            stats=[g.stats for g in store.generations()],
+            stats=generation_stats(store),
             complete=[c for c in candidates if c.status is CandidateState.COMPLETE and c.complexity is not None],
             counts={s.value: sum(c.status is s for c in candidates) for s in CandidateState},
             best=best,
@@ -100,13 +104,14 @@ def _short(text: str) -> str:
     return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
 
 
-def _save(fig: Figure, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> Figure:
     buffer = io.BytesIO()  # rendered in memory, then written atomically: no half-written PNG
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     write_atomic(path, buffer.getvalue())
+    return fig  # for tests to inspect
 
 
-def _plot_fitness(run: _Run, path: Path) -> None:
+def _plot_fitness(run: _Run, path: Path) -> Figure:
     # Figure() without pyplot: no global backend or figure registry (savefig renders PNG with Agg).
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
@@ -116,15 +121,16 @@ def _plot_fitness(run: _Run, path: Path) -> None:
     for i, name in enumerate(run.display_baselines()):
         ax.axhline(run.baselines[name]["fitness"], color=f"C{2 + i}", label=f"{name} (baseline)",
                    **_BASELINE_STYLE)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # generations are whole numbers
     ax.set_xlabel("generation")
     ax.set_ylabel("fitness (1 = reference loss)")
     ax.set_title("Fitness per generation")
     ax.grid(alpha=0.3)
     ax.legend(**_LEGEND)
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def _plot_pareto(run: _Run, front: list[int], path: Path) -> None:
+def _plot_pareto(run: _Run, front: list[int], path: Path) -> Figure:
     fig = Figure(figsize=(7, 4.2))
     ax = fig.subplots()
     complexity = np.array([c.complexity for c in run.complete], dtype=float)
@@ -133,22 +139,27 @@ def _plot_pareto(run: _Run, front: list[int], path: Path) -> None:
     ax.plot(complexity[front], fitness[front], drawstyle="steps-post", color="C3", marker="o",
             label=f"Pareto front ({len(front)})")
     ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle=":", label="reference loss (fitness 1)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # complexity counts nodes
     ax.set_xlabel("complexity (nodes of the canonical expression)")
     ax.set_ylabel("fitness")
     ax.set_title("Complexity vs fitness")
     ax.grid(alpha=0.3)
     ax.legend(**_LEGEND)
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def _scaled(values: torch.Tensor) -> tuple[np.ndarray, float, float]:
-    """Min-max scale a curve to [0, 1] over its finite values; returns it with the raw range."""
+def _scaled(values: torch.Tensor, low: torch.Tensor | None = None,
+            high: torch.Tensor | None = None) -> tuple[np.ndarray, float, float]:
+    """Min-max scale a curve to [0, 1] over the finite values of its band (``low``..``high``, default the
+    curve itself); returns it with the raw range."""
     y = values.detach().double().numpy()
     y = np.where(np.isfinite(y), y, np.nan)
-    if np.isnan(y).all():
+    lo_all = np.concatenate([t.detach().double().numpy() for t in (values, low, high) if t is not None])
+    lo_all = lo_all[np.isfinite(lo_all)]
+    if lo_all.size == 0:
         return y, math.nan, math.nan
-    low, high = float(np.nanmin(y)), float(np.nanmax(y))
-    return ((y - low) / (high - low) if high > low else np.zeros_like(y)), low, high
+    low_v, high_v = float(lo_all.min()), float(lo_all.max())
+    return ((y - low_v) / (high_v - low_v) if high_v > low_v else np.zeros_like(y)), low_v, high_v
 
 
 def _residuals() -> torch.Tensor:
@@ -159,35 +170,41 @@ def _probabilities() -> torch.Tensor:
     return torch.linspace(0.01, 0.99, 197, dtype=torch.float64)
 
 
+def _regression_band(loss: nn.Module) -> tuple[torch.Tensor, ...]:
+    return residual_band(loss, _residuals())
+
+
 def _regression_curve(loss: nn.Module) -> torch.Tensor:
-    y_pred = _residuals()
-    return loss(y_pred, torch.zeros_like(y_pred))
+    """Per-sample loss against the residual, averaged over the targets of :func:`residual_band`."""
+    return _regression_band(loss)[0]
+
+
+def _classification_band(loss: nn.Module, n_classes: int) -> tuple[torch.Tensor, ...]:
+    return probability_band(loss, _probabilities(), n_classes)
 
 
 def _classification_curve(loss: nn.Module, n_classes: int) -> torch.Tensor:
     """Per-sample loss when the true class (0) gets probability p and the others share 1 - p equally."""
-    p = _probabilities()
-    rest = ((1.0 - p) / (n_classes - 1)).unsqueeze(1).expand(-1, n_classes - 1)
-    logits = torch.log(torch.cat([p.unsqueeze(1), rest], dim=1))  # softmax(log q) = q
-    return loss(logits, torch.zeros(len(p), dtype=torch.long))
+    return _classification_band(loss, n_classes)[0]
 
 
-_Panel = tuple[str, str, np.ndarray, Callable[[nn.Module], torch.Tensor]]
+_Panel = tuple[str, str, np.ndarray, Callable[[nn.Module], tuple[torch.Tensor, ...]]]
 
 
 def _shape_panels(run: _Run) -> list[_Panel]:
-    """(problem, title, x values, curve of a loss) of each panel the suite's problem types call for."""
+    """(problem, title, x values, curve band of a loss) of each panel the suite's problem types call for."""
     panels: list[_Panel] = []
     if "regression" in run.suite.problems:
-        panels.append(("regression", "Regression (y_real = 0)", _residuals().numpy(), _regression_curve))
+        panels.append(("regression", "Regression: mean over y_real in [-2, 2], shaded: spread over y_real",
+                       _residuals().numpy(), _regression_band))
     if "classification" in run.suite.problems:
         from lossforge.tasks.data import N_CLASSES  # every bundled data set has this many classes
 
         p = _probabilities().numpy()
         panels.append(("classification", "Classification, 2 classes", p,
-                       lambda loss: _classification_curve(loss, 2)))
-        panels.append(("classification", f"Classification, {N_CLASSES} classes (others uniform)", p,
-                       lambda loss: _classification_curve(loss, N_CLASSES)))
+                       lambda loss: _classification_band(loss, 2)))
+        panels.append(("classification", f"Classification, {N_CLASSES} classes (others equal; shaded: unequal)",
+                       p, lambda loss: _classification_band(loss, N_CLASSES)))
     return panels
 
 
@@ -198,7 +215,7 @@ def _expression(run: _Run, rec: CandidateRecord) -> LossExpression:
         raise RunError(f"{run.summary.path}: {exc}") from None
 
 
-def _plot_shapes(run: _Run, path: Path) -> None:
+def _plot_shapes(run: _Run, path: Path) -> Figure:
     panels = _shape_panels(run)
     fig = Figure(figsize=(6 * len(panels), 4.4))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -212,8 +229,12 @@ def _plot_shapes(run: _Run, path: Path) -> None:
                    for i, name in enumerate(DISPLAY_BASELINES[problem])]
         with torch.no_grad():
             for label, loss, style in losses:
-                y, low, high = _scaled(curve(loss))
-                ax.plot(x, y, label=f"{label}  [{low:.3g}, {high:.3g}]", **style)
+                mid, band_low, band_high = curve(loss)
+                y, low, high = _scaled(mid, band_low, band_high)
+                (line,) = ax.plot(x, y, label=f"{label}  [{low:.3g}, {high:.3g}]", **style)
+                if high > low and bool(((band_high - band_low) > 1e-9 * (high - low)).any()):
+                    ax.fill_between(x, (band_low.numpy() - low) / (high - low), (band_high.numpy() - low) / (high - low),
+                                    color=line.get_color(), alpha=0.12, linewidth=0)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("residual y_pred - y_real" if problem == "regression"
                       else "predicted probability of the true class")
@@ -222,7 +243,7 @@ def _plot_shapes(run: _Run, path: Path) -> None:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7)
     fig.suptitle("Loss shapes (each curve scaled to [0, 1] over the plotted range; raw range in brackets)",
                  fontsize=10)
-    _save(fig, path)
+    return _save(fig, path)
 
 
 def _task_scores(rec: CandidateRecord, tasks: list[str]) -> list[float]:
@@ -236,7 +257,7 @@ def _task_series(run: _Run) -> list[tuple[str, list[float]]]:
                      for name in run.display_baselines()]
 
 
-def _plot_tasks(run: _Run, path: Path) -> None:
+def _plot_tasks(run: _Run, path: Path) -> Figure:
     series = _task_series(run)
     fig = Figure(figsize=(max(6.0, 1.6 * len(run.tasks) + 3), 4.2))
     ax = fig.subplots()
@@ -256,7 +277,7 @@ def _plot_tasks(run: _Run, path: Path) -> None:
     ax.set_title("Per-task scores: best losses (#rank, see report.md) and baselines (hatched)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(**_LEGEND)
-    _save(fig, path)
+    return _save(fig, path)
 
 
 # ------------------------------------------------------------------------------------------- Markdown
@@ -279,15 +300,18 @@ _SECTIONS = (
     ("shapes", "Loss shapes",
      "The best losses (#1 solid, #2 dash-dot, #3 dotted) next to reference losses (grey, dashed). The curves "
      "differ in scale and offset, so each is min-max scaled to [0, 1] over the plotted range (raw range in "
-     "brackets): compare shapes, not values."),
+     "brackets): compare shapes, not values. Each curve is labelled with its formula."),
     ("tasks", "Per-task scores",
      "Normalised score of the best losses and the baselines on each task (1 = reference loss)."),
 )
 
 _SHAPE_NOTES = {
     "classification": " Classification: per-sample loss (summed over classes) against the softmax probability "
-                      "of the true class, the other classes sharing the rest equally.",
-    "regression": " Regression: loss against the residual, with y_real = 0.",
+                      "of the true class, the other classes sharing the rest equally; shaded: the range over "
+                      "random unequal shares.",
+    "regression": " Regression: loss against the residual y_pred - y_real, averaged over targets y_real in "
+                  "[-2, 2]; the shaded band is the spread over those targets (zero for a loss of the residual "
+                  "alone).",
 }
 
 

@@ -51,17 +51,23 @@ def _fitness_of(suite: Suite, specs: list[Any], reference: dict[str, Any], seeds
     return [0.0 if r.failed else suite.fitness(r.raw, reference)[0] for r in results]
 
 
-def tune_constants(expression: LossExpression, suite: Suite, reference: dict[str, Any],
+def _spec(loss: Any) -> Any:
+    """The plain-data loss spec of a tunable loss: an expression's tokens, or a baseline setting's spec."""
+    return list(loss.tokens) if isinstance(loss, LossExpression) else loss.spec
+
+
+def tune_constants(expression: Any, suite: Suite, reference: dict[str, Any],
                    iterations: int = 4, directions: int = 4, h: float = 0.15, step: float = 0.5,
                    seed: int = 0, seeds: Sequence[int] | None = None, device: str = "cpu") -> TuningResult:
     """Tune ``expression``'s constants on ``suite`` (fitness relative to ``reference`` raw results).
 
-    Each iteration scores ``2 * directions + 1`` variants as one batched chunk. ``step`` is the ascent step
+    ``expression`` is a :class:`LossExpression` or a :class:`~lossforge.baselines.BaselineSetting` (a torch
+    baseline's hyper-parameters). Each iteration scores ``2 * directions + 1`` variants as one batched chunk. ``step`` is the ascent step
     in units of each constant's scale per unit of fitness gradient; ``seed`` fixes the directions.
     """
     c = np.array(expression.constants, dtype=np.float64)
     if c.size == 0:
-        f0 = _fitness_of(suite, [list(expression.tokens)], reference, seeds, device)[0]
+        f0 = _fitness_of(suite, [_spec(expression)], reference, seeds, device)[0]
         return TuningResult(expression, expression, f0, f0)
     rng = np.random.default_rng(seed)
     best_c, best_f = c.copy(), None
@@ -72,7 +78,7 @@ def tune_constants(expression: LossExpression, suite: Suite, reference: dict[str
         deltas = rng.choice([-1.0, 1.0], size=(directions, c.size))
         variants = [c] + [c + s * h * scale * d for d in deltas for s in (1.0, -1.0)]
         exprs = [expression.with_constants(v.tolist()) for v in variants]
-        fits = _fitness_of(suite, [list(e.tokens) for e in exprs], reference, seeds, device)
+        fits = _fitness_of(suite, [_spec(e) for e in exprs], reference, seeds, device)
         if f_before is None:
             f_before = fits[0]
         for v, f in zip(variants, fits):

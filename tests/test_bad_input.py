@@ -22,7 +22,7 @@ from lossforge.errors import ConfigError, ExportError, ExpressionError, Lossforg
 from lossforge.export import load
 from lossforge.scoring import load_suite
 from lossforge.space import load_space
-from lossforge.storage import RunStore
+from lossforge.runfile import RunStore
 
 
 @pytest.fixture(scope="module")

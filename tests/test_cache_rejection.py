@@ -12,7 +12,7 @@ from lossforge import gp
 from lossforge.engine import Search, SearchConfig
 from lossforge.expression import LossExpression
 from lossforge.rejection import probe, rejection_reason
-from lossforge.storage import RunStore
+from lossforge.runfile import RunStore
 
 REG = {"regression"}
 CLS = {"classification"}

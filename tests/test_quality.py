@@ -16,7 +16,7 @@ from lossforge.ranking import _knee, pareto_front, ranking
 from lossforge.scoring import load_suite, score_chunk_safe
 from lossforge.space import load_space
 from lossforge.stats import mean_ci, paired_comparison
-from lossforge.storage import RunStore
+from lossforge.runfile import RunStore
 from lossforge.tuning import tune_constants
 
 

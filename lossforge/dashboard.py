@@ -1,0 +1,213 @@
+"""``lossforge dashboard``: a local web page that follows a run (running or finished).
+
+The page (``lossforge/dashboard/index.html``, ``app.js``, ``style.css``: no CDN, no library) polls
+``/api/run.json`` every two seconds and draws generation progress and ETA, best and median fitness per
+generation, the Pareto front, the hall of fame with readable and rendered formulas, per-task scores beside
+the baselines and the rejection reasons. ``/api/runs.json`` lists the runs of a directory; ``?run=NAME``
+picks one (default: the most recently changed).
+
+Server: the standard library's :class:`http.server.ThreadingHTTPServer`. The dashboard serves three static
+files and two read-only JSON documents to one local browser; a framework (Flask, aiohttp) would add a
+dependency and nothing this needs. Each request opens the run file read-only (SQLite WAL lets a reader and
+the search's writer work at once), so the page shows what the search has recorded so far. LaTeX is rendered
+on the server by matplotlib's mathtext to SVG (no MathJax/KaTeX download). It binds 127.0.0.1 by default.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from lossforge.errors import ConfigError, LossforgeError, RunError
+
+__all__ = ["run_data", "make_server", "serve", "latex_svg"]
+
+#: Seconds between the page's polls of ``/api/run.json``.
+POLL_S = 2.0
+_STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+           "/style.css": ("style.css", "text/css; charset=utf-8")}
+_svg_cache: dict[str, str | None] = {}
+_mathtext_lock = threading.Lock()  # matplotlib is not thread-safe; the server is
+
+
+def latex_svg(latex: str) -> str | None:
+    """``latex`` rendered by matplotlib's mathtext as an SVG document, or None if mathtext cannot parse it
+    (the page then shows the LaTeX source). Cached: a hall of fame changes slowly."""
+    if latex in _svg_cache:
+        return _svg_cache[latex]
+    from matplotlib import mathtext
+
+    buf = io.BytesIO()
+    with _mathtext_lock:
+        try:
+            mathtext.math_to_image(f"${latex}$", buf, format="svg", dpi=72)
+            svg: str | None = buf.getvalue().decode("utf-8")
+            svg = svg[svg.index("<svg"):]  # drop the XML prolog and doctype: the SVG goes inline
+        except (ValueError, RuntimeError):  # mathtext's parse errors are ValueErrors
+            svg = None
+    if len(_svg_cache) > 2000:
+        _svg_cache.clear()
+    _svg_cache[latex] = svg
+    return svg
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def _progress(run: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Which phase the run is in, generations done of how many, and an ETA from the finished generations'
+    mean time (none before the first has finished: a guess from set-up time would mislead)."""
+    gens = run.generations(as_frame=False)
+    total = int(config.get("generations", 0)) + 1  # generation 0 counts
+    done = len(gens)
+    population = int(config.get("population", 0))
+    current = done  # the generation in progress
+    in_gen = sum(1 for c in run.candidates(as_frame=False) if c["generation"] >= current) if done < total else 0
+    seconds = [float(g["seconds"]) for g in gens if g.get("seconds") is not None]
+    if run.status != "running":
+        phase, eta = run.status, 0.0 if run.status == "finished" else None
+    elif done == 0 and not run.losses(1) and not run.baselines(as_frame=False):
+        phase, eta = "baselines", None
+    elif done < total:
+        phase = f"generation {current} of {total - 1}"
+        eta = sum(seconds) / len(seconds) * (total - done) if seconds else None
+    else:
+        phase, eta = "validation and tuning", None
+    return {"phase": phase, "done": done, "total": total, "population": population,
+            "in_generation": in_gen, "eta_s": eta, "elapsed_s": run.elapsed_s}
+
+
+def run_data(path: str | os.PathLike[str], top: int = 10) -> dict[str, Any]:
+    """The document ``/api/run.json`` serves: ``lossforge show --json``'s fields (see
+    :meth:`lossforge.results.Run.to_dict`) plus ``progress``, ``history`` (each generation's statistics), ``pareto``, ``rejections``,
+    ``tasks`` and, on each hall-of-fame entry, ``latex`` and ``latex_svg``. A path with no run yet gives
+    ``{"run": path, "status": "waiting"}`` (the page keeps polling)."""
+    from lossforge.results import open_run
+
+    path = Path(path)
+    if not path.exists():
+        return {"run": str(path), "status": "waiting", "hall_of_fame": [], "baselines": [], "history": []}
+    run = open_run(path)
+    doc = run.to_dict(top=top)
+    for entry, loss in zip(doc["hall_of_fame"], run.losses(top)):
+        entry["latex"] = loss.latex()
+        entry["latex_svg"] = latex_svg(entry["latex"])
+    doc["config"] = {k: run.config.get(k) for k in ("population", "generations", "seed", "space", "selection")}
+    doc["progress"] = _progress(run, run.config)
+    doc["history"] = [{k: (_num(v) if isinstance(v, float) else v) for k, v in g.items()}
+                          for g in run.generations(as_frame=False)]
+    doc["pareto"] = run.pareto()
+    doc["complete"] = [{"complexity": c["complexity"], "fitness": c["fitness"], "formula": c["formula"]}
+                       for c in run.candidates(as_frame=False) if c["status"] == "complete"][-2000:]
+    doc["rejections"] = run.rejection_reasons()
+    doc["counts"] = run.counts()
+    doc["tasks"] = run.tasks
+    return doc
+
+
+def _runs_in(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.db"), key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "DashboardServer"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        pass  # a poll every two seconds would fill the terminal
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, doc: Any, status: int = HTTPStatus.OK) -> None:
+        self._send(status, json.dumps(doc, allow_nan=False).encode("utf-8"), "application/json")
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        url = urlparse(self.path)
+        if url.path in _STATIC:
+            name, content_type = _STATIC[url.path]
+            body = resources.files("lossforge").joinpath("dashboard", name).read_bytes()
+            return self._send(HTTPStatus.OK, body, content_type)
+        query = parse_qs(url.query)
+        try:
+            if url.path == "/api/runs.json":
+                return self._json({"runs": [p.stem for p in self.server.runs()]})
+            if url.path == "/api/run.json":
+                return self._json(run_data(self.server.pick(query.get("run", [None])[0])))
+        except LossforgeError as exc:
+            return self._json({"error": str(exc)}, HTTPStatus.NOT_FOUND)
+        self._json({"error": f"no such page: {url.path}"}, HTTPStatus.NOT_FOUND)
+
+
+class DashboardServer(ThreadingHTTPServer):
+    """Serves the dashboard of one run file, or of the runs in a directory."""
+
+    daemon_threads = True
+
+    def __init__(self, target: Path, host: str, port: int) -> None:
+        self.target = target
+        super().__init__((host, port), _Handler)
+
+    def runs(self) -> list[Path]:
+        """The run files this server shows."""
+        return _runs_in(self.target) if self.target.is_dir() else [self.target]
+
+    def pick(self, name: str | None) -> Path:
+        """The run file ``?run=NAME`` names (only one of :meth:`runs`), by default the newest."""
+        if not self.target.is_dir():
+            return self.target
+        runs = self.runs()
+        if name is None:
+            if not runs:
+                raise RunError(f"no runs in {self.target} yet")
+            return runs[0]
+        for path in runs:
+            if path.stem == name:
+                return path
+        raise RunError(f"no run {name!r} in {self.target}")
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/"
+
+
+def make_server(target: str | os.PathLike[str], port: int = 8765, host: str = "127.0.0.1") -> DashboardServer:
+    """A dashboard server for a run file (which may not exist yet: a search about to start) or a directory
+    of runs; ``port=0`` picks a free port (see ``server.url``)."""
+    target = Path(target)
+    if not (0 <= port <= 65535):
+        raise ConfigError(f"port {port} is out of range; use 1-65535 (0: any free port)")
+    if not target.exists() and target.suffix != ".db":
+        raise RunError(f"no run or directory at {target}; give a run file, a run name or a runs directory")
+    try:
+        return DashboardServer(target, host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port") from None
+
+
+def serve(target: str | os.PathLike[str], port: int = 8765, host: str = "127.0.0.1") -> None:
+    """Serve the dashboard until interrupted."""
+    server = make_server(target, port, host)
+    print(f"lossforge dashboard of {target}: {server.url}  (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

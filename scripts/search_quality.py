@@ -1,0 +1,291 @@
+#!/usr/bin/env python
+"""Does a plain default search find a loss worth having? The search-quality study, as a script.
+
+For each search seed s (default 0-4) it runs
+
+* a plain default search, ``lossforge.search(seed=s, suite="robust")`` with no other settings, and
+* a random-search control, ``lossforge.search(seed=s, suite="robust", variation="random")``: the same budget
+  of full-fidelity evaluations, losses drawn from the same space with the same rejection, no selection;
+
+then scores each run's best loss, every baseline at its authors' setting and every baseline tuned with the
+budget a search gives its best losses (``lossforge.baselines.tune_baselines``) on the suite's validation seeds
+and on the ``transfer`` suite (data no search suite uses), with 95 % confidence intervals over seeds, and
+compares GP with random search paired over the search seeds (paired t-test and sign test). It writes
+``search_quality.md`` (tables) and ``search_quality.json`` (every number) into ``--out``.
+
+    python scripts/search_quality.py --out runs/quality              # the study: hours on 2 cores
+    python scripts/search_quality.py --dry-run --seeds 2 --out /tmp/q # a smoke test: tiny suites, a minute
+
+Where this lossforge has no ``variation="random"``, the control is skipped and the report says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import lossforge
+from lossforge.api import score
+from lossforge.baselines import baselines_for, tune_baselines
+from lossforge.expression import LossExpression
+from lossforge.scoring import load_suite
+from lossforge.stats import mean_ci, paired_comparison
+
+#: Tiny suites and settings of --dry-run: the whole pipeline in about a minute.
+DRY_SUITE = """name = "quality_dry"
+seeds = [0]
+validation_seeds = [100, 101]
+
+[[tasks]]
+name = "label_noise"
+type = "label_noise"
+preset = "symmetric40"
+settings = { n_train = 300, epochs = 3, hidden = [16] }
+"""
+DRY_TRANSFER = """name = "quality_dry_transfer"
+seeds = [0, 1]
+
+[[tasks]]
+name = "synthetic_b_sym40"
+type = "label_noise"
+settings = { dataset = "synthetic_b", n_train = 300, epochs = 3, hidden = [16] }
+"""
+DRY_SEARCH = {"population": 4, "generations": 1, "jobs": 1, "validate_top": 0}
+DRY_BASELINES = ["cross_entropy", "gce", "anl_ce"]
+
+
+def random_control_available() -> str | None:
+    """None when ``lossforge.search`` takes ``variation="random"``; otherwise why the control is skipped."""
+    from lossforge.engine import SearchConfig
+
+    if "variation" not in {f.name for f in fields(SearchConfig)}:
+        return "this lossforge's SearchConfig has no 'variation' setting (random search not landed yet)"
+    try:
+        SearchConfig(variation="random")
+    except Exception as exc:  # noqa: BLE001 - any refusal means the control cannot run; say which
+        return f"SearchConfig(variation='random') is refused: {exc}"
+    return None
+
+
+def _trained(run: Path) -> int | None:
+    """Distinct losses scored at full fidelity in a run file (None if this lossforge's store cannot say)."""
+    try:
+        from lossforge.runfile import CandidateState, RunStore
+    except ImportError:
+        return None
+    store = RunStore.open(run, readonly=True)
+    try:
+        return sum(1 for c in store.candidates() if c.status is CandidateState.COMPLETE)
+    finally:
+        store.close()
+
+
+def run_searches(seeds: Sequence[int], suite: str, out: Path, settings: dict[str, Any],
+                 with_random: bool) -> list[dict[str, Any]]:
+    """One GP search per seed (and one random-search control where available); their best losses."""
+    runs = []
+    arms = ["gp", "random"] if with_random else ["gp"]
+    for s in seeds:
+        for arm in arms:
+            path = out / f"{arm}-seed{s}.db"
+            if path.exists():
+                path.unlink()  # a fresh study: an earlier study's run file would be refused, not reused
+            extra = {"variation": "random"} if arm == "random" else {}
+            start = time.perf_counter()
+            hof = lossforge.search(run=path, quiet=True, seed=s, suite=suite, **settings, **extra)
+            elapsed = time.perf_counter() - start
+            best = hof[0] if hof else None
+            formula = LossExpression(tuple(best.tree)).formula() if best else None
+            print(f"{arm} seed {s}: {elapsed:.0f} s, best {formula} "
+                  f"(fitness {best.fitness if best else float('nan'):.4f})", flush=True)
+            runs.append({"arm": arm, "seed": s, "run": str(path), "elapsed_s": elapsed, "trained": _trained(path),
+                         "formula": formula, "tokens": list(best.tree) if best else None,
+                         "search_fitness": best.fitness if best else None})
+    return runs
+
+
+def _summary(row: Any) -> dict[str, Any]:
+    mean, half = mean_ci(row.per_seed)
+    return {"fitness": mean, "ci": half, "per_seed": list(row.per_seed),
+            "tasks": {t: {"mean": statistics.fmean(v["scores"]), "ci": mean_ci(v["scores"])[1],
+                          "scores": list(v["scores"])} for t, v in row.tasks.items()}}
+
+
+def score_all(runs: list[dict[str, Any]], baselines: list[str], tuned: list[Any], suite: Any,
+              seeds: Sequence[int] | None, jobs: int) -> dict[str, dict[str, Any]]:
+    """Every best loss, every baseline at its authors' setting and every tuned baseline, scored together."""
+    losses = [(f"{r['arm']} s{r['seed']}", LossExpression(tuple(r["tokens"]))) for r in runs if r["tokens"]]
+    losses += [(f"{t.name} (tuned)", LossExpression(tuple(t.spec))) for t in tuned if isinstance(t.spec, list)]
+    tuned_torch = [t for t in tuned if isinstance(t.spec, str)]
+    rows = score([e for _, e in losses], suite, seeds=seeds, baselines=baselines + [t.spec for t in tuned_torch],
+                 jobs=jobs)
+    labels = [n for n, _ in losses] + baselines + [f"{t.name} (tuned)" for t in tuned_torch]
+    return {label: {**_summary(row), "formula": row.formula, "status": row.status} for label, row in zip(labels, rows)}
+
+
+def _safe(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else x
+
+
+def compare(runs: list[dict[str, Any]], validation: dict[str, Any], transfer: dict[str, Any],
+            baseline_labels: list[str], ce_task: str = "label_noise") -> dict[str, Any]:
+    """The study's verdicts: found loss against the best baseline, against cross-entropy, and GP against random."""
+    from scipy.stats import binomtest
+
+    gp = [f"gp s{r['seed']}" for r in runs if r["arm"] == "gp" and f"gp s{r['seed']}" in validation]
+    best_base = max(baseline_labels, key=lambda b: validation[b]["fitness"])
+    out: dict[str, Any] = {"best_baseline_validation": best_base,
+                           "best_baseline_validation_fitness": validation[best_base]["fitness"]}
+    if not gp:
+        return out
+    out["median_gp_validation_fitness"] = statistics.median(validation[g]["fitness"] for g in gp)
+    out["median_gp_ge_best_baseline"] = out["median_gp_validation_fitness"] >= validation[best_base]["fitness"]
+    out["gp_vs_best_baseline"] = {}
+    for g in gp:
+        c = paired_comparison(validation[g]["per_seed"], validation[best_base]["per_seed"])
+        out["gp_vs_best_baseline"][g] = {"mean_diff": c.mean_diff, "ci": _safe(c.ci_half_width),
+                                         "p": _safe(c.p_value)}
+    if "cross_entropy" in validation and ce_task in validation["cross_entropy"]["tasks"]:
+        ce = validation["cross_entropy"]["tasks"][ce_task]["mean"]
+        gains = {g: validation[g]["tasks"][ce_task]["mean"] - ce for g in gp}
+        out["accuracy_gain_over_ce"] = {"task": ce_task, "gains": gains,
+                                        "at_least_5_points": sum(v >= 0.05 for v in gains.values()), "of": len(gp)}
+    if transfer:
+        per_task = {}
+        for task in transfer[baseline_labels[0]]["tasks"]:
+            best = max(baseline_labels, key=lambda b: transfer[b]["tasks"][task]["mean"])
+            median = statistics.median(transfer[g]["tasks"][task]["mean"] for g in gp)
+            per_task[task] = {"median_gp": median, "best_baseline": best,
+                              "best_baseline_score": transfer[best]["tasks"][task]["mean"],
+                              "difference": median - transfer[best]["tasks"][task]["mean"]}
+        out["transfer"] = {"per_task": per_task,
+                           "mean_difference": statistics.fmean(v["difference"] for v in per_task.values())}
+    pairs = [(f"gp s{r['seed']}", f"random s{r['seed']}") for r in runs if r["arm"] == "gp"]
+    pairs = [(g, r) for g, r in pairs if g in validation and r in validation]
+    if pairs:
+        a = [validation[g]["fitness"] for g, _ in pairs]
+        b = [validation[r]["fitness"] for _, r in pairs]
+        c = paired_comparison(a, b)
+        wins = sum(x > y for x, y in zip(a, b))
+        losses = sum(x < y for x, y in zip(a, b))
+        sign_p = binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else math.nan
+        out["gp_vs_random"] = {"search_seeds": len(pairs), "gp_wins": wins, "random_wins": losses,
+                               "mean_diff": c.mean_diff, "ci": _safe(c.ci_half_width), "t_test_p": _safe(c.p_value),
+                               "sign_test_p": _safe(float(sign_p))}
+    return out
+
+
+def _cell(entry: dict[str, Any]) -> str:
+    ci = entry["ci"]
+    return f"{entry['fitness']:.4f} ± {ci:.4f}" if math.isfinite(ci) else f"{entry['fitness']:.4f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The study as Markdown: settings, the loss table and the verdicts."""
+    v, t, c = result["validation"], result["transfer"], result["comparison"]
+    lines = [f"# Search quality: `{result['suite']}` suite, search seeds {result['seeds']}", "",
+             f"Settings: {json.dumps(result['search_settings']) if result['search_settings'] else 'defaults'}; "
+             f"validation seeds {result['validation_seeds']}; transfer suite `{result['transfer_suite']}`; "
+             f"total time {result['elapsed_s'] / 60:.1f} min.", ""]
+    if result["random_control"] is not None:
+        lines += [f"**Random-search control skipped**: {result['random_control']}.", ""]
+    lines += ["| search | seed | time (s) | trained | best loss |", "|---|---|---|---|---|"]
+    lines += [f"| {r['arm']} | {r['seed']} | {r['elapsed_s']:.0f} | {r['trained']} | `{r['formula']}` |"
+              for r in result["runs"]]
+    lines += ["", "Fitness relative to cross-entropy (1 = as good), mean ± 95 % CI over seeds:", "",
+              "| loss | validation fitness | transfer fitness | formula |", "|---|---|---|---|"]
+    for name in sorted(v, key=lambda n: -v[n]["fitness"]):
+        lines.append(f"| {name} | {_cell(v[name])} | {_cell(t[name]) if name in t else ''} | `{v[name]['formula']}` |")
+    lines += ["", f"Best baseline on validation: **{c['best_baseline_validation']}** "
+              f"({c['best_baseline_validation_fitness']:.4f})."]
+    if "median_gp_validation_fitness" in c:
+        lines.append(f"Median best found loss: {c['median_gp_validation_fitness']:.4f} "
+                     f"({'≥' if c['median_gp_ge_best_baseline'] else '<'} the best baseline).")
+    if "accuracy_gain_over_ce" in c:
+        g = c["accuracy_gain_over_ce"]
+        lines.append(f"Beat cross-entropy by ≥ 5 accuracy points on `{g['task']}`: {g['at_least_5_points']} of {g['of']}.")
+    if "transfer" in c:
+        lines.append(f"Transfer: median found loss minus the best baseline of each task, mean over tasks: "
+                     f"{c['transfer']['mean_difference']:+.4f}.")
+    if "gp_vs_random" in c:
+        r = c["gp_vs_random"]
+        lines.append(f"GP vs random search over {r['search_seeds']} search seeds: GP better on {r['gp_wins']}, "
+                     f"random on {r['random_wins']}; mean difference {r['mean_diff']:+.4f} (t-test p = {r['t_test_p']}, "
+                     f"sign test p = {r['sign_test_p']}).")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=5, help="search seeds 0..N-1 (default 5)")
+    parser.add_argument("--out", default="runs/search_quality", help="output directory (run files, md, json)")
+    parser.add_argument("--suite", default="robust", help="search suite (default robust)")
+    parser.add_argument("--transfer", default="transfer", help="held-out suite (default transfer)")
+    parser.add_argument("--jobs", type=int, default=-1, help="workers for scoring (default: all cores)")
+    parser.add_argument("--dry-run", action="store_true", help="tiny suites and searches: a smoke test")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    suite_name, transfer_name, settings = args.suite, args.transfer, {}
+    if args.dry_run:
+        (out / "dry_suite.toml").write_text(DRY_SUITE)
+        (out / "dry_transfer.toml").write_text(DRY_TRANSFER)
+        suite_name, transfer_name, settings = str(out / "dry_suite.toml"), str(out / "dry_transfer.toml"), DRY_SEARCH
+    start = time.perf_counter()
+    suite = load_suite(suite_name)
+    missing = random_control_available()
+    if missing:
+        print(f"random-search control skipped: {missing}", flush=True)
+    seeds = list(range(args.seeds))
+    runs = run_searches(seeds, suite_name, out, settings, with_random=missing is None)
+    names = DRY_BASELINES if args.dry_run else list(dict.fromkeys(
+        b.name for p in sorted(suite.problems) for b in baselines_for(p)))
+    print(f"tuning {len(names)} baselines on the search seeds", flush=True)
+    tuned = [t for t in tune_baselines(names, suite, iterations=1 if args.dry_run else 4)
+             if t.fitness_after > t.fitness_before]
+    baseline_labels = names + [f"{t.name} (tuned)" for t in tuned]
+    print("scoring on the validation seeds and the transfer suite", flush=True)
+    validation = score_all(runs, names, tuned, suite, list(suite.validation_seeds) or None, args.jobs)
+    transfer = score_all(runs, names, tuned, load_suite(transfer_name), None, args.jobs)
+    result = {
+        "suite": suite.name, "transfer_suite": load_suite(transfer_name).name, "seeds": seeds, "dry_run": args.dry_run,
+        "search_settings": settings, "validation_seeds": list(suite.validation_seeds),
+        "random_control": missing, "runs": runs,
+        "tuned_baselines": [{"name": t.name, "formula": t.formula, "tuning_fitness_before": t.fitness_before,
+                             "tuning_fitness_after": t.fitness_after} for t in tuned],
+        "validation": validation, "transfer": transfer,
+        "comparison": compare(runs, validation, transfer, baseline_labels),
+    }
+    result["elapsed_s"] = time.perf_counter() - start
+    _write_atomic(out / "search_quality.json", json.dumps(result, indent=1, default=_json_default))
+    _write_atomic(out / "search_quality.md", markdown(result))
+    print(f"wrote {out / 'search_quality.md'} and {out / 'search_quality.json'}")
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

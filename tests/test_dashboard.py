@@ -1,0 +1,187 @@
+"""The dashboard: its JSON document, its server, and the page in a real (headless Chromium) browser during a
+running search."""
+
+from __future__ import annotations
+
+import json
+from html import unescape
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import lossforge
+from lossforge.dashboard import latex_svg, make_server, run_data
+from lossforge.errors import ConfigError, RunError
+from lossforge.runfile import RunStore
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("dash") / "done.db"
+    lossforge.search(run=run, suite=str(REPO / "tests/data/tiny_suite.toml"), population=6, generations=2,
+                     chunk_size=4, jobs=1, executor="serial", quiet=True)
+    return run
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture
+def served(finished_run: Path) -> Iterator[str]:
+    server = make_server(finished_run.parent, port=0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield server.url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_run_data_carries_the_run_as_the_run_file_has_it(finished_run: Path) -> None:
+    doc = run_data(finished_run)
+    json.dumps(doc, allow_nan=False)  # strict JSON: no NaN reaches the browser
+    with RunStore.open(finished_run, readonly=True) as store:
+        gens = store.generations()
+        best = store.best(1)[0]
+    assert doc["status"] == "finished"
+    assert [g["gen"] for g in doc["history"]] == [g.gen for g in gens]
+    assert [g["best"] for g in doc["history"]] == [g.stats["best"] for g in gens]
+    assert doc["progress"]["done"] == doc["progress"]["total"] == 3 and doc["progress"]["eta_s"] == 0.0
+    assert best.formula in [h["formula"] for h in doc["hall_of_fame"]]
+    assert all(h["latex"] for h in doc["hall_of_fame"])
+    assert all(h["latex_svg"] is None or h["latex_svg"].startswith("<svg") for h in doc["hall_of_fame"])
+    assert {b["name"] for b in doc["baselines"]} >= {"mse", "mae", "huber"}
+    # the Pareto front: complexity rises and fitness rises along it
+    front = doc["pareto"]
+    assert all(a["complexity"] < b["complexity"] and a["fitness"] < b["fitness"] for a, b in zip(front, front[1:]))
+    assert sum(r["count"] for r in doc["rejections"]) == doc["counts"]["rejected"] + doc["counts"]["failed"]
+
+
+def test_run_data_before_the_run_file_exists(tmp_path: Path) -> None:
+    assert run_data(tmp_path / "later.db")["status"] == "waiting"
+
+
+def test_latex_svg_renders_and_refuses_nonsense_quietly() -> None:
+    svg = latex_svg(r"\sqrt{\left|y_{pred} y_{real}\right|}")
+    assert svg is not None and svg.startswith("<svg") and "<path" in svg
+    assert latex_svg(r"\frac{") is None
+
+
+def test_server_serves_the_page_and_the_json(served: str, finished_run: Path) -> None:
+    assert served.startswith("http://127.0.0.1:")  # local only by default
+    status, page = _get(served)
+    assert status == 200 and b"app.js" in page and b"<script src=\"app.js\">" in page
+    for asset in ("app.js", "style.css"):
+        assert _get(served + asset)[0] == 200
+    status, body = _get(served + "api/runs.json")
+    assert status == 200 and json.loads(body) == {"runs": ["done"]}
+    status, body = _get(served + "api/run.json?run=done")
+    assert status == 200 and json.loads(body)["run"] == str(finished_run)
+    status, body = _get(served + "api/run.json?run=..%2Fetc")
+    assert status == 404 and "no run" in json.loads(body)["error"]
+    assert _get(served + "secret.txt")[0] == 404
+
+
+def test_make_server_refuses_bad_targets_with_one_line(tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="no run or directory"):
+        make_server(tmp_path / "nothing-here", port=0)
+    with pytest.raises(ConfigError, match="port"):
+        make_server(tmp_path, port=70000)
+
+
+def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+         "--virtual-time-budget=6000", "--window-size=1280,1400", *extra, url],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def _generations(run: Path) -> int:
+    if not run.exists():
+        return 0
+    try:
+        with RunStore.open(run, readonly=True) as store:
+            return store.summary().generations
+    except RunError:  # the file is being created
+        return 0
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium; "
+                                              ".ci/run installs it)")
+def test_dashboard_in_a_browser_during_a_running_search(tmp_path: Path) -> None:
+    # a suite slow enough that the search is still running while the browser loads the page
+    suite = tmp_path / "slow.toml"
+    suite.write_text('name = "slow"\nseeds = [0]\nvalidation_seeds = [7]\n\n[[tasks]]\nname = "outliers"\n'
+                     'type = "regression"\npreset = "outliers"\n'
+                     'settings = { steps = 300, n_train = 64, n_test = 64, hidden = 8 }\n')
+    run = tmp_path / "live.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    search = subprocess.Popen(
+        [sys.executable, "-m", "lossforge.cli", "search", "--run", str(run), "--suite", str(suite),
+         "--population", "8", "--generations", "400", "--jobs", "1", "--executor", "serial", "--quiet"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    server = make_server(run, port=0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 300
+        while _generations(run) < 2:
+            assert search.poll() is None, f"search ended early: {search.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, "no generation recorded in 300 s"
+            time.sleep(0.2)
+        before = _generations(run)
+        dom = _chromium(server.url, tmp_path / "profile", "--dump-dom")
+        after = _generations(run)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        html = dom.stdout
+        still_running = search.poll() is None
+        shot = tmp_path / "dashboard.png"
+        shots = _chromium(server.url, tmp_path / "profile2", f"--screenshot={shot}")
+        assert shots.returncode == 0 and shot.stat().st_size > 10_000
+        if os.environ.get("LOSSFORGE_ARTIFACTS"):
+            out = Path(os.environ["LOSSFORGE_ARTIFACTS"])
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, out / "dashboard.png")
+    finally:
+        if search.poll() is None:
+            search.send_signal(signal.SIGINT)  # stopped as a user would stop it: the run stays resumable
+        search.communicate(timeout=120)
+        server.shutdown()
+        server.server_close()
+    # the script ran (the static page has no numbers) and shows the run as it was while loading
+    done = re.search(r"generations done (\d+)/401", html)
+    assert done, html[-3000:]
+    assert before <= int(done.group(1)) <= after
+    if still_running:
+        assert re.search(r'id="status" class="badge running">running<', html)
+        assert re.search(r"generation \d+ of 400", html)
+    with RunStore.open(run, readonly=True) as store:
+        formulas = {r.formula for r in store.best(50)}
+    shown = {unescape(f) for f in re.findall(r'<td class="formula"><code>([^<]*)</code>', html)}
+    assert shown and shown <= formulas
+    assert "<svg" in html.split('id="hof"')[1]  # rendered LaTeX in the hall of fame
+    assert html.count('class="num"') > 5

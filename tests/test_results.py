@@ -1,0 +1,123 @@
+"""Results as data: lossforge.open_run, and the --json / --format outputs of show, score and baselines."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import sympy
+import torch
+
+import lossforge
+from lossforge.cli import main
+from lossforge.errors import RunError
+from lossforge.ranking import ranking
+from lossforge.runfile import CandidateState, RunStore
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "tests/data/tiny_suite.toml")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("results") / "r.db"
+    lossforge.search(run=path, suite=TINY, population=6, generations=2, chunk_size=4, jobs=1,
+                     executor="serial", quiet=True)
+    return path
+
+
+def test_open_run_hall_of_fame_follows_the_final_ranking(run: Path) -> None:
+    result = lossforge.open_run(run)
+    records = result.hall_of_fame(n=None, as_frame=False)
+    with RunStore.open(run, readonly=True) as store:
+        ranked = ranking(store)
+        candidates = store.candidates()
+    assert [r["formula"] for r in records] == [x.record.formula for x in ranked]
+    assert [r["validation_fitness"] for r in records] == [x.validation_fitness for x in ranked]
+    assert [r["rank"] for r in records] == list(range(1, len(ranked) + 1))
+    assert all(r["outliers"] == x.record.task_scores["outliers"]["normalized"] for r, x in zip(records, ranked))
+    assert len(result.candidates(as_frame=False)) == len(candidates)
+    assert [g["gen"] for g in result.generations(as_frame=False)] == [0, 1, 2]
+
+
+def test_open_run_gives_dataframes_when_pandas_is_installed(run: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    result = lossforge.open_run(run)
+    frame = result.hall_of_fame()
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame["formula"]) == [r["formula"] for r in result.hall_of_fame(as_frame=False)]
+    assert isinstance(result.generations(), pd.DataFrame) and isinstance(result.candidates(), pd.DataFrame)
+    assert set(result.candidates()["status"]) <= {s.value for s in CandidateState}
+
+
+def test_each_loss_exports_to_sympy_torch_and_latex(run: Path) -> None:
+    best = lossforge.open_run(run).loss(1)
+    module = best.torch(reduction="none", problem="regression")
+    assert isinstance(module, torch.nn.Module)
+    pred, target = torch.tensor([0.5, 2.0, -1.0]), torch.tensor([1.0, 1.5, 0.3])
+    expected = lossforge.SymbolicLoss(list(best.tokens), reduction="none", problem="regression")
+    assert torch.equal(module(pred, target), expected(pred, target))
+    assert isinstance(best.sympy(), sympy.Expr)
+    assert {s.name for s in best.sympy().free_symbols} <= {"y_pred", "y_real"}
+    assert best.latex() and "y_{" in best.latex()
+
+
+def test_open_run_refuses_a_missing_run_and_a_missing_rank(run: Path, tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="no run at"):
+        lossforge.open_run(tmp_path / "missing.db")
+    with pytest.raises(RunError, match="rank 999"):
+        lossforge.open_run(run).loss(999)
+
+
+def test_show_json_carries_the_counts_hall_of_fame_and_baselines(run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["show", str(run), "--json", "--top", "3"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {"run", "status", "elapsed_s", "proposed", "screened", "trained", "hall_of_fame", "baselines"} <= set(doc)
+    with RunStore.open(run, readonly=True) as store:
+        candidates = store.candidates()
+        ranked = ranking(store, 3)
+    assert doc["status"] == "finished" and doc["run"] == str(run)
+    assert doc["proposed"] == len({c.key for c in candidates})
+    trained = {c.key for c in candidates if c.status in (CandidateState.COMPLETE, CandidateState.FAILED)}
+    assert doc["screened"] == doc["trained"] == len(trained)
+    assert len(doc["hall_of_fame"]) == 3
+    for entry, item in zip(doc["hall_of_fame"], ranked):
+        assert set(entry) == {"rank", "formula", "tokens", "fitness", "validation_fitness", "complexity", "tasks"}
+        assert entry["tokens"] == list(item.record.tree) and entry["fitness"] == item.record.fitness
+        assert lossforge.LossExpression(entry["tokens"]).key == item.record.key  # tokens rebuild the loss
+    assert {"mse", "mae", "huber"} <= {b["name"] for b in doc["baselines"]}
+    assert all({"name", "fitness", "validation_fitness"} <= set(b) for b in doc["baselines"])
+    assert main(["show", str(run), "--format", "json", "--top", "3"]) == 0
+    assert json.loads(capsys.readouterr().out) == doc
+
+
+def test_show_csv_and_markdown(run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["show", str(run), "--format", "csv", "--top", "4"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    expected = lossforge.open_run(run).hall_of_fame(4, as_frame=False)
+    assert [r["formula"] for r in rows] == [e["formula"] for e in expected]
+    assert [float(r["fitness"]) for r in rows] == [e["fitness"] for e in expected]
+    assert main(["show", str(run), "--format", "markdown", "--top", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| rank | fitness | validation |") and len(lines) == 2 + 4
+    assert lines[1] == "|" + "---|" * lines[0].count(" | ") + "---|"
+    assert all(line.startswith("| ") and line.endswith(" |") for line in lines[2:])
+
+
+def test_score_and_baselines_json(capsys: pytest.CaptureFixture) -> None:
+    assert main(["score", "(y_pred - y_real)**2", "--suite", TINY, "--baselines", "mae", "--seeds", "2",
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["name"], r["baseline"]) for r in rows] == [("loss 1", False), ("mae", True)]
+    for r in rows:
+        assert {"name", "baseline", "formula", "fitness", "ci", "tasks"} <= set(r)
+        assert r["fitness"] == pytest.approx(sum(r["per_seed"]) / 2) and r["ci"] is not None and r["ci"] >= 0
+        assert set(r["tasks"]) == {"outliers"} and len(r["tasks"]["outliers"]["scores"]) == 2
+    # (y_pred - y_real)**2 is the suite's reference loss, MSE: fitness 1 on every seed
+    assert rows[0]["per_seed"] == [pytest.approx(1.0)] * 2
+    assert main(["baselines", "--suite", TINY, "--json"]) == 0
+    base = json.loads(capsys.readouterr().out)["rows"]
+    assert base and all(r["baseline"] for r in base) and "mse" in {r["name"] for r in base}

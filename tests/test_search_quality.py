@@ -1,0 +1,61 @@
+"""scripts/search_quality.py: the study's verdicts, and a smoke run of the whole script on tiny suites."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "search_quality.py"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("search_quality", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _entry(per_seed: list[float], task_scores: list[float]) -> dict:
+    return {"fitness": sum(per_seed) / len(per_seed), "ci": 0.0, "per_seed": per_seed,
+            "tasks": {"label_noise": {"mean": sum(task_scores) / len(task_scores), "scores": task_scores}}}
+
+
+def test_verdicts_compare_gp_with_random_and_the_best_baseline(quality) -> None:
+    runs = [{"arm": arm, "seed": s} for s in range(3) for arm in ("gp", "random")]
+    validation = {
+        "cross_entropy": _entry([1.0, 1.0], [0.80, 0.80]),
+        "anl_ce": _entry([1.10, 1.12], [0.90, 0.92]),
+        "gp s0": _entry([1.20, 1.22], [0.95, 0.95]), "random s0": _entry([1.0, 1.1], [0.8, 0.8]),
+        "gp s1": _entry([1.05, 1.07], [0.83, 0.83]), "random s1": _entry([1.1, 1.1], [0.9, 0.9]),
+        "gp s2": _entry([1.15, 1.15], [0.88, 0.88]), "random s2": _entry([0.9, 0.9], [0.7, 0.7]),
+    }
+    c = quality.compare(runs, validation, {}, ["cross_entropy", "anl_ce"])
+    assert c["best_baseline_validation"] == "anl_ce"
+    assert c["median_gp_validation_fitness"] == pytest.approx(1.15)
+    assert c["median_gp_ge_best_baseline"] is True
+    assert c["accuracy_gain_over_ce"]["at_least_5_points"] == 2  # +15 and +8 points; +3 is not enough
+    r = c["gp_vs_random"]
+    assert (r["search_seeds"], r["gp_wins"], r["random_wins"]) == (3, 2, 1)
+    assert r["sign_test_p"] == pytest.approx(1.0)  # 2 of 3 is no evidence either way
+    assert c["gp_vs_best_baseline"]["gp s1"]["mean_diff"] < 0 < c["gp_vs_best_baseline"]["gp s0"]["mean_diff"]
+
+
+def test_dry_run_writes_the_table_and_every_number(quality, tmp_path: Path, capsys) -> None:
+    assert quality.main(["--dry-run", "--seeds", "2", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    result = json.loads((tmp_path / "search_quality.json").read_text())
+    arms = {(r["arm"], r["seed"]) for r in result["runs"]}
+    assert {("gp", 0), ("gp", 1)} <= arms
+    if result["random_control"] is None:
+        assert {("random", 0), ("random", 1)} <= arms and "gp_vs_random" in result["comparison"]
+    else:
+        assert "random-search control skipped" in capsys.readouterr().out
+    for table in ("validation", "transfer"):
+        assert {"gp s0", "gp s1", "cross_entropy", "anl_ce"} <= set(result[table])
+        assert len(result[table]["gp s0"]["per_seed"]) == 2  # the dry suites' validation / transfer seeds
+    assert result["comparison"]["best_baseline_validation"] in result["validation"]
+    text = (tmp_path / "search_quality.md").read_text()
+    assert "| gp s0 |" in text and "Best baseline on validation" in text

@@ -1,0 +1,48 @@
+"""The shipped suites: they load, the default search suite is broad, and transfer data stays out of search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lossforge.scoring import SUITES_DIR, load_suite
+from lossforge.tasks.data import load_arrays
+
+SEARCH_SUITES = ["robust", "quick", "label_noise", "full"]
+
+
+def _datasets(name: str) -> set[str]:
+    return {t.task.settings().get("dataset", "digits") for t in load_suite(name).tasks
+            if t.task.problem == "classification"}
+
+
+@pytest.mark.parametrize("path", sorted(SUITES_DIR.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_suite_loads(path) -> None:
+    assert load_suite(path.stem).tasks
+
+
+def test_robust_spans_data_sets_models_noise_kinds_and_procedures() -> None:
+    tasks = [t.task for t in load_suite("robust").tasks]
+    settings = [t.settings() for t in tasks]
+    assert len(_datasets("robust")) >= 3
+    assert {s.get("model", "mlp") for s in settings} >= {"mlp", "cnn"}
+    assert len({s["noise"] for s in settings if s["noise"] != "none"}) >= 3
+    assert {t.kind_name for t in tasks} >= {"label_noise", "augment", "adversarial", "regularize"}
+
+
+def test_transfer_data_is_in_no_search_suite() -> None:
+    held_out = _datasets("transfer")
+    assert held_out  # real MNIST and synthetic_b
+    for name in SEARCH_SUITES:
+        assert not held_out & _datasets(name), name
+
+
+def test_generated_data_is_fixed_and_the_two_generators_differ() -> None:
+    x, y = load_arrays("synthetic")
+    xb, _ = load_arrays("synthetic_b")
+    assert x.shape[1] != xb.shape[1] and x.min() >= 0 and x.max() <= 1
+    assert set(np.unique(y)) == set(range(10))
+    load_arrays.cache_clear()
+    x2, y2 = load_arrays("synthetic")
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
