@@ -10,7 +10,8 @@
   compiles with ``torch.jit.script`` and ``torch.compile``. Text from the run (formula, run path, suite
   name, any metadata) enters it only as ``repr`` string literals, and a class name only as an ASCII
   identifier, so no file or name can put code into it.
-* **latex**, **sympy**: the formula as LaTeX, or as ``sympy.srepr`` text.
+* **latex**, **sympy**: the formula as LaTeX (guards shown), or as ``sympy.srepr`` text of plain sympy
+  (Piecewise/Max/Min/Abs with the protected operators' values, see :mod:`lossforge.backends.sympy_plain`).
 
 :func:`load` never executes anything from the file: JSON is read with a bounded read (regular files only,
 at most ``MAX_JSON_BYTES`` bytes actually read), parsed with ``json`` and its tokens are validated against
@@ -33,6 +34,8 @@ from typing import Any
 import sympy
 
 from lossforge import operators
+from lossforge.backends.python_source import python_source
+from lossforge.backends.sympy_plain import plain_sympy
 from lossforge.errors import ExportError, ExpressionError, LossforgeError
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss, class_targets, classification_loss, is_classification_problem, reduce_loss
@@ -55,33 +58,6 @@ def to_json(expression: LossExpression, metadata: dict[str, Any] | None = None) 
         "metadata": metadata or {},
     }
     return json.dumps(doc, indent=2) + "\n"
-
-
-def _torch_call(head: type) -> tuple[str, Any]:
-    """Python name used in generated code for the torch form of a sympy head (and its function)."""
-    for op in OPERATORS.values():
-        if op.sympy_head is head:
-            fn = op.torch_form
-            prefix = "" if fn.__module__ == operators.__name__ else "torch."
-            return prefix + fn.__name__, fn
-    raise ExportError(f"no torch form for {head.__name__}")
-
-
-def _python(expr: sympy.Expr, used: dict[str, Any]) -> str:
-    if expr.is_Symbol:
-        return expr.name
-    if expr.is_Number:
-        return repr(float(expr))
-    args = [_python(a, used) for a in expr.args]
-    if expr.is_Add:
-        return "(" + " + ".join(args) + ")"
-    if expr.is_Mul:
-        return "(" + " * ".join(args) + ")"
-    if expr.is_Pow:
-        return f"({args[0]} ** {int(expr.args[1])})"
-    name, fn = _torch_call(type(expr))
-    used[name] = fn
-    return f"{name}({', '.join(args)})"
 
 
 def class_name(expression: LossExpression, name: str | None = None) -> str:
@@ -129,7 +105,9 @@ def to_python(expression: LossExpression, metadata: dict[str, Any] | None = None
     code only as ``repr`` string literals or a sanitised identifier, so no text can become code; the
     module works with ``torch.jit.script`` and ``torch.compile``."""
     used: dict[str, Any] = {}
-    body = _python(expression.sympy, used)
+    body = python_source(expression.sympy, used)
+    # classification reads log(y_pred) from log_softmax(logits), as the search scored it (exact cross-entropy)
+    exact_body = python_source(expression.sympy, used, log_probabilities=True)
     eps = {k: float(getattr(operators, k)) for k in ("DIV_EPS", "SQRT_EPS", "LOG_EPS", "EXP_MAX")}
     helpers = [_inline_constants(inspect.getsource(fn), eps) for n, fn in sorted(used.items())
                if not n.startswith("torch.")]
@@ -179,16 +157,20 @@ class {cls}(nn.Module):
         self.register_buffer("weight", weight)
 
     @staticmethod
-    def elementwise(y_pred: torch.Tensor, y_real: torch.Tensor) -> torch.Tensor:
-        out = {body}
+    def elementwise(y_pred: torch.Tensor, y_real: torch.Tensor,
+                    log_y_pred: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if log_y_pred is None:
+            out = {body}
+        else:  # log_y_pred = log_softmax(logits): log(y_pred) stays exact below the protected log's clamp
+            out = {exact_body}
         return out + torch.zeros_like(y_pred)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if is_classification_problem(self.problem, input, target):
             y_pred = torch.softmax(input, dim=1)
             y_real = class_targets(input, target, self.ignore_index, self.label_smoothing)
-            return classification_loss(self.elementwise(y_pred, y_real), target, self.weight, self.ignore_index,
-                                       self.reduction)
+            terms = self.elementwise(y_pred, y_real, torch.log_softmax(input, dim=1))
+            return classification_loss(terms, target, self.weight, self.ignore_index, self.reduction)
         if self.weight is not None:
             raise ValueError("weight is per class and applies to classification only")
         if input.shape != target.shape:
@@ -207,7 +189,7 @@ def render(expression: LossExpression, fmt: str, metadata: dict[str, Any] | None
     if fmt == "latex":
         return expression.latex() + "\n"
     if fmt == "sympy":
-        return sympy.srepr(expression.sympy) + "\n"
+        return sympy.srepr(plain_sympy(expression.sympy)) + "\n"
     raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 

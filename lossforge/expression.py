@@ -24,15 +24,15 @@ from typing import Iterable, Sequence, Union
 import sympy
 
 from lossforge.errors import ExpressionError
-from lossforge.operators import FUNCTION_ALIASES, OPERATORS, VARIABLES
+from lossforge.lowering import Program, check_constants, lower
+from lossforge.operators import FUNCTION_ALIASES, MAX_CONSTANT, OPERATORS, VARIABLES
 
 Token = Union[str, float]
 
 #: Limits that keep hostile or runaway input from costing memory or time.
 MAX_NODES = 512
 MAX_TEXT_LENGTH = 10_000
-MAX_CONSTANT = 1e6
-MAX_POWER = 8
+MAX_POWER = 8  # MAX_CONSTANT (1e6) lives with the operator table: the lowering enforces it on folded constants
 
 SYMBOLS: dict[str, sympy.Symbol] = {name: sympy.Symbol(name, real=True) for name in VARIABLES}
 _INFIX_OPS = {ast.Add: "plus", ast.Sub: "minus", ast.Mult: "multiply", ast.Div: "divide"}
@@ -170,10 +170,12 @@ def tokens_to_sympy(tokens: Sequence[Token]) -> sympy.Expr:
 
 
 def _round_float(f: sympy.Float) -> sympy.Expr:
-    v = float(f)
-    if v == int(v) and abs(v) < 1e6:
+    # Round first, then test for an integer: 0.1*3*10 folds to 3.0000000000000004, which must get the key
+    # of the 3.0 its printed formula says (an integer, exact).
+    v = float(f"{float(f):.{_KEY_DIGITS}g}")
+    if math.isfinite(v) and v == int(v) and abs(v) < 1e6:
         return sympy.Integer(int(v))
-    return sympy.Float(float(f"{v:.{_KEY_DIGITS}g}"))
+    return sympy.Float(v)
 
 
 def _even_power_of_negated(e: sympy.Expr) -> bool:
@@ -202,8 +204,36 @@ class LossExpression:
 
     @classmethod
     def parse(cls, text: str) -> "LossExpression":
-        """Parse user text safely (see :func:`parse`)."""
-        return cls(parse(text))
+        """Parse user text safely (see :func:`parse`); ExpressionError also when its constants fold to a
+        number beyond ±MAX_CONSTANT or a non-finite one (``(1000000.0**8)**4``)."""
+        expression = cls(parse(text))
+        expression.check_constants()
+        return expression
+
+    def check_constants(self) -> None:
+        """ExpressionError if a constant of the canonical form (as written or folded) is beyond
+        ±MAX_CONSTANT or non-finite."""
+        check_constants(self.sympy)
+        check_constants(self.canonical)
+
+    @cached_property
+    def constant_problem(self) -> str | None:
+        """Why the folded constants are refused (see :meth:`check_constants`), or None."""
+        try:
+            self.check_constants()
+        except ExpressionError as exc:
+            return str(exc)
+        return None
+
+    @cached_property
+    def program(self) -> Program:
+        """The lowered loss (:func:`lossforge.lowering.lower`) every backend runs."""
+        return lower(self.sympy)
+
+    @cached_property
+    def classification_program(self) -> Program:
+        """The classification variant: ``log(y_pred)`` read from the log-probabilities (exact cross-entropy)."""
+        return lower(self.sympy, log_probabilities=True)
 
     @classmethod
     def coerce(cls, value: "LossExpression | str | Sequence[Token]") -> "LossExpression":

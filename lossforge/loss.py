@@ -169,15 +169,25 @@ class SymbolicLoss(nn.Module):
         """Whether ``(input, target)`` is read as classification under this module's ``problem``."""
         return is_classification_problem(self.problem, input, target)
 
-    def elementwise(self, y_pred: torch.Tensor, y_real: torch.Tensor) -> torch.Tensor:
-        """The expression applied elementwise to ``y_pred`` and ``y_real`` (no reduction, no softmax)."""
-        return self._compiled(y_pred, y_real, self.constants.to(y_pred.dtype))
+    def elementwise(self, y_pred: torch.Tensor, y_real: torch.Tensor,
+                    log_y_pred: torch.Tensor | None = None) -> torch.Tensor:
+        """The expression applied elementwise to ``y_pred`` and ``y_real`` (no reduction, no softmax).
+        ``log_y_pred``: ``log_softmax`` of the logits, from which ``log(y_pred)`` is then read (exact
+        cross-entropy where the protected log would clamp a probability below 1e-12)."""
+        return self._compiled(y_pred, y_real, self.constants.to(y_pred.dtype), log_y_pred)
+
+    @property
+    def uses_log_probabilities(self) -> bool:
+        """Whether the classification loss reads log-probabilities (it takes ``log(y_pred)``)."""
+        return self._compiled.uses_log_probabilities
 
     def class_terms(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The expression's value for each class ``[N, C, ...]`` from logits and targets: the one place the
         classification convention turns logits into ``y_pred``."""
         y_pred = torch.softmax(input, dim=1)
-        return self.elementwise(y_pred, class_targets(input, target, self.ignore_index, self.label_smoothing))
+        log_p = torch.log_softmax(input, dim=1) if self.uses_log_probabilities else None
+        y_real = class_targets(input, target, self.ignore_index, self.label_smoothing)
+        return self.elementwise(y_pred, y_real, log_p)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.is_classification(input, target):
@@ -192,11 +202,13 @@ class SymbolicLoss(nn.Module):
             )
         return self.reduce(self.elementwise(input, target.to(input.dtype)))
 
-    def from_class_probabilities(self, y_pred: torch.Tensor, y_real: torch.Tensor) -> torch.Tensor:
+    def from_class_probabilities(self, y_pred: torch.Tensor, y_real: torch.Tensor,
+                                 log_probabilities: torch.Tensor | None = None) -> torch.Tensor:
         """The classification loss from :func:`class_probabilities`' output (summed over classes, reduced;
-        ``weight`` applied per class, every sample counted once)."""
-        return classification_loss(self.elementwise(y_pred, y_real), y_real, self.weight, self.ignore_index,
-                                   self.reduction)
+        ``weight`` applied per class, every sample counted once); ``log_probabilities``: ``log_softmax`` of
+        the logits, for an exact ``log(y_pred)``."""
+        return classification_loss(self.elementwise(y_pred, y_real, log_probabilities), y_real, self.weight,
+                                   self.ignore_index, self.reduction)
 
     def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
         """Per-sample losses reduced as ``reduction`` says."""

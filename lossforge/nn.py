@@ -127,6 +127,7 @@ class BatchedTrainer:
         """Mean loss of each model, ``[K]``; a non-finite or raising loss fails its model (value 0)."""
         values = []
         probabilities = None  # softmax of all K models' logits, computed once when a symbolic loss needs it
+        log_probabilities = None  # their log_softmax, once, when a loss takes log(y_pred) (exact cross-entropy)
         shared_target: tuple[torch.Tensor, torch.Tensor] | None = None  # (target, its one-hot form)
         for k, loss in enumerate(self.losses):
             tk = target[k] if isinstance(target, (list, tuple)) else target
@@ -140,7 +141,10 @@ class BatchedTrainer:
                         probabilities = torch.softmax(outputs, dim=2)
                     if shared_target is None or shared_target[0] is not tk:
                         shared_target = (tk, class_probabilities(outputs[k], tk, probabilities[k])[1])
-                    v = loss.from_class_probabilities(probabilities[k], shared_target[1])
+                    if log_probabilities is None and loss.uses_log_probabilities:
+                        log_probabilities = torch.log_softmax(outputs, dim=2)
+                    v = loss.from_class_probabilities(probabilities[k], shared_target[1],
+                                                      None if log_probabilities is None else log_probabilities[k])
                 else:
                     v = loss(outputs[k], tk)
                 v = v.mean() if v.dim() > 0 else v

@@ -24,17 +24,23 @@ evaluated with the protected semantics, and ``divide`` by a numeric constant bec
 from __future__ import annotations
 
 import math
+import operator as _pyop
 from dataclasses import dataclass
-from typing import Callable
+from functools import reduce
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import sympy
 import torch
 
+from lossforge.errors import ExpressionError
+
 DIV_EPS = 1e-6
 SQRT_EPS = 1e-12
 LOG_EPS = 1e-12
 EXP_MAX = 30.0
+#: Bound on every constant of a loss, written or folded (a folded 1e192 or oo is refused, see lowering).
+MAX_CONSTANT = 1e6
 
 
 # --- torch forms (also copied verbatim into exported .py modules, so they need only torch) -------------
@@ -127,7 +133,49 @@ def numpy_cos(a: Array, da: Array | None) -> Jvp:
     return np.cos(a), _scaled(da, -np.sin(a))
 
 
+def numpy_sum(terms: Sequence[Jvp]) -> Jvp:
+    """A sum of any number of terms and its derivative."""
+    value = derivative = None
+    for v, d in terms:
+        value = v if value is None else value + v
+        if d is not None:
+            derivative = d if derivative is None else derivative + d
+    return value, derivative
+
+
+def numpy_product(factors: Sequence[Jvp]) -> Jvp:
+    """A product and its derivative: d(prod f_i) = sum_i d f_i * prod_{j != i} f_j, over the factors that
+    depend on y_pred."""
+    value = reduce(_pyop.mul, (v for v, _ in factors))
+    derivative = None
+    for i, (_, d) in enumerate(factors):
+        if d is None:
+            continue
+        others = [v for j, (v, _) in enumerate(factors) if j != i]
+        term = d * reduce(_pyop.mul, others) if others else d
+        derivative = term if derivative is None else derivative + term
+    return value, derivative
+
+
+def numpy_power(base: Jvp, n: int) -> Jvp:
+    """``base ** n`` (positive integer ``n``) and its derivative."""
+    v, d = base
+    value = v * v if n == 2 else v ** n
+    if d is None:
+        return value, None
+    return value, d * (np.float32(n) * (v if n == 2 else v ** (n - 1)))
+
+
 # --- sympy forms of the protected operators -----------------------------------------------------------
+
+
+def _latex_number(value: float) -> str:
+    """``1e-06`` -> ``10^{-6}``, ``30.0`` -> ``30``: the guards' constants as LaTeX."""
+    mantissa, _, exponent = f"{value:g}".partition("e")
+    if not exponent:
+        return mantissa
+    power = f"10^{{{int(exponent)}}}"
+    return power if mantissa == "1" else rf"{mantissa} \cdot {power}"
 
 
 def _is_num(x: sympy.Expr) -> bool:
@@ -144,7 +192,8 @@ class _Protected(sympy.Function):
         return f"{self.printed_name}({', '.join(printer._print(a) for a in self.args)})"
 
     def _latex(self, printer, exp=None) -> str:
-        body = self.latex_template % tuple(printer._print(a) for a in self.args)
+        # the guard is part of the formula (a protected x/x is not 1): shown with its epsilon or cap
+        body = self.latex_template % dict(zip("ab", (printer._print(a) for a in self.args)))
         return body if exp is None else r"\left(%s\right)^{%s}" % (body, exp)
 
 
@@ -153,7 +202,9 @@ class ProtectedDiv(_Protected):
 
     nargs = 2
     printed_name = "div"
-    latex_template = r"\frac{%s}{%s}"
+    # sgn₊ is the sign with sgn₊(0) = +1: |b| < DIV_EPS becomes ±DIV_EPS
+    latex_template = r"\frac{%%(a)s}{\operatorname{sgn}_{+}\left(%%(b)s\right) \max\left(\left|%%(b)s\right|, %s\right)}" % (
+        _latex_number(DIV_EPS))
 
     @classmethod
     def eval(cls, a: sympy.Expr, b: sympy.Expr):  # noqa: D102 - sympy hook
@@ -171,7 +222,7 @@ class ProtectedSqrt(_Protected):
 
     nargs = 1
     printed_name = "sqrt"
-    latex_template = r"\sqrt{\left|%s\right|}"
+    latex_template = r"\sqrt{\max\left(\left|%%(a)s\right|, %s\right)}" % _latex_number(SQRT_EPS)
 
     @classmethod
     def eval(cls, a: sympy.Expr):  # noqa: D102
@@ -185,7 +236,7 @@ class ProtectedLog(_Protected):
 
     nargs = 1
     printed_name = "log"
-    latex_template = r"\log{\left|%s\right|}"
+    latex_template = r"\log{\max\left(\left|%%(a)s\right|, %s\right)}" % _latex_number(LOG_EPS)
 
     @classmethod
     def eval(cls, a: sympy.Expr):  # noqa: D102
@@ -199,7 +250,7 @@ class ProtectedExp(_Protected):
 
     nargs = 1
     printed_name = "exp"
-    latex_template = r"e^{%s}"
+    latex_template = r"e^{\min\left(%%(a)s, %s\right)}" % _latex_number(EXP_MAX)
 
     @classmethod
     def eval(cls, a: sympy.Expr):  # noqa: D102
@@ -267,3 +318,76 @@ VARIABLES = ("y_pred", "y_real")
 def operator(name: str) -> Operator:
     """The table row for ``name`` (aliases accepted); KeyError if unknown."""
     return OPERATORS[FUNCTION_ALIASES.get(name, name)]
+
+
+# --- the lowering table: one row per instruction a Program may hold -------------------------------------
+#
+# :mod:`lossforge.lowering` turns a sympy expression into a Program of instructions, one per node; each
+# non-leaf instruction names a row here. sympy's sums, products and powers are n-ary (or carry an integer
+# exponent), so they get rows of their own; every function head of the operator table gets one derived from
+# its Operator. Each backend (lossforge.backends) only loops over a Program and calls these forms, so the
+# torch closure, the numpy derivative kernel and the exported source cannot drift apart.
+
+
+@dataclass(frozen=True)
+class Instr:
+    """How every backend computes one kind of instruction.
+
+    ``torch(args, param)``: the value from the arguments' torch values (Python floats for folded numbers).
+    ``numpy(args, param)``: ``(value, derivative along y_pred or None)`` from the arguments' pairs.
+    ``source(args, param)``: Python source from the arguments' source texts.
+    ``helper``: a function of this module whose source an export must carry (None for torch's own).
+    ``param``: the sympy node's parameter (a power's exponent), or None.
+    """
+
+    name: str
+    sympy_head: type
+    torch: Callable[[Sequence[Any], Any], Any]
+    numpy: Callable[[Sequence[Jvp], Any], Jvp]
+    source: Callable[[Sequence[str], Any], str]
+    helper: Callable | None = None
+    param: Callable[[sympy.Expr], Any] | None = None
+
+
+def _power_exponent(power: sympy.Pow) -> int:
+    """A power's exponent: a positive integer, as canonicalisation makes them (x*x -> x**2)."""
+    exponent = power.args[1]
+    if not (exponent.is_Integer and int(exponent) > 0):
+        raise ExpressionError(f"power {exponent} cannot come from the operator table")
+    return int(exponent)
+
+
+def _function_row(op: Operator) -> Instr:
+    fn, jvp = op.torch_form, op.numpy_jvp
+    local = fn.__module__ == __name__  # our protected forms are copied into exports; torch's are called
+    name = fn.__name__ if local else "torch." + fn.__name__
+    if op.arity == 1:
+        numpy_form = lambda args, _: jvp(*args[0])  # noqa: E731
+    else:
+        numpy_form = lambda args, _: jvp(args[0][0], args[1][0], args[0][1], args[1][1])  # noqa: E731
+    return Instr(
+        op.name, op.sympy_head,
+        torch=lambda args, _: fn(*args),
+        numpy=numpy_form,
+        source=lambda args, _: f"{name}({', '.join(args)})",
+        helper=fn if local else None,
+    )
+
+
+INSTRUCTIONS: dict[str, Instr] = {
+    row.name: row
+    for row in [
+        # sympy puts numbers first in sums and products, so the left fold starts from them as Python does
+        Instr("sum", sympy.Add, torch=lambda args, _: reduce(_pyop.add, args),
+              numpy=lambda args, _: numpy_sum(args), source=lambda args, _: "(" + " + ".join(args) + ")"),
+        Instr("product", sympy.Mul, torch=lambda args, _: reduce(_pyop.mul, args),
+              numpy=lambda args, _: numpy_product(args), source=lambda args, _: "(" + " * ".join(args) + ")"),
+        Instr("power", sympy.Pow, torch=lambda args, n: args[0] ** n,
+              numpy=lambda args, n: numpy_power(args[0], n), source=lambda args, n: f"({args[0]} ** {n})",
+              param=_power_exponent),
+        *(_function_row(op) for op in OPERATORS.values() if op.numpy_jvp is not None),
+    ]
+}
+
+#: sympy head -> instruction row (what the lowering looks up for every non-leaf node).
+INSTRUCTION_BY_HEAD: dict[type, Instr] = {row.sympy_head: row for row in INSTRUCTIONS.values()}

@@ -32,7 +32,10 @@ def _probe_generator() -> torch.Generator:
 
 
 def symbolic_reason(expression: LossExpression) -> str | None:
-    """Reject losses that cannot depend on both the prediction and the target."""
+    """Reject losses that cannot depend on both the prediction and the target, or whose constants fold
+    beyond the constant limit."""
+    if expression.constant_problem is not None:
+        return expression.constant_problem
     if "y_pred" not in expression.variables:
         return "does not depend on y_pred (no gradient to train with)"
     if "y_real" not in expression.variables:

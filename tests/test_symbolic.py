@@ -198,3 +198,43 @@ def test_random_trees_print_hash_compile_and_reparse() -> None:
         a = SymbolicLoss(expr, reduction="none")(p, r)
         b = SymbolicLoss(again, reduction="none")(p, r)
         torch.testing.assert_close(a, b, equal_nan=True)
+
+
+def test_a_folded_constant_keys_as_its_printed_formula() -> None:
+    # 0.1*3*10 folds to 3.0000000000000004; its formula says 3.0, and both must be one loss
+    expr = LossExpression.parse("0.1*3*10*y_pred*y_real")
+    again = LossExpression.parse(expr.formula())
+    assert again.key == expr.key and again.structure_key == expr.structure_key
+    assert LossExpression.parse("3*y_pred*y_real").key == expr.key
+
+
+def test_the_canonical_sign_rule_is_for_even_powers_only() -> None:
+    odd = LossExpression.parse("(y_real - y_pred)**3"), LossExpression.parse("(y_pred - y_real)**3")
+    even = LossExpression.parse("(y_real - y_pred)**4"), LossExpression.parse("(y_pred - y_real)**4")
+    assert odd[0].key != odd[1].key  # they differ in sign: two losses
+    assert even[0].key == even[1].key
+
+
+def test_keys_round_constants_to_six_significant_digits() -> None:
+    key = lambda c: LossExpression.parse(f"{c!r}*y_pred*y_real").key  # noqa: E731
+    assert key(1.2341) != key(1.2342)  # the fifth digit separates losses
+    assert key(1.23456) != key(1.23457)  # so does the sixth
+    assert key(1.2345671) == key(1.2345674)  # the seventh does not
+    assert key(123456.1) == key(123456.4) != key(123457.0)
+
+
+@pytest.mark.parametrize("text", ["(1000000.0**8)**4*y_pred", "(1000000.0**8)**8*y_pred + y_real",
+                                  "div(y_pred, 0.0)*2.0*y_real", "1000.0*1000.0*1000.0*y_pred"])
+def test_folded_constants_beyond_the_limit_are_refused(text: str) -> None:
+    with pytest.raises(ExpressionError, match=r"fold to .*outside \[-1e\+06, 1e\+06\]") as info:
+        LossExpression.parse(text)
+    assert "\n" not in str(info.value)
+    # the same tree built from tokens (a GP offspring, a stored tree) is refused by the compiler and
+    # rejected with that reason, never printed as 1e+192 or oo
+    tokens = LossExpression(parse(text))
+    with pytest.raises(ExpressionError, match="fold to"):
+        compile_expr(tokens.sympy)
+    from lossforge.rejection import symbolic_reason
+
+    assert "fold to" in symbolic_reason(tokens)
+    assert LossExpression.parse("div(y_pred, 0.0)*y_real").key  # exactly at the limit (1e6) is allowed
