@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,7 +61,7 @@ def test_log_of_a_power_of_y_pred_is_exact_too() -> None:
 _REFERENCES = {
     "cross_entropy": lambda p, lp, y: -y * lp,
     "gce": lambda p, lp, y: y * (1 - torch.exp(0.7 * lp)) / 0.7,
-    "sce": lambda p, lp, y: -0.1 * y * lp + 4 * y * (1 - p),
+    "sce": lambda p, lp, y: -0.01 * y * lp - math.log(1e-4) * y * (1 - p),  # the APL code's MNIST setting
     "bootstrap_soft": lambda p, lp, y: -(0.95 * y + 0.05 * p) * lp,
     "poly1": lambda p, lp, y: -y * lp + y * (1 - p),
     "focal": lambda p, lp, y: -y * (1 - p) ** 2 * lp,
