@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import lossforge
-from lossforge.storage import RunStore
+from lossforge.runfile import RunStore
 
 DASK = shutil.which("dask", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 pytestmark = pytest.mark.skipif(DASK is None, reason="the dask command line (`dask`, from dask[distributed]) "
