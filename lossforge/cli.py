@@ -15,6 +15,14 @@ class _Parser(argparse.ArgumentParser):
         sys.stderr.write(f"lossforge: error: {message} (see `{self.prog} --help`)\n")
         raise SystemExit(2)
 
+    def _parse_optional(self, arg_string: str) -> Any:
+        # A word starting with a single "-" that is no option of this command is a value: an expression
+        # such as "-y_real*log(y_pred)" needs no "--" before it. Long options (--x) are still checked.
+        if (arg_string.startswith("-") and not arg_string.startswith("--") and len(arg_string) > 1
+                and arg_string[:2] not in self._option_string_actions):
+            return None
+        return super()._parse_optional(arg_string)
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -203,11 +211,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                 "validation_fitness": item.validation_fitness, "suite": suite, "key": item.record.key}
     text = render(expression, args.format, metadata, args.name)
     if args.output:
-        out = Path(args.output)
-        try:
-            out.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise LossforgeError(f"cannot write {out}: {exc.strerror}; choose a writable path") from None
+        from lossforge.atomic import check_output, write_atomic
+
+        out = check_output(args.output, force=args.force, inputs=[path])
+        write_atomic(out, text, replace=args.force)
         print(f"wrote {out}")
     else:
         sys.stdout.write(text)
@@ -272,7 +279,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from lossforge.expression import LossExpression
     from lossforge.scoring import load_suite
 
-    if args.expression.endswith(".json") and Path(args.expression).exists():
+    if args.expression.endswith(".json"):  # a file name, even when the file is missing
         expr, _ = read_json_export(args.expression)
     else:
         expr = LossExpression.parse(args.expression)
@@ -346,7 +353,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     path = resolve_run_path(args.run, args.runs_dir)
     out = Path(args.output) if args.output else path.with_name(path.stem + "-report")
-    print(f"wrote {write_report(path, out, top=args.top)}")
+    print(f"wrote {write_report(path, out, top=args.top, force=args.force)}")
     return 0
 
 
@@ -661,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pick", choices=["best", "knee", "ratio"], default="best")
     p.add_argument("--format", choices=["py", "json", "latex", "sympy"], required=True)
     p.add_argument("--name", help="class name of the py export")
-    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout (never over a run file)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("score", help="score a loss (expression text or a .json export) on a suite")
@@ -692,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("-o", "--output", help="output directory (default: <run>-report next to the run file)")
     p.add_argument("--top", type=_positive_int, default=10)
+    p.add_argument("--force", action="store_true", help="replace the files of an earlier report there")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("diagnose", help="bounded / symmetric / monotone checks of a run's losses or an expression")
