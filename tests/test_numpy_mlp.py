@@ -314,6 +314,8 @@ def test_finite_gradient_too_large_to_square_in_float32_fails_alike(loss) -> Non
     fast = scores({"steps": 2, "n_train": 64}, [loss], "numpy")[0]
     reference = scores({"steps": 2, "n_train": 64}, [loss], "autograd")[0]
     assert fast.reason == reference.reason
+    assert fast.status == reference.status == "failed"
+    assert reference.reason == "non-finite gradient at step 0"
 
 
 # --- 3. whole runs of well-behaved losses ---------------------------------------------------------------------
