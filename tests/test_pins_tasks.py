@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from lossforge.loss import SymbolicLoss
-from lossforge.nn import BatchedBatchNorm, BatchedTrainer, drop_block
+from lossforge.models import BatchedBatchNorm, drop_block
 from lossforge.tasks.adversarial import AdversarialTask, pgd
 from lossforge.tasks.augment import AugmentTask
 from lossforge.tasks.classification import ClassificationTask, Streams
 from lossforge.tasks.data import add_label_noise, generator, load_split
 from lossforge.tasks.regression import NoiseEstimate, RegressionTask
 from lossforge.tasks.regularize import RegularizeTask, smooth_targets
+from lossforge.training import BatchedTrainer
 
 CE = "-y_real*log(y_pred)"
 
