@@ -210,7 +210,7 @@ class Outcome:
     n: int
     file: str
     description: str
-    status: str  # killed | survived | timeout | error
+    status: str  # killed | survived | timeout | error (snippet not found)
     seconds: float
     tests: list[str] = field(default_factory=list)
     tail: str = ""
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants and check their snippets")
     parser.add_argument("--only", type=int, action="append", help="run mutant N (repeatable)")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per mutant (a timeout counts as killed)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per mutant (a timeout is reported apart, not as a kill)")
     parser.add_argument("--json", type=Path, help="write the outcomes to this JSON file")
     parser.add_argument("--scratch", type=Path, default=None, help="scratch directory (default: a new temp dir)")
     args = parser.parse_args(argv)
@@ -310,17 +310,20 @@ def main(argv: list[str] | None = None) -> int:
             outcomes.append(o)
             print(f"{o.n:3d} {o.status:8s} {o.seconds:6.1f}s  {o.file}: {o.description}", flush=True)
     outcomes.sort(key=lambda o: o.n)
-    killed = sum(o.status in ("killed", "timeout") for o in outcomes)
+    # A timeout is reported apart and not counted as a kill: on a loaded machine it proves nothing.
+    killed = sum(o.status == "killed" for o in outcomes)
+    timeouts = sum(o.status == "timeout" for o in outcomes)
     errors = sum(o.status == "error" for o in outcomes)
     equivalent = sum(o.status == "survived" and o.equivalent is not None for o in outcomes)
     counted = len(outcomes) - errors
     rate = killed / counted if counted else 0.0
     rate_ne = killed / (counted - equivalent) if counted - equivalent else 0.0
     print(f"killed {killed} of {counted} ({rate:.0%}); of the non-equivalent: {rate_ne:.0%}"
+          + (f"; {timeouts} timed out (not counted as killed)" if timeouts else "")
           + (f"; {errors} mutant(s) not applicable" if errors else ""))
     for o in outcomes:
-        if o.status == "survived":
-            print(f"  survived {o.n}: {o.description}" + (f"  (equivalent: {o.equivalent})" if o.equivalent else ""))
+        if o.status in ("survived", "timeout"):
+            print(f"  {o.status} {o.n}: {o.description}" + (f"  (equivalent: {o.equivalent})" if o.equivalent else ""))
     if args.json:
         args.json.write_text(json.dumps({"killed": killed, "counted": counted, "rate": rate,
                                          "rate_non_equivalent": rate_ne,
