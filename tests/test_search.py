@@ -131,7 +131,7 @@ def test_export_formats_and_load_agree(finished_run: Path, tmp_path: Path) -> No
     latex = render(expr, "latex")
     assert latex == expr.latex() + "\n" and "y_{pred}" in latex and "y_{real}" in latex
     assert render(expr, "sympy") == sympy.srepr(expr.sympy) + "\n"
-    assert "Symbol('y_pred')" in render(expr, "sympy")
+    assert "Symbol('y_pred'" in render(expr, "sympy") and "Symbol('y_real'" in render(expr, "sympy")
 
 
 def _cli(*args: str, runs_dir: Path) -> tuple[int, str, str]:
