@@ -128,3 +128,31 @@ def test_drop_block_rescales_the_survivors() -> None:
     assert (out == 0).any()
     assert out.mean().item() == pytest.approx(1.0, rel=1e-5)
     assert math.isclose(out.max().item(), 64 * 4 * 3 / (out[0] > 0).sum().item() , rel_tol=1e-5)
+
+
+class _InfiniteAtTest(torch.nn.Module):
+    """A classifier whose model 0 outputs inf once in eval mode (training is unaffected)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        out = self.inner(x, generator)
+        if not self.training:
+            out = out.clone()
+            out[0] = math.inf
+        return out
+
+
+class _InfiniteAtTestTask(ClassificationTask):
+    def build_model(self, n_models, n_features, n_classes, init):
+        return _InfiniteAtTest(super().build_model(n_models, n_features, n_classes, init))
+
+
+def test_non_finite_test_outputs_fail_their_model_only() -> None:
+    task = _InfiniteAtTestTask(epochs=1, n_train=64, hidden=(8,))
+    first, second = task.evaluate([SymbolicLoss(CE, reduction="none")] * 2, 0)
+    assert first.status == "failed" and first.reason == "non-finite outputs on the test inputs"
+    assert first.score == task.worst_score
+    assert second.status == "complete"
