@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from lossforge import gp
 from lossforge.engine import MEMORY_BUDGET_FRACTION, WORKER_BASE_BYTES, Search, SearchConfig, memory_chunk_cap
