@@ -29,12 +29,9 @@ from typing import Any, Callable, ClassVar, Literal, Sequence
 import torch
 
 from lossforge.errors import ConfigError
+from lossforge.training import EXPLODING_GRAD_NORM, LossLike, guarded_loss  # noqa: F401 - the task contract's
 
-LossLike = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Status = Literal["complete", "failed"]
-
-#: Gradient norm (per model, per step) above which a loss counts as exploding.
-EXPLODING_GRAD_NORM = 1e6
 
 
 @dataclass
@@ -165,23 +162,3 @@ def saved_tensor_bytes(compute: Callable[[], torch.Tensor]) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         compute()
     return total
-
-
-def guarded_loss(loss: LossLike) -> LossLike:
-    """``loss`` made safe for the trainers, which only catch numeric errors: any exception it
-    raises is re-raised as a ``RuntimeError`` naming the original type, and an output that does not depend
-    on the prediction is kept in the graph, so that either fails this loss's model, not the whole batch."""
-
-    def guarded(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        try:
-            value = torch.as_tensor(loss(pred, target), device=pred.device)
-        except (RuntimeError, ValueError, ZeroDivisionError, OverflowError):
-            raise
-        except Exception as exc:  # candidate losses are arbitrary code; the reason is kept
-            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
-        if pred.requires_grad and not value.requires_grad:
-            # backward() needs a graph; the trainer then fails the model for having no gradient.
-            value = value + pred.sum() * 0.0
-        return value
-
-    return guarded
