@@ -51,9 +51,9 @@ PIN_FILES = {
     "lossforge/scoring.py": ("tests/test_pins_fitness.py",),
     "lossforge/tasks/base.py": ("tests/test_pins_fitness.py",),
     "lossforge/rejection.py": ("tests/test_pins_rejection.py",),
-    "lossforge/engine.py": ("tests/test_pins_engine.py",),
+    "lossforge/engine.py": ("tests/test_pins_engine.py", "tests/test_pins_more.py"),
     "lossforge/evaluator.py": ("tests/test_pins_engine.py", "tests/test_evaluator.py"),
-    "lossforge/selection.py": ("tests/test_pins_engine.py",),
+    "lossforge/selection.py": ("tests/test_pins_engine.py", "tests/test_pins_more.py"),
     "lossforge/lowering.py": ("tests/test_lowering.py",),
     "lossforge/backends/python_source.py": ("tests/test_pins_export.py", "tests/test_lowering_exports.py"),
     "lossforge/backends/torch_closure.py": ("tests/test_lowering.py",),
@@ -103,7 +103,8 @@ MUTANTS: list[Mutant] = [
       "reduction='mean' over dimension 0 only", SYM, CLS),
     m("lossforge/loss.py", "per_sample = terms.sum(dim=1)", "per_sample = terms.mean(dim=1)",
       "classification loss averaged over classes instead of summed", SYM, CLS),
-    m("lossforge/loss.py", "y_pred = torch.softmax(input, dim=1) if", "y_pred = torch.softmax(input, dim=-1) if",
+    m("lossforge/loss.py", "        y_pred = torch.softmax(input, dim=1)\n        log_p = torch.log_softmax(input, dim=1)",
+      "        y_pred = torch.softmax(input, dim=-1)\n        log_p = torch.log_softmax(input, dim=-1)",
       "softmax over the last dimension instead of the class dimension", SYM, CLS),
     # --- scoring / fitness ---------------------------------------------------------------------------------
     m("lossforge/scoring.py", "log_total += t.weight * (math.log(norm) if norm > 0 else -math.inf)",
@@ -137,7 +138,7 @@ MUTANTS: list[Mutant] = [
       "elite = []", "tournament elitism removed", SEARCH),
     m("lossforge/evaluator.py", "twin = self.fingerprints.get(fingerprint)", "twin = None",
       "gradient twins trained instead of aliased", CACHE),
-    m("lossforge/evaluator.py", "                if res.failed:  # a loss that cannot train", "                if False:",
+    m("lossforge/evaluator.py", "                if res.failed:  # a loss that cannot train", "                if False:  # a loss that cannot train",
       "a candidate whose every task failed is recorded complete", SEARCH, CACHE),
     m("lossforge/engine.py", "random.seed(gp.derive_seed(\"generation\", self.config.seed, generation))",
       "random.seed(gp.derive_seed(\"generation\", self.config.seed, 0))", "every generation seeded alike", SEARCH),
@@ -244,6 +245,8 @@ MUTANTS: list[Mutant] = [
       "no-clobber write replaces a file that appeared meanwhile", "tests/test_trust_cli.py"),
     m("lossforge/atomic.py", "            os.unlink(tmp)\n        except FileNotFoundError:", "            pass\n        except FileNotFoundError:",
       "the temporary file is left behind", "tests/test_trust_cli.py"),
+    m("lossforge/loss.py", "y_pred = torch.softmax(input, dim=1) if", "y_pred = torch.softmax(input, dim=-1) if",
+      "the baselines' class probabilities softmax over the last dimension", "tests/test_pins_more.py", BASE),
 ]
 
 
@@ -276,10 +279,16 @@ def check(mutant: Mutant, root: Path = ROOT) -> str | None:
     text = (root / mutant.file).read_text(encoding="utf-8")
     if not resolve_tests(root, mutant.tests):
         return "none of its test files exists"
-    for old, _ in mutant.edits:
+    for old, new in mutant.edits:
         count = text.count(old)
         if count != 1:
             return f"snippet found {count} times: {old[:60]!r}"
+        text = text.replace(old, new, 1)
+    if mutant.file.endswith(".py"):
+        try:  # a mutant that does not parse is killed by any import: it would measure nothing
+            compile(text, mutant.file, "exec")
+        except SyntaxError as exc:
+            return f"the mutated file does not parse (line {exc.lineno}: {exc.msg})"
     return None
 
 

@@ -36,3 +36,9 @@ def test_a_stale_mutant_is_refused_with_one_line(capsys, monkeypatch) -> None:
     assert len(err) == 1 and "mutant 0" in err[0] and "found 0 times" in err[0]
     assert mutate.main(["--check"]) == 1
     assert "mutant 0" in capsys.readouterr().err
+
+
+def test_a_mutant_that_does_not_parse_is_refused() -> None:
+    mutate = _load()
+    broken = replace(mutate.MUTANTS[0], edits=((mutate.MUTANTS[0].edits[0][0], "torch.where(b < 0, -eps"),))
+    assert "does not parse" in mutate.check(broken)
