@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 
 from lossforge import gp
 from lossforge.engine import MEMORY_BUDGET_FRACTION, WORKER_BASE_BYTES, Search, SearchConfig, memory_chunk_cap
 from lossforge.scoring import ChunkResult, failed_chunk
+from lossforge.progress import GenerationStats
 from lossforge.runfile import CandidateState
 
 
@@ -15,7 +17,7 @@ def make_search(tmp_path: Path, tiny_suite: str, name: str = "run", **kw) -> Sea
     config = SearchConfig(population=8, generations=2, suite=tiny_suite, executor="serial", jobs=1, **kw)
     search = Search.create(tmp_path / f"{name}.db", config)
     # the reference's raw results, as score_baselines would store them (no training)
-    search.reference = {t.task.reference: {t.name: _raw(-1.0)} for t in search.suite.tasks}
+    search.evaluator.set_reference_raw({t.name: _raw(-1.0) for t in search.suite.tasks})
     return search
 
 
@@ -25,9 +27,16 @@ def _raw(score: float, status: str = "complete") -> dict:
 
 def fake_scores(search: Search):
     """Stands in for training: loss i of a call scores -(1 + i / 10) on every task."""
-    def score(specs, seeds=None, timed=True):
+    def score(specs, fidelity=None, timed=True):
         return [ChunkResult(raw={t.name: _raw(-(1 + i / 10)) for t in search.suite.tasks}) for i in range(len(specs))]
     return score
+
+
+def next_generation(search: Search, population, generation: int):
+    """The offspring of one generation as the loop breeds them (kept elite first, then the varied)."""
+    search._seed(generation)
+    kept, children = search.selection.breed(population, search.variation, search.toolbox)
+    return kept + children
 
 
 def with_fitness(population, values):
@@ -40,7 +49,7 @@ def test_tournament_keeps_the_elite_unchanged(tmp_path: Path, tiny_suite: str) -
     search = make_search(tmp_path, tiny_suite, elite=2)
     population, _ = search.initial_population()
     with_fitness(population, [0.1 * i for i in range(len(population))])
-    offspring = search._next_generation(population, 1)
+    offspring = next_generation(search, population, 1)
     best = sorted(population, key=lambda ind: ind.fitness.values[0], reverse=True)[:2]
     assert [str(ind) for ind in offspring[:2]] == [str(ind) for ind in best]
     assert all(ind.fitness.valid for ind in offspring[:2])  # not re-scored
@@ -54,7 +63,7 @@ def test_each_generation_draws_from_its_own_seed(tmp_path: Path, tiny_suite: str
     with_fitness(population, [0.1 * i for i in range(len(population))])
 
     def children(gen):
-        return [str(ind) for ind in search._next_generation([search.toolbox.clone(i) for i in population], gen)]
+        return [str(ind) for ind in next_generation(search, [search.toolbox.clone(i) for i in population], gen)]
 
     assert children(1) == children(1)
     assert children(1) != children(2)
@@ -68,15 +77,16 @@ def test_nsga2_survivors_are_chosen_from_parents_and_offspring(tmp_path: Path, t
     offspring = with_fitness([search.toolbox.clone(i) for i in population], [-5.0] * len(population))
     for ind in offspring:  # dominated: worse fitness and more complex than every parent
         ind.fitness.values = (-5.0, 1e6)
-    survivors = search._survivors(population, offspring)
+    survivors = search.selection.survivors(population, offspring)
     assert sorted(ind.fitness.values for ind in survivors) == sorted(ind.fitness.values for ind in population)
     search.close()
 
 
 def test_a_loss_whose_every_task_failed_is_recorded_failed(tmp_path: Path, tiny_suite: str, monkeypatch) -> None:
     search = make_search(tmp_path, tiny_suite)
-    monkeypatch.setattr(search, "_score_specs",
-                        lambda specs, seeds=None, timed=True: failed_chunk(len(specs), search.suite_spec, None, "boom"))
+    monkeypatch.setattr(search.evaluator, "train",
+                        lambda specs, fidelity=None, timed=True: failed_chunk(len(specs), search.evaluator.suite_spec,
+                                                                              None, "boom"))
     population, _ = search.initial_population()
     counts = search.evaluate(population[:2], 0)
     assert counts["failed"] == counts["evaluated"] >= 1
@@ -89,14 +99,18 @@ def test_a_loss_whose_every_task_failed_is_recorded_failed(tmp_path: Path, tiny_
 
 def test_resume_restores_the_gradient_fingerprints(tmp_path: Path, tiny_suite: str, monkeypatch) -> None:
     search = make_search(tmp_path, tiny_suite)
-    monkeypatch.setattr(search, "_score_specs", fake_scores(search))
+    monkeypatch.setattr(search.evaluator, "train", fake_scores(search))
     population, _ = search.initial_population()
     search.evaluate(population, 0)
-    fingerprints = dict(search.fingerprints)
+    # generation 0 finished (a resumed run re-probes the fingerprints of finished generations only)
+    search.store.record_generation(0, [{"tree": gp.to_tokens(ind), "fitness": ind.fitness.values[0]}
+                                       for ind in population],
+                              dataclasses.asdict(GenerationStats(0, len(population), 0, 0, 0, 1.0, 1.0, "y_pred", 0.0)))
+    fingerprints = dict(search.evaluator.fingerprints)
     assert fingerprints
     search.close()
     resumed = Search.resume(tmp_path / "run.db")
-    assert resumed.fingerprints == fingerprints  # so a gradient twin of a scored loss is not trained again
+    assert resumed.evaluator.fingerprints == fingerprints  # so a gradient twin of a scored loss is not trained again
     resumed.close()
 
 
