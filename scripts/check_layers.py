@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Report import cycles among lossforge's modules (static: parsed with ast, nothing is imported).
+"""Check lossforge's import layers and report import cycles (static: parsed with ast, nothing is imported).
 
 Usage: python scripts/check_layers.py [--graph]
 
 Every `import lossforge.x`, `from lossforge.x import y`, and relative import inside the package counts,
-including imports inside functions (a deferred import still couples the modules; it is listed with
-`--graph` marked "(deferred)"). Exit code 0 when there is no cycle among top-level imports, 1 otherwise.
-Cycles that exist only through deferred imports are reported separately and do not fail the check.
+including imports inside functions (a deferred import still couples the modules; `--graph` marks it
+"(deferred)"). Two checks:
+
+* cycles: strongly connected groups of modules in the import graph;
+* layers: LAYERS below is the layer diagram of docs/architecture.md, lowest first; a module may import its
+  own layer and the layers below it, never one above.
+
+Exit code 0 when module-level imports have no cycle and no upward import, 1 otherwise. Cycles and upward
+imports that exist only through deferred (in-function) imports are reported apart and do not fail the check.
 """
 from __future__ import annotations
 
@@ -17,6 +23,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "lossforge"
+
+#: The import layers, lowest first (docs/architecture.md draws the same). A name covers the module and,
+#: for a package, everything in it; the most specific name wins.
+LAYERS: list[tuple[str, list[str]]] = [
+    ("foundation", ["errors", "progress", "stats", "operators"]),
+    ("symbolic", ["space", "lowering", "backends", "expression", "compile", "loss", "gp"]),
+    ("training", ["nn", "numpy_mlp", "tasks", "data_sources"]),
+    ("scoring", ["scoring", "baselines", "rejection", "tuning", "executor", "conformance", "data_suite"]),
+    ("runs", ["runfile", "ranking"]),
+    ("search", ["engine"]),
+    ("views", ["results", "export", "report", "diagnostics", "dashboard", "tensorboard"]),
+    ("entry", ["api", "cli", ""]),   # "" is the package itself (lossforge/__init__.py)
+]
 
 
 def module_name(path: Path) -> str:
@@ -115,11 +134,25 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def without_package_inits(graph: dict[str, set[str]]) -> dict[str, set[str]]:
-    """A package __init__ that re-exports its submodules is not a layer of its own: `lossforge.runfile`
-    importing `lossforge.runfile.store` is how a package is built, so edges from a package to its own
-    submodules are dropped (edges into the package from elsewhere stay)."""
-    return {m: {t for t in ts if not t.startswith(m + ".")} for m, ts in graph.items()}
+def layer_of(mod: str) -> int | None:
+    best, where = -1, None
+    for i, (_, names) in enumerate(LAYERS):
+        for name in names:
+            full = f"{PACKAGE}.{name}" if name else PACKAGE
+            if (mod == full or mod.startswith(full + ".")) and len(full) > best:
+                best, where = len(full), i
+    return where
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a lower layer into a higher one."""
+    out = []
+    for m in sorted(graph):
+        for t in sorted(graph[m]):
+            lm, lt = layer_of(m), layer_of(t)
+            if lm is not None and lt is not None and lt > lm:
+                out.append(f"{m} ({LAYERS[lm][0]}) imports {t} ({LAYERS[lt][0]})")
+    return out
 
 
 def main() -> int:
@@ -129,8 +162,8 @@ def main() -> int:
     mods = modules()
     known = set(mods)
     edges = {m: imports(m, p, known) for m, p in mods.items()}
-    top = without_package_inits({m: {t for t, t_top in e.items() if t_top} for m, e in edges.items()})
-    every = without_package_inits({m: set(e) for m, e in edges.items()})
+    top = {m: {t for t, t_top in e.items() if t_top} for m, e in edges.items()}
+    every = {m: set(e) for m, e in edges.items()}
     if args.graph:
         for m in sorted(edges):
             deps = [t.removeprefix(PACKAGE + ".") + ("" if edges[m][t] else " (deferred)") for t in sorted(edges[m])]
@@ -152,7 +185,23 @@ def main() -> int:
             print("  " + " <-> ".join(c))
     else:
         print("no cycle through deferred imports either")
-    return 1 if hard else 0
+    unplaced = sorted(m for m in mods if layer_of(m) is None)
+    if unplaced:
+        print("modules in no layer (add them to LAYERS): " + ", ".join(unplaced))
+    up_hard = upward(top)
+    up_soft = [u for u in upward(every) if u not in up_hard]
+    if up_hard:
+        print(f"{len(up_hard)} module-level import(s) against the layers:")
+        for u in up_hard:
+            print("  " + u)
+    else:
+        print("every module-level import goes to the same layer or one below: " +
+              " < ".join(name for name, _ in LAYERS))
+    if up_soft:
+        print(f"{len(up_soft)} deferred (in-function) import(s) against the layers:")
+        for u in up_soft:
+            print("  " + u)
+    return 1 if hard or up_hard or unplaced else 0
 
 
 if __name__ == "__main__":
