@@ -2,34 +2,81 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import functools
+import inspect
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TextIO
 
-from lossforge.engine import DISPLAY_BASELINES, Search, SearchConfig
+from lossforge.engine import DISPLAY_BASELINES, Callback, Search, SearchConfig
 from lossforge.errors import ConfigError
+from lossforge.evaluator import FULL, Evaluator, rejected_result
 from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
-from lossforge.rejection import rejection_reason
-from lossforge.scoring import ChunkResult, Suite, load_suite, score_chunk_safe
+from lossforge.scoring import ChunkResult, Suite, load_suite
 from lossforge.runfile import CandidateRecord, resolve_run_path
 
+_D = SearchConfig  # the defaults below are SearchConfig's own (its fields are the one place they are written)
 
-def search(run: str | Path | None = None, quiet: bool = False, cache_from: Sequence[str | Path] = (),
-           data: Any = None, **settings: Any) -> list[CandidateRecord]:
+
+def _named_keywords(func: Callable) -> Callable:
+    """A TypeError that names the valid keywords (and the closest one) for a misspelt keyword argument."""
+    valid = [name for name in inspect.signature(func).parameters]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        unknown = [k for k in kwargs if k not in valid]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"{func.__name__}() got an unexpected keyword argument {unknown[0]!r}{hint} "
+                            f"(valid: {', '.join(valid)})")
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+@_named_keywords
+def search(run: str | Path | None = None, *,
+           population: int | None = _D.population, generations: int | None = _D.generations,
+           budget: float | None = _D.budget, time_s: float | None = _D.time_s, screening: float = _D.screening,
+           promote: float = _D.promote, niche: int = _D.niche, seed: int = _D.seed,
+           space: str = _D.space, suite: str | Path | Suite = _D.suite, jobs: int = _D.jobs, executor: str = _D.executor,
+           scheduler: str | None = _D.scheduler, dask_workers: int | None = _D.dask_workers,
+           chunk_timeout_s: float | None = _D.chunk_timeout_s, chunk_size: int = _D.chunk_size,
+           tournament_size: int = _D.tournament_size, crossover_prob: float = _D.crossover_prob,
+           mutation_prob: float = _D.mutation_prob, elite: int = _D.elite, hall_of_fame: int = _D.hall_of_fame,
+           device: str = _D.device, selection: str = _D.selection, variation: str = _D.variation,
+           seed_baselines: bool = _D.seed_baselines, validate_top: int = _D.validate_top,
+           tune_top: int = _D.tune_top, tune_iterations: int = _D.tune_iterations,
+           quiet: bool = False, cache_from: Sequence[str | Path] = (), callbacks: Sequence[Callback] = (),
+           stream: TextIO | None = None, data: Any = None, target: str | None = None,
+           problem: str | None = None, noise: Any = None, trusted: Any = None, test_data: Any = None,
+           features: Sequence[str] | None = None, image_shape: Sequence[int] | None = None,
+           model: Any = None, procedures: Any = None, epochs: int | None = None,
+           runs_dir: str | Path = "runs") -> list[CandidateRecord]:
     """Run a new search and return its hall of fame (best distinct losses first).
 
-    ``settings`` are :class:`~lossforge.engine.SearchConfig` fields (``population``, ``generations``,
-    ``seed``, ``space``, ``suite``, ``jobs``, ...). ``run`` is a run name (stored as ``runs/NAME.db``) or a
+    The settings are :class:`~lossforge.engine.SearchConfig`'s fields, with its defaults and meanings
+    (``lossforge search --help`` lists them). ``run`` is a run name (stored as ``runs/NAME.db``) or a
     path; by default a fresh name from the time. An existing run is never overwritten. Progress goes to
-    stdout unless ``quiet``. ``cache_from``: earlier run files on the same suite and seeds whose
-    evaluations are reused instead of training again. ``data``: your own data instead of ``suite`` (see
-    :func:`_data_suite`).
+    ``stream`` (stdout) unless ``quiet``. ``cache_from``: earlier run files on the same suite and seeds
+    whose evaluations are reused instead of training again. ``callbacks``: each called after every
+    generation as ``callback(stats, hall_of_fame)``; one returning True stops the search (status
+    ``stopped``; ``lossforge resume`` continues it). ``data`` (with ``target``, ``noise``, ``trusted``, ...):
+    your own data instead of ``suite`` (see :func:`_data_suite`); a :class:`~lossforge.scoring.Suite` object
+    works as ``suite`` too.
     """
-    settings = _data_suite(data, settings)
-    config = SearchConfig(**settings)
+    from lossforge.data_suite import DATA_OPTIONS
+
+    values = locals()
+    settings = {f.name: values[f.name] for f in fields(SearchConfig)}
+    settings.update({k: values[k] for k in DATA_OPTIONS if values[k] is not None})
+    settings["runs_dir"] = runs_dir
+    config = SearchConfig(**_data_suite(data, settings))
     path = resolve_run_path(run or default_run_name())
-    engine = Search.create(path, config, quiet=quiet)
+    engine = Search.create(path, config, quiet=quiet, stream=stream, callbacks=callbacks)
     engine.import_cache([resolve_run_path(p) for p in cache_from])
     try:
         return engine.run()
@@ -62,11 +109,14 @@ def _data_suite(data: Any, settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+@_named_keywords
 def resume(run: str | Path, quiet: bool = False, scheduler: str | None = None,
-           dask_workers: int | None = None) -> list[CandidateRecord]:
+           dask_workers: int | None = None, callbacks: Sequence[Callback] = (),
+           stream: TextIO | None = None) -> list[CandidateRecord]:
     """Continue a stopped run from its last recorded generation; returns the hall of fame. A run that used
     a dask scheduler needs its address again (``scheduler``): endpoints are never taken from the file."""
-    engine = Search.resume(resolve_run_path(run), quiet=quiet, scheduler=scheduler, dask_workers=dask_workers)
+    engine = Search.resume(resolve_run_path(run), quiet=quiet, stream=stream, scheduler=scheduler,
+                           dask_workers=dask_workers, callbacks=callbacks)
     try:
         return engine.run()
     finally:
@@ -93,26 +143,6 @@ class ScoreRow:
     per_seed: list[float] = field(default_factory=list)
 
 
-def score_seeds_parallel(specs: list[Any], suite: Suite, jobs: int = -1, device: str = "cpu") -> list[ChunkResult]:
-    """Score losses on every seed of ``suite``, one worker per seed (all losses batched in each)."""
-    executor = make_executor("joblib", jobs)
-    seeds = list(suite.seeds)
-    per_seed: list[list[ChunkResult]] = [[] for _ in seeds]
-    items = [(specs, suite.spec(), [seed], device) for seed in seeds]
-    for i, results in executor.map_unordered(score_chunk_safe, items):
-        per_seed[i] = results
-    merged = []
-    for k in range(len(specs)):
-        raw: dict[str, dict[str, list]] = {}
-        for results in per_seed:  # seeds in order: concatenate each task's per-seed lists
-            for task, r in results[k].raw.items():
-                entry = raw.setdefault(task, {key: [] for key in r})
-                for key, values in r.items():
-                    entry[key].extend(values)
-        merged.append(ChunkResult(raw, sum(results[k].duration_s for results in per_seed)))
-    return merged
-
-
 def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite = "regression",
           seeds: Sequence[int] | None = None, baselines: Sequence[str] | None = None,
           device: str = "cpu", jobs: int = -1, data: Any = None, **data_options: Any) -> list[ScoreRow]:
@@ -137,18 +167,26 @@ def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite
             names += [n for n in DISPLAY_BASELINES[problem] if n not in names]
     references = {t.task.reference for t in suite.tasks}
     all_names = names + [r for r in sorted(references) if r not in names]
-    specs: list[Any] = [list(e.tokens) for e in exprs] + all_names
-    results = score_seeds_parallel(specs, suite, jobs, device)
-    raw_by_name = dict(zip(all_names, results[len(exprs):]))
-    reference = {t.name: raw_by_name[t.task.reference].raw[t.name] for t in suite.tasks}
+    evaluator = Evaluator(suite, make_executor("joblib", jobs), chunk_size=16, device=device)
+    try:
+        reasons = [evaluator.rejection(e)[0] for e in exprs]  # a rejected loss is never trained
+        trained = [e for e, reason in zip(exprs, reasons) if reason is None]
+        specs: list[Any] = [list(e.tokens) for e in trained] + all_names
+        results = evaluator.train(specs, FULL, False)
+    finally:
+        evaluator.executor.close()
+    evaluator.reference.update({n: r.raw for n, r in zip(all_names, results[len(trained):])})
+    by_key = dict(zip((e.key for e in trained), results))
     rows = []
-    for label, formula, res, rejected in (
-        [(f"loss {i + 1}", e.formula(), r, rejection_reason(e, suite.problems)) for i, (e, r) in
-         enumerate(zip(exprs, results))]
-        + [(n, n, raw_by_name[n], None) for n in names]
-    ):
-        fitness, summary = suite.fitness(res.raw, reference)
-        status = "failed" if res.failed else "complete"
-        rows.append(ScoreRow(label, formula, fitness, summary, status, res.first_reason or rejected,
-                             suite.fitness_per_seed(res.raw, reference)))
+    for i, (expr, reason) in enumerate(zip(exprs, reasons)):
+        res = by_key[expr.key] if reason is None else rejected_result(suite, reason)
+        fitness, summary = evaluator.fitness(res)
+        status = "rejected" if reason is not None else "failed" if res.failed else "complete"
+        rows.append(ScoreRow(f"loss {i + 1}", expr.formula(), fitness, summary, status, reason or res.first_reason,
+                             suite.fitness_per_seed(res.raw, evaluator.reference_raw())))
+    for name in names:
+        res = ChunkResult(evaluator.reference[name])
+        fitness, summary = evaluator.fitness(res)
+        rows.append(ScoreRow(name, name, fitness, summary, "failed" if res.failed else "complete", res.first_reason,
+                             suite.fitness_per_seed(res.raw, evaluator.reference_raw())))
     return rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from lossforge.errors import LossforgeError
 
@@ -14,6 +14,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"lossforge: error: {message} (see `{self.prog} --help`)\n")
         raise SystemExit(2)
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        # A word starting with a single "-" that is no option of this command is a value: an expression
+        # such as "-y_real*log(y_pred)" needs no "--" before it. Long options (--x) are still checked.
+        if (arg_string.startswith("-") and not arg_string.startswith("--") and len(arg_string) > 1
+                and arg_string[:2] not in self._option_string_actions):
+            return None
+        return super()._parse_optional(arg_string)
 
 
 def _positive_int(text: str) -> int:
@@ -55,22 +63,19 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
     from lossforge.api import default_run_name
     from lossforge.engine import Search, SearchConfig
+    from lossforge.errors import RunError
     from lossforge.runfile import resolve_run_path
 
     args.suite = _data_suite(args) or args.suite
-    config = SearchConfig(
-        population=args.population, generations=args.generations, seed=args.seed, space=args.space,
-        suite=args.suite, jobs=args.jobs, chunk_size=args.chunk_size, device=args.device,
-        selection=args.selection, seed_baselines=args.seed_baselines, validate_top=args.validate_top,
-        tune_top=args.tune_top, scheduler=args.scheduler, dask_workers=args.dask_workers,
-        chunk_timeout_s=args.chunk_timeout,
-        executor="dask" if (args.scheduler or args.dask_workers) else args.executor,
-    )
+    settings = {f.name: getattr(args, f.name) for f in fields(SearchConfig)}
+    if args.scheduler or args.dask_workers:  # a cluster's address or size implies dask
+        settings["executor"] = "dask"
+    config = SearchConfig(**settings)
     path = resolve_run_path(args.run or default_run_name(), args.runs_dir)
-    from lossforge.errors import RunError
-
     cache_from = [resolve_run_path(r, args.runs_dir) for r in args.cache_from]
     for other in cache_from:  # check before creating anything
         if not other.exists():
@@ -80,6 +85,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.quiet:
         if cache_from:
             print(f"reusing {imported} evaluation(s) from {len(cache_from)} earlier run(s) on the same suite")
+        config = engine.config  # population and generations resolved from the budget
         print(f"run {path}: population {config.population}, {config.generations} generations, suite "
               f"{engine.suite.name} ({len(engine.suite.tasks)} tasks x {len(engine.suite.seeds)} seeds), "
               f"{engine.executor.n_workers} worker(s)", flush=True)
@@ -205,11 +211,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                 "validation_fitness": item.validation_fitness, "suite": suite, "key": item.record.key}
     text = render(expression, args.format, metadata, args.name)
     if args.output:
-        out = Path(args.output)
-        try:
-            out.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise LossforgeError(f"cannot write {out}: {exc.strerror}; choose a writable path") from None
+        from lossforge.atomic import check_output, write_atomic
+
+        out = check_output(args.output, force=args.force, inputs=[path])
+        write_atomic(out, text, replace=args.force)
         print(f"wrote {out}")
     else:
         sys.stdout.write(text)
@@ -274,7 +279,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from lossforge.expression import LossExpression
     from lossforge.scoring import load_suite
 
-    if args.expression.endswith(".json") and Path(args.expression).exists():
+    if args.expression.endswith(".json"):  # a file name, even when the file is missing
         expr, _ = read_json_export(args.expression)
     else:
         expr = LossExpression.parse(args.expression)
@@ -348,7 +353,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     path = resolve_run_path(args.run, args.runs_dir)
     out = Path(args.output) if args.output else path.with_name(path.stem + "-report")
-    print(f"wrote {write_report(path, out, top=args.top)}")
+    print(f"wrote {write_report(path, out, top=args.top, force=args.force)}")
     return 0
 
 
@@ -576,6 +581,53 @@ def _add_userdata_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_check_task)
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+def _duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``1.5h`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 90s, 10m or 1h") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive duration, e.g. 10m")
+    return value
+
+
+_OPTION_TYPES: dict[str, Callable[[str], Any]] = {"int": _int, "float": float, "str": str, "positive_int": _positive_int,
+                                                  "jobs": _jobs, "positive_float": _positive_float, "duration": _duration}
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`~lossforge.engine.SearchConfig` field, with its default and help text."""
+    from dataclasses import MISSING, fields
+
+    from lossforge.engine import SearchConfig
+
+    for f in fields(SearchConfig):
+        meta = f.metadata
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        default = f.default if f.default is not MISSING else None
+        help_text = meta.get("help", "")
+        if str(f.type) == "bool":
+            parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+            continue
+        kind = meta.get("type") or str(f.type).split(" |")[0]
+        shown = "" if default is None else f" (default: {default})"
+        parser.add_argument(flag, dest=f.name, type=_OPTION_TYPES[kind], default=default,
+                            choices=meta.get("choices"), metavar=meta.get("metavar"), help=help_text + shown)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lossforge`` command."""
     parser = _Parser(prog="lossforge", description="Discover robust loss functions by genetic programming.",
@@ -585,26 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("search", help="run a new search")
-    p.add_argument("--space", default="survey", help="search space name or .toml file (default: survey)")
-    p.add_argument("--suite", default="regression", help="suite name or .toml file (default: regression)")
-    p.add_argument("--population", type=_positive_int, default=40)
-    p.add_argument("--generations", type=_positive_int, default=8)
-    p.add_argument("--jobs", type=_jobs, default=-1, help="worker processes (-1: all cores)")
-    p.add_argument("--seed", type=_int, default=0)
+    add_config_options(p)
     p.add_argument("--run", help="run name (runs/NAME.db) or path; default: search-<time>")
-    p.add_argument("--executor", choices=["joblib", "serial", "dask"], default="joblib",
-                   help="joblib: worker processes on this machine; dask: a cluster (--scheduler or --dask-workers)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address, e.g. tcp://10.0.0.5:8786")
-    p.add_argument("--dask-workers", type=_positive_int, metavar="N", help="start a local dask cluster of N workers")
-    p.add_argument("--chunk-timeout", type=float, metavar="SECONDS",
-                   help="stop a chunk of candidates scoring longer than this and fail them with that reason")
-    p.add_argument("--chunk-size", type=_positive_int, default=16, help="at most this many candidates trained as one batched model (a generation is split evenly over the workers)")
-    p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda, ...)")
-    p.add_argument("--selection", choices=["tournament", "nsga2"], default="tournament",
-                   help="single-objective tournament, or NSGA-II over fitness vs complexity")
-    p.add_argument("--seed-baselines", action="store_true", help="start from the known losses the space can express")
-    p.add_argument("--validate-top", type=_int, default=5, help="re-score this many best losses on validation seeds")
-    p.add_argument("--tune-top", type=_int, default=0, help="tune the constants of this many best losses at the end")
     p.add_argument("--cache-from", action="append", default=[], metavar="RUN",
                    help="reuse evaluations of an earlier run on the same suite and seeds (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -634,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pick", choices=["best", "knee", "ratio"], default="best")
     p.add_argument("--format", choices=["py", "json", "latex", "sympy"], required=True)
     p.add_argument("--name", help="class name of the py export")
-    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout (never over a run file)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("score", help="score a loss (expression text or a .json export) on a suite")
@@ -665,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("-o", "--output", help="output directory (default: <run>-report next to the run file)")
     p.add_argument("--top", type=_positive_int, default=10)
+    p.add_argument("--force", action="store_true", help="replace the files of an earlier report there")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("diagnose", help="bounded / symmetric / monotone checks of a run's losses or an expression")

@@ -17,12 +17,14 @@ Each check evaluates the loss on fixed grids or seeded random points; tolerances
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from lossforge.atomic import write_atomic
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
 
@@ -147,8 +149,10 @@ def plot_curves(items: Sequence[tuple[str, LossExpression | str]], problem: str,
 
     fig = curves_figure(items, problem)
     path = Path(path)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    buffer = io.BytesIO()  # rendered in memory, written atomically (never a half-written file)
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
+    write_atomic(path, buffer.getvalue())
     return path
 
 

@@ -1,11 +1,12 @@
-"""The search loop: generations of ask (variation) -> score -> tell (selection), recorded in the run file.
+"""The search loop: generations of breed (selection + variation) -> evaluate -> survive, recorded in the run file.
+
+The loop reads like DEAP's ``eaSimple``; what a generation does is delegated: the selection and variation
+strategies (:mod:`lossforge.selection`) breed offspring and pick survivors, and the
+:class:`~lossforge.evaluator.Evaluator` gives each new loss a fitness (cache, rejection, chunked
+training on the executor, fitness), each result written to the run file as it arrives.
 
 Every generation seeds Python's ``random`` (which DEAP's operators use) from (run seed, generation), so
 the run is reproducible, independent of ``jobs``, and can be resumed from its last recorded generation.
-Candidates are de-duplicated by canonical key before scoring (a loss is never trained twice in a run),
-cheap checks reject hopeless ones, and the rest are scored in chunks (each chunk one batched model per
-task, at most ``chunk_size`` losses, at least one chunk per worker) by the executor; each result is
-written to the run file as soon as it arrives.
 """
 
 from __future__ import annotations
@@ -18,19 +19,21 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TextIO
-
-from deap import algorithms, tools
+from typing import Any, Callable, Sequence, TextIO
 
 from lossforge import gp
 from lossforge.errors import ConfigError, LossforgeError, RunError
-from lossforge.executor import ChunkTimeout, make_executor
+from lossforge.evaluator import FULL, Evaluation, Evaluator, Fidelity
+from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
-from lossforge.progress import GenerationStats, Progress, make_progress
+from lossforge.progress import GenerationStats, Progress, format_duration, make_progress
 from lossforge.rejection import probe, rejection_reason
-from lossforge.scoring import ChunkResult, Suite, failed_chunk, load_suite, score_chunk_safe, suite_from_spec
+from lossforge.scoring import ChunkResult, Suite, load_suite, suite_from_spec
+from lossforge.selection import SELECTIONS, VARIATIONS, make_selection, make_variation
 from lossforge.space import SearchSpace, load_space
-from lossforge.runfile import CandidateState, RunStatus, RunStore
+from lossforge.runfile import CandidateRecord, CandidateState, RunStatus, RunStore
+
+__all__ = ["SearchConfig", "Search", "GenerationStats", "Evaluation", "Callback", "DISPLAY_BASELINES"]
 
 #: Baselines scored on every run's suite, shown beside the evolved losses.
 DISPLAY_BASELINES = {"regression": ("mse", "huber", "mae"),
@@ -68,43 +71,81 @@ def memory_chunk_cap(chunk_size: int, bytes_per_model: int, n_workers: int, avai
     return max(1, min(chunk_size, int(budget // (n_workers * bytes_per_model))))
 
 
+#: Population when none is given.
+DEFAULT_POPULATION = 40
+#: Budget (full evaluations) when neither a budget, a time nor generations are given.
+DEFAULT_BUDGET = 400.0
+#: Screening share of the training (one seed); chosen by scripts/screening_correlation.py.
+DEFAULT_SCREENING = 0.25
+#: Generations when only a time limit bounds the search.
+MAX_GENERATIONS = 100_000
+
+
+def _setting(default: Any, help: str, **cli: Any) -> Any:
+    """A SearchConfig field with its help text (and CLI details: ``flag``, ``choices``, ``metavar``,
+    ``type``) in its metadata; the CLI options are generated from these."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class SearchConfig:
-    """Settings of a search. Stored in the run file; every field is plain data."""
+    """Settings of a search. Stored in the run file; every field is plain data. The one place where the
+    search's defaults and their help texts are written (the CLI and :func:`lossforge.search` read them)."""
 
-    population: int = 40
-    generations: int = 8
-    seed: int = 0
-    space: str = "survey"
-    suite: str = "regression"
-    jobs: int = -1
-    #: "serial", "joblib" (default, one machine) or "dask" (a cluster: scheduler address or local workers)
-    executor: str = "joblib"
-    scheduler: str | None = None
-    dask_workers: int | None = None
-    #: a chunk of candidates scoring longer than this (seconds) is stopped and its candidates fail
-    chunk_timeout_s: float | None = None
-    chunk_size: int = 16
-    tournament_size: int = 3
-    crossover_prob: float = 0.7
-    mutation_prob: float = 0.4
-    elite: int = 2
-    hall_of_fame: int = 10
-    device: str = "cpu"
-    #: "tournament" (single objective, elitist) or "nsga2" (fitness vs complexity, Pareto front)
-    selection: str = "tournament"
-    #: put the known losses the space can express into generation 0
-    seed_baselines: bool = False
-    #: re-score this many hall-of-fame losses on the suite's validation seeds when the search ends
-    validate_top: int = 5
-    #: tune the constants of this many best losses (SPSA on the search seeds) when the search ends
-    tune_top: int = 0
-    tune_iterations: int = 4
+    population: int | None = _setting(None, f"individuals per generation (default: {DEFAULT_POPULATION})",
+                                      type="positive_int", metavar="N")
+    generations: int | None = _setting(None, "generations after generation 0 (default: as many as --budget buys)",
+                                       type="positive_int", metavar="N")
+    budget: float | None = _setting(None, "search budget in full evaluations (one loss scored on every search seed "
+                                    f"with whole trainings; default {DEFAULT_BUDGET:g}, or unlimited with --time)",
+                                    metavar="EVALS", type="positive_float")
+    time_s: float | None = _setting(None, "stop starting generations once this much time would be spent, "
+                                    "e.g. 10m, 90s, 1h", flag="--time", metavar="DURATION", type="duration")
+    screening: float = _setting(DEFAULT_SCREENING, "share of the training every new loss gets on one seed before "
+                                "the best are promoted to full scoring (1: no screening)")
+    promote: float = _setting(0.25, "share of each generation's screened losses promoted to full scoring")
+    niche: int = _setting(2, "at most this many children of one structure (constants aside) per generation; "
+                          "0: no limit")
+    seed: int = _setting(0, "seed of every random choice (same seed, same run, whatever the workers)")
+    space: str = _setting("survey", "search space name or .toml file")
+    suite: str = _setting("regression", "suite name or .toml file")
+    jobs: int = _setting(-1, "worker processes (-1: all cores)", type="jobs")
+    executor: str = _setting("joblib", "joblib: worker processes on this machine; dask: a cluster "
+                             "(--scheduler or --dask-workers)", choices=("joblib", "serial", "dask"))
+    scheduler: str | None = _setting(None, "dask scheduler address, e.g. tcp://10.0.0.5:8786", metavar="ADDRESS")
+    dask_workers: int | None = _setting(None, "start a local dask cluster of N workers", metavar="N",
+                                        type="positive_int")
+    chunk_timeout_s: float | None = _setting(
+        None, "stop a chunk of candidates scoring longer than this and fail them with that reason",
+        flag="--chunk-timeout", metavar="SECONDS")
+    chunk_size: int = _setting(16, "at most this many candidates trained as one batched model (a generation is "
+                               "split evenly over the workers)", type="positive_int")
+    tournament_size: int = _setting(3, "individuals per selection tournament")
+    crossover_prob: float = _setting(0.7, "probability that a pair of parents is crossed over")
+    mutation_prob: float = _setting(0.4, "probability that a child is mutated")
+    elite: int = _setting(2, "best individuals kept unchanged each generation (tournament selection)")
+    hall_of_fame: int = _setting(10, "best distinct losses kept in the hall of fame")
+    device: str = _setting("cpu", "torch device for training (cpu, cuda, ...)")
+    selection: str = _setting("tournament", "single-objective tournament, or NSGA-II over fitness vs complexity",
+                              choices=tuple(SELECTIONS))
+    variation: str = _setting("varand", "varand: crossover and mutation of parents; random: fresh random trees "
+                              "(the random-search control)", choices=tuple(VARIATIONS))
+    seed_baselines: bool = _setting(False, "start from the known losses the space can express")
+    validate_top: int = _setting(5, "re-score this many best losses on the suite's validation seeds at the end")
+    tune_top: int = _setting(0, "tune the constants of this many best losses (SPSA) at the end")
+    tune_iterations: int = _setting(4, "SPSA iterations per tuned loss")
 
     def __post_init__(self) -> None:
         checks = [
-            (self.population >= 2, "population must be at least 2"),
-            (self.generations >= 1, "generations must be at least 1"),
+            (self.population is None or self.population >= 2, "population must be at least 2"),
+            (self.generations is None or self.generations >= 1, "generations must be at least 1"),
+            (self.budget is None or (math.isfinite(self.budget) and self.budget > 0),
+             "budget must be a positive number of full evaluations, e.g. 200"),
+            (self.time_s is None or (math.isfinite(self.time_s) and self.time_s > 0),
+             "time must be a positive duration, e.g. 10m"),
+            (0.0 < self.screening <= 1.0, "screening must be in (0, 1], e.g. 0.25 (1: no screening)"),
+            (0.0 < self.promote <= 1.0, "promote must be in (0, 1], e.g. 0.25"),
+            (self.niche >= 0, "niche must be >= 0 (0: no limit)"),
             (self.jobs == -1 or self.jobs >= 1, "jobs must be -1 (all cores) or at least 1"),
             (self.executor in ("serial", "joblib", "dask"), "executor must be serial, joblib or dask"),
             (self.executor == "dask" or (self.scheduler is None and self.dask_workers is None),
@@ -117,7 +158,8 @@ class SearchConfig:
             (0.0 <= self.mutation_prob <= 1.0, "mutation_prob must be in [0, 1]"),
             (self.elite >= 0, "elite must be >= 0"),
             (self.hall_of_fame >= 1, "hall_of_fame must be at least 1"),
-            (self.selection in ("tournament", "nsga2"), "selection must be 'tournament' or 'nsga2'"),
+            (self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}"),
+            (self.variation in VARIATIONS, f"variation must be one of {', '.join(VARIATIONS)}"),
             (self.validate_top >= 0, "validate_top must be >= 0"),
             (self.tune_top >= 0 and self.tune_iterations >= 1, "tune_top must be >= 0 and tune_iterations >= 1"),
         ]
@@ -129,15 +171,29 @@ class SearchConfig:
         """Plain data."""
         return dataclasses.asdict(self)
 
+    def resolved(self, suite: Suite) -> "SearchConfig":
+        """This config with population and generations filled in from the budget (explicit values win)."""
+        population = self.population or DEFAULT_POPULATION
+        if self.generations is not None:
+            return dataclasses.replace(self, population=population)
+        if self.budget is None and self.time_s is not None:  # time alone: as many generations as it allows
+            return dataclasses.replace(self, population=population, generations=MAX_GENERATIONS)
+        budget = self.budget if self.budget is not None else DEFAULT_BUDGET
+        per_gen = self.generation_cost(population, len(suite.seeds))
+        generations = max(1, round((budget - per_gen) / per_gen))  # generation 0 is a generation too
+        return dataclasses.replace(self, population=population, generations=generations)
 
-@dataclass
-class Evaluation:
-    """The outcome of scoring one loss (shared by every individual with its canonical key)."""
+    def generation_cost(self, population: int, n_seeds: int) -> float:
+        """Expected spend of one generation in full evaluations: every child screened, the promoted scored."""
+        children = population - (self.elite if self.selection == "tournament" else 0)
+        if self.screening >= 1.0:
+            return float(children)
+        return children * (self.screening / n_seeds + self.promote)
 
-    status: CandidateState
-    fitness: float
-    reason: str | None = None
-    task_scores: dict[str, Any] = field(default_factory=dict)
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
+        """A stored config (fields added since it was written take their defaults)."""
+        return cls(**data)
 
 
 def stored_setup(store: RunStore, scheduler: str | None = None, dask_workers: int | None = None
@@ -195,47 +251,72 @@ def stored_setup(store: RunStore, scheduler: str | None = None, dask_workers: in
     return config, space, suite, last
 
 
+#: ``callback(stats, hall_of_fame) -> bool | None``, called after every generation; True stops the search
+#: (the run is then ``stopped`` and can be resumed).
+Callback = Callable[[GenerationStats, list[CandidateRecord]], "bool | None"]
+
+
 class Search:
     """A search bound to a run file. Build with :meth:`create` (new run) or :meth:`resume`."""
 
     def __init__(self, store: RunStore, config: SearchConfig, space: SearchSpace, suite: Suite,
-                 quiet: bool = True, stream: TextIO | None = None) -> None:
+                 quiet: bool = True, stream: TextIO | None = None, callbacks: Sequence[Callback] = ()) -> None:
         self.store = store
         self.config = config
         self.space = space
         self.suite = suite
-        self.suite_spec = suite.spec()
         self.quiet, self.stream = quiet, stream
+        self.callbacks = list(callbacks)
         self.reporter: Progress = make_progress(1, config.population, quiet=True)
-        self.individual_class = gp.ParetoIndividual if config.selection == "nsga2" else gp.Individual
+        self.selection = make_selection(config)
+        self.variation = make_variation(config)
+        self.individual_class = self.selection.individual_class
         self.toolbox, self.pset = gp.toolbox_for(
             space, min(config.tournament_size, config.population), self.individual_class
         )
-        self.cache: dict[str, Evaluation] = {}
-        self.fingerprints: dict[str, str] = {}  # gradient fingerprint -> key of the loss scored for it
-        self.reference: dict[str, Any] = {}
         options = {}
         if config.scheduler is not None:
             options["address"] = config.scheduler
         if config.dask_workers is not None:
             options["n_workers"] = config.dask_workers
-        self.executor = make_executor(config.executor, config.jobs, **options)
-        self.chunk_size = config.chunk_size
+        executor = make_executor(config.executor, config.jobs, **options)
+        chunk_size = config.chunk_size
         if config.scheduler is None:  # a remote cluster's memory is not this machine's
             per_model = max(t.task.memory_per_model() for t in suite.tasks)
-            self.chunk_size = memory_chunk_cap(config.chunk_size, per_model, self.executor.n_workers)
+            chunk_size = memory_chunk_cap(config.chunk_size, per_model, executor.n_workers)
+        self._gen = 0  # the generation whose candidates the evaluator is recording
+        #: fidelity of the first rung (None: every new loss is scored in full at once)
+        self.screen = None if config.screening >= 1.0 else Fidelity((suite.seeds[0],), config.screening)
+        self.evaluator = Evaluator(
+            suite, executor, chunk_size=chunk_size, device=config.device, chunk_timeout_s=config.chunk_timeout_s,
+            violation=space.violation, lookup=lambda key: self.store.lookup(self.suite.hash, key),
+            record=lambda expr, ev, duration, worker, fidelity: self._record(expr, self._gen, ev, duration, worker,
+                                                                             fidelity),
+            on_scored=lambda n: self.reporter.candidate_scored(n),
+        )
+        # every training passes through _score_specs, so a subclass can observe or replace it
+        self.evaluator.train = lambda specs, fidelity, timed: self._score_specs(specs, fidelity, timed)
+
+    # the evaluator owns these; kept as attributes of the search for callers and tests
+    executor = property(lambda self: self.evaluator.executor,
+                        lambda self, value: setattr(self.evaluator, "executor", value))
+    chunk_size = property(lambda self: self.evaluator.chunk_size,
+                          lambda self, value: setattr(self.evaluator, "chunk_size", value))
+    cache = property(lambda self: self.evaluator.cache)
+    reference = property(lambda self: self.evaluator.reference)
 
     # ------------------------------------------------------------------------------------------ set-up
     @classmethod
     def create(cls, run_path: str | Path, config: SearchConfig, quiet: bool = True,
-               stream: TextIO | None = None) -> "Search":
+               stream: TextIO | None = None, callbacks: Sequence[Callback] = ()) -> "Search":
         """Start a new run file at ``run_path`` (refuses an existing one)."""
         space = load_space(config.space)
         suite = load_suite(config.suite)
+        config = config.resolved(suite)
         document = {"search": config.to_dict(), "space": space.to_dict(), "suite": suite.spec()}
         store = RunStore.create(run_path, document, suite_hash=suite.hash, lease=True)
         try:
-            return cls(store, config, space, suite, quiet, stream)
+            return cls(store, config, space, suite, quiet, stream, callbacks)
         except BaseException:
             store.discard()  # a failed start leaves no run behind, so a retry is not refused
             raise
@@ -251,7 +332,8 @@ class Search:
 
     @classmethod
     def resume(cls, run_path: str | Path, quiet: bool = True, stream: TextIO | None = None,
-               scheduler: str | None = None, dask_workers: int | None = None) -> "Search":
+               scheduler: str | None = None, dask_workers: int | None = None,
+               callbacks: Sequence[Callback] = ()) -> "Search":
         """Re-open a run file to continue it from its last recorded generation, holding its lease.
 
         Everything stored is checked first, read-only, as a new search would check it; a refused run is
@@ -261,7 +343,7 @@ class Search:
         store = RunStore.open(run_path, lease=True)
         try:
             config, space, suite, last = stored_setup(store, scheduler, dask_workers)
-            search = cls(store, config, space, suite, quiet, stream)
+            search = cls(store, config, space, suite, quiet, stream, callbacks)
             search._load_cache()
         except BaseException:
             store.close()
@@ -269,132 +351,134 @@ class Search:
         return search
 
     def _load_cache(self) -> None:
+        last = self.store.last_generation()
+        done = -1 if last is None else last.gen
         for rec in self.store.candidates():
             if rec.key and rec.status.is_finished():
-                self.cache[rec.key] = Evaluation(rec.status, rec.fitness if rec.fitness is not None else 0.0,
-                                                 rec.reason, rec.task_scores)
+                expr = LossExpression(rec.tree)
+                fingerprint = None
                 if rec.status != CandidateState.REJECTED and rec.worker is None:  # scored here: re-probe
-                    fingerprint = probe(LossExpression(rec.tree), self.suite.problems).fingerprint
-                    self.fingerprints.setdefault(fingerprint, rec.key)
-        self.reference = {name: scores for name, scores in self.store.baselines().items()}
+                    fingerprint = probe(expr, self.suite.problems).fingerprint
+                self.evaluator.remember(expr, Evaluation(
+                    rec.status, rec.fitness if rec.fitness is not None else 0.0, rec.reason, rec.task_scores
+                ), fingerprint if rec.generation <= done else None, finished=rec.generation <= done)
+        for rung in self.store.screenings():
+            expr = LossExpression(rung["tree"])
+            fidelity = Fidelity(rung["fidelity"]["seeds"], rung["fidelity"]["steps_fraction"])
+            fitness = rung["fitness"] if rung["fitness"] is not None else 0.0
+            finished = rung["generation"] <= done
+            fingerprint = probe(expr, self.suite.problems).fingerprint if finished else None
+            self.evaluator.remember(expr, Evaluation(rung["status"], fitness, rung["reason"], rung["task_scores"]),
+                                    fingerprint, fidelity, finished)
+        self.evaluator.spent = float(last.stats.get("spent", 0.0)) if last is not None else 0.0
+        self.reference.update(self.store.baselines())
 
     # -------------------------------------------------------------------------------------- scoring
-    def _score_specs(self, specs: list[Any], seeds: list[int] | None = None, timed: bool = True) -> list[ChunkResult]:
-        """Score losses (tokens or baseline names) in chunks of at most ``chunk_size``, and at least one per
-        worker while there are losses enough; results in input order. ``timed``: apply the per-chunk time
-        limit (not to the reference losses, without which no fitness means anything)."""
-        # A loss's result does not depend on which or how many losses share its chunk (tasks keep model k's
-        # arithmetic independent of K; tests/test_batch_independence.py), so a resumed run or a loss scored
-        # alone reproduces the search's numbers bit for bit, and the chunks can be cut for speed alone:
-        # evenly, so that 10 losses on 2 workers are 5 + 5, not 10 on one worker while the other waits.
-        n_chunks = max(math.ceil(len(specs) / self.chunk_size), min(len(specs), self.executor.n_workers))
-        bounds = [round(i * len(specs) / n_chunks) for i in range(n_chunks + 1)] if specs else [0]
-        starts = bounds[:-1]
-        chunks = [specs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        out: list[ChunkResult | None] = [None] * len(specs)
-        items = [(chunk, self.suite_spec, seeds, self.config.device) for chunk in chunks]
-        try:
-            for ci, results in self.executor.map_unordered(
-                score_chunk_safe, items, self.config.chunk_timeout_s if timed else None
-            ):
-                if isinstance(results, ChunkTimeout):
-                    results = failed_chunk(len(chunks[ci]), self.suite_spec, seeds, results.reason)
-                out[starts[ci]:starts[ci] + len(results)] = results
-                self.reporter.candidate_scored(len(results))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # noqa: BLE001 - a lost worker fails its chunks, not the search
-            reason = f"executor failed: {type(exc).__name__}: {exc}"
-            for start, chunk in zip(starts, chunks):
-                if out[start] is None:
-                    out[start:start + len(chunk)] = failed_chunk(len(chunk), self.suite_spec, seeds, reason)
-        return out  # type: ignore[return-value]
+    def _score_specs(self, specs: list[Any], seeds: Sequence[int] | Fidelity | None = None,
+                     timed: bool = True) -> list[ChunkResult]:
+        """Train losses (tokens or baseline names) through the evaluator's chunks and executor, on ``seeds``
+        (None: the search seeds) or at a whole :class:`Fidelity`."""
+        fidelity = seeds if isinstance(seeds, Fidelity) else Fidelity(None if seeds is None else tuple(seeds))
+        return self.evaluator.train_chunks(specs, fidelity, timed)
 
     def score_baselines(self) -> None:
         """Score the suite's reference losses (fitness normalises against them) and display baselines."""
         names: list[str] = []
         for t in self.suite.tasks:
             for name in (t.task.reference, *DISPLAY_BASELINES[t.task.problem]):
-                if name not in names and name not in self.reference:
+                if name not in names:
                     names.append(name)
-        if not names:
-            return
         self.reporter.phase("baselines", len(names))
-        for name, res in zip(names, self._score_specs(names, timed=False)):
-            self.reference[name] = res.raw
-            self.store.set_result("baseline", name, res.raw)
-        for t in self.suite.tasks:  # without a working reference no fitness means anything
-            ref = self.reference[t.task.reference][t.name]
-            if "complete" not in ref["statuses"]:
-                raise ConfigError(f"reference loss {t.task.reference} failed on task {t.name} "
-                                  f"({ref['reasons'][0]}); check the suite's settings")
+        for name, raw in self.evaluator.score_references(names).items():
+            self.store.set_result("baseline", name, raw)
 
     def _reference_raw(self) -> dict[str, Any]:
-        return {t.name: self.reference[t.task.reference][t.name] for t in self.suite.tasks}
+        return self.evaluator.reference_raw(FULL)
 
     def baseline_fitness(self, name: str) -> float:
         """Fitness of a scored baseline (the reference itself scores 1.0)."""
         return self.suite.fitness(self.reference[name], self._reference_raw())[0]
 
     def evaluate(self, individuals: Sequence[gp.Individual], generation: int) -> dict[str, int]:
-        """Give every individual a fitness: from the cache (same canonical key, same gradient fingerprint,
-        or an imported run), by rejection, or by training (recorded as it arrives)."""
-        counts = {"evaluated": 0, "cache_hits": 0, "rejected": 0, "failed": 0}
+        """Give every individual a fitness through the evaluator at full fidelity (recorded in ``generation``)."""
+        self._gen = generation
         exprs = [gp.expression_of(ind) for ind in individuals]
-        pending: dict[str, LossExpression] = {}
-        aliases: dict[str, str] = {}  # key -> key of an equivalent loss scored in its place
-        for expr in exprs:
-            if expr.key in self.cache or expr.key in pending or expr.key in aliases:
-                counts["cache_hits"] += 1
-                continue
-            imported = self.store.lookup(self.suite.hash, expr.key)
-            if imported is not None and imported.origin is not None:  # scored by another run: reuse
-                ev = Evaluation(imported.status, imported.fitness or 0.0,
-                                imported.reason or f"cached from {imported.origin}", imported.task_scores)
-                self._record(expr, generation, ev, 0.0, worker=f"cache:{imported.origin}")
-                counts["cache_hits"] += 1
-                continue
-            violation = self.space.violation(expr.tokens)
-            result = probe(expr, self.suite.problems) if violation is None else None
-            reason = violation or result.reason
-            if reason is not None:
-                self._record(expr, generation, Evaluation(CandidateState.REJECTED, 0.0, reason), 0.0)
-                counts["rejected"] += 1
-                continue
-            twin = self.fingerprints.get(result.fingerprint)
-            if twin is not None:
-                aliases[expr.key] = twin
-                counts["cache_hits"] += 1
-                continue
-            self.fingerprints[result.fingerprint] = expr.key
-            pending[expr.key] = expr
-        todo = list(pending.values())
-        if todo:
-            results = self._score_specs([list(e.tokens) for e in todo])
-            reference = self._reference_raw()
-            for expr, res in zip(todo, results):
-                fitness, summary = self.suite.fitness(res.raw, reference)
-                if res.failed:
-                    ev = Evaluation(CandidateState.FAILED, 0.0, res.first_reason, summary)
-                    counts["failed"] += 1
-                else:
-                    ev = Evaluation(CandidateState.COMPLETE, fitness, res.first_reason, summary)
-                self._record(expr, generation, ev, res.duration_s)
-                counts["evaluated"] += 1
-        for key, twin in aliases.items():
-            self.cache[key] = self.cache[twin]
-        for ind, expr in zip(individuals, exprs):
-            ind.fitness.values = self._objectives(self.cache[expr.key].fitness, expr)
-        return counts
+        counts, evaluations = self.evaluator.evaluate(exprs, FULL)
+        for ind, expr, ev in zip(individuals, exprs, evaluations):
+            ind.fitness.values = self.selection.objectives(ev.fitness, expr)
+        return {**counts, "screened": 0}
 
-    def _objectives(self, fitness: float, expr: LossExpression) -> tuple[float, ...]:
-        if self.config.selection == "nsga2":
-            return (fitness, float(expr.complexity))
-        return (fitness,)
+    def race(self, individuals: Sequence[gp.Individual], generation: int) -> dict[str, int]:
+        """:meth:`evaluate` without screening; with it, successive halving over two rungs: every loss is screened at ``self.screen`` (one seed, a share of
+        the training); the best ``promote`` share of the screened is scored at full fidelity. Only full
+        scores reach the candidates table (so the hall of fame and the ranking); a loss left at the first
+        rung gets its screening fitness for selection, capped at the worst promoted loss's full fitness
+        (so it never outranks a loss that beat it on screening and was then measured in full)."""
+        if self.screen is None:
+            return self.evaluate(individuals, generation)
+        self._gen = generation
+        exprs = [gp.expression_of(ind) for ind in individuals]
+        counts, screens = self.evaluator.evaluate(exprs, self.screen)
+        screened = counts.pop("evaluated")
+        ranked: dict[str, float] = {}
+        for expr, ev in zip(exprs, screens):
+            if ev.status == CandidateState.COMPLETE and expr.key not in self.cache:
+                ranked.setdefault(expr.key, ev.fitness)
+        n_promote = math.ceil(self.config.promote * len(ranked)) if ranked else 0
+        promoted = set(sorted(ranked, key=lambda k: -ranked[k])[:n_promote])  # stable: ties keep their order
+        chosen = list({e.key: e for e in exprs if e.key in promoted}.values())
+        full_counts, _ = self.evaluator.evaluate(chosen, FULL)
+        counts["failed"] += full_counts["failed"]
+        counts["evaluated"] = full_counts["evaluated"]
+        full = [self.cache[k].fitness for k in promoted]
+        cap = min(full) if full else math.inf
+        for ind, expr, ev in zip(individuals, exprs, screens):
+            if expr.key in self.cache:  # scored in full (or rejected)
+                fitness = self.cache[expr.key].fitness
+            else:
+                fitness = min(ev.fitness, cap)
+            ind.fitness.values = self.selection.objectives(fitness, expr)
+        return {**counts, "screened": screened}
+
+    def novel(self, children: list[gp.Individual], kept: Sequence[gp.Individual],
+              pool: Sequence[gp.Individual] = ()) -> tuple[list[gp.Individual], dict[str, int]]:
+        """Every slot a new loss: a child the run already knows (same key or gradient fingerprint as a scored
+        loss, or as an earlier child of this generation), that is rejected, or whose structure already fills
+        its niche is varied again, at most ``variation.redraws`` times; a slot still not new then counts as exhausted."""
+        taken = {gp.expression_of(ind).key for ind in kept}
+        structures: dict[str, int] = {}
+        fingerprints: set[str | None] = set()
+        counts = {"redrawn": 0, "exhausted": 0}
+        out = []
+        for child in children:
+            for attempt in range(self.variation.redraws + 1):
+                expr = gp.expression_of(child)
+                why = self.evaluator.novelty(expr) or ("known" if expr.key in taken else None)
+                fingerprint = self.evaluator.probes.get(expr.key, (None, None))[1]
+                if why is None and fingerprint in fingerprints:
+                    why = "twin"
+                if why is None and self.config.niche and structures.get(expr.structure_key, 0) >= self.config.niche:
+                    why = "niche"
+                if why is None:
+                    break
+                if attempt == self.variation.redraws:
+                    counts["exhausted"] += 1
+                    break
+                counts["redrawn"] += 1
+                child = self.variation.redraw(child, pool, self.toolbox)
+            taken.add(expr.key)
+            fingerprints.add(fingerprint)
+            structures[expr.structure_key] = structures.get(expr.structure_key, 0) + 1
+            out.append(child)
+        return out, counts
 
     def _record(self, expr: LossExpression, generation: int, ev: Evaluation, duration: float,
-                worker: str | None = None) -> None:
-        self.cache[expr.key] = ev
+                worker: str | None = None, fidelity: Fidelity = FULL) -> None:
+        if not fidelity.is_full:
+            self.store.record_rung(generation, list(expr.tokens), key=expr.key, fidelity=fidelity.to_dict(),
+                                   status=ev.status, reason=ev.reason, task_scores=ev.task_scores,
+                                   fitness=ev.fitness if ev.status == CandidateState.COMPLETE else None)
+            return
         self.store.record_candidate(
             generation, list(expr.tokens), status=ev.status, key=expr.key, structure_key=expr.structure_key,
             formula=expr.formula(), latex=expr.latex(), complexity=expr.complexity, reason=ev.reason,
@@ -443,31 +527,15 @@ class Search:
             population.append(ind)
         return population, rejected
 
-    def _next_generation(self, population: list[gp.Individual], generation: int) -> list[gp.Individual]:
-        """Offspring of ``population`` (tournament: elitist; nsga2: offspring only, merged after scoring)."""
-        self._seed(generation)
-        if self.config.selection == "nsga2":
-            population = tools.selNSGA2(population, len(population))  # assigns crowding distances
-            k = len(population) - len(population) % 4
-            parents = tools.selTournamentDCD(population, k) + tools.selRandom(population, len(population) - k)
-            return algorithms.varAnd(parents, self.toolbox, self.config.crossover_prob, self.config.mutation_prob)
-        elite = tools.selBest(population, min(self.config.elite, len(population) - 1))
-        offspring = self.toolbox.select(population, len(population) - len(elite))
-        offspring = algorithms.varAnd(offspring, self.toolbox, self.config.crossover_prob, self.config.mutation_prob)
-        return elite + offspring
-
-    def _survivors(self, population: list[gp.Individual], offspring: list[gp.Individual]) -> list[gp.Individual]:
-        if self.config.selection == "nsga2":
-            return tools.selNSGA2(population + offspring, len(population))
-        return offspring
-
-    def _finish_generation(self, gen: int, population: list[gp.Individual], counts: dict[str, int],
-                           started: float) -> GenerationStats:
+    def _finish_generation(self, gen: int, population: list[gp.Individual], counts: dict[str, Any],
+                           started: float) -> bool:
+        """Record generation ``gen``, report it and call the callbacks; True when one asks to stop."""
         fits = [ind.fitness.values[0] for ind in population]
         best = max(population, key=lambda ind: ind.fitness.values[0])
         stats = GenerationStats(
             gen=gen, best=max(fits), median=statistics.median(fits), best_formula=gp.expression_of(best).formula(),
-            seconds=time.perf_counter() - started, **counts,
+            seconds=time.perf_counter() - started, spent=round(self.evaluator.spent, 6),
+            structures=len({gp.expression_of(ind).structure_key for ind in population}), **counts,
         )
         self.store.record_generation(
             gen,
@@ -475,13 +543,15 @@ class Search:
             dataclasses.asdict(stats),
         )
         self.reporter.generation_finished(stats)
-        return stats
+        hof = self.hall_of_fame() if self.callbacks else []
+        # every callback sees every generation, even after one has asked to stop
+        return any([bool(callback(stats, list(hof))) for callback in self.callbacks])
 
     def _restore_population(self, records: list[dict[str, Any]]) -> list[gp.Individual]:
         population = []
         for rec in records:
             ind = gp.from_tokens(rec["tree"], self.pset, self.individual_class)
-            ind.fitness.values = self._objectives(float(rec["fitness"]), gp.expression_of(ind))
+            ind.fitness.values = self.selection.objectives(float(rec["fitness"]), gp.expression_of(ind))
             population.append(ind)
         return population
 
@@ -500,7 +570,8 @@ class Search:
             if not expr.constants or any(rec.key in r for r in tuned_from):
                 continue
             result = tune_constants(expr, self.suite, self._reference_raw(), self.config.tune_iterations,
-                                    seed=gp.derive_seed("tune", self.config.seed, rec.key), device=self.config.device)
+                                    seed=gp.derive_seed("tune", self.config.seed, rec.key), device=self.config.device,
+                                    evaluator=self.evaluator)
             tuned = result.tuned
             if not result.improved or tuned.key in self.cache:
                 continue
@@ -508,8 +579,9 @@ class Search:
             fitness, summary = self.suite.fitness(res.raw, self._reference_raw())
             state = CandidateState.FAILED if res.failed else CandidateState.COMPLETE
             reason = f"tuned from {rec.key} (fitness {rec.fitness:.4f} -> {fitness:.4f})"
-            self._record(tuned, generation, Evaluation(state, fitness if not res.failed else 0.0, reason, summary),
-                         res.duration_s)
+            ev = Evaluation(state, fitness if not res.failed else 0.0, reason, summary)
+            self.cache[tuned.key] = ev
+            self._record(tuned, generation, ev, res.duration_s)
             self.reporter.message(f"tuned {rec.formula}  ->  {tuned.formula()}  fitness {rec.fitness:.4f} -> {fitness:.4f}")
 
     def validate(self) -> None:
@@ -520,7 +592,7 @@ class Search:
             return
         done = self.store.validations()
         best = [r for r in self.store.best(self.config.validate_top) if r.key not in done]
-        names = [n for n in self.reference if f"baseline:{n}" not in done]
+        names = [n for n in self.reference if n in self.store.baselines() and f"baseline:{n}" not in done]
         specs: list[Any] = [list(r.tree) for r in best] + names
         if not specs:
             return
@@ -530,11 +602,58 @@ class Search:
             self.store.set_result("validation", label, res.raw)
         self.reporter.message(f"validated the best {len(best)} loss(es) and {len(names)} baseline(s) on seeds {seeds}")
 
-    def hall_of_fame(self, n: int | None = None):
+    def hall_of_fame(self, n: int | None = None) -> list[CandidateRecord]:
         """The best distinct complete losses of the run so far (from the run file)."""
         return self.store.best(n or self.config.hall_of_fame)
 
-    def run(self) -> list:
+    def _generations(self, population: list[gp.Individual], start_gen: int) -> bool:
+        """The generational loop (DEAP's ``eaSimple``): breed, keep only new losses, evaluate them, select;
+        True if a callback stopped it. Ends early when the budget or the time is spent."""
+        for gen in range(start_gen, self.config.generations + 1):
+            if self._out_of_budget():
+                break
+            started = time.perf_counter()
+            self.reporter.generation_started(gen)
+            self._seed(gen)
+            kept, children = self.selection.breed(population, self.variation, self.toolbox)
+            children, novelty = self.novel(children, kept, population)
+            counts = self.race([ind for ind in children if not ind.fitness.valid], gen)
+            population = self.selection.survivors(population, kept + children)
+            if self._finish_generation(gen, population, {**counts, **novelty}, started):
+                return True
+        return False
+
+    def _out_of_budget(self) -> bool:
+        """Whether the budget is spent, or the next generation would end past the time limit."""
+        if self.config.budget is not None and self.evaluator.spent >= self.config.budget:
+            return True
+        if self.config.time_s is None:
+            return False
+        gens = self.store.generations()
+        per_gen = statistics.median(g.stats.get("seconds", 0.0) for g in gens[1:]) if len(gens) > 1 else 0.0
+        return self.store.summary().elapsed_s + per_gen > self.config.time_s
+
+    def budget_line(self) -> str:
+        """What the search may spend, for the start of a run."""
+        c = self.config
+        limits = [f"budget {c.budget:g} full evaluations" if c.budget is not None else None,
+                  f"time {format_duration(c.time_s)}" if c.time_s is not None else None]
+        screen = (f"every new loss screened on 1 seed at {c.screening:g} of the training, the best {c.promote:g} "
+                  "promoted to full scoring" if self.screen is not None else "every new loss scored in full")
+        expected = c.generation_cost(c.population, len(self.suite.seeds)) * c.generations + c.population
+        stop = ", ".join(x for x in limits if x) or f"about {expected:.0f} full evaluations"
+        return (f"population {c.population}, up to {c.generations} generations, {stop}; {screen} "
+                f"(a full evaluation: {len(self.suite.tasks)} tasks x {len(self.suite.seeds)} seeds)")
+
+    def spend_line(self) -> str:
+        """What the search spent, for the end of a run."""
+        gens = self.store.generations()
+        screened = sum(g.stats.get("screened", 0) for g in gens)
+        trained = sum(g.stats.get("evaluated", 0) for g in gens)
+        return (f"spent {self.evaluator.spent:.1f} full evaluations in {len(gens)} generation(s): {screened} losses "
+                f"screened, {trained} scored in full, {format_duration(self.store.summary().elapsed_s)}")
+
+    def run(self) -> list[CandidateRecord]:
         """Run (or continue) the search to its last generation; returns the hall of fame records."""
         self.store.set_status(RunStatus.RUNNING)
         last = self.store.last_generation()
@@ -546,27 +665,26 @@ class Search:
                 f"chunks of at most {self.chunk_size} losses instead of {self.config.chunk_size}: "
                 f"{self.executor.n_workers} worker(s) training more would not fit in the memory available"
             )
+        if last is None:
+            self.reporter.message(self.budget_line())
+        stopped = False
         try:
             self.score_baselines()
             if last is None:
                 started = time.perf_counter()
                 self.reporter.generation_started(0)
                 population, rejected = self.initial_population()
-                counts = self.evaluate(population, 0)
+                counts = self.race(population, 0)
                 counts["rejected"] += rejected
-                self._finish_generation(0, population, counts, started)
+                stopped = self._finish_generation(0, population, counts, started)
                 start_gen = 1
             else:
                 population = self._restore_population(last.population)
-            for gen in range(start_gen, self.config.generations + 1):
-                started = time.perf_counter()
-                self.reporter.generation_started(gen)
-                offspring = self._next_generation(population, gen)
-                counts = self.evaluate([ind for ind in offspring if not ind.fitness.valid], gen)
-                population = self._survivors(population, offspring)
-                self._finish_generation(gen, population, counts, started)
-            self.tune()
-            self.validate()
+            stopped = stopped or self._generations(population, start_gen)
+            if not stopped:
+                self.reporter.message(self.spend_line())
+                self.tune()
+                self.validate()
         except KeyboardInterrupt:
             self.store.set_status(RunStatus.INTERRUPTED)
             raise
@@ -575,7 +693,7 @@ class Search:
             raise
         finally:
             self.reporter.close()
-        self.store.set_status(RunStatus.FINISHED)
+        self.store.set_status(RunStatus.STOPPED if stopped else RunStatus.FINISHED)
         return self.hall_of_fame()
 
     def close(self) -> None:

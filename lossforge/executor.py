@@ -27,6 +27,11 @@ instead of a result and the other chunks go on. How the limit is enforced:
   flight have finished, the worker still running it is restarted (needs a nanny: ``dask worker`` and
   ``LocalCluster`` have one).
 
+Workers die with their parent: each loky worker and each worker of a ``LocalCluster`` started here runs a
+watchdog thread that ends the worker within about a second once the process that started it is gone
+(its parent pid changes), so a ``kill -9`` of lossforge never leaves workers training on. Workers of an
+external scheduler (``dask worker``) belong to their cluster and are left alone.
+
 Only as many chunks as there are workers are in flight at a time, so a chunk starts (nearly) when it is
 dispatched and its limit runs from there; it includes a fresh worker's start-up (importing torch, a few
 seconds), so limits are meant to be generous, against hung or runaway chunks.
@@ -59,6 +64,52 @@ _QUIET_DASK_WORKER = {
 }
 #: Idle loky workers shut down after this long (a generation's variation and rejection take seconds).
 _IDLE_WORKER_TIMEOUT_S = 300
+#: How often a worker checks that the process that started it is alive.
+_PARENT_POLL_S = 0.5
+#: Names the pid a LocalCluster worker must not outlive (read by :func:`dask_setup` in the worker).
+_PARENT_ENV = "LOSSFORGE_PARENT_PID"
+_watchdog_started = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """End this process (``os._exit``) soon after ``parent_pid`` dies: a daemon thread polls
+    ``os.getppid()`` (it changes when the parent dies and the process is re-parented; no pid-reuse race),
+    or, when ``parent_pid`` is not the direct parent, whether that pid exists. A parent already gone when
+    this runs (killed while the worker was starting) ends the worker at once. Polling, not Linux's
+    ``PR_SET_PDEATHSIG``: that fires when the parent *thread* that started the worker ends, and loky and
+    dask start workers from short-lived threads. Started once per process."""
+    global _watchdog_started
+    direct = os.getppid() == parent_pid
+    if not direct and not _alive(parent_pid):
+        os._exit(1)
+    if _watchdog_started:
+        return
+    _watchdog_started = True
+
+    def watch() -> None:
+        while (os.getppid() == parent_pid) if direct else _alive(parent_pid):
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)  # the parent is gone: nobody will read this worker's results
+
+    threading.Thread(target=watch, name="lossforge-parent-watchdog", daemon=True).start()
+
+
+def dask_setup(worker: Any) -> None:
+    """dask preload hook (``preload=["lossforge.executor"]``): a LocalCluster worker exits with the process
+    that started the cluster."""
+    parent = os.environ.get(_PARENT_ENV)
+    if parent and parent.isdigit():
+        exit_with_parent(int(parent))
 
 
 @dataclass(frozen=True)
@@ -235,7 +286,8 @@ class JoblibExecutor:
         from joblib.externals.loky import get_reusable_executor
 
         # The same arguments every time, so the pool is reused (loky restarts it when they change).
-        return get_reusable_executor(max_workers=self.n_workers, timeout=_IDLE_WORKER_TIMEOUT_S, env=_THREAD_ENV)
+        return get_reusable_executor(max_workers=self.n_workers, timeout=_IDLE_WORKER_TIMEOUT_S, env=_THREAD_ENV,
+                                     initializer=exit_with_parent, initargs=(os.getpid(),))
 
     def map_unordered(
         self, fn: Callable[..., Any], items: Iterable[Sequence[Any]], timeout_s: float | None = None
@@ -289,8 +341,10 @@ class DaskExecutor:
                     n_workers=count, threads_per_worker=1, processes=True,
                     dashboard_address=":0",  # any free port: the default 8787 clashes with other clusters
                     silence_logs=logging.ERROR,
-                    env=_THREAD_ENV,  # set before the workers start: OpenMP reads it once
-                    preload=["lossforge.scoring"],  # import torch at start-up, not within a chunk's time limit
+                    # set before the workers start: OpenMP reads it once
+                    env={**_THREAD_ENV, _PARENT_ENV: str(os.getpid())},
+                    # import torch at start-up, not within a chunk's time limit; exit with this process
+                    preload=["lossforge.scoring", "lossforge.executor"],
                 )
             _restore_environment(saved)
         options = {} if timeout_s is None else {"timeout": timeout_s}

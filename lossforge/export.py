@@ -4,20 +4,30 @@
   ``tokens`` is the prefix expression over the operator table (operator names, ``y_pred``, ``y_real`` and
   float constants); it alone defines the loss, the other fields are for people.
 * **py**: a standalone module that needs only torch: the protected operators (their source is copied from
-  :mod:`lossforge.operators`, so the numerics are the ones the search used) and an ``nn.Module`` class
-  named after the loss following the :class:`~lossforge.loss.SymbolicLoss` conventions.
+  :mod:`lossforge.operators`, so the numerics are the ones the search used), the classification convention
+  (copied from :mod:`lossforge.loss`) and an ``nn.Module`` class named after the loss following the
+  :class:`~lossforge.loss.SymbolicLoss` conventions (``weight``, ``ignore_index``, ``label_smoothing``). It
+  compiles with ``torch.jit.script`` and ``torch.compile``. Text from the run (formula, run path, suite
+  name, any metadata) enters it only as ``repr`` string literals, and a class name only as an ASCII
+  identifier, so no file or name can put code into it.
 * **latex**, **sympy**: the formula as LaTeX (guards shown), or as ``sympy.srepr`` text of plain sympy
   (Piecewise/Max/Min/Abs with the protected operators' values, see :mod:`lossforge.backends.sympy_plain`).
 
-:func:`load` never executes anything from the file: JSON is parsed with ``json`` and its tokens are
-validated against the operator table and size limits; run files are read through SQL queries.
+:func:`load` never executes anything from the file: JSON is read with a bounded read (regular files only,
+at most ``MAX_JSON_BYTES`` bytes actually read), parsed with ``json`` and its tokens are validated against
+the operator table and size limits; run files are read through SQL queries. Files are written by
+:mod:`lossforge.atomic`.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
+import keyword
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +38,8 @@ from lossforge.backends.python_source import python_source
 from lossforge.backends.sympy_plain import plain_sympy
 from lossforge.errors import ExportError, ExpressionError, LossforgeError
 from lossforge.expression import LossExpression
-from lossforge.loss import SymbolicLoss, class_probabilities
+from lossforge.loss import SymbolicLoss, class_targets, classification_loss, is_classification_problem, reduce_loss
+from lossforge.operators import OPERATORS
 
 FORMATS = ("py", "json", "latex", "sympy")
 JSON_FORMAT = "lossforge-loss"
@@ -50,58 +61,100 @@ def to_json(expression: LossExpression, metadata: dict[str, Any] | None = None) 
 
 
 def class_name(expression: LossExpression, name: str | None = None) -> str:
-    """A valid class name: ``name`` made an identifier, or ``EvolvedLoss`` plus the loss key."""
+    """A valid class name: ``name`` made an ASCII identifier (never a keyword), or ``EvolvedLoss`` plus the
+    loss key."""
     if name:
-        ident = re.sub(r"\W+", "_", name).strip("_")
-        return ident[0].upper() + ident[1:] if ident and not ident[0].isdigit() else f"Loss_{ident}"
+        ident = re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_")[:64]
+        if not ident or ident[0].isdigit() or ident[0] == "_":
+            ident = f"Loss_{ident}".rstrip("_")
+        ident = ident[0].upper() + ident[1:]
+        return ident + "_" if keyword.iskeyword(ident) or ident in _RESERVED_NAMES else ident
     return f"EvolvedLoss_{expression.key[:8]}"
 
 
+#: The classification convention, copied verbatim from :mod:`lossforge.loss` into every module.
+_CONVENTION = (is_classification_problem, class_targets, reduce_loss, classification_loss)
+#: Names a generated module defines itself; a class must not shadow them.
+_RESERVED_NAMES = frozenset({"torch", "nn", "List", "Optional", "DIV_EPS", "SQRT_EPS", "LOG_EPS", "EXP_MAX"}
+                            | {fn.__name__ for fn in _CONVENTION}
+                            | {op.torch_form.__name__ for op in OPERATORS.values()})
+
+
+def _inline_constants(source: str, values: dict[str, float]) -> str:
+    """``source`` (an operator's torch form) with the named module constants replaced by their values:
+    torch.jit.script cannot read float globals. Done on the syntax tree, so only those names change."""
+
+    class Inline(ast.NodeTransformer):
+        def visit_Name(self, node: ast.Name) -> ast.AST:
+            if isinstance(node.ctx, ast.Load) and node.id in values:
+                return ast.copy_location(ast.Constant(values[node.id]), node)
+            return node
+
+    return ast.unparse(Inline().visit(ast.parse(source))) + "\n"
+
+
+def _docstring(lines: list[str]) -> str:
+    """A string literal holding ``lines``: ``repr`` of the text, so nothing in it can end the literal."""
+    return repr("\n".join(lines) + "\n")
+
+
 def to_python(expression: LossExpression, metadata: dict[str, Any] | None = None, name: str | None = None) -> str:
-    """A standalone torch module defining the loss as an ``nn.Module``."""
+    """A standalone torch module defining the loss as an ``nn.Module``.
+
+    Data (formula, metadata such as the run path or the suite name, the class name) enter the generated
+    code only as ``repr`` string literals or a sanitised identifier, so no text can become code; the
+    module works with ``torch.jit.script`` and ``torch.compile``."""
     used: dict[str, Any] = {}
     body = python_source(expression.sympy, used)
     # classification reads log(y_pred) from log_softmax(logits), as the search scored it (exact cross-entropy)
     exact_body = python_source(expression.sympy, used, log_probabilities=True)
-    helpers = [inspect.getsource(fn) for n, fn in sorted(used.items())]
-    helpers.append(inspect.getsource(class_probabilities))  # the classification convention, verbatim
-    eps = {k: getattr(operators, k) for k in ("DIV_EPS", "SQRT_EPS", "LOG_EPS", "EXP_MAX")}
-    meta_lines = "\n".join(f"    {k}: {v}" for k, v in (metadata or {}).items())
+    eps = {k: float(getattr(operators, k)) for k in ("DIV_EPS", "SQRT_EPS", "LOG_EPS", "EXP_MAX")}
+    helpers = [_inline_constants(inspect.getsource(fn), eps) for n, fn in sorted(used.items())
+               if not n.startswith("torch.")]
+    helpers += [inspect.getsource(fn) for fn in _CONVENTION]  # the classification convention, verbatim
+    module_doc = ["Loss exported by lossforge (needs only torch).", "",
+                  f"Formula:  {expression.formula()}", f"LaTeX:    {expression.latex()}",
+                  f"Prefix:   {expression.prefix()}"]
+    if metadata:
+        module_doc += ["Provenance:"] + [f"    {k}: {v}" for k, v in metadata.items()]
+    class_doc = [
+        f"L(y_pred, y_real) = {expression.formula()}", "",
+        f"LaTeX: {expression.latex()}", "",
+        "Regression: input and target of the same shape, loss applied elementwise. Classification (class",
+        "index targets, or problem=\"classification\" for soft targets): y_pred = softmax(input, dim=1),",
+        "y_real = one-hot target, per-sample loss summed over classes. weight, ignore_index and",
+        "label_smoothing as in nn.CrossEntropyLoss. reduction: \"mean\" | \"sum\" | \"none\".",
+    ]
     cls = class_name(expression, name)
-    return f'''r"""Loss exported by lossforge (needs only torch).
+    return f'''{_docstring(module_doc)}
 
-Formula:  {expression.formula()}
-LaTeX:    {expression.latex()}
-Prefix:   {expression.prefix()}
-{("Provenance:" + chr(10) + meta_lines) if meta_lines else ""}
-"""
-
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
 
-{chr(10).join(f"{k} = {v!r}" for k, v in eps.items())}
+{chr(10).join(f"{k} = {float(v)!r}" for k, v in eps.items())}
 
 
 {(chr(10) + chr(10)).join(helpers)}
 
 class {cls}(nn.Module):
-    r"""L(y_pred, y_real) = {expression.formula()}
+    {_docstring(class_doc)}
 
-    LaTeX: {expression.latex()}
-
-    Regression: input and target of the same shape, loss applied elementwise. Classification (integer
-    class targets, or problem="classification" for soft targets): y_pred = softmax(input, dim=1), y_real =
-    one-hot target, per-sample loss summed over classes. reduction: "mean" | "sum" | "none".
-    """
-
-    def __init__(self, reduction: str = "mean", problem: str = "auto") -> None:
+    def __init__(self, reduction: str = "mean", problem: str = "auto", weight: Optional[torch.Tensor] = None,
+                 ignore_index: int = -100, label_smoothing: float = 0.0) -> None:
         super().__init__()
         if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {{reduction!r}}")
+            raise ValueError("reduction must be 'mean', 'sum' or 'none', not " + repr(reduction))
+        if problem not in ("auto", "regression", "classification"):
+            raise ValueError("problem must be 'auto', 'regression' or 'classification', not " + repr(problem))
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError("label_smoothing must be in [0, 1]")
         self.reduction = reduction
         self.problem = problem
+        self.ignore_index = int(ignore_index)
+        self.label_smoothing = float(label_smoothing)
+        self.register_buffer("weight", weight)
 
     @staticmethod
     def elementwise(y_pred: torch.Tensor, y_real: torch.Tensor,
@@ -113,21 +166,16 @@ class {cls}(nn.Module):
         return out + torch.zeros_like(y_pred)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        classification = self.problem == "classification" or (
-            self.problem == "auto" and not target.is_floating_point() and input.dim() == target.dim() + 1
-        )
-        if classification:
-            y_pred, y_real = class_probabilities(input, target)
-            per_sample = self.elementwise(y_pred, y_real, torch.log_softmax(input, dim=1)).sum(dim=1)
-        else:
-            if input.shape != target.shape:
-                raise ValueError(f"input {{tuple(input.shape)}} and target {{tuple(target.shape)}} must match")
-            per_sample = self.elementwise(input, target.to(input.dtype))
-        if self.reduction == "mean":
-            return per_sample.mean()
-        if self.reduction == "sum":
-            return per_sample.sum()
-        return per_sample
+        if is_classification_problem(self.problem, input, target):
+            y_pred = torch.softmax(input, dim=1)
+            y_real = class_targets(input, target, self.ignore_index, self.label_smoothing)
+            terms = self.elementwise(y_pred, y_real, torch.log_softmax(input, dim=1))
+            return classification_loss(terms, target, self.weight, self.ignore_index, self.reduction)
+        if self.weight is not None:
+            raise ValueError("weight is per class and applies to classification only")
+        if input.shape != target.shape:
+            raise ValueError("regression input and target must have the same shape (reshape one of them)")
+        return reduce_loss(self.elementwise(input, target.to(input.dtype)), self.reduction)
 '''
 
 
@@ -145,46 +193,132 @@ def render(expression: LossExpression, fmt: str, metadata: dict[str, Any] | None
     raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
+#: Digits an integer in a JSON export may have (Python refuses to parse ints over 4,300 digits with a
+#: ValueError; no token needs more than a few).
+MAX_INT_DIGITS = 30
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def read_bounded(path: str | Path, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``limit`` of them, or ExportError.
+
+    Opened non-blocking (a FIFO cannot hang the open) and checked with ``fstat`` on the open descriptor
+    (no race with a swapped file); the limit counts bytes actually read, not ``st_size`` (``/dev/zero`` or a
+    growing file report 0 or less than they hold)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ExportError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ExportError(f"{path} is {_file_kind(mode)}, not a loss export file")
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if total > limit:
+        raise ExportError(f"{path}: more than {limit} bytes exceeds the {limit}-byte limit of a loss export")
+    return b"".join(chunks)
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ExportError(f"an integer of {len(text)} digits; a loss export holds numbers of at most "
+                          f"{MAX_INT_DIGITS} digits")
+    return int(text)
+
+
 def read_json_export(path: str | Path) -> tuple[LossExpression, dict[str, Any]]:
     """Parse and validate a JSON export; ExportError on anything hostile or malformed."""
     path = Path(path)
+    data = read_bounded(path)
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ExportError(f"cannot read {path}: {exc.strerror}") from None
-    if size > MAX_JSON_BYTES:
-        raise ExportError(f"{path}: {size} bytes exceeds the {MAX_JSON_BYTES}-byte limit of a loss export")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExportError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); a loss export is "
+                          "UTF-8 JSON") from None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ExportError(f"{path}: not a JSON loss export ({type(exc).__name__})") from None
+        doc = json.loads(text, parse_int=_parse_int)
+    except ExportError as exc:
+        raise ExportError(f"{path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}: not a JSON loss export (invalid JSON at line {exc.lineno} column "
+                          f"{exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise ExportError(f"{path}: not a JSON loss export (nested too deeply)") from None
+    except ValueError as exc:  # e.g. a number json cannot convert
+        raise ExportError(f"{path}: not a JSON loss export ({str(exc).splitlines()[0][:80]})") from None
     if not isinstance(doc, dict) or doc.get("format") != JSON_FORMAT:
         raise ExportError(f"{path}: not a lossforge loss export (expected \"format\": \"{JSON_FORMAT}\")")
-    if doc.get("version") != JSON_VERSION:
-        raise ExportError(f"{path}: export version {doc.get('version')!r} is not supported (this lossforge "
-                          f"reads version {JSON_VERSION})")
+    version = doc.get("version")
+    if type(version) is not int or version != JSON_VERSION:
+        shown = repr(version) if isinstance(version, (int, float, str, type(None))) else type(version).__name__
+        raise ExportError(f"{path}: export version {shown[:40]} is not supported (this lossforge reads version "
+                          f"{JSON_VERSION})")
+    if "tokens" not in doc:
+        raise ExportError(f"{path}: the export has no \"tokens\" list (the prefix expression that defines the "
+                          "loss); re-export it with `lossforge export RUN --format json`")
+    if not isinstance(doc["tokens"], list):
+        raise ExportError(f"{path}: expected a non-empty list of prefix tokens under \"tokens\"")
     try:
-        expression = LossExpression(doc.get("tokens"), where=str(path))
+        expression = LossExpression(doc["tokens"], where=str(path))
     except ExpressionError as exc:
         raise ExportError(str(exc)) from None
     metadata = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     return expression, metadata
 
 
+def _is_run_file(path: Path) -> bool:
+    """Whether ``path`` names a run file (a run-file suffix or an SQLite header); never blocks on a FIFO."""
+    if path.suffix in (".db", ".sqlite", ".sqlite3"):
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 16).startswith(b"SQLite format 3")
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def load(path: str | Path, rank: int = 1, reduction: str = "mean", problem: str = "auto",
-         pick: str = "best") -> SymbolicLoss:
+         pick: str = "best", **options: Any) -> SymbolicLoss:
     """A torch loss module from a JSON export or a run file (its ``rank``-th loss in the final ranking,
-    see :mod:`lossforge.ranking`)."""
+    see :mod:`lossforge.ranking`). ``options``: SymbolicLoss's ``weight``, ``ignore_index``,
+    ``label_smoothing``, ``trainable_constants``."""
     path = Path(path)
     if not path.exists():
         raise ExportError(f"no such file: {path}")
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    if head.startswith(b"SQLite format 3") or path.suffix in (".db", ".sqlite", ".sqlite3"):
+    if _is_run_file(path):
         expression = expression_from_run(path, rank, pick)
     else:
         expression, _ = read_json_export(path)
-    return SymbolicLoss(expression, reduction=reduction, problem=problem)  # type: ignore[arg-type]
+    return SymbolicLoss(expression, reduction=reduction, problem=problem, **options)  # type: ignore[arg-type]
 
 
 def ranked_from_run(run_path: str | Path, rank: int = 1, pick: str = "best"):

@@ -10,13 +10,25 @@ Conventions (as torch's own losses):
   mixup, CutMix or label smoothing). ``y_pred`` is the softmax probability of each class and ``y_real`` the
   one-hot (or soft) target; the per-sample loss is the expression **summed over classes**; ``'none'``
   returns one value per sample.
+* ``weight``, ``ignore_index`` and ``label_smoothing`` as in ``nn.CrossEntropyLoss``: class ``c``'s term is
+  multiplied by ``weight[c]``, so the per-sample loss is ``sum_c weight[c] * L(y_pred_c, y_real_c)`` (for
+  cross-entropy exactly torch's); samples whose class index is ``ignore_index`` count for nothing (0 with
+  ``'none'``); ``'mean'`` divides by the summed ``weight[target]`` of the counted samples for class
+  indices, and by N for class probabilities (torch's rules). ``label_smoothing`` mixes the target with the
+  uniform distribution: ``(1 - e) * y_real + e / C``.
 * ``problem='auto'`` (default) picks classification when ``target`` has an integer dtype and one dimension
-  less than ``input``, regression otherwise; pass ``problem='classification'`` for soft targets.
+  less than ``input``, regression when the shapes match and there is one output per sample. A float target
+  of the shape of a ``[N, C, ...]`` input (``C > 1``) is ambiguous (soft labels or several regression
+  outputs: the two compute different numbers) and is refused with a ``ValueError`` naming ``problem=``.
+
+The functions below hold the convention once. They are written in the subset of Python that
+``torch.jit.script`` compiles and are copied verbatim into ``.py`` exports, so an exported loss reduces
+exactly as this module does.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import List, Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -28,6 +40,74 @@ Reduction = Literal["mean", "sum", "none"]
 Problem = Literal["auto", "regression", "classification"]
 
 
+def is_classification_problem(problem: str, input: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether ``(input, target)`` is read as classification under ``problem`` (see the module docstring)."""
+    if problem == "classification":
+        return True
+    if problem == "regression":
+        return False
+    if not target.is_floating_point():
+        return input.dim() == target.dim() + 1
+    if input.dim() >= 2 and input.shape[1] > 1 and target.shape == input.shape:
+        raise ValueError(
+            "problem='auto' cannot tell soft class targets from several regression outputs (a float target "
+            "of the shape of the input [N, C, ...]); pass problem='classification' (logits and class "
+            "probabilities) or problem='regression'"
+        )
+    return False
+
+
+def class_targets(input: torch.Tensor, target: torch.Tensor, ignore_index: int = -100,
+                  label_smoothing: float = 0.0) -> torch.Tensor:
+    """``y_real`` of the classification convention: the one-hot (class indices) or soft (probabilities)
+    target ``[N, C, ...]``, smoothed by ``label_smoothing``; an ignored sample's row is all zeros."""
+    n_classes = input.shape[1]
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError("soft targets (class probabilities) must have the shape of the logits [N, C, ...]")
+        y_real = target.to(input.dtype)
+    else:
+        kept = target != ignore_index
+        safe = torch.where(kept, target, torch.zeros_like(target)).long()
+        y_real = nn.functional.one_hot(safe, n_classes).movedim(-1, 1).to(input.dtype)
+        y_real = y_real * kept.unsqueeze(1).to(input.dtype)
+    if label_smoothing > 0.0:
+        y_real = y_real * (1.0 - label_smoothing) + label_smoothing / n_classes
+    return y_real
+
+
+def reduce_loss(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-sample losses reduced as ``reduction`` says (``mean`` | ``sum`` | ``none``)."""
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
+
+
+def classification_loss(terms: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
+                        ignore_index: int, reduction: str) -> torch.Tensor:
+    """The classification loss from the expression's per-class ``terms`` ``[N, C, ...]``: weighted by class,
+    summed over classes, ignored samples dropped, reduced as ``nn.CrossEntropyLoss`` reduces."""
+    if weight is not None:
+        shape: List[int] = [1] * terms.dim()
+        shape[1] = terms.shape[1]
+        terms = terms * weight.to(terms.dtype).reshape(shape)
+    per_sample = terms.sum(dim=1)
+    if target.is_floating_point():  # class probabilities: every sample counts once
+        return reduce_loss(per_sample, reduction)
+    kept = target != ignore_index
+    per_sample = torch.where(kept, per_sample, torch.zeros_like(per_sample))
+    if reduction == "mean":
+        if weight is None:
+            counted = kept.sum().to(per_sample.dtype)
+        else:
+            safe = torch.where(kept, target, torch.zeros_like(target)).long()
+            counted = torch.where(kept, weight.to(per_sample.dtype)[safe], torch.zeros_like(per_sample)).sum()
+        return per_sample.sum() / counted
+    return reduce_loss(per_sample, reduction)
+
+
 def class_probabilities(
     input: torch.Tensor, target: torch.Tensor, probabilities: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,13 +115,18 @@ def class_probabilities(
     probabilities: the classification convention's ``y_pred`` and ``y_real``. ``probabilities``: the softmax
     of ``input`` when it was already computed (a trainer computes it once for a batch of models)."""
     y_pred = torch.softmax(input, dim=1) if probabilities is None else probabilities
-    if target.is_floating_point():
-        if target.shape != input.shape:
-            raise ValueError(
-                f"soft targets must have the shape of the logits {tuple(input.shape)}, got {tuple(target.shape)}"
-            )
-        return y_pred, target.to(y_pred.dtype)
-    return y_pred, nn.functional.one_hot(target.long(), input.shape[1]).movedim(-1, 1).to(y_pred.dtype)
+    return y_pred, class_targets(y_pred, target)
+
+
+def _check_options(reduction: str, problem: str, weight: torch.Tensor | None, label_smoothing: float) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+    if problem not in ("auto", "regression", "classification"):
+        raise ValueError(f"problem must be 'auto', 'regression' or 'classification', not {problem!r}")
+    if weight is not None and (not isinstance(weight, torch.Tensor) or weight.dim() != 1):
+        raise ValueError("weight must be a 1-D tensor of one weight per class (as nn.CrossEntropyLoss's)")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], not {label_smoothing!r}")
 
 
 class SymbolicLoss(nn.Module):
@@ -52,6 +137,7 @@ class SymbolicLoss(nn.Module):
         reduction: ``'mean'``, ``'sum'`` or ``'none'``.
         problem: ``'auto'``, ``'regression'`` or ``'classification'`` (see module docstring).
         trainable_constants: register the expression's constants as ``nn.Parameter`` (for tuning).
+        weight, ignore_index, label_smoothing: as in ``nn.CrossEntropyLoss`` (classification only).
     """
 
     def __init__(
@@ -60,15 +146,18 @@ class SymbolicLoss(nn.Module):
         reduction: Reduction = "mean",
         problem: Problem = "auto",
         trainable_constants: bool = False,
+        weight: torch.Tensor | None = None,
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
-        if problem not in ("auto", "regression", "classification"):
-            raise ValueError(f"problem must be 'auto', 'regression' or 'classification', not {problem!r}")
+        _check_options(reduction, problem, weight, label_smoothing)
         self.expression = LossExpression.coerce(expression)
         self.reduction = reduction
         self.problem = problem
+        self.ignore_index = int(ignore_index)
+        self.label_smoothing = float(label_smoothing)
+        self.register_buffer("weight", weight)
         self._compiled = compile_expr(self.expression.sympy)
         values = torch.tensor(self._compiled.constants, dtype=torch.float32)
         if trainable_constants:
@@ -78,9 +167,7 @@ class SymbolicLoss(nn.Module):
 
     def is_classification(self, input: torch.Tensor, target: torch.Tensor) -> bool:
         """Whether ``(input, target)`` is read as classification under this module's ``problem``."""
-        if self.problem != "auto":
-            return self.problem == "classification"
-        return not target.is_floating_point() and input.dim() == target.dim() + 1
+        return is_classification_problem(self.problem, input, target)
 
     def elementwise(self, y_pred: torch.Tensor, y_real: torch.Tensor,
                     log_y_pred: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,10 +181,20 @@ class SymbolicLoss(nn.Module):
         """Whether the classification loss reads log-probabilities (it takes ``log(y_pred)``)."""
         return self._compiled.uses_log_probabilities
 
+    def class_terms(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The expression's value for each class ``[N, C, ...]`` from logits and targets: the one place the
+        classification convention turns logits into ``y_pred``."""
+        y_pred = torch.softmax(input, dim=1)
+        log_p = torch.log_softmax(input, dim=1) if self.uses_log_probabilities else None
+        y_real = class_targets(input, target, self.ignore_index, self.label_smoothing)
+        return self.elementwise(y_pred, y_real, log_p)
+
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.is_classification(input, target):
-            log_p = torch.log_softmax(input, dim=1) if self.uses_log_probabilities else None
-            return self.from_class_probabilities(*class_probabilities(input, target), log_p)
+            return classification_loss(self.class_terms(input, target), target, self.weight, self.ignore_index,
+                                       self.reduction)
+        if self.weight is not None:
+            raise ValueError("weight is per class and applies to classification only")
         if input.shape != target.shape:
             raise ValueError(
                 f"regression input {tuple(input.shape)} and target {tuple(target.shape)} must have "
@@ -107,17 +204,15 @@ class SymbolicLoss(nn.Module):
 
     def from_class_probabilities(self, y_pred: torch.Tensor, y_real: torch.Tensor,
                                  log_probabilities: torch.Tensor | None = None) -> torch.Tensor:
-        """The classification loss from :func:`class_probabilities`' output (summed over classes, reduced);
-        ``log_probabilities``: ``log_softmax`` of the logits, for an exact ``log(y_pred)``."""
-        return self.reduce(self.elementwise(y_pred, y_real, log_probabilities).sum(dim=1))
+        """The classification loss from :func:`class_probabilities`' output (summed over classes, reduced;
+        ``weight`` applied per class, every sample counted once); ``log_probabilities``: ``log_softmax`` of
+        the logits, for an exact ``log(y_pred)``."""
+        return classification_loss(self.elementwise(y_pred, y_real, log_probabilities), y_real, self.weight,
+                                   self.ignore_index, self.reduction)
 
     def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
         """Per-sample losses reduced as ``reduction`` says."""
-        if self.reduction == "mean":
-            return per_sample.mean()
-        if self.reduction == "sum":
-            return per_sample.sum()
-        return per_sample
+        return reduce_loss(per_sample, self.reduction)
 
     def extra_repr(self) -> str:
         return f"{self.expression.formula()!r}, reduction={self.reduction!r}, problem={self.problem!r}"

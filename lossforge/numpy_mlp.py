@@ -10,12 +10,13 @@ step is a few dozen tiny operations per model plus one loss expression per model
 * the network's backward pass is written out (about ten batched operations for all K models), and Adam
   updates one flat parameter buffer ``[K, P]`` in a handful of operations.
 
-It follows :class:`lossforge.nn.BatchedTrainer`'s rules exactly (the same failure reasons at the same
-steps, failed models frozen, the same Adam) and torch's ``Adam(foreach=True)`` arithmetic; its results agree
+It follows :class:`lossforge.training.BatchedTrainer`'s rules exactly (one :class:`~lossforge.training.FailureLedger`
+writes both trainers' failure reasons, failed models are frozen, the same Adam) and torch's ``Adam(foreach=True)`` arithmetic; its results agree
 with the autograd trainer's to float32 rounding, which chaotic losses can amplify over hundreds of steps
 (``tests/test_numpy_mlp.py`` compares them). Model k's numbers never depend on K: every operation is
 elementwise, a reduction over one model's samples, or a matrix product that numpy computes one model at a
-time. Losses without a symbolic expression fall back to torch autograd, one model at a time.
+time. Losses without a symbolic expression fall back to torch autograd, one model at a time. The model is
+read and written through :class:`~lossforge.models.BatchedMLP`'s documented parameter interface.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import torch
 
 from lossforge.compile import GradKernel, compile_value_and_grad
 from lossforge.loss import SymbolicLoss
-from lossforge.nn import BatchedMLP
-from lossforge.tasks.base import EXPLODING_GRAD_NORM, LossLike, guarded_loss
+from lossforge.models import BatchedMLP
+from lossforge.training import EXPLODING_GRAD_NORM, NUMERIC_ERRORS, FailureLedger, FitResult, LossLike, guarded_loss
 
 #: Activations this trainer differentiates by hand (others train with the autograd trainer).
 ACTIVATIONS = ("tanh", "relu")
@@ -52,12 +53,13 @@ class _LossGroup:
     summed: bool  # the loss sums over samples (reduction 'sum') instead of averaging
 
 
-def supports(model: BatchedMLP, activation: str, device: str | torch.device) -> bool:
-    """Whether :class:`NumpyMLPTrainer` can train ``model`` (a CPU float32 MLP with one output, a supported
-    activation and no dropout)."""
+def supports(model: torch.nn.Module, activation: str, device: str | torch.device) -> bool:
+    """Whether :class:`NumpyMLPTrainer` can train ``model`` (a CPU float32 :class:`BatchedMLP` with one
+    output, a supported activation and no dropout; not a subclass, which may compute more, e.g. batch norm)."""
     return (
         torch.device(device).type == "cpu"
-        and model.layers[-1].weight.shape[-1] == 1
+        and type(model) is BatchedMLP
+        and model.sizes[-1] == 1
         and activation in ACTIVATIONS
         and not model.dropout
         and all(p.dtype == torch.float32 for p in model.parameters())
@@ -65,9 +67,10 @@ def supports(model: BatchedMLP, activation: str, device: str | torch.device) -> 
 
 
 class NumpyMLPTrainer:
-    """Trains the K models of a :class:`BatchedMLP` with full-batch Adam, model k on loss k.
+    """Trains the K models of a :class:`BatchedMLP` with full-batch Adam, model k on loss k (a
+    :class:`~lossforge.training.Trainer`).
 
-    ``failures[k]`` holds the first reason model k failed (the reasons of ``BatchedTrainer``), or None.
+    ``failures[k]`` holds the first reason model k failed (written by the shared ledger), or None.
     """
 
     def __init__(
@@ -81,20 +84,21 @@ class NumpyMLPTrainer:
             raise ValueError(f"the numpy trainer supports activations {ACTIVATIONS}, not {activation!r}")
         self.model = model
         self.activation = activation
-        self.max_grad_norm = max_grad_norm
         self.n_models = len(losses)
-        if self.n_models != len(model.layers[0].weight):
-            raise ValueError(f"{self.n_models} losses for a batch of {len(model.layers[0].weight)} models")
-        self.failures: list[str | None] = [None] * self.n_models
-        self.dead = np.zeros(self.n_models, dtype=bool)
+        if self.n_models != model.n_models:
+            raise ValueError(f"{self.n_models} losses for a batch of {model.n_models} models")
+        self.ledger = FailureLedger(self.n_models, max_grad_norm)
+        self.failures = self.ledger.failures  # the ledger's list (not a copy)
+        self.dead = self.ledger.dead  # the ledger's mask (not a copy)
         self.groups = _groups(losses)
         self.summed = np.array([g.summed for g in self.groups for _ in range(g.start, g.stop)])
         self.steps = 0
         # One flat buffer per quantity, [K, P], laid out as torch's parameters are (each layer's weight
         # [in, out], then its bias [out]): each layer is a view [K, in + 1, out], its bias the last row.
         # Layers then compute as one matrix product of inputs with a column of ones appended.
-        sizes = [(layer.weight.shape[1], layer.weight.shape[2]) for layer in model.layers]
-        parameters = [p for layer in model.layers for p in (layer.weight, layer.bias)]
+        layer_parameters = model.layer_parameters()
+        sizes = [(weight.shape[1], weight.shape[2]) for weight, _ in layer_parameters]
+        parameters = [p for pair in layer_parameters for p in pair]
         self.theta = np.concatenate(
             [p.detach().reshape(self.n_models, -1).numpy() for p in parameters], axis=1
         ).astype(np.float32)
@@ -198,15 +202,13 @@ class NumpyMLPTrainer:
                     elementwise[rows], grad[rows] = group.kernel(outputs[rows], targets[rows], group.constants)
                 else:
                     elementwise[rows], grad[rows] = _autograd_elementwise(group.loss, outputs[rows], targets[rows])
-            except (RuntimeError, ValueError, ZeroDivisionError, OverflowError) as exc:
+            except NUMERIC_ERRORS as exc:
                 for k in range(group.start, group.stop):
-                    self.fail(k, f"loss raised {type(exc).__name__}: {exc}")
+                    self.ledger.loss_raised(k, exc)
         # One reduction and one scaling for all K models: mean over samples, or sum for reduction='sum'.
         values = np.where(self.summed, elementwise.sum(axis=1), elementwise.mean(axis=1))
         grad *= np.where(self.summed, np.float32(1), np.float32(1 / outputs.shape[1]))[:, None]
-        bad = ~np.isfinite(values) & ~self.dead
-        for k in np.flatnonzero(bad):
-            self.fail(int(k), f"non-finite loss value at step {self.steps}")
+        self.ledger.check_values(np.isfinite(values), self.steps)
         values[self.dead] = 0.0
         grad[self.dead] = 0.0
         return values, grad
@@ -216,15 +218,7 @@ class NumpyMLPTrainer:
         # Squares summed in float32, as BatchedTrainer does: a finite gradient whose squares overflow counts
         # as non-finite in both trainers.
         norms = np.sqrt((self.grad * self.grad).sum(axis=1).astype(np.float64))
-        bad = ~self.dead & (~np.isfinite(norms) | (norms > self.max_grad_norm) | ((norms == 0) & (self.steps == 0)))
-        for k in np.flatnonzero(bad):
-            norm = float(norms[k])
-            if not math.isfinite(norm):
-                self.fail(int(k), f"non-finite gradient at step {self.steps}")
-            elif norm == 0.0:
-                self.fail(int(k), "no gradient with respect to the model's output")
-            else:
-                self.fail(int(k), f"exploding gradient (norm {norm:.3g}) at step {self.steps}")
+        self.ledger.check_gradient_norms(norms, self.steps)
         if self.dead.any():
             self.grad[self.dead] = 0.0
 
@@ -242,11 +236,17 @@ class NumpyMLPTrainer:
 
     def fail(self, k: int, reason: str) -> None:
         """Mark model k failed (first reason wins)."""
-        if self.failures[k] is None:
-            self.failures[k] = reason
-            self.dead[k] = True
+        self.ledger.fail(k, reason)
 
     # ------------------------------------------------------------------------------------------- loop
+
+    @classmethod
+    def supports(cls, model: torch.nn.Module, device: str | torch.device) -> bool:
+        return supports(model, getattr(model, "activation_name", ""), device)
+
+    @classmethod
+    def create(cls, model: BatchedMLP, losses: Sequence[LossLike], *, lr: float) -> "NumpyMLPTrainer":
+        return cls(model, losses, model.activation_name)  # the learning rate is given per step to fit
 
     def fit(
         self,
@@ -257,10 +257,10 @@ class NumpyMLPTrainer:
         record: bool = False,
         x_test: torch.Tensor | None = None,
         y_test: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    ) -> FitResult:
         """Train for ``steps`` steps with learning rate ``lr_at(step)``, then write the weights back into the
-        model. With ``record``, returns the per-step losses ``[steps, K]`` and, given a test set, the
-        test RMSEs before each step; otherwise ``(None, None)``."""
+        model. With ``record``, the result keeps the per-step losses ``[steps, K]`` and, given a test set,
+        the test RMSEs before each step."""
         x_np = self.augmented_inputs(x.detach().numpy())
         t_np = targets.detach().numpy().astype(np.float32, copy=False)
         train_loss, test_rmse = [], []
@@ -277,7 +277,9 @@ class NumpyMLPTrainer:
                 if record:
                     train_loss.append(values)
         self.write_back()
-        return (
+        return FitResult(
+            self.model,
+            list(self.failures),
             torch.from_numpy(np.stack(train_loss)) if train_loss else None,
             torch.from_numpy(np.stack(test_rmse)) if test_rmse else None,
         )
@@ -285,9 +287,9 @@ class NumpyMLPTrainer:
     def write_back(self) -> None:
         """Copy the trained weights into the model's parameters."""
         with torch.no_grad():
-            for layer, weights in zip(self.model.layers, self.layers):
-                layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weights[:, :-1, :])))
-                layer.bias.copy_(torch.from_numpy(np.ascontiguousarray(weights[:, -1, :])))
+            for (weight, bias), weights in zip(self.model.layer_parameters(), self.layers):
+                weight.copy_(torch.from_numpy(np.ascontiguousarray(weights[:, :-1, :])))
+                bias.copy_(torch.from_numpy(np.ascontiguousarray(weights[:, -1, :])))
 
 
 def _groups(losses: Sequence[LossLike]) -> list[_LossGroup]:

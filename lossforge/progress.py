@@ -46,13 +46,25 @@ class GenerationStats:
     median: float
     best_formula: str
     seconds: float
+    #: new losses scored at the screening fidelity (the first rung); ``evaluated`` counts full scores
+    screened: int = 0
+    #: children varied again because they were not new losses (known, twin, rejected, full niche)
+    redrawn: int = 0
+    #: slots still holding a known loss after every redraw (the space is exhausted around them)
+    exhausted: int = 0
+    #: distinct structures (constants aside) in the population
+    structures: int = 0
+    #: search budget spent so far, in full evaluations
+    spent: float = 0.0
 
     def line(self) -> str:
         """One progress line."""
+        screened = f"  screened {self.screened:3d}" if self.screened else ""
+        exhausted = f"  space exhausted: {self.exhausted} slot(s) repeat known losses" if self.exhausted else ""
         return (
-            f"gen {self.gen:3d}  trained {self.evaluated:3d}  cached {self.cache_hits:3d}  "
+            f"gen {self.gen:3d}  trained {self.evaluated:3d}{screened}  cached {self.cache_hits:3d}  "
             f"rejected {self.rejected:3d}  failed {self.failed:3d}  best {self.best:.4f}  "
-            f"median {self.median:.4f}  {self.seconds:6.1f}s  best: {self.best_formula}"
+            f"median {self.median:.4f}  {self.seconds:6.1f}s{exhausted}  best: {self.best_formula}"
         )
 
 

@@ -21,7 +21,7 @@ import torch
 
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
-from lossforge.tasks.base import EXPLODING_GRAD_NORM
+from lossforge.training import EXPLODING_GRAD_NORM
 
 PROBE_SIZE = 128
 #: Classes of the classification probe by default (any count works: the probe checks the loss's shape, and

@@ -17,6 +17,7 @@ Fitness and normalised scores are higher-is-better; 1.0 is "as good as the task'
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import nn
 
+from lossforge.atomic import check_output, write_atomic
 from lossforge.baselines import get_baseline
 from lossforge.diagnostics import probability_band, residual_band
 from lossforge.engine import DISPLAY_BASELINES
@@ -103,10 +105,9 @@ def _short(text: str) -> str:
 
 
 def _save(fig: Figure, path: Path) -> Figure:
-    try:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    except OSError as exc:
-        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
+    buffer = io.BytesIO()  # rendered in memory, then written atomically: no half-written PNG
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    write_atomic(path, buffer.getvalue())
     return fig  # for tests to inspect
 
 
@@ -364,13 +365,15 @@ def _markdown(run: _Run, images: dict[str, str], front: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], top: int = 10) -> Path:
+def write_report(run_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], top: int = 10,
+                 force: bool = False) -> Path:
     """Write the PNG plots and ``report.md`` of the run at ``run_path`` into ``out_dir``; returns report.md.
 
     The run file is only read. ``top`` is the length of the hall of fame table (the plots draw the best
     three). Plots without data yet (e.g. no finished generation) are left out and the Markdown says so.
     Raises :class:`~lossforge.errors.RunError` for a missing or unreadable run and
-    :class:`~lossforge.errors.ExportError` when ``out_dir`` cannot be created or written.
+    :class:`~lossforge.errors.ExportError` when ``out_dir`` cannot be created or written, or already holds
+    a report and ``force`` is false. Every file is written atomically (an old one stays intact on failure).
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ExportError(f"top must be a positive integer, got {top!r}")
@@ -380,6 +383,9 @@ def write_report(run_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"cannot create report directory {out}: {exc.strerror or exc}") from None
+    names = ["report.md"] + [f"report_{key}.png" for key in ("fitness", "pareto", "shapes", "tasks")]
+    for name in names:  # all checked before anything is written
+        check_output(out / name, force=force, inputs=[run_path])
     front = pareto_front([(float(c.complexity), float(c.fitness)) for c in run.complete])
     plots: dict[str, tuple[Callable[[_Run, Path], None], bool]] = {
         "fitness": (_plot_fitness, bool(run.stats)),
@@ -393,8 +399,5 @@ def write_report(run_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
             plot(run, out / f"report_{key}.png")
             images[key] = f"report_{key}.png"
     report = out / "report.md"
-    try:
-        report.write_text(_markdown(run, images, front), encoding="utf-8")
-    except OSError as exc:
-        raise ExportError(f"cannot write {report}: {exc.strerror or exc}") from None
+    write_atomic(report, _markdown(run, images, front))
     return report

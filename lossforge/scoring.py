@@ -242,9 +242,11 @@ class ChunkResult:
 
 
 def score_chunk(
-    specs: Sequence[LossSpec], suite_spec: dict[str, Any], seeds: Sequence[int] | None = None, device: str = "cpu"
+    specs: Sequence[LossSpec], suite_spec: dict[str, Any], seeds: Sequence[int] | None = None, device: str = "cpu",
+    steps_fraction: float = 1.0,
 ) -> list[ChunkResult]:
-    """Score a chunk of losses on every task and seed of a suite, the chunk trained as one batched model.
+    """Score a chunk of losses on every task and seed of a suite, the chunk trained as one batched model;
+    ``steps_fraction`` < 1 shortens every task's training (screening, :meth:`Task.shortened`).
 
     Runs in worker processes: inputs and outputs are plain data. Torch is limited to one thread, as
     several workers share the machine's cores (two threads per process under load slowed training ~10x).
@@ -257,7 +259,8 @@ def score_chunk(
     start = time.perf_counter()
     for t in suite.tasks:
         losses = [make_loss(s, t.task.problem) for s in specs]
-        per_seed = [t.task.evaluate(losses, seed, device) for seed in seeds]
+        task = t.task.shortened(steps_fraction)
+        per_seed = [task.evaluate(losses, seed, device) for seed in seeds]
         for k, res in enumerate(results):
             rs = [seed_results[k] for seed_results in per_seed]
             res.raw[t.name] = {
@@ -274,11 +277,12 @@ def score_chunk(
 
 
 def score_chunk_safe(
-    specs: Sequence[LossSpec], suite_spec: dict[str, Any], seeds: Sequence[int] | None = None, device: str = "cpu"
+    specs: Sequence[LossSpec], suite_spec: dict[str, Any], seeds: Sequence[int] | None = None, device: str = "cpu",
+    steps_fraction: float = 1.0,
 ) -> list[ChunkResult]:
     """:func:`score_chunk`, but an unexpected exception fails the chunk's losses instead of the search."""
     try:
-        return score_chunk(specs, suite_spec, seeds, device)
+        return score_chunk(specs, suite_spec, seeds, device, steps_fraction)
     except Exception as exc:  # noqa: BLE001 - one bad chunk must not stop a search
         reason = "scoring raised " + traceback.format_exception_only(type(exc), exc)[-1].strip()
         return failed_chunk(len(specs), suite_spec, seeds, reason)

@@ -21,12 +21,13 @@ tree's float tokens, so the tuned loss is an ordinary tree: stored, exported and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from lossforge.evaluator import Evaluator, Fidelity
 from lossforge.expression import LossExpression
-from lossforge.scoring import Suite, score_chunk_safe
+from lossforge.scoring import Suite
 
 
 @dataclass
@@ -45,12 +46,6 @@ class TuningResult:
         return self.fitness_after > self.fitness_before
 
 
-def _fitness_of(suite: Suite, specs: list[Any], reference: dict[str, Any], seeds: Sequence[int] | None,
-                device: str) -> list[float]:
-    results = score_chunk_safe(specs, suite.spec(), list(seeds) if seeds is not None else None, device)
-    return [0.0 if r.failed else suite.fitness(r.raw, reference)[0] for r in results]
-
-
 def _spec(loss: Any) -> Any:
     """The plain-data loss spec of a tunable loss: an expression's tokens, or a baseline setting's spec."""
     return list(loss.tokens) if isinstance(loss, LossExpression) else loss.spec
@@ -58,16 +53,23 @@ def _spec(loss: Any) -> Any:
 
 def tune_constants(expression: Any, suite: Suite, reference: dict[str, Any],
                    iterations: int = 4, directions: int = 4, h: float = 0.15, step: float = 0.5,
-                   seed: int = 0, seeds: Sequence[int] | None = None, device: str = "cpu") -> TuningResult:
-    """Tune ``expression``'s constants on ``suite`` (fitness relative to ``reference`` raw results).
+                   seed: int = 0, seeds: Sequence[int] | None = None, device: str = "cpu",
+                   evaluator: Evaluator | None = None) -> TuningResult:
+    """Tune ``expression``'s constants on ``suite`` (fitness relative to ``reference`` raw results, task
+    name -> per-seed results on ``seeds``, default the suite's).
 
     ``expression`` is a :class:`LossExpression` or a :class:`~lossforge.baselines.BaselineSetting` (a torch
-    baseline's hyper-parameters). Each iteration scores ``2 * directions + 1`` variants as one batched chunk. ``step`` is the ascent step
-    in units of each constant's scale per unit of fitness gradient; ``seed`` fixes the directions.
+    baseline's hyper-parameters). Each iteration scores ``2 * directions + 1`` variants through
+    ``evaluator`` (default: a serial one on ``suite``), which trains them in batched chunks. ``step`` is the
+    ascent step in units of each constant's scale per unit of fitness gradient; ``seed`` fixes the directions.
     """
+    if evaluator is None:
+        evaluator = Evaluator(suite, chunk_size=256, device=device)
+        evaluator.set_reference_raw(reference)
+    fidelity = Fidelity(None if seeds is None else tuple(seeds))
     c = np.array(expression.constants, dtype=np.float64)
     if c.size == 0:
-        f0 = _fitness_of(suite, [_spec(expression)], reference, seeds, device)[0]
+        f0 = evaluator.fitness_of([_spec(expression)], fidelity)[0]
         return TuningResult(expression, expression, f0, f0)
     rng = np.random.default_rng(seed)
     best_c, best_f = c.copy(), None
@@ -78,7 +80,7 @@ def tune_constants(expression: Any, suite: Suite, reference: dict[str, Any],
         deltas = rng.choice([-1.0, 1.0], size=(directions, c.size))
         variants = [c] + [c + s * h * scale * d for d in deltas for s in (1.0, -1.0)]
         exprs = [expression.with_constants(v.tolist()) for v in variants]
-        fits = _fitness_of(suite, [_spec(e) for e in exprs], reference, seeds, device)
+        fits = evaluator.fitness_of([_spec(e) for e in exprs], fidelity)
         if f_before is None:
             f_before = fits[0]
         for v, f in zip(variants, fits):

@@ -1,4 +1,5 @@
-"""Shared fixtures: one torch thread (as in workers) and a tiny suite for fast end-to-end tests."""
+"""Shared fixtures: one torch thread (as in workers), a tiny suite for fast end-to-end tests, and the device
+the device tests run on (``pytest --device cuda``; default cpu)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,36 @@ torch.set_num_threads(1)
 
 TINY_SUITE = str(Path(__file__).parent / "data" / "tiny_suite.toml")
 
+#: What a CUDA test needs and how to get it: the venv pins a CPU build of torch by default.
+CUDA_HOWTO = (
+    f"CUDA tests need a GPU and a CUDA build of torch (this is torch {torch.__version__}, CUDA build: "
+    f"{torch.version.cuda or 'none'}): install one with TORCH_SPEC=\"torch==2.13.0 --index-url "
+    "https://download.pytorch.org/whl/cu126\" ./scripts/setup (the cuXXX your driver supports), "
+    "then run ./scripts/test --device cuda"
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu",
+                     help="device the device tests train on: cpu (default), cuda or cuda:N. " + CUDA_HOWTO)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    device = config.getoption("--device")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise pytest.UsageError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device {device}: no CUDA device is usable. {CUDA_HOWTO}")
+
 
 @pytest.fixture
 def tiny_suite() -> str:
     return TINY_SUITE
+
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest) -> str:
+    """The device of the device tests (``--device``)."""
+    return request.config.getoption("--device")

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lossforge.export import render
+from tests.conftest import CUDA_HOWTO
 from lossforge.expression import LossExpression
 
 POLY1 = "-y_real*log(y_pred) + y_real*(1 - y_pred)"
@@ -126,7 +127,7 @@ def test_bfloat16_autocast(poly1: type[nn.Module]) -> None:
     assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_HOWTO)
 def test_on_cuda(poly1: type[nn.Module]) -> None:
     loss = poly1().to("cuda")
     logits = torch.randn(16, 10, device="cuda", generator=torch.Generator("cuda").manual_seed(3))

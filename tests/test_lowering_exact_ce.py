@@ -17,7 +17,7 @@ from lossforge.baselines import BASELINES
 from lossforge.export import to_python
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
-from lossforge.nn import BatchedTrainer
+from lossforge.training import BatchedTrainer
 
 
 def _logits(gap: float, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:

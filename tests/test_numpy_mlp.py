@@ -1,7 +1,7 @@
 """The numpy training engine against the autograd reference: loss kernels, single steps, whole runs, failures.
 
 The numpy engine (``lossforge.numpy_mlp`` with the kernels of ``lossforge.compile.compile_value_and_grad``)
-must follow ``lossforge.nn.BatchedTrainer`` exactly in its rules (failure reasons, frozen models) and to
+must follow ``lossforge.training.BatchedTrainer`` exactly in its rules (failure reasons, frozen models) and to
 float32 rounding in its numbers. Chaotic losses can amplify that rounding over hundreds of steps, so whole
 runs are compared only for well-behaved losses.
 """
@@ -20,13 +20,14 @@ from lossforge.compile import compile_expr, compile_value_and_grad
 from lossforge.errors import ConfigError
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
-from lossforge.nn import BatchedMLP, BatchedTrainer
+from lossforge.models import BatchedMLP
 from lossforge.numpy_mlp import NumpyMLPTrainer
 from lossforge.operators import OPERATORS
 from lossforge.rejection import rejection_reason
 from lossforge.space import load_space
 from lossforge.tasks.base import guarded_loss
 from lossforge.tasks.regression import RegressionTask, predict
+from lossforge.training import BatchedTrainer
 
 torch.set_num_threads(1)
 
@@ -314,6 +315,8 @@ def test_finite_gradient_too_large_to_square_in_float32_fails_alike(loss) -> Non
     fast = scores({"steps": 2, "n_train": 64}, [loss], "numpy")[0]
     reference = scores({"steps": 2, "n_train": 64}, [loss], "autograd")[0]
     assert fast.reason == reference.reason
+    assert fast.status == reference.status == "failed"
+    assert reference.reason == "non-finite gradient at step 0"
 
 
 # --- 3. whole runs of well-behaved losses ---------------------------------------------------------------------

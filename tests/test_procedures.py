@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lossforge.errors import ConfigError
-from lossforge.nn import BatchedBatchNorm, BatchedCNN, BatchedMLP, drop_block
+from lossforge.models import BatchedBatchNorm, BatchedCNN, BatchedMLP, drop_block
 from lossforge.tasks.adversarial import (
     AdversarialTask,
     cross_entropy_per_model,

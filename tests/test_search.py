@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import sympy
 import torch
 
 import lossforge
@@ -127,8 +128,10 @@ def test_export_formats_and_load_agree(finished_run: Path, tmp_path: Path) -> No
     for o, g in zip(outs[1:], grads[1:]):
         torch.testing.assert_close(o, outs[0])
         torch.testing.assert_close(g, grads[0])
-    assert "\\" in render(expr, "latex") or render(expr, "latex").strip()
-    assert render(expr, "sympy").strip()
+    latex = render(expr, "latex")
+    assert latex == expr.latex() + "\n" and "y_{pred}" in latex and "y_{real}" in latex
+    assert render(expr, "sympy") == sympy.srepr(expr.sympy) + "\n"
+    assert "Symbol('y_pred'" in render(expr, "sympy") and "Symbol('y_real'" in render(expr, "sympy")
 
 
 def _cli(*args: str, runs_dir: Path) -> tuple[int, str, str]:

@@ -55,7 +55,7 @@ SCHEMA = (
     "CREATE TABLE config (id INTEGER PRIMARY KEY CHECK (id = 1), document TEXT NOT NULL)",
     """CREATE TABLE run_state (
         id INTEGER PRIMARY KEY CHECK (id = 1),
-        status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'interrupted', 'failed')),
+        status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'interrupted', 'stopped', 'failed')),
         started_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
         elapsed_s REAL NOT NULL DEFAULT 0
@@ -103,6 +103,15 @@ SCHEMA = (
     "CREATE INDEX candidates_key ON candidates (key)",
     "CREATE INDEX candidates_generation ON candidates (generation)",
     "CREATE INDEX candidates_result ON candidates (result_id)",
+    # a loss scored at a screening fidelity (a racing rung): its result lives in ``results`` at that
+    # fidelity; candidates hold full-fidelity results only, so the hall of fame never sees a screening score
+    """CREATE TABLE screenings (
+        id INTEGER PRIMARY KEY,
+        generation INTEGER NOT NULL CHECK (generation >= 0),
+        tree TEXT NOT NULL,
+        result_id INTEGER NOT NULL REFERENCES results (id),
+        created_at TEXT NOT NULL
+    )""",
     """CREATE TABLE generations (
         gen INTEGER PRIMARY KEY CHECK (gen >= 0),
         population TEXT NOT NULL,
@@ -110,7 +119,7 @@ SCHEMA = (
         finished_at TEXT NOT NULL
     )""",
 )
-TABLES = frozenset({"meta", "config", "run_state", "lease", "results", "candidates", "generations"})
+TABLES = frozenset({"meta", "config", "run_state", "lease", "results", "candidates", "screenings", "generations"})
 
 
 def now_iso() -> str:

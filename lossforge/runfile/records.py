@@ -50,6 +50,8 @@ class RunStatus(enum.Enum):
     RUNNING = "running"
     FINISHED = "finished"
     INTERRUPTED = "interrupted"
+    #: a callback asked the search to stop; resumable like an interrupted run
+    STOPPED = "stopped"
     FAILED = "failed"
 
 

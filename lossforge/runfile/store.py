@@ -363,6 +363,52 @@ class RunStore:
                                 "ORDER BY r.id", (suite_hash, row["key"])).fetchall()
         return [self._evaluation(r) for r in rows]
 
+    def record_rung(self, generation: int, tree: Sequence[str | float], *, key: str,
+                    fidelity: str | Mapping[str, Any], status: CandidateState | str, fitness: float | None,
+                    reason: str | None, task_scores: Mapping[str, Any]) -> int:
+        """Record loss ``key`` (prefix ``tree``) screened in ``generation`` at ``fidelity`` (a racing rung):
+        its result and the screening row in one transaction; returns the result id. Durable once this returns."""
+        state = CandidateState(status)
+        _check_result(state, fitness)
+        label = fidelity_label(fidelity)
+        if label == FULL_FIDELITY:
+            raise ValueError("a screening is at a lower fidelity than full; record full results as candidates")
+        if isinstance(generation, bool) or int(generation) < 0:
+            raise ValueError(f"generation must be >= 0, got {generation}")
+        if not isinstance(tree, (list, tuple)) or not tree or not all(map(rec.is_token, tree)):
+            raise ValueError(f"tree must be a non-empty list of prefix tokens (str or number), got {tree!r}")
+        with self._write() as conn:
+            result_id = self._put_loss_result(conn, self._suite(conn, None), rec.want(key, str, "key"), label, state,
+                                              None if fitness is None else float(fitness), reason, task_scores)
+            conn.execute("INSERT INTO screenings (generation, tree, result_id, created_at) VALUES (?, ?, ?, ?)",
+                         (int(generation), dumps(list(tree), "tree"), result_id, now_iso()))
+        return result_id
+
+    def screenings(self) -> list[dict[str, Any]]:
+        """Every screening (racing rung) in the order recorded: generation, key, tree, fidelity (a mapping),
+        status, fitness, reason, task_scores."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT s.generation, s.tree, r.name, r.fidelity, r.status, r.fitness, r.reason, "
+                                "r.task_scores FROM screenings s JOIN results r ON r.id = s.result_id "
+                                "ORDER BY s.id").fetchall()
+        out = []
+        for row in rows:
+            where = f"run file {self.path}: screening of {str(row['name'])[:40]}"
+            status = rec.state(row["status"], f"{where} status", CandidateState)
+            tree = self._json(row["tree"], None, f"{where} tree", list)
+            if not tree or not all(map(rec.is_token, tree)):
+                raise RunError(f"{where}: the tree is damaged")
+            out.append({
+                "generation": int(rec.number(row["generation"], f"{where} generation")),
+                "key": rec.want(row["name"], str, f"{where} key"), "tree": tree,
+                "fidelity": self._json(row["fidelity"], None, f"{where} fidelity", dict),
+                "status": status,
+                "fitness": rec.number(row["fitness"], f"{where} fitness", nullable=status is not CandidateState.COMPLETE),
+                "reason": rec.want(row["reason"], str, f"{where} reason", nullable=True),
+                "task_scores": self._json(row["task_scores"], {}, f"{where} task_scores", dict),
+            })
+        return out
+
     def _evaluation(self, row: sqlite3.Row) -> EvaluationRecord:
         where = f"run file {self.path}: result {str(row['name'])[:40]}"
         status = rec.state(row["status"], f"{where} status", CandidateState)

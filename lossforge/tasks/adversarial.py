@@ -20,7 +20,6 @@ from typing import Callable, ClassVar
 import torch
 import torch.nn.functional as F
 
-from lossforge.nn import BatchedTrainer
 from lossforge.tasks.base import check_positive_int, check_range, require
 from lossforge.tasks.classification import (
     ClassificationTask,
@@ -29,6 +28,7 @@ from lossforge.tasks.classification import (
     accuracy,
 )
 from lossforge.tasks.data import Split
+from lossforge.training import BatchedTrainer
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 PerModelLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

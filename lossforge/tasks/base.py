@@ -23,18 +23,15 @@ fair:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 
 from lossforge.errors import ConfigError
+from lossforge.training import EXPLODING_GRAD_NORM, LossLike, guarded_loss  # noqa: F401 - the task contract's
 
-LossLike = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Status = Literal["complete", "failed"]
-
-#: Gradient norm (per model, per step) above which a loss counts as exploding.
-EXPLODING_GRAD_NORM = 1e6
 
 
 @dataclass
@@ -90,6 +87,14 @@ class Task:
         if reference_score < 0:  # negative error: smaller magnitude is better
             return reference_score / score if score < 0 else 0.0
         return score / reference_score if reference_score > 0 else 0.0
+
+    def shortened(self, steps_fraction: float) -> "Task":
+        """This task with its training cut to ``steps_fraction`` of its length (its ``epochs`` or ``steps``
+        setting, at least 1), for cheap screening; itself at 1.0 or when it has no such setting."""
+        length = next((n for n in ("epochs", "steps") if n in {f.name for f in fields(self)}), None)
+        if steps_fraction >= 1.0 or length is None:
+            return self
+        return replace(self, **{length: max(1, round(getattr(self, length) * steps_fraction))})
 
     def settings(self) -> dict[str, Any]:
         """The task's settings as plain data (stored in run files, shown to users)."""
@@ -157,23 +162,3 @@ def saved_tensor_bytes(compute: Callable[[], torch.Tensor]) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         compute()
     return total
-
-
-def guarded_loss(loss: LossLike) -> LossLike:
-    """``loss`` made safe for the trainers, which only catch numeric errors: any exception it
-    raises is re-raised as a ``RuntimeError`` naming the original type, and an output that does not depend
-    on the prediction is kept in the graph, so that either fails this loss's model, not the whole batch."""
-
-    def guarded(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        try:
-            value = torch.as_tensor(loss(pred, target), device=pred.device)
-        except (RuntimeError, ValueError, ZeroDivisionError, OverflowError):
-            raise
-        except Exception as exc:  # candidate losses are arbitrary code; the reason is kept
-            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
-        if pred.requires_grad and not value.requires_grad:
-            # backward() needs a graph; the trainer then fails the model for having no gradient.
-            value = value + pred.sum() * 0.0
-        return value
-
-    return guarded

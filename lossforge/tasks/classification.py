@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lossforge.errors import ConfigError
-from lossforge.nn import BatchedCNN, BatchedMLP, BatchedNormMLP, BatchedTrainer
+from lossforge.models import BatchedCNN, BatchedMLP, BatchedNormMLP
 from lossforge.tasks.base import (
     LossLike,
     Task,
@@ -34,6 +34,7 @@ from lossforge.tasks.base import (
     require,
     saved_tensor_bytes,
 )
+from lossforge.training import BatchedTrainer
 from lossforge.tasks.data import (
     IMAGE_SHAPES,
     NOISE_KINDS,

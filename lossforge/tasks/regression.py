@@ -38,7 +38,7 @@ derived from ``(seed, 1)``, copied to every model (common random numbers), so mo
 its loss and the seed only. Inputs are standardised with the known design interval and targets with
 robust statistics (median, IQR) of the *noisy* training targets, so no clean target leaks into training;
 the same constants map the purified data and the test set. The K losses' noisy and purified runs are
-trained together as 2K models of one :class:`~lossforge.nn.BatchedMLP` (K when purification changed
+trained together as 2K models of one :class:`~lossforge.models.BatchedMLP` (K when purification changed
 nothing, since the second run would repeat the first), full batch, Adam with a cosine learning-rate decay.
 
 The default model is a 1-16-1 tanh MLP trained for 600 steps at learning rate 0.1. It fits the clean
@@ -57,9 +57,9 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from lossforge import numpy_mlp
 from lossforge.errors import ConfigError
-from lossforge.nn import BatchedMLP, BatchedTrainer
+from lossforge.models import BatchedMLP
+from lossforge.numpy_mlp import NumpyMLPTrainer
 from lossforge.tasks.base import (
     LossLike,
     Task,
@@ -68,8 +68,8 @@ from lossforge.tasks.base import (
     check_int,
     check_range,
     finite_or_worst,
-    guarded_loss,
 )
+from lossforge.training import BatchedTrainer, FitResult, Trainer, make_trainer, predict, rmse
 
 #: Consistency factor of the MAD for Gaussian noise.
 MAD_TO_STD = 1.4826
@@ -83,9 +83,13 @@ NOISE_ON = ("targets", "inputs", "both")
 DESIGNS = ("uniform", "grid")
 ACTIVATIONS = ("tanh", "relu", "gelu")
 SCHEDULES = ("cosine", "constant")
+#: Training engines by name, each a preference list of trainers (the first that supports the model trains it):
 #: "numpy": the fast trainer (lossforge.numpy_mlp) where it applies (CPU, tanh or relu), else autograd;
 #: "autograd": torch autograd and torch.optim.Adam through BatchedTrainer, the reference.
-ENGINES = ("numpy", "autograd")
+ENGINES: dict[str, tuple[type[Trainer], ...]] = {
+    "numpy": (NumpyMLPTrainer, BatchedTrainer),
+    "autograd": (BatchedTrainer,),
+}
 
 #: Named settings a suite can refer to. Noise parameters are in raw (unstandardised) units; on the default
 #: input range [-2, 2] the clean target runs from -5.1 to 22.1 with standard deviation 6.6.
@@ -218,20 +222,6 @@ class RegressionData:
     def purification_changes(self) -> bool:
         """Whether the purified training data differ from the noisy ones."""
         return not (torch.equal(self.x_noisy, self.x_purified) and torch.equal(self.y_noisy, self.y_purified))
-
-
-@dataclass
-class FitResult:
-    """Outcome of :meth:`RegressionTask.fit`: the trained models, their failures and optional history.
-
-    ``train_loss[s, m]`` is model m's mean training loss at step s; ``test_rmse[s, m]`` its RMSE against the
-    clean test targets just before step s's update.
-    """
-
-    model: BatchedMLP
-    failures: list[str | None]
-    train_loss: torch.Tensor | None = None
-    test_rmse: torch.Tensor | None = None
 
 
 @dataclass
@@ -398,32 +388,8 @@ class RegressionTask(Task):
         """
         steps = self.steps if steps is None else steps
         model = self.build_model(len(losses), seed, inputs.device) if model is None else model
-        if self.engine == "numpy" and numpy_mlp.supports(model, self.activation, inputs.device):
-            fast = numpy_mlp.NumpyMLPTrainer(model, losses, self.activation)
-            history = fast.fit(
-                inputs, targets, steps, lambda step: self.learning_rate(step, steps), record, x_test, y_test
-            )
-            return FitResult(model, list(fast.failures), *history)
-        # foreach, not fused: the fused CPU kernel rounds a tensor's elements differently depending on its
-        # size, so model k's update would depend on K (common random numbers require it not to).
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, foreach=True)
-        trainer = BatchedTrainer(model, [guarded_loss(loss) for loss in losses], optimizer)
-        target_list = list(targets.unbind(0))
-        train_loss, test_rmse = [], []
-        model.train()
-        for step in range(steps):
-            optimizer.param_groups[0]["lr"] = self.learning_rate(step, steps)
-            if record and x_test is not None and y_test is not None:
-                test_rmse.append(rmse(predict(model, x_test), y_test))
-            values = trainer.step(model(inputs).squeeze(-1), target_list)
-            if record:
-                train_loss.append(values)
-        return FitResult(
-            model,
-            list(trainer.failures),
-            torch.stack(train_loss) if train_loss else None,
-            torch.stack(test_rmse) if test_rmse else None,
-        )
+        trainer = make_trainer(ENGINES[self.engine], model, losses, lr=self.lr, device=inputs.device)
+        return trainer.fit(inputs, targets, steps, lambda step: self.learning_rate(step, steps), record, x_test, y_test)
 
     def learning_rate(self, step: int, steps: int) -> float:
         """The learning rate of step ``step`` of ``steps``: constant, or cosine-annealed from ``lr`` to 0."""
@@ -464,15 +430,3 @@ class RegressionTask(Task):
             score = finite_or_worst(-0.5 * (noisy + purified), self.worst_score)
             results.append(TaskResult(score, {"rmse_noisy": noisy, "rmse_purified": purified, **shared}))
         return results
-
-
-def predict(model: BatchedMLP, x: torch.Tensor) -> torch.Tensor:
-    """Predictions ``[K, N]`` of all K models on shared inputs ``x`` (``[N, 1]``), without gradients."""
-    with torch.no_grad():
-        return model(x).squeeze(-1)
-
-
-def rmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Root mean squared error over the last dimension, in float64 so that large errors stay finite."""
-    return (pred.double() - target.double()).pow(2).mean(-1).sqrt()
-

@@ -1,6 +1,6 @@
 """Regularisation procedures: dropout, DropBlock, entropy regularisation, label smoothing and batch norm.
 
-Dropout, DropBlock and batch norm live in the batched models (:mod:`lossforge.nn`: masks shared by all K
+Dropout, DropBlock and batch norm live in the batched models (:mod:`lossforge.models`: masks shared by all K
 models, batch-norm statistics kept per model); this module adds the target- and loss-side pieces and the
 :class:`RegularizeTask` that combines them with label noise.
 """
@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from lossforge.nn import BatchedTrainer
 from lossforge.tasks.base import check_positive_int, check_range, require
 from lossforge.tasks.classification import (
     ClassificationTask,
@@ -20,6 +19,7 @@ from lossforge.tasks.classification import (
     Streams,
 )
 from lossforge.tasks.data import Split
+from lossforge.training import BatchedTrainer
 
 
 def smooth_targets(labels: torch.Tensor, n_classes: int, smoothing: float) -> torch.Tensor:
@@ -93,17 +93,8 @@ class RegularizeTask(ClassificationTask):
             return
         x, target = self.prepare_batch(x, y, streams)
         outputs = model(x, streams.dropout)
-        values = trainer.per_model_loss(outputs, target)
-        trainer.optimizer.zero_grad(set_to_none=False)
-        # The trainer checks the candidate loss's gradient alone, so a loss with no gradient still fails
-        # its model; the penalty's gradient is added afterwards, for live models only.
-        values.sum().backward(retain_graph=True)
-        trainer.check_gradients()
-        penalty = -self.entropy_weight * entropy(outputs).mean(dim=1)
-        alive = trainer.alive.to(penalty.device)
-        torch.where(alive, penalty, torch.zeros_like(penalty)).sum().backward()
-        trainer.optimizer.step()
-        trainer.steps += 1
+        # the confidence penalty: the trainer adds it for live models after checking the candidate's gradient
+        trainer.step(outputs, target, penalty=-self.entropy_weight * entropy(outputs).mean(dim=1))
 
     def extra_metrics(self, model: Classifier, data: Split, streams: Streams) -> dict[str, torch.Tensor]:
         with torch.no_grad():

@@ -4,7 +4,7 @@ A model factory ``factory(n_features=..., n_classes=...) -> nn.Module`` is named
 (``"package.module:factory"``, stored in the run like a plug-in task type). :class:`StackedModule` builds one
 module under a seeded generator, copies it K times (every copy starts from the same weights: common random
 numbers) and stacks the copies' parameters and buffers with ``torch.func.stack_module_state``: each parameter
-gets a leading K dimension, the layout :class:`~lossforge.nn.BatchedTrainer` and its element-wise optimisers
+gets a leading K dimension, the layout :class:`~lossforge.training.BatchedTrainer` and its element-wise optimisers
 expect, so failure isolation and per-model gradient checks work unchanged.
 
 The forward pass maps ``torch.func.functional_call`` over the K copies with ``torch.func.vmap``. Where vmap

@@ -461,7 +461,8 @@ class UserRegressionTask(Task):
         return {"bias": bias, "std": spread, "outlier_fraction": outliers}
 
     def evaluate(self, losses: Sequence[LossLike], seed: int, device: str = "cpu") -> list[TaskResult]:
-        from lossforge.nn import BatchedMLP, BatchedTrainer
+        from lossforge.models import BatchedMLP
+        from lossforge.training import BatchedTrainer
         from lossforge.tasks.base import finite_or_worst
 
         if not losses:

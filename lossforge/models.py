@@ -1,8 +1,8 @@
-"""Batched models: K independent small networks trained as one (weights with a leading K dimension).
+"""Batched models: K independent small networks computed as one (weights with a leading K dimension).
 
-``BatchedTrainer`` is the single place where per-model numerics are guarded during training: a model whose
-loss turns non-finite, has no gradient, or whose gradient explodes is frozen and marked failed with a
-reason, while the other K-1 models train on unaffected.
+Every model here copies the *same* initial weights to all K models and draws its random masks (dropout,
+DropBlock) once for all of them, so model k never depends on K (common random numbers). The trainers
+(:mod:`lossforge.training`, :mod:`lossforge.numpy_mlp`) train them; nothing here knows about losses.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from typing import Sequence
 
 import torch
 from torch import nn
-
-from lossforge.loss import SymbolicLoss, class_probabilities
-from lossforge.tasks.base import EXPLODING_GRAD_NORM, LossLike
 
 
 class BatchedLinear(nn.Module):
@@ -45,7 +42,12 @@ class BatchedLinear(nn.Module):
 
 
 class BatchedMLP(nn.Module):
-    """K independent MLPs ``sizes[0] -> ... -> sizes[-1]`` with a given activation between layers."""
+    """K independent MLPs ``sizes[0] -> ... -> sizes[-1]`` with a given activation between layers.
+
+    Besides ``forward``, a trainer that does not use autograd (:class:`lossforge.numpy_mlp.NumpyMLPTrainer`)
+    reads the model through :attr:`n_models`, :attr:`sizes`, :attr:`activation_name`, :attr:`dropout` and
+    :meth:`layer_parameters`, and writes trained weights back through the tensors the latter returns.
+    """
 
     def __init__(
         self,
@@ -60,10 +62,27 @@ class BatchedMLP(nn.Module):
         if activation not in acts:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(acts)}")
         self.activation = acts[activation]
+        self.activation_name = activation
         self.dropout = dropout
         self.layers = nn.ModuleList(
             BatchedLinear(n_models, a, b, generator) for a, b in zip(sizes[:-1], sizes[1:])
         )
+
+    @property
+    def n_models(self) -> int:
+        """K, the number of models computed at once."""
+        return self.layers[0].weight.shape[0]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Layer widths ``(inputs, hidden..., outputs)``."""
+        return (self.layers[0].weight.shape[1], *(layer.weight.shape[2] for layer in self.layers))
+
+    def layer_parameters(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(weight [K, in, out], bias [K, out])`` of each linear layer, input to output: the parameters
+        themselves (a trainer may copy trained values into them under ``torch.no_grad``). The layer computes
+        ``x @ weight + bias``, then the activation (all layers but the last)."""
+        return [(layer.weight, layer.bias) for layer in self.layers]
 
     def forward(self, x: torch.Tensor, dropout_generator: torch.Generator | None = None) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
@@ -79,117 +98,6 @@ def shared_dropout(x: torch.Tensor, p: float, generator: torch.Generator | None)
     """Dropout whose mask is drawn once for ``x[0]`` and shared by all K models (common random numbers)."""
     keep = (torch.rand(x.shape[1:], generator=generator) >= p).to(x.dtype).to(x.device)
     return x * keep / (1.0 - p)
-
-
-class BatchedTrainer:
-    """Runs optimisation steps for K models at once and isolates the ones whose loss misbehaves.
-
-    ``step(outputs, target, ...)`` takes model outputs ``[K, N, ...]``, evaluates ``losses[k]`` on model k's
-    output (per-sample values, averaged, optionally weighted), masks models that already failed, checks
-    the new loss values and gradients, and applies the optimiser. ``failures[k]`` holds the first reason
-    model k failed, or ``None``.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        losses: Sequence[LossLike],
-        optimizer: torch.optim.Optimizer,
-        max_grad_norm: float = EXPLODING_GRAD_NORM,
-    ) -> None:
-        self.model = model
-        self.losses = list(losses)
-        self.optimizer = optimizer
-        self.max_grad_norm = max_grad_norm
-        self.failures: list[str | None] = [None] * len(self.losses)
-        self._dead = torch.zeros(len(self.losses), dtype=torch.bool)  # kept in step with `failures`
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.steps = 0
-
-    @property
-    def n_models(self) -> int:
-        return len(self.losses)
-
-    @property
-    def alive(self) -> torch.Tensor:
-        """Boolean mask of models that have not failed."""
-        return ~self._dead
-
-    def fail(self, k: int, reason: str) -> None:
-        """Mark model k failed (first reason wins)."""
-        if self.failures[k] is None:
-            self.failures[k] = reason
-            self._dead[k] = True
-
-    def per_model_loss(
-        self, outputs: torch.Tensor, target: torch.Tensor | Sequence[torch.Tensor]
-    ) -> torch.Tensor:
-        """Mean loss of each model, ``[K]``; a non-finite or raising loss fails its model (value 0)."""
-        values = []
-        probabilities = None  # softmax of all K models' logits, computed once when a symbolic loss needs it
-        log_probabilities = None  # their log_softmax, once, when a loss takes log(y_pred) (exact cross-entropy)
-        shared_target: tuple[torch.Tensor, torch.Tensor] | None = None  # (target, its one-hot form)
-        for k, loss in enumerate(self.losses):
-            tk = target[k] if isinstance(target, (list, tuple)) else target
-            if self.failures[k] is not None:
-                values.append(outputs[k].sum() * 0.0)
-                continue
-            try:
-                if isinstance(loss, SymbolicLoss) and loss.is_classification(outputs[k], tk):
-                    # The same numbers as loss(outputs[k], tk), without a softmax and a one-hot per model.
-                    if probabilities is None:
-                        probabilities = torch.softmax(outputs, dim=2)
-                    if shared_target is None or shared_target[0] is not tk:
-                        shared_target = (tk, class_probabilities(outputs[k], tk, probabilities[k])[1])
-                    if log_probabilities is None and loss.uses_log_probabilities:
-                        log_probabilities = torch.log_softmax(outputs, dim=2)
-                    v = loss.from_class_probabilities(probabilities[k], shared_target[1],
-                                                      None if log_probabilities is None else log_probabilities[k])
-                else:
-                    v = loss(outputs[k], tk)
-                v = v.mean() if v.dim() > 0 else v
-            except (RuntimeError, ValueError, ZeroDivisionError, OverflowError) as exc:
-                self.fail(k, f"loss raised {type(exc).__name__}: {exc}")
-                v = outputs[k].sum() * 0.0
-            values.append(v)
-        stacked = torch.stack(values)
-        finite = torch.isfinite(stacked.detach())
-        if not bool(finite.all()):  # one check for all K models, not one synchronisation each
-            for k in (~finite).nonzero().flatten().tolist():
-                self.fail(k, f"non-finite loss value at step {self.steps}")
-            # the failed models' gradients may be NaN; check_gradients zeroes them before the update
-            stacked = torch.where(finite, stacked, torch.zeros_like(stacked))
-        return stacked
-
-    def step(self, outputs: torch.Tensor, target: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """One optimisation step of all live models; returns the per-model loss values (detached)."""
-        values = self.per_model_loss(outputs, target)
-        self.optimizer.zero_grad(set_to_none=False)
-        values.sum().backward()
-        self.check_gradients()
-        self.optimizer.step()
-        self.steps += 1
-        return values.detach()
-
-    def check_gradients(self) -> None:
-        """Fail models with non-finite or exploding gradients and zero the gradients of failed models."""
-        # Few, large ops: this runs every step for all K models.
-        squares = [p.grad.detach().reshape(self.n_models, -1).pow(2).sum(dim=1) for p in self.params
-                   if p.grad is not None]
-        norms = torch.stack(squares).sum(dim=0).double().sqrt().cpu()
-        bad = self.alive & (~torch.isfinite(norms) | (norms > self.max_grad_norm) | ((norms == 0) & (self.steps == 0)))
-        for k in bad.nonzero().flatten().tolist():  # rare: only failing models pay for a Python loop
-            norm = norms[k].item()
-            if not math.isfinite(norm):
-                self.fail(k, f"non-finite gradient at step {self.steps}")
-            elif norm == 0.0:
-                self.fail(k, "no gradient with respect to the model's output")
-            else:
-                self.fail(k, f"exploding gradient (norm {norm:.3g}) at step {self.steps}")
-        if any(f is not None for f in self.failures):
-            for p in self.params:
-                if p.grad is not None:
-                    p.grad[self._dead.to(p.grad.device)] = 0.0
 
 
 # --- Batched convolutional models, batch norm and DropBlock -------------------------------------------------

@@ -1,0 +1,138 @@
+"""Atomic writes of user-visible files (exports, reports, plots).
+
+:func:`write_atomic` writes the new content to a temporary file in the target's directory, fsyncs it and
+moves it into place with one ``os.replace`` (or ``os.link`` when an existing file must not be replaced), so
+a reader, a crash or a full disk sees either the old file intact or the new one complete: never a
+truncated or 0-byte file. :func:`check_output` refuses destinations that would destroy data: a run file
+(whatever ``force`` says), the command's own input, or an existing file unless ``force``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Iterable
+
+from lossforge.errors import ExportError
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: SQLite's side files of a database: writing over one corrupts the run beside it.
+_SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        with open(path, "rb") as handle:
+            return handle.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def _is_run_or_side_file(path: Path) -> bool:
+    if _is_sqlite(path):
+        return True
+    for suffix in _SIDE_SUFFIXES:
+        if path.name.endswith(suffix) and _is_sqlite(path.with_name(path.name[: -len(suffix)])):
+            return True
+    return False
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(path: str | os.PathLike[str], *, force: bool = False,
+                 inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Raise ExportError unless ``path`` may be written: it must not be one of ``inputs``, a run file (or
+    one of its SQLite side files) or a directory, and must not exist unless ``force``."""
+    path = Path(path)
+    for source in inputs:
+        if _same_file(path, Path(source)) or Path(os.path.abspath(path)) == Path(os.path.abspath(source)):
+            raise ExportError(f"refusing to write {path}: it is the input being read; choose another output file")
+    if _is_run_or_side_file(path):
+        raise ExportError(f"refusing to write {path}: it is a run file (--force never overwrites runs); "
+                          "choose another output file")
+    if path.is_dir():
+        raise ExportError(f"cannot write {path}: it is a directory; name a file")
+    if (path.exists() or path.is_symlink()) and not force:
+        raise ExportError(f"{path} already exists; pass --force to replace it or choose another output file")
+    return path
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (e.g. some network file systems): the rename itself is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, replace: bool = True) -> Path:
+    """Write ``data`` (str as UTF-8) to ``path`` atomically; returns ``path``.
+
+    ``replace=False`` fails (ExportError) if ``path`` exists, also when it appears while writing. A run file
+    is never replaced. On any error the temporary file is removed and ``path`` is left as it was; the error
+    is an ExportError of one line."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if _is_run_or_side_file(path):  # the last guard, whoever calls
+        raise ExportError(f"refusing to write {path}: it is a run file; choose another output file")
+    directory = path.parent
+    tmp = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}; choose a writable path") from None
+    try:
+        try:
+            _write_all(fd, payload)
+            try:
+                os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))  # a replaced file keeps its permissions
+            except OSError:
+                pass
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic, and fails if path exists (rename would replace it)
+            except OSError as exc:
+                if exc.errno == errno.EEXIST:
+                    raise
+                if path.exists():  # a file system without hard links
+                    raise FileExistsError(errno.EEXIST, "File exists") from None
+                os.replace(tmp, path)
+        _fsync_dir(directory)
+    except FileExistsError:
+        raise ExportError(f"{path} already exists; pass --force to replace it or choose another output file") from None
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}; {path} is unchanged") from None
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    return path

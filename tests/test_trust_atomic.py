@@ -1,0 +1,136 @@
+"""Writes are atomic and never clobber: ``export -o`` and ``report`` refuse a run file, their own input and
+(without ``--force``) an existing file; a write that fails midway (a full disk) leaves the old file intact
+and no truncated or empty file behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import lossforge
+import lossforge.atomic
+from lossforge.atomic import check_output, write_atomic
+from lossforge.cli import main
+from lossforge.errors import ExportError
+from lossforge.report import write_report
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import TINY_SUITE
+
+    folder = tmp_path_factory.mktemp("runs")
+    for name in ("victim", "other"):
+        lossforge.search(run=folder / f"{name}.db", suite=TINY_SUITE, population=4, generations=1, jobs=1,
+                         executor="serial", quiet=True, validate_top=0)
+    return folder
+
+
+def _cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_export_never_overwrites_its_run_or_another_run(runs: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    victim, other = runs / "victim.db", runs / "other.db"
+    before = {p: p.read_bytes() for p in (victim, other)}
+    link = tmp_path / "alias.json"
+    os.symlink(victim, link)
+    for out, force in ((victim, False), (victim, True), (other, True), (link, True),
+                       (Path(f"{other}-wal"), True)):
+        code, err = _cli(capsys, "export", str(victim), "--format", "json", "-o", str(out),
+                         *(["--force"] if force else []))
+        assert code == 2 and "refusing" in _one_line(err), (out, err)
+    assert {p: p.read_bytes() for p in (victim, other)} == before
+    with sqlite3.connect(other) as con:  # still a run
+        assert con.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+
+
+def test_export_refuses_an_existing_file_unless_forced(runs: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "loss.json"
+    out.write_text("my notes\n")
+    code, err = _cli(capsys, "export", str(runs / "victim.db"), "--format", "json", "-o", str(out))
+    assert code == 2 and "--force" in _one_line(err)
+    assert out.read_text() == "my notes\n"
+    out.chmod(0o640)
+    assert _cli(capsys, "export", str(runs / "victim.db"), "--format", "json", "-o", str(out), "--force")[0] == 0
+    assert out.read_text().startswith("{") and (out.stat().st_mode & 0o777) == 0o640
+    assert lossforge.load(out) is not None
+    assert [p.name for p in tmp_path.iterdir()] == ["loss.json"]  # no temporary file left
+
+
+def _failing_write(monkeypatch: pytest.MonkeyPatch, after: int = 100) -> None:
+    """os.write as on a disk that fills up after ``after`` bytes: a partial write, then ENOSPC."""
+    real = os.write
+    written = {"n": 0}
+
+    def write(fd: int, data) -> int:
+        if written["n"] >= after:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = real(fd, bytes(data[: after - written["n"]]))
+        written["n"] += n
+        return n
+
+    monkeypatch.setattr(lossforge.atomic.os, "write", write)
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_a_full_disk_leaves_the_old_export_intact_and_no_partial_file(
+        runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        existing: bool) -> None:
+    out = tmp_path / "loss.py"
+    if existing:
+        assert _cli(capsys, "export", str(runs / "other.db"), "--format", "py", "-o", str(out))[0] == 0
+    before = out.read_bytes() if existing else None
+    _failing_write(monkeypatch)
+    code, err = _cli(capsys, "export", str(runs / "victim.db"), "--format", "py", "-o", str(out), "--force")
+    assert code == 2 and "No space left" in _one_line(err)
+    if existing:
+        assert out.read_bytes() == before
+    else:
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["loss.py"] if existing else [])
+
+
+def test_write_atomic_refuses_run_files_whoever_calls(runs: Path, tmp_path: Path) -> None:
+    before = (runs / "victim.db").read_bytes()
+    with pytest.raises(ExportError, match="run file"):
+        write_atomic(runs / "victim.db", "x")
+    assert (runs / "victim.db").read_bytes() == before
+    write_atomic(tmp_path / "a.txt", "a")
+    with pytest.raises(ExportError, match="already exists"):
+        write_atomic(tmp_path / "a.txt", "b", replace=False)
+    assert (tmp_path / "a.txt").read_text() == "a"
+    with pytest.raises(ExportError, match="directory"):
+        check_output(runs, force=True)
+
+
+def test_report_refuses_to_overwrite_unless_forced_and_fails_atomically(
+        runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "report"
+    assert _cli(capsys, "report", str(runs / "victim.db"), "-o", str(out))[0] == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "report.md" in first
+    code, err = _cli(capsys, "report", str(runs / "victim.db"), "-o", str(out))
+    assert code == 2 and "--force" in _one_line(err)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    _failing_write(monkeypatch, after=10)
+    code, err = _cli(capsys, "report", str(runs / "other.db"), "-o", str(out), "--force")
+    assert code == 2 and "No space left" in _one_line(err)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # nothing half-written, no temp files
+    monkeypatch.undo()
+    assert write_report(runs / "other.db", out, force=True) == out / "report.md"
+    assert (out / "report.md").read_bytes() != first["report.md"]
