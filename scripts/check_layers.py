@@ -27,14 +27,15 @@ PACKAGE = "lossforge"
 #: The import layers, lowest first (docs/architecture.md draws the same). A name covers the module and,
 #: for a package, everything in it; the most specific name wins.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", ["errors", "progress", "stats", "operators"]),
+    ("foundation", ["errors", "progress", "stats", "operators", "atomic"]),
     ("symbolic", ["space", "lowering", "backends", "expression", "compile", "loss", "gp"]),
-    ("training", ["nn", "numpy_mlp", "tasks", "data_sources"]),
-    ("scoring", ["scoring", "baselines", "rejection", "tuning", "executor", "conformance", "data_suite"]),
+    ("training", ["training", "models", "numpy_mlp", "tasks", "data_sources"]),
+    ("scoring", ["scoring", "baselines", "rejection", "executor", "conformance", "data_suite"]),
     ("runs", ["runfile", "ranking"]),
-    ("search", ["engine"]),
+    ("evaluation", ["evaluator", "tuning"]),
+    ("search", ["selection", "engine"]),
     ("views", ["results", "export", "report", "diagnostics", "dashboard", "tensorboard"]),
-    ("entry", ["api", "cli", ""]),   # "" is the package itself (lossforge/__init__.py)
+    ("entry", ["api", "cli", ""]),   # "" is the package itself (lossforge/__init__.py) and nothing else
 ]
 
 
@@ -139,7 +140,8 @@ def layer_of(mod: str) -> int | None:
     for i, (_, names) in enumerate(LAYERS):
         for name in names:
             full = f"{PACKAGE}.{name}" if name else PACKAGE
-            if (mod == full or mod.startswith(full + ".")) and len(full) > best:
+            covers = mod == full or (bool(name) and mod.startswith(full + "."))
+            if covers and len(full) > best:
                 best, where = len(full), i
     return where
 
