@@ -80,7 +80,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     for other in cache_from:  # check before creating anything
         if not other.exists():
             raise RunError(f"no run at {other} to take cached evaluations from")
-    engine = Search.create(path, config, quiet=args.quiet)
+    callbacks = _callbacks(args)
+    engine = Search.create(path, config, quiet=args.quiet, callbacks=callbacks)
     imported = engine.import_cache(cache_from)
     if not args.quiet:
         if cache_from:
@@ -89,7 +90,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"run {path}: population {config.population}, {config.generations} generations, suite "
               f"{engine.suite.name} ({len(engine.suite.tasks)} tasks x {len(engine.suite.seeds)} seeds), "
               f"{engine.executor.n_workers} worker(s)", flush=True)
-    return _drive(engine, path)
+    return _drive(engine, path, callbacks)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -97,11 +98,22 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from lossforge.runfile import resolve_run_path
 
     path = resolve_run_path(args.run, args.runs_dir)
-    engine = Search.resume(path, quiet=args.quiet, scheduler=args.scheduler, dask_workers=args.dask_workers)
-    return _drive(engine, path)
+    callbacks = _callbacks(args)
+    engine = Search.resume(path, quiet=args.quiet, scheduler=args.scheduler, dask_workers=args.dask_workers,
+                           callbacks=callbacks)
+    return _drive(engine, path, callbacks)
 
 
-def _drive(engine: Any, path: Path) -> int:
+def _callbacks(args: argparse.Namespace) -> list[Any]:
+    """The per-generation callbacks the command line asks for (``--tensorboard DIR``)."""
+    if not args.tensorboard:
+        return []
+    from lossforge.tensorboard import TensorBoardCallback
+
+    return [TensorBoardCallback(args.tensorboard)]
+
+
+def _drive(engine: Any, path: Path, callbacks: Sequence[Any] = ()) -> int:
     try:
         engine.run()
         print()
@@ -116,6 +128,8 @@ def _drive(engine: Any, path: Path) -> int:
         return 130
     finally:
         engine.close()
+        for callback in callbacks:  # e.g. TensorBoard's event file: written out in full before the command ends
+            getattr(callback, "close", lambda: None)()
 
 
 def _ranking_table(store: Any, n: int, pick: str) -> str:
@@ -642,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-from", action="append", default=[], metavar="RUN",
                    help="reuse evaluations of an earlier run on the same suite and seeds (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard scalars and best formulas per generation")
     _add_data_options(p)
     p.set_defaults(func=cmd_search)
 
@@ -650,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler address (never taken from the run file)")
     p.add_argument("--dask-workers", type=_positive_int, metavar="N", help="start a local dask cluster of N workers")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard scalars and best formulas per generation")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("show", help="the hall of fame of a run")

@@ -51,8 +51,9 @@ class TensorBoardCallback:
 
     def __call__(self, stats: Any, hall_of_fame: Sequence[Any]) -> None:
         step = int(stats.gen)
-        trained = int(getattr(stats, "trained", stats.evaluated))  # full-fidelity losses, where racing splits them
-        screened = int(getattr(stats, "screened", stats.evaluated))  # every loss that got any training
+        trained = int(stats.evaluated)  # losses scored at full fidelity
+        # every loss that got any training: with racing every new loss is screened first, without it none is
+        screened = int(getattr(stats, "screened", 0)) or trained
         seconds = float(stats.seconds)
         scalars = {
             "fitness/best": float(stats.best),

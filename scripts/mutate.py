@@ -50,7 +50,7 @@ PIN_FILES = {
     "lossforge/tasks/base.py": ("tests/test_pins_fitness.py",),
     "lossforge/rejection.py": ("tests/test_pins_rejection.py",),
     "lossforge/engine.py": ("tests/test_pins_engine.py",),
-    "lossforge/storage.py": ("tests/test_pins_storage.py",),
+    "lossforge/runfile/store.py": ("tests/test_pins_storage.py",),
     "lossforge/export.py": ("tests/test_pins_export.py",),
     "lossforge/numpy_mlp.py": ("tests/test_pins_trainers.py",),
     "lossforge/models.py": ("tests/test_pins_tasks.py", "tests/test_pins_trainers.py"),
@@ -135,9 +135,9 @@ MUTANTS: list[Mutant] = [
     m("lossforge/engine.py", "int(budget // (n_workers * bytes_per_model))", "int(budget // bytes_per_model)",
       "memory chunk cap ignores the number of workers", "tests/test_executor.py", SEARCH),
     # --- storage -------------------------------------------------------------------------------------------------
-    m("lossforge/storage.py", "r[\"origin\"] or origin", "origin", "a re-imported cache entry loses its first origin",
+    m("lossforge/runfile/store.py", "e.origin or origin", "origin", "a re-imported cache entry loses its first origin",
       STORE, CACHE),
-    m("lossforge/storage.py", "\"fitness\": \"fitness DESC, complexity IS NULL, complexity ASC, id ASC\"",
+    m("lossforge/runfile/store.py", "\"fitness\": \"fitness DESC, complexity IS NULL, complexity ASC, id ASC\"",
       "\"fitness\": \"fitness DESC, id ASC\"", "best(): fitness ties no longer go to the simpler loss", STORE, SEARCH),
     # --- export --------------------------------------------------------------------------------------------------
     m("lossforge/export.py", "        return expression.latex() + \"\\n\"", "        return expression.formula() + \"\\n\"",

@@ -8,7 +8,7 @@ from pathlib import Path
 from lossforge import gp
 from lossforge.engine import MEMORY_BUDGET_FRACTION, WORKER_BASE_BYTES, Search, SearchConfig, memory_chunk_cap
 from lossforge.scoring import ChunkResult, failed_chunk
-from lossforge.storage import CandidateState
+from lossforge.runfile import CandidateState
 
 
 def make_search(tmp_path: Path, tiny_suite: str, name: str = "run", **kw) -> Search:

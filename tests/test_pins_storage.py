@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lossforge.storage import RunStore
+from lossforge.runfile import RunStore
 
 CONFIG = {"search": {"seed": 0}}
 

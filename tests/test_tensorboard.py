@@ -66,3 +66,16 @@ def test_reads_back_with_tensorboard_when_installed(tmp_path: Path) -> None:
     acc = accumulator.EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
     assert [s.value for s in acc.Scalars("fitness/best")] == [pytest.approx(1.1)]
+
+
+def test_search_tensorboard_option_writes_one_step_per_generation(tmp_path: Path, tiny_suite: str) -> None:
+    from lossforge.cli import main
+
+    logdir = tmp_path / "tb"
+    code = main(["--runs-dir", str(tmp_path), "search", "--suite", tiny_suite, "--population", "6",
+                 "--generations", "1", "--jobs", "1", "--validate-top", "0", "--quiet", "--run", "tb",
+                 "--tensorboard", str(logdir)])
+    assert code == 0
+    steps = {event.step for event in _events(logdir) for value in event.summary.value
+             if value.tag == "fitness/best"}
+    assert steps == {0, 1}
