@@ -324,7 +324,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_baselines(args: argparse.Namespace) -> int:
     from lossforge.api import score
-    from lossforge.baselines import baselines_for, get_baseline, tune_baselines
+    from lossforge.baselines import baselines_for, get_baseline
+    from lossforge.tuning import tune_baselines
     from lossforge.errors import ConfigError
     from lossforge.expression import LossExpression
     from lossforge.scoring import load_suite
