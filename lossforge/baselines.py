@@ -23,6 +23,11 @@ from lossforge.loss import SymbolicLoss, class_probabilities
 
 Problem = Literal["regression", "classification", "any"]
 
+#: Baselines scored on every run's suite and shown beside the evolved losses (search, score, report): the
+#: strongest hand-designed losses for each problem.
+DISPLAY_BASELINES = {"regression": ("mse", "huber", "mae"),
+                     "classification": ("cross_entropy", "gce", "mae", "sce", "nce_rce", "nce_agce", "anl_ce")}
+
 
 @dataclass(frozen=True)
 class Baseline:

@@ -288,7 +288,7 @@ def _score_json(rows: Sequence[Any]) -> str:
 def cmd_score(args: argparse.Namespace) -> int:
     from lossforge.api import score
     from lossforge.baselines import get_baseline
-    from lossforge.engine import DISPLAY_BASELINES
+    from lossforge.baselines import DISPLAY_BASELINES
     from lossforge.export import read_json_export
     from lossforge.expression import LossExpression
     from lossforge.scoring import load_suite

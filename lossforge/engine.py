@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from lossforge import gp
+from lossforge.baselines import DISPLAY_BASELINES
 from lossforge.errors import ConfigError, LossforgeError, RunError
 from lossforge.evaluator import FULL, Evaluation, Evaluator, Fidelity
 from lossforge.executor import make_executor
@@ -33,11 +34,8 @@ from lossforge.selection import SELECTIONS, VARIATIONS, make_selection, make_var
 from lossforge.space import SearchSpace, load_space
 from lossforge.runfile import CandidateRecord, CandidateState, RunStatus, RunStore
 
-__all__ = ["SearchConfig", "Search", "GenerationStats", "Evaluation", "Callback", "DISPLAY_BASELINES"]
+__all__ = ["SearchConfig", "Search", "GenerationStats", "Evaluation", "Callback"]
 
-#: Baselines scored on every run's suite, shown beside the evolved losses.
-DISPLAY_BASELINES = {"regression": ("mse", "huber", "mae"),
-                     "classification": ("cross_entropy", "gce", "mae", "sce", "nce_rce", "nce_agce", "anl_ce")}
 
 
 #: Share of the memory available at the start that the workers' models may use together.
