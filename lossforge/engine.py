@@ -656,7 +656,12 @@ class Search:
         self.store.set_status(RunStatus.RUNNING)
         last = self.store.last_generation()
         start_gen = 0 if last is None else last.gen + 1
-        self.reporter = make_progress(max(1, self.config.generations + 1 - start_gen), self.config.population,
+        # trainings expected per generation: with racing every new loss is screened and the promoted share
+        # trained again in full
+        per_gen = self.config.population
+        if self.screen is not None:
+            per_gen += math.ceil(self.config.promote * self.config.population)
+        self.reporter = make_progress(max(1, self.config.generations + 1 - start_gen), per_gen,
                                       quiet=self.quiet, stream=self.stream)
         if self.chunk_size < self.config.chunk_size:
             self.reporter.message(
