@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
-from lossforge.engine import DISPLAY_BASELINES, Callback, Search, SearchConfig
+from lossforge.baselines import DISPLAY_BASELINES
+from lossforge.engine import Callback, Search, SearchConfig
 from lossforge.errors import ConfigError
 from lossforge.evaluator import FULL, Evaluator, rejected_result
 from lossforge.executor import make_executor

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -21,10 +21,12 @@ from lossforge.errors import ConfigError
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss, class_probabilities
 
-if TYPE_CHECKING:
-    from lossforge.scoring import Suite
-
 Problem = Literal["regression", "classification", "any"]
+
+#: Baselines scored on every run's suite and shown beside the evolved losses (search, score, report): the
+#: strongest hand-designed losses for each problem.
+DISPLAY_BASELINES = {"regression": ("mse", "huber", "mae"),
+                     "classification": ("cross_entropy", "gce", "mae", "sce", "nce_rce", "nce_agce", "anl_ce")}
 
 
 @dataclass(frozen=True)
@@ -276,43 +278,3 @@ def get_baseline(name: str) -> Baseline:
 def baselines_for(problem: str) -> list[Baseline]:
     """Baselines meaningful for a problem type (``regression`` or ``classification``)."""
     return [b for b in BASELINES.values() if b.problem in (problem, "any")]
-
-
-@dataclass(frozen=True)
-class TunedBaseline:
-    """A baseline after constant tuning: ``spec`` is what scores it (prefix tokens or ``name(k=v, ...)``)."""
-
-    name: str
-    spec: list | str
-    formula: str
-    fitness_before: float
-    fitness_after: float
-
-
-def tune_baselines(names: list[str], suite: "Suite", iterations: int = 4, seed: int = 0,
-                   device: str = "cpu") -> list[TunedBaseline]:
-    """Tune each named baseline's constants (expression) or hyper-parameters (torch) on ``suite``'s seeds.
-
-    The same tuning a search gives its best losses (:func:`lossforge.tuning.tune_constants` with the search's
-    default ``tune_iterations``), so a found loss is never compared with a mis-set baseline. The directions
-    of each baseline's tuning come from ``seed`` and its name.
-    """
-    from lossforge import gp
-    from lossforge.scoring import score_chunk_safe
-    from lossforge.tuning import tune_constants
-
-    references = sorted({t.task.reference for t in suite.tasks})
-    ref_results = dict(zip(references, score_chunk_safe(references, suite.spec(), list(suite.seeds), device)))
-    for t in suite.tasks:
-        if ref_results[t.task.reference].failed:
-            raise ConfigError(f"reference loss {t.task.reference} failed on {t.name}; check the suite's settings")
-    reference = {t.name: ref_results[t.task.reference].raw[t.name] for t in suite.tasks}
-    out = []
-    for name in names:
-        start = get_baseline(name).tunable()
-        result = tune_constants(start, suite, reference, iterations, seed=gp.derive_seed("tune", seed, name),
-                                device=device)
-        tuned = result.tuned
-        spec = list(tuned.tokens) if isinstance(tuned, LossExpression) else tuned.spec
-        out.append(TunedBaseline(name, spec, tuned.formula(), result.fitness_before, result.fitness_after))
-    return out

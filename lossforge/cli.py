@@ -288,7 +288,7 @@ def _score_json(rows: Sequence[Any]) -> str:
 def cmd_score(args: argparse.Namespace) -> int:
     from lossforge.api import score
     from lossforge.baselines import get_baseline
-    from lossforge.engine import DISPLAY_BASELINES
+    from lossforge.baselines import DISPLAY_BASELINES
     from lossforge.export import read_json_export
     from lossforge.expression import LossExpression
     from lossforge.scoring import load_suite
@@ -324,7 +324,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_baselines(args: argparse.Namespace) -> int:
     from lossforge.api import score
-    from lossforge.baselines import baselines_for, get_baseline, tune_baselines
+    from lossforge.baselines import baselines_for, get_baseline
+    from lossforge.tuning import tune_baselines
     from lossforge.errors import ConfigError
     from lossforge.expression import LossExpression
     from lossforge.scoring import load_suite

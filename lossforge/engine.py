@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 from lossforge import gp
+from lossforge.baselines import DISPLAY_BASELINES
 from lossforge.errors import ConfigError, LossforgeError, RunError
 from lossforge.evaluator import FULL, Evaluation, Evaluator, Fidelity
 from lossforge.executor import make_executor
@@ -33,11 +34,8 @@ from lossforge.selection import SELECTIONS, VARIATIONS, make_selection, make_var
 from lossforge.space import SearchSpace, load_space
 from lossforge.runfile import CandidateRecord, CandidateState, RunStatus, RunStore
 
-__all__ = ["SearchConfig", "Search", "GenerationStats", "Evaluation", "Callback", "DISPLAY_BASELINES"]
+__all__ = ["SearchConfig", "Search", "GenerationStats", "Evaluation", "Callback"]
 
-#: Baselines scored on every run's suite, shown beside the evolved losses.
-DISPLAY_BASELINES = {"regression": ("mse", "huber", "mae"),
-                     "classification": ("cross_entropy", "gce", "mae", "sce", "nce_rce", "nce_agce", "anl_ce")}
 
 
 #: Share of the memory available at the start that the workers' models may use together.
@@ -658,7 +656,12 @@ class Search:
         self.store.set_status(RunStatus.RUNNING)
         last = self.store.last_generation()
         start_gen = 0 if last is None else last.gen + 1
-        self.reporter = make_progress(max(1, self.config.generations + 1 - start_gen), self.config.population,
+        # trainings expected per generation: with racing every new loss is screened and the promoted share
+        # trained again in full
+        per_gen = self.config.population
+        if self.screen is not None:
+            per_gen += math.ceil(self.config.promote * self.config.population)
+        self.reporter = make_progress(max(1, self.config.generations + 1 - start_gen), per_gen,
                                       quiet=self.quiet, stream=self.stream)
         if self.chunk_size < self.config.chunk_size:
             self.reporter.message(

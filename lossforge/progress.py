@@ -235,7 +235,7 @@ class _Tracker:
         done = len(self.gen_seconds)
         gen = "-" if self.gen is None else str(self.gen)
         best = "-" if self.best is None else f"{self.best:.4f}"
-        return (f"gen {gen} ({done}/{self.total_generations} done)  trained {self.trained_in_gen}/{self.population}"
+        return (f"gen {gen} ({done}/{self.total_generations} done)  trained {self.trained_in_gen}/{max(self.population, self.trained_in_gen)}"
                 f"  best {best}  rejected {self.rejected}" + self.tail())
 
     # ------------------------------------------------------------------------------------------- hooks
@@ -356,7 +356,7 @@ class _Rich(_Tracker):
                              info=f"best {best}  rejected {self.rejected}  {self.rate_text()}  "
                                   f"ETA {format_duration(self.eta())}")
             last = self.gen + self.total_generations - len(self.gen_seconds) - 1
-            self._step(f"generation {self.gen} of {last}", self.population)
+            self._step(f"generation {self.gen} of {last}", max(self.population, self.trained_in_gen))
             self.bars.update(self.step_bar, completed=self.trained_in_gen, info="losses trained")
         elif self.phase_name is not None:
             if self.gen_seconds:  # the generations are over: their ETA no longer applies

@@ -33,7 +33,7 @@ from torch import nn
 from lossforge.atomic import check_output, write_atomic
 from lossforge.baselines import get_baseline
 from lossforge.diagnostics import probability_band, residual_band
-from lossforge.engine import DISPLAY_BASELINES
+from lossforge.baselines import DISPLAY_BASELINES
 from lossforge.errors import ExportError, LossforgeError, RunError
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss

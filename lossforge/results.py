@@ -11,9 +11,9 @@ is still running). Counts in :meth:`Run.to_dict`:
 
 * ``proposed``: distinct losses the search recorded (complete, rejected or failed; clones of a loss already
   scored in the run are not recorded again, so they are not counted);
-* ``screened``: distinct losses that got any training (complete or failed, not taken from another run's cache);
-* ``trained``: distinct losses scored at full fidelity. Every evaluation a run file holds today is at the
-  suite's full fidelity, so ``trained`` equals ``screened``.
+* ``screened``: distinct losses that got any training: those screened at a lower fidelity (racing's first
+  rung) and those scored in full (complete or failed, not taken from another run's cache);
+* ``trained``: distinct losses scored at full fidelity (the candidates table holds full scores only).
 """
 
 from __future__ import annotations
@@ -109,6 +109,8 @@ class Run:
     _candidates: list[CandidateRecord] = field(repr=False)
     _generations: list[dict[str, Any]] = field(repr=False)
     _baselines: list[dict[str, Any]] = field(repr=False)
+    #: keys of the losses screened at a lower fidelity than full (racing's first rung)
+    _screened: frozenset[str] = field(default=frozenset(), repr=False)
 
     # ------------------------------------------------------------------------------------------ losses
     def losses(self, n: int | None = None) -> list[Loss]:
@@ -169,8 +171,9 @@ class Run:
         trained_keys = {c.key or f"id:{c.id}" for c in self._candidates
                         if c.status in (CandidateState.COMPLETE, CandidateState.FAILED)
                         and not (c.worker or "").startswith("cache:")}
-        return {"proposed": len({c.key or f"id:{c.id}" for c in self._candidates}),
-                "screened": len(trained_keys), "trained": len(trained_keys), **by_state}
+        proposed = {c.key or f"id:{c.id}" for c in self._candidates}
+        return {"proposed": len(proposed | self._screened), "screened": len(trained_keys | self._screened),
+                "trained": len(trained_keys), **by_state}
 
     def rejection_reasons(self, n: int = 10) -> list[dict[str, Any]]:
         """The ``n`` most frequent reasons for rejected or failed candidates, with their counts."""
@@ -222,5 +225,6 @@ def open_run(path: str | os.PathLike[str], pick: str = "best") -> Run:
         candidates = store.candidates()
         generations = [g.stats for g in store.generations()]
         config = dict(store.config().get("search", {}))
+        screened = frozenset(s["key"] for s in store.screenings())
     return Run(path, summary.status.value, float(summary.elapsed_s), suite.name, [t.name for t in suite.tasks],
-               config, ranked, candidates, generations, baselines)
+               config, ranked, candidates, generations, baselines, screened)

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lossforge.evaluator import Evaluator, Fidelity
+from lossforge.evaluator import FULL, Evaluator, Fidelity
 from lossforge.expression import LossExpression
 from lossforge.scoring import Suite
 
@@ -94,3 +94,40 @@ def tune_constants(expression: Any, suite: Suite, reference: dict[str, Any],
         c = c + step * scale * grad / max(1.0, float(np.abs(grad).max()))  # bounded step per iteration
     tuned = expression.with_constants(best_c.tolist())
     return TuningResult(expression, tuned, float(f_before), float(best_f), history)
+
+
+@dataclass(frozen=True)
+class TunedBaseline:
+    """A baseline after constant tuning: ``spec`` is what scores it (prefix tokens or ``name(k=v, ...)``)."""
+
+    name: str
+    spec: list | str
+    formula: str
+    fitness_before: float
+    fitness_after: float
+
+
+def tune_baselines(names: list[str], suite: "Suite", iterations: int = 4, seed: int = 0,
+                   device: str = "cpu") -> list[TunedBaseline]:
+    """Tune each named baseline's constants (expression) or hyper-parameters (torch) on ``suite``'s seeds.
+
+    The same tuning a search gives its best losses (:func:`tune_constants` with the search's
+    default ``tune_iterations``), so a found loss is never compared with a mis-set baseline. The directions
+    of each baseline's tuning come from ``seed`` and its name.
+    """
+    from lossforge import gp
+    from lossforge.baselines import get_baseline
+
+    # the one scoring path: the Evaluator trains the references (ConfigError if one fails) and the variants
+    evaluator = Evaluator(suite, chunk_size=256, device=device)
+    evaluator.score_references(evaluator.reference_names())
+    reference = evaluator.reference_raw(FULL)
+    out = []
+    for name in names:
+        start = get_baseline(name).tunable()
+        result = tune_constants(start, suite, reference, iterations, seed=gp.derive_seed("tune", seed, name),
+                                device=device, evaluator=evaluator)
+        tuned = result.tuned
+        spec = list(tuned.tokens) if isinstance(tuned, LossExpression) else tuned.spec
+        out.append(TunedBaseline(name, spec, tuned.formula(), result.fitness_before, result.fitness_after))
+    return out

@@ -8,7 +8,7 @@ For each search seed s (default 0-4) it runs
   of full-fidelity evaluations, losses drawn from the same space with the same rejection, no selection;
 
 then scores each run's best loss, every baseline at its authors' setting and every baseline tuned with the
-budget a search gives its best losses (``lossforge.baselines.tune_baselines``) on the suite's validation seeds
+budget a search gives its best losses (``lossforge.tuning.tune_baselines``) on the suite's validation seeds
 and on the ``transfer`` suite (data no search suite uses), with 95 % confidence intervals over seeds, and
 compares GP with random search paired over the search seeds (paired t-test and sign test). It writes
 ``search_quality.md`` (tables) and ``search_quality.json`` (every number) into ``--out``.
@@ -35,7 +35,8 @@ from typing import Any, Sequence
 
 import lossforge
 from lossforge.api import score
-from lossforge.baselines import baselines_for, tune_baselines
+from lossforge.baselines import baselines_for
+from lossforge.tuning import tune_baselines
 from lossforge.expression import LossExpression
 from lossforge.scoring import load_suite
 from lossforge.stats import mean_ci, paired_comparison

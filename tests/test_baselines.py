@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from lossforge.api import score
-from lossforge.baselines import BASELINES, baselines_for, get_baseline, tune_baselines
+from lossforge.baselines import BASELINES, baselines_for, get_baseline
+from lossforge.tuning import tune_baselines
 from lossforge.cli import main
 from lossforge.errors import ConfigError
 from lossforge.scoring import load_suite

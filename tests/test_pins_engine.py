@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 
 from lossforge import gp
 from lossforge.engine import MEMORY_BUDGET_FRACTION, WORKER_BASE_BYTES, Search, SearchConfig, memory_chunk_cap
 from lossforge.scoring import ChunkResult, failed_chunk
+from lossforge.progress import GenerationStats
 from lossforge.runfile import CandidateState
 
 
@@ -15,15 +17,8 @@ def make_search(tmp_path: Path, tiny_suite: str, name: str = "run", **kw) -> Sea
     config = SearchConfig(population=8, generations=2, suite=tiny_suite, executor="serial", jobs=1, **kw)
     search = Search.create(tmp_path / f"{name}.db", config)
     # the reference's raw results, as score_baselines would store them (no training)
-    search.reference.update({t.task.reference: {t.name: _raw(-1.0)} for t in search.suite.tasks})
+    search.evaluator.set_reference_raw({t.name: _raw(-1.0) for t in search.suite.tasks})
     return search
-
-
-def next_generation(search: Search, population, gen: int):
-    """One generation's offspring as the search loop breeds them (kept unchanged, then the children)."""
-    search._seed(gen)
-    kept, children = search.selection.breed(population, search.variation, search.toolbox)
-    return kept + children
 
 
 def _raw(score: float, status: str = "complete") -> dict:
@@ -32,9 +27,16 @@ def _raw(score: float, status: str = "complete") -> dict:
 
 def fake_scores(search: Search):
     """Stands in for training: loss i of a call scores -(1 + i / 10) on every task."""
-    def score(specs, seeds=None, timed=True):
+    def score(specs, fidelity=None, timed=True):
         return [ChunkResult(raw={t.name: _raw(-(1 + i / 10)) for t in search.suite.tasks}) for i in range(len(specs))]
     return score
+
+
+def next_generation(search: Search, population, generation: int):
+    """The offspring of one generation as the loop breeds them (kept elite first, then the varied)."""
+    search._seed(generation)
+    kept, children = search.selection.breed(population, search.variation, search.toolbox)
+    return kept + children
 
 
 def with_fitness(population, values):
@@ -82,8 +84,9 @@ def test_nsga2_survivors_are_chosen_from_parents_and_offspring(tmp_path: Path, t
 
 def test_a_loss_whose_every_task_failed_is_recorded_failed(tmp_path: Path, tiny_suite: str, monkeypatch) -> None:
     search = make_search(tmp_path, tiny_suite)
-    monkeypatch.setattr(search, "_score_specs",
-                        lambda specs, seeds=None, timed=True: failed_chunk(len(specs), search.evaluator.suite_spec, None, "boom"))
+    monkeypatch.setattr(search.evaluator, "train",
+                        lambda specs, fidelity=None, timed=True: failed_chunk(len(specs), search.evaluator.suite_spec,
+                                                                              None, "boom"))
     population, _ = search.initial_population()
     counts = search.evaluate(population[:2], 0)
     assert counts["failed"] == counts["evaluated"] >= 1
@@ -96,10 +99,13 @@ def test_a_loss_whose_every_task_failed_is_recorded_failed(tmp_path: Path, tiny_
 
 def test_resume_restores_the_gradient_fingerprints(tmp_path: Path, tiny_suite: str, monkeypatch) -> None:
     search = make_search(tmp_path, tiny_suite)
-    monkeypatch.setattr(search, "_score_specs", fake_scores(search))
+    monkeypatch.setattr(search.evaluator, "train", fake_scores(search))
     population, _ = search.initial_population()
-    counts = search.evaluate(population, 0)
-    search._finish_generation(0, population, counts, 0.0)  # resume keeps what finished generations scored
+    search.evaluate(population, 0)
+    # generation 0 finished (a resumed run re-probes the fingerprints of finished generations only)
+    search.store.record_generation(0, [{"tree": gp.to_tokens(ind), "fitness": ind.fitness.values[0]}
+                                       for ind in population],
+                              dataclasses.asdict(GenerationStats(0, len(population), 0, 0, 0, 1.0, 1.0, "y_pred", 0.0)))
     fingerprints = dict(search.evaluator.fingerprints)
     assert fingerprints
     search.close()

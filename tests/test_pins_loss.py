@@ -12,6 +12,7 @@ GEN = torch.Generator().manual_seed(11)
 
 def test_mean_reduction_averages_every_element_of_a_regression_batch() -> None:
     pred, target = torch.randn(4, 3, generator=GEN), torch.randn(4, 3, generator=GEN)
+    # problem="regression": a float [N, C] target could be soft class targets, which "auto" refuses to guess
     value = SymbolicLoss("(y_pred - y_real)**2", reduction="mean", problem="regression")(pred, target)
     assert value.shape == ()
     torch.testing.assert_close(value, F.mse_loss(pred, target))

@@ -17,8 +17,8 @@ def test_a_loss_that_barely_moves_predictions_is_rejected() -> None:
 
 
 def test_an_exploding_probe_gradient_is_rejected() -> None:
-    # constants are capped at MAX_CONSTANT (1e6), so the explosion comes from the power
-    reason = rejection_reason(LossExpression.parse("1000000.0*(y_pred - y_real)**4"), REG)
+    # constants within the ±1e6 limit whose gradient still explodes (1e6 * 1e3 would fold past the limit)
+    reason = rejection_reason(LossExpression.parse("1000000.0*(1000.0*y_pred - y_real)**2"), REG)
     assert reason is not None and reason.startswith("exploding gradient on probe inputs (norm ")
     assert rejection_reason(LossExpression.parse("1000.0*(y_pred - y_real)**2"), REG) is None
 

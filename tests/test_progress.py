@@ -98,3 +98,16 @@ def test_rich_bars_follow_the_phases() -> None:
     progress.close()
     out = stream.getvalue()
     assert "baselines: 1 scored" in out and "gen   0  trained   4" in out and "gen   1  trained   4" in out
+
+
+def test_the_per_generation_count_never_passes_its_bound() -> None:
+    # racing trains a loss twice (screening, then in full): more trainings than the expected count must
+    # raise the bound, never show "6/4"
+    stream, clock = io.StringIO(), _Clock()
+    progress = make_progress(2, 4, stream=stream, clock=clock)
+    progress.generation_started(0)
+    for _ in range(6):
+        clock.now += 1.0
+        progress.candidate_scored()
+    assert "trained 6/6" in progress.status()
+    progress.close()

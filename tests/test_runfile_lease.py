@@ -131,7 +131,7 @@ def _last_gen(path: Path) -> int:
 
 def test_two_resumes_at_once_one_is_refused_and_kill_9_is_taken_over(tmp_path, tiny_suite):
     run = tmp_path / "r.db"
-    search = _cli("search", "--run", "r", "--suite", tiny_suite, "--population", "6", "--generations", "30",
+    search = _cli("search", "--run", "r", "--suite", tiny_suite, "--population", "6", "--generations", "1000",
                   "--jobs", "1", "--chunk-size", "2", "--validate-top", "0", runs_dir=tmp_path)
     _wait(lambda: run.exists() and _last_gen(run) >= 0, search, "generation 0")
     search.send_signal(signal.SIGINT)

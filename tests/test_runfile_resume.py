@@ -56,6 +56,10 @@ EDITS = {
                                        json.dumps([{"tree": ["y_pred"], "fitness": "1"}]), "no finite fitness"),
     "absurd chunk size": ("UPDATE config SET document = json_set(document, '$.search.chunk_size', ?)", 10**9,
                           "chunk_size must be between 1 and 256"),
+    "absurd training steps": ("UPDATE config SET document = json_set(document, '$.suite.tasks[0].settings.steps', ?)",
+                              10**9, "steps must be an integer in [1, 100000]"),
+    "absurd width": ("UPDATE config SET document = json_set(document, '$.suite.tasks[0].settings.hidden', ?)",
+                     10**6, "hidden must be an integer in [1, 100000]"),
     "unknown setting": ("UPDATE config SET document = json_set(document, '$.search.evil', ?)", "x",
                         "stored configuration is invalid"),
     "stored scheduler": ("UPDATE config SET document = json_set(document, '$.search.executor', 'dask', "

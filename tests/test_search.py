@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import sympy
+
+from lossforge.backends.sympy_plain import plain_sympy
 import torch
 
 import lossforge
-from lossforge.backends.sympy_plain import plain_sympy
 from lossforge.errors import RunError
 from lossforge.export import load, render
 from lossforge.expression import LossExpression
@@ -131,7 +132,8 @@ def test_export_formats_and_load_agree(finished_run: Path, tmp_path: Path) -> No
         torch.testing.assert_close(g, grads[0])
     latex = render(expr, "latex")
     assert latex == expr.latex() + "\n" and "y_{pred}" in latex and "y_{real}" in latex
-    assert render(expr, "sympy") == sympy.srepr(plain_sympy(expr.sympy)) + "\n"  # guards as plain sympy
+    # plain sympy (Piecewise/Max/Abs for the protected operators) that evaluates to what the search scored
+    assert render(expr, "sympy") == sympy.srepr(plain_sympy(expr.sympy)) + "\n"
     assert "Symbol('y_pred'" in render(expr, "sympy") and "Symbol('y_real'" in render(expr, "sympy")
 
 

@@ -116,10 +116,15 @@ def require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+#: The largest integer task setting (steps, epochs, widths, sizes): the tasks train small models, and a
+#: setting beyond it (a hand-edited run file's ``steps = 10**9``) would run for days rather than fail.
+MAX_INT_SETTING = 100_000
+
+
 def check_int(value: Any, name: str, minimum: int = 1) -> None:
-    """Setting ``name`` must be an int >= ``minimum`` (not a bool)."""
-    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-            f"{name} must be an integer >= {minimum}; got {value!r}")
+    """Setting ``name`` must be an int in [``minimum``, :data:`MAX_INT_SETTING`] (not a bool)."""
+    require(isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= MAX_INT_SETTING,
+            f"{name} must be an integer in [{minimum}, {MAX_INT_SETTING}]; got {value!r}")
 
 
 def check_positive_int(value: Any, name: str) -> None:
@@ -144,8 +149,9 @@ def check_choice(value: Any, name: str, choices: Sequence[str]) -> None:
 def check_int_list(value: Any, name: str, allow_empty: bool) -> tuple[int, ...]:
     """Setting ``name`` must be a list/tuple of ints > 0; returned as a tuple (hashable, comparable)."""
     ok = isinstance(value, (list, tuple)) and (allow_empty or len(value) > 0)
-    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    require(ok, f"{name} must be a list of positive integers; got {value!r}")
+    ok = ok and len(value) <= 64 and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_INT_SETTING
+                                         for v in value)
+    require(ok, f"{name} must be a list of at most 64 integers in [1, {MAX_INT_SETTING}]; got {value!r}")
     return tuple(value)
 
 
