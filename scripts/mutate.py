@@ -7,11 +7,13 @@ is applied there (the source tree is never touched), and the mutant's test files
 against the copy. A failing run kills the mutant; a passing one lets it survive.
 
     python scripts/mutate.py --list                 # the mutants, and whether each snippet is found once
+    python scripts/mutate.py --check                # only verify every snippet (fast; tests/test_mutate_script.py)
     python scripts/mutate.py --only 3 --only 7      # run some
     python scripts/mutate.py --jobs 2 --json /tmp/mut.json
 
 Test file names may be glob patterns; a name that matches no file is dropped, so the same list measures
-the suite before and after the pinning test files (``PIN_FILES``) exist.
+the suite before and after the pinning test files (``PIN_FILES``) exist. A mutant whose snippet is not
+found exactly once in its file (the code moved on) is refused with one line, never silently skipped.
 """
 
 from __future__ import annotations
@@ -49,8 +51,17 @@ PIN_FILES = {
     "lossforge/scoring.py": ("tests/test_pins_fitness.py",),
     "lossforge/tasks/base.py": ("tests/test_pins_fitness.py",),
     "lossforge/rejection.py": ("tests/test_pins_rejection.py",),
-    "lossforge/engine.py": ("tests/test_pins_engine.py",),
-    "lossforge/runfile/store.py": ("tests/test_pins_storage.py",),
+    "lossforge/engine.py": ("tests/test_pins_engine.py", "tests/test_pins_more.py"),
+    "lossforge/evaluator.py": ("tests/test_pins_engine.py", "tests/test_evaluator.py"),
+    "lossforge/selection.py": ("tests/test_pins_engine.py", "tests/test_pins_more.py"),
+    "lossforge/lowering.py": ("tests/test_lowering.py",),
+    "lossforge/backends/python_source.py": ("tests/test_pins_export.py", "tests/test_lowering_exports.py"),
+    "lossforge/backends/torch_closure.py": ("tests/test_lowering.py",),
+    "lossforge/backends/numpy_kernel.py": ("tests/test_lowering.py",),
+    "lossforge/backends/sympy_plain.py": ("tests/test_pins_export.py",),
+    "lossforge/atomic.py": ("tests/test_trust_atomic.py",),
+    "lossforge/runfile/store.py": ("tests/test_pins_storage.py", "tests/test_runfile_contract.py"),
+    "lossforge/runfile/lease.py": ("tests/test_runfile_lease.py",),
     "lossforge/export.py": ("tests/test_pins_export.py",),
     "lossforge/numpy_mlp.py": ("tests/test_pins_trainers.py",),
     "lossforge/models.py": ("tests/test_pins_tasks.py", "tests/test_pins_trainers.py"),
@@ -66,6 +77,7 @@ def m(file: str, old: str, new: str, description: str, *tests: str, more: tuple 
 SYM, SEARCH, CACHE, STORE = "tests/test_symbolic.py", "tests/test_search.py", "tests/test_cache_rejection.py", "tests/test_storage.py"
 REG, CLS, PROC, NPMLP = "tests/test_regression.py", "tests/test_classification.py", "tests/test_procedures.py", "tests/test_numpy_mlp.py"
 BATCH, BASE = "tests/test_batch_independence.py", "tests/test_baselines.py"
+EVAL = "tests/test_evaluator.py"
 
 MUTANTS: list[Mutant] = [
     # --- operators -----------------------------------------------------------------------------------
@@ -87,12 +99,12 @@ MUTANTS: list[Mutant] = [
     m("lossforge/expression.py", "floats = {f: c for f in self.canonical.atoms(sympy.Float)}",
       "floats = {}", "structure key keeps the constants", SYM, SEARCH),
     # --- loss ---------------------------------------------------------------------------------------------
-    m("lossforge/loss.py", "            return per_sample.mean()\n", "            return per_sample.mean(dim=0)\n",
+    m("lossforge/loss.py", "        return per_sample.mean()\n", "        return per_sample.mean(dim=0)\n",
       "reduction='mean' over dimension 0 only", SYM, CLS),
-    m("lossforge/loss.py", "self.reduce(self.elementwise(y_pred, y_real).sum(dim=1))",
-      "self.reduce(self.elementwise(y_pred, y_real).mean(dim=1))",
+    m("lossforge/loss.py", "per_sample = terms.sum(dim=1)", "per_sample = terms.mean(dim=1)",
       "classification loss averaged over classes instead of summed", SYM, CLS),
-    m("lossforge/loss.py", "y_pred = torch.softmax(input, dim=1) if", "y_pred = torch.softmax(input, dim=-1) if",
+    m("lossforge/loss.py", "        y_pred = torch.softmax(input, dim=1)\n        log_p = torch.log_softmax(input, dim=1)",
+      "        y_pred = torch.softmax(input, dim=-1)\n        log_p = torch.log_softmax(input, dim=-1)",
       "softmax over the last dimension instead of the class dimension", SYM, CLS),
     # --- scoring / fitness ---------------------------------------------------------------------------------
     m("lossforge/scoring.py", "log_total += t.weight * (math.log(norm) if norm > 0 else -math.inf)",
@@ -120,17 +132,17 @@ MUTANTS: list[Mutant] = [
     m("lossforge/rejection.py", "if grad.norm().item() > EXPLODING_GRAD_NORM:", "if grad.norm().item() > EXPLODING_GRAD_NORM * 1e6:",
       "exploding probe gradients not rejected", CACHE),
     # --- engine ------------------------------------------------------------------------------------------------
-    m("lossforge/engine.py", "                    self.fingerprints.setdefault(fingerprint, rec.key)\n",
-      "                    pass\n", "resume without the gradient fingerprints (a twin is trained again)", SEARCH, CACHE),
-    m("lossforge/engine.py", "elite = tools.selBest(population, min(self.config.elite, len(population) - 1))",
+    m("lossforge/engine.py", "), fingerprint if rec.generation <= done else None, finished=",
+      "), None, finished=", "resume without the gradient fingerprints (a twin is trained again)", SEARCH, CACHE),
+    m("lossforge/selection.py", "elite = tools.selBest(population, min(self.elite, len(population) - 1))",
       "elite = []", "tournament elitism removed", SEARCH),
-    m("lossforge/engine.py", "twin = self.fingerprints.get(result.fingerprint)", "twin = None",
+    m("lossforge/evaluator.py", "twin = self.fingerprints.get(fingerprint)", "twin = None",
       "gradient twins trained instead of aliased", CACHE),
-    m("lossforge/engine.py", "                if res.failed:\n", "                if False:\n",
+    m("lossforge/evaluator.py", "                if res.failed:  # a loss that cannot train", "                if False:  # a loss that cannot train",
       "a candidate whose every task failed is recorded complete", SEARCH, CACHE),
     m("lossforge/engine.py", "random.seed(gp.derive_seed(\"generation\", self.config.seed, generation))",
       "random.seed(gp.derive_seed(\"generation\", self.config.seed, 0))", "every generation seeded alike", SEARCH),
-    m("lossforge/engine.py", "return tools.selNSGA2(population + offspring, len(population))",
+    m("lossforge/selection.py", "return tools.selNSGA2(population + offspring, len(population))",
       "return tools.selNSGA2(offspring, len(population))", "NSGA-II drops the parents from survival", SEARCH),
     m("lossforge/engine.py", "int(budget // (n_workers * bytes_per_model))", "int(budget // bytes_per_model)",
       "memory chunk cap ignores the number of workers", "tests/test_executor.py", SEARCH),
@@ -142,9 +154,10 @@ MUTANTS: list[Mutant] = [
     # --- export --------------------------------------------------------------------------------------------------
     m("lossforge/export.py", "        return expression.latex() + \"\\n\"", "        return expression.formula() + \"\\n\"",
       "LaTeX export writes the plain formula", SEARCH),
-    m("lossforge/export.py", "return sympy.srepr(expression.sympy) + \"\\n\"", "return str(expression.sympy) + \"\\n\"",
+    m("lossforge/export.py", "return sympy.srepr(plain_sympy(expression.sympy))", "return str(plain_sympy(expression.sympy))",
       "sympy export writes str instead of srepr", SEARCH),
-    m("lossforge/export.py", "        return repr(float(expr))\n", "        return repr(round(float(expr), 4))\n",
+    m("lossforge/backends/python_source.py", "texts.append(repr(float(program.constants[ins.param])))",
+      "texts.append(repr(round(float(program.constants[ins.param]), 4)))",
       "exported .py rounds constants to 4 decimals", SEARCH, "tests/test_integrations.py"),
     # --- tasks -------------------------------------------------------------------------------------------------------
     m("lossforge/tasks/regression.py", "return gaussian + np.where(is_outlier, offset, 0.0)",
@@ -202,6 +215,38 @@ MUTANTS: list[Mutant] = [
       "the penalty's gradient reaches the gradient check (and failed models)", "tests/test_training.py", PROC,
       more=(("            torch.where(alive, penalty, torch.zeros_like(penalty)).sum().backward()\n",
              "            torch.where(alive, penalty, torch.zeros_like(penalty)).sum().backward()\n        self.check_gradients()\n"),)),
+    # --- evaluator, selection (the search loop's strategies) ----------------------------------------------------------
+    m("lossforge/engine.py", "promoted = set(sorted(ranked, key=lambda k: -ranked[k])[:n_promote])",
+      "promoted = set(sorted(ranked, key=lambda k: ranked[k])[:n_promote])",
+      "racing promotes the worst screened losses instead of the best", EVAL, SEARCH),
+    m("lossforge/engine.py", "cap = min(full) if full else math.inf", "cap = math.inf",
+      "a loss left at the screening rung may outrank a promoted loss (no cap)", EVAL, SEARCH),
+    m("lossforge/evaluator.py", "return \"twin\" if fingerprint in self.fingerprints else None", "return None",
+      "novelty filter lets a gradient twin of a scored loss through (no redraw)", CACHE, SEARCH),
+    m("lossforge/engine.py", "                if why is None and fingerprint in fingerprints:\n",
+      "                if False:\n", "novelty filter lets two twins into one generation", CACHE, SEARCH),
+    m("lossforge/evaluator.py", "return seeds * fidelity.steps_fraction", "return seeds",
+      "a screening's cost ignores its share of the training (budget overcharged)", EVAL),
+    m("lossforge/selection.py", "return (fitness, float(expr.complexity))", "return (fitness, -float(expr.complexity))",
+      "NSGA-II prefers complex losses", "tests/test_quality.py"),
+    # --- run file store --------------------------------------------------------------------------------------------------
+    m("lossforge/runfile/lease.py", "if self.lost or row is None or row[0] != self.token:", "if self.lost:",
+      "a store whose lease was taken over keeps writing", "tests/test_runfile_contract.py"),
+    m("lossforge/runfile/store.py", "if (row[\"status\"], row[\"fitness\"]) != (state.value, fitness):", "if False:",
+      "a different result for a stored key is silently accepted (results not immutable)", STORE),
+    m("lossforge/runfile/store.py", "            return int(row[\"id\"])\n        cursor = conn.execute(",
+      "        cursor = conn.execute(", "recording an equal result again is not idempotent", STORE, SEARCH),
+    # --- lowering, export, atomic writes ---------------------------------------------------------------------------------
+    m("lossforge/lowering.py", "            constants.append(float(e))\n", "            constants.insert(0, float(e))\n",
+      "lowering's constant list in reverse order of use", "tests/test_lowering_exports.py", SYM, "tests/test_quality.py"),
+    m("lossforge/export.py", "return repr(\"\\n\".join(lines) + \"\\n\")", "return '\"\"\"' + \"\\n\".join(lines) + '\\n\"\"\"'",
+      "exported .py docstring written raw instead of through repr", "tests/test_trust_codegen.py"),
+    m("lossforge/atomic.py", "                os.link(tmp, path)  # atomic", "                os.replace(tmp, path)  # atomic",
+      "no-clobber write replaces a file that appeared meanwhile", "tests/test_trust_cli.py"),
+    m("lossforge/atomic.py", "            os.unlink(tmp)\n        except FileNotFoundError:", "            pass\n        except FileNotFoundError:",
+      "the temporary file is left behind", "tests/test_trust_cli.py"),
+    m("lossforge/loss.py", "y_pred = torch.softmax(input, dim=1) if", "y_pred = torch.softmax(input, dim=-1) if",
+      "the baselines' class probabilities softmax over the last dimension", "tests/test_pins_more.py", BASE),
 ]
 
 
@@ -229,11 +274,21 @@ def resolve_tests(root: Path, patterns: tuple[str, ...]) -> list[str]:
 
 def check(mutant: Mutant, root: Path = ROOT) -> str | None:
     """None if every snippet of ``mutant`` occurs exactly once in its file, else what is wrong."""
+    if not (root / mutant.file).is_file():
+        return f"{mutant.file} does not exist"
     text = (root / mutant.file).read_text(encoding="utf-8")
-    for old, _ in mutant.edits:
+    if not resolve_tests(root, mutant.tests):
+        return "none of its test files exists"
+    for old, new in mutant.edits:
         count = text.count(old)
         if count != 1:
             return f"snippet found {count} times: {old[:60]!r}"
+        text = text.replace(old, new, 1)
+    if mutant.file.endswith(".py"):
+        try:  # a mutant that does not parse is killed by any import: it would measure nothing
+            compile(text, mutant.file, "exec")
+        except SyntaxError as exc:
+            return f"the mutated file does not parse (line {exc.lineno}: {exc.msg})"
     return None
 
 
@@ -245,11 +300,15 @@ def apply(mutant: Mutant, root: Path) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def run_one(n: int, mutant: Mutant, timeout: float, scratch: Path) -> Outcome:
-    tests = resolve_tests(ROOT, mutant.tests)
-    problem = check(mutant)
-    if problem is not None:
-        return Outcome(n, mutant.file, mutant.description, "error", 0.0, tests, problem, mutant.equivalent)
+def run_one(n: int, mutant: Mutant | None, timeout: float, scratch: Path, tests: list[str] | None = None) -> Outcome:
+    """Run ``mutant``'s tests on a mutated copy (``mutant=None``: the unmutated baseline, on ``tests``)."""
+    if mutant is None:
+        mutant = Mutant("(none)", (), "baseline: the tests on the unmutated code", ())
+    else:
+        tests = resolve_tests(ROOT, mutant.tests)
+        problem = check(mutant)
+        if problem is not None:
+            return Outcome(n, mutant.file, mutant.description, "error", 0.0, tests, problem, mutant.equivalent)
     work = scratch / str(n)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -260,7 +319,8 @@ def run_one(n: int, mutant: Mutant, timeout: float, scratch: Path) -> Outcome:
             shutil.copytree(source, work / name, ignore=ignore)
         elif source.exists():
             shutil.copy2(source, work / name)
-    apply(mutant, work)
+    if mutant.edits:
+        apply(mutant, work)
     env = {**os.environ, "PYTHONPATH": str(work), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     start = time.perf_counter()
@@ -281,10 +341,13 @@ def run_one(n: int, mutant: Mutant, timeout: float, scratch: Path) -> Outcome:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--list", action="store_true", help="list the mutants and check their snippets")
+    parser.add_argument("--check", action="store_true", help="only check that every snippet is found exactly once")
     parser.add_argument("--only", type=int, action="append", help="run mutant N (repeatable)")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per mutant (a timeout is reported apart, not as a kill)")
     parser.add_argument("--json", type=Path, help="write the outcomes to this JSON file")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the first run of every chosen test file on the unmutated code")
     parser.add_argument("--scratch", type=Path, default=None, help="scratch directory (default: a new temp dir)")
     args = parser.parse_args(argv)
 
@@ -297,11 +360,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n:3d}  {mutant.file:34s} {mutant.description}  [{tests}]" + (f"  !! {problem}" if problem else ""))
         return 1 if bad else 0
 
+    if args.check:
+        stale = [(n, problem) for n, mutant in enumerate(MUTANTS) if (problem := check(mutant)) is not None]
+        for n, problem in stale:
+            print(f"mutant {n} ({MUTANTS[n].file}: {MUTANTS[n].description}): {problem}", file=sys.stderr)
+        if not stale:
+            print(f"all {len(MUTANTS)} mutants apply: every snippet found exactly once")
+        return 1 if stale else 0
+
     chosen = args.only if args.only else range(len(MUTANTS))
     for n in chosen:
         if not 0 <= n < len(MUTANTS):
             parser.error(f"--only {n}: there are mutants 0..{len(MUTANTS) - 1}")
+    for n in chosen:  # refuse a stale mutant before running anything: it would measure nothing
+        problem = check(MUTANTS[n])
+        if problem is not None:
+            print(f"mutate.py: mutant {n} ({MUTANTS[n].file}: {MUTANTS[n].description}): {problem}; "
+                  "update it to the code (see --check)", file=sys.stderr)
+            return 2
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="lossforge-mut-"))
+    if not args.no_baseline:  # a test that fails without any mutant would "kill" every mutant it runs for
+        union = resolve_tests(ROOT, tuple(t for n in chosen for t in MUTANTS[n].tests))
+        base = run_one(-1, None, args.timeout * 4, scratch, union)
+        print(f"baseline {base.status:8s} {base.seconds:6.1f}s  {len(union)} test files on the unmutated code", flush=True)
+        if base.status != "survived":
+            lines = [ln for ln in base.tail.splitlines() if ln.startswith(("FAILED", "ERROR"))] or [base.tail.strip()[-200:]]
+            print(f"mutate.py: the tests fail without any mutant ({lines[0]}); fix them first", file=sys.stderr)
+            return 2
     outcomes: list[Outcome] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [pool.submit(run_one, n, MUTANTS[n], args.timeout, scratch) for n in chosen]
