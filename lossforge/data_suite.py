@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -205,20 +204,15 @@ def suite_toml(spec: dict[str, Any], header: str = "") -> str:
 
 
 def write_text_atomic(path: str | Path, text: str, overwrite: bool = False) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename; refuse to replace a file unless asked."""
+    """Write ``text`` to ``path`` with :func:`lossforge.atomic.write_atomic` (temporary file, fsync, rename);
+    refuse to replace a file unless asked."""
+    from lossforge.atomic import write_atomic
+
     path = Path(path)
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} exists; choose another -o or remove it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, text)
 
 
 def suite_file_for(spec: dict[str, Any], directory: str | Path) -> Path:

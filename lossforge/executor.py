@@ -71,7 +71,8 @@ _PARENT_ENV = "LOSSFORGE_PARENT_PID"
 _watchdog_started = False
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (also when another user owns it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -90,14 +91,14 @@ def exit_with_parent(parent_pid: int) -> None:
     dask start workers from short-lived threads. Started once per process."""
     global _watchdog_started
     direct = os.getppid() == parent_pid
-    if not direct and not _alive(parent_pid):
+    if not direct and not pid_alive(parent_pid):
         os._exit(1)
     if _watchdog_started:
         return
     _watchdog_started = True
 
     def watch() -> None:
-        while (os.getppid() == parent_pid) if direct else _alive(parent_pid):
+        while (os.getppid() == parent_pid) if direct else pid_alive(parent_pid):
             time.sleep(_PARENT_POLL_S)
         os._exit(1)  # the parent is gone: nobody will read this worker's results
 

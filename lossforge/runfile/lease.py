@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from lossforge.errors import RunError
+from lossforge.executor import pid_alive
 from lossforge.runfile.format import connect
 from lossforge.runfile.records import LeaseRecord, number, want
 
@@ -38,13 +39,6 @@ def process_start(pid: int) -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
     return True
 
 
@@ -67,7 +61,7 @@ def is_stale(lease: LeaseRecord, now: float) -> bool:
     if now - lease.heartbeat_at > STALE_AFTER_S:
         return True
     if lease.host == socket.gethostname() and lease.pid != os.getpid():
-        if not _alive(lease.pid):
+        if not pid_alive(lease.pid):
             return True
         start = process_start(lease.pid)
         return bool(start and lease.process_start and start != lease.process_start)
