@@ -71,7 +71,8 @@ def memory_chunk_cap(chunk_size: int, bytes_per_model: int, n_workers: int, avai
 
 #: Population when none is given.
 DEFAULT_POPULATION = 40
-#: Budget (full evaluations) when neither a budget, a time nor generations are given.
+#: Budget (full evaluations) when neither a budget, a time nor generations are given and the suite names
+#: none (``robust`` names its own, so that a plain search on it takes about 10 minutes on 2 cores).
 DEFAULT_BUDGET = 400.0
 #: Screening share of the training (one seed); chosen by scripts/screening_correlation.py.
 DEFAULT_SCREENING = 0.25
@@ -95,7 +96,8 @@ class SearchConfig:
     generations: int | None = _setting(None, "generations after generation 0 (default: as many as --budget buys)",
                                        type="positive_int", metavar="N")
     budget: float | None = _setting(None, "search budget in full evaluations (one loss scored on every search seed "
-                                    f"with whole trainings; default {DEFAULT_BUDGET:g}, or unlimited with --time)",
+                                    "with whole trainings; default: the suite's 'budget' (robust: 250, about 10 "
+                                    f"minutes on 2 cores), else {DEFAULT_BUDGET:g}; unlimited with --time alone)",
                                     metavar="EVALS", type="positive_float")
     time_s: float | None = _setting(None, "stop starting generations once this much time would be spent, "
                                     "e.g. 10m, 90s, 1h", flag="--time", metavar="DURATION", type="duration")
@@ -176,10 +178,15 @@ class SearchConfig:
             return dataclasses.replace(self, population=population)
         if self.budget is None and self.time_s is not None:  # time alone: as many generations as it allows
             return dataclasses.replace(self, population=population, generations=MAX_GENERATIONS)
-        budget = self.budget if self.budget is not None else DEFAULT_BUDGET
+        budget = self.default_budget(suite) if self.budget is None else self.budget
         per_gen = self.generation_cost(population, len(suite.seeds))
         generations = max(1, round((budget - per_gen) / per_gen))  # generation 0 is a generation too
         return dataclasses.replace(self, population=population, generations=generations)
+
+    @staticmethod
+    def default_budget(suite: Suite) -> float:
+        """The budget of a search that sets none: the suite's, else the engine's default."""
+        return suite.budget if suite.budget is not None else DEFAULT_BUDGET
 
     def generation_cost(self, population: int, n_seeds: int) -> float:
         """Expected spend of one generation in full evaluations: every child screened, the promoted scored."""

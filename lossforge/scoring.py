@@ -20,6 +20,7 @@ import os
 import time
 import tomllib
 import traceback
+import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -55,10 +56,13 @@ class Suite:
     tasks: tuple[SuiteTask, ...]
     seeds: tuple[int, ...]
     validation_seeds: tuple[int, ...] = ()
+    #: The search budget (full evaluations) a search on this suite gets when the user sets none: each
+    #: bundled suite's is chosen so a plain search takes about 10 minutes on 2 cores. None: the engine's default.
+    budget: float | None = None
 
     def spec(self) -> dict[str, Any]:
         """Plain data that rebuilds this suite (:func:`suite_from_spec`), stored in run files."""
-        return {
+        spec: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "seeds": list(self.seeds),
@@ -68,11 +72,16 @@ class Suite:
                 for t in self.tasks
             ],
         }
+        if self.budget is not None:
+            spec["budget"] = self.budget
+        return spec
 
     @property
     def hash(self) -> str:
-        """Hash of the spec: runs with equal hashes score losses identically (cross-run cache key)."""
-        return hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the spec: runs with equal hashes score losses identically (cross-run cache key). The
+        budget is left out: it changes how long a search runs, not what a loss scores."""
+        spec = {k: v for k, v in self.spec().items() if k != "budget"}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def problems(self) -> set[str]:
@@ -81,7 +90,7 @@ class Suite:
 
     def with_seeds(self, seeds: Sequence[int]) -> "Suite":
         """The same suite scored on other seeds (validation re-scoring, ``--seeds``)."""
-        return Suite(self.name, self.description, self.tasks, tuple(seeds), self.validation_seeds)
+        return dataclasses.replace(self, seeds=tuple(seeds))
 
     def fitness(self, raw: dict[str, Any], reference: dict[str, Any]) -> tuple[float, dict[str, Any]]:
         """Fitness and per-task summary of one loss's raw results, normalised against ``reference``.
@@ -123,7 +132,7 @@ class Suite:
 
 
 #: Top-level keys of a suite file.
-SUITE_KEYS = frozenset({"name", "description", "seeds", "validation_seeds", "tasks"})
+SUITE_KEYS = frozenset({"name", "description", "seeds", "validation_seeds", "tasks", "budget"})
 
 
 def _suite_path(spec: str | Path) -> Path:
@@ -162,6 +171,10 @@ def suite_from_spec(data: dict[str, Any], where: str = "suite") -> Suite:
     val = data.get("validation_seeds", [])
     if not isinstance(val, list) or not all(isinstance(s, int) for s in val):
         raise ConfigError(f"{where}: 'validation_seeds' must be a list of integers")
+    budget = data.get("budget")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not math.isfinite(budget) or budget <= 0):
+        raise ConfigError(f"{where}: 'budget' must be a positive number of full evaluations, e.g. 250")
     raw_tasks = data.get("tasks")
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise ConfigError(f"{where}: list at least one [[tasks]] entry")
@@ -201,7 +214,8 @@ def suite_from_spec(data: dict[str, Any], where: str = "suite") -> Suite:
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: task names must be unique, got {names}")
-    return Suite(str(data["name"]), str(data.get("description", "")), tuple(tasks), tuple(seeds), tuple(val))
+    return Suite(str(data["name"]), str(data.get("description", "")), tuple(tasks), tuple(seeds), tuple(val),
+                 None if budget is None else float(budget))
 
 
 @lru_cache(maxsize=8)

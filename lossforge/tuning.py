@@ -108,26 +108,34 @@ class TunedBaseline:
 
 
 def tune_baselines(names: list[str], suite: "Suite", iterations: int = 4, seed: int = 0,
-                   device: str = "cpu") -> list[TunedBaseline]:
+                   device: str = "cpu", jobs: int = 1) -> list[TunedBaseline]:
     """Tune each named baseline's constants (expression) or hyper-parameters (torch) on ``suite``'s seeds.
 
     The same tuning a search gives its best losses (:func:`tune_constants` with the search's
     default ``tune_iterations``), so a found loss is never compared with a mis-set baseline. The directions
-    of each baseline's tuning come from ``seed`` and its name.
+    of each baseline's tuning come from ``seed`` and its name. ``jobs`` worker processes train the variants
+    (1: in this process); the result does not depend on it.
     """
     from lossforge import gp
     from lossforge.baselines import get_baseline
+    from lossforge.executor import make_executor
 
-    # the one scoring path: the Evaluator trains the references (ConfigError if one fails) and the variants
-    evaluator = Evaluator(suite, chunk_size=256, device=device)
-    evaluator.score_references(evaluator.reference_names())
-    reference = evaluator.reference_raw(FULL)
-    out = []
-    for name in names:
-        start = get_baseline(name).tunable()
-        result = tune_constants(start, suite, reference, iterations, seed=gp.derive_seed("tune", seed, name),
-                                device=device, evaluator=evaluator)
-        tuned = result.tuned
-        spec = list(tuned.tokens) if isinstance(tuned, LossExpression) else tuned.spec
-        out.append(TunedBaseline(name, spec, tuned.formula(), result.fitness_before, result.fitness_after))
-    return out
+    # the one scoring path: the Evaluator trains the references (ConfigError if one fails) and the variants;
+    # chunks of 16 let several workers share one iteration's variants
+    executor = make_executor("joblib", jobs) if jobs != 1 else None
+    evaluator = Evaluator(suite, executor, chunk_size=16 if executor is not None else 256, device=device)
+    try:
+        evaluator.score_references(evaluator.reference_names())
+        reference = evaluator.reference_raw(FULL)
+        out = []
+        for name in names:
+            start = get_baseline(name).tunable()
+            result = tune_constants(start, suite, reference, iterations, seed=gp.derive_seed("tune", seed, name),
+                                    device=device, evaluator=evaluator)
+            tuned = result.tuned
+            spec = list(tuned.tokens) if isinstance(tuned, LossExpression) else tuned.spec
+            out.append(TunedBaseline(name, spec, tuned.formula(), result.fitness_before, result.fitness_after))
+        return out
+    finally:
+        if executor is not None:
+            executor.close()

@@ -35,7 +35,6 @@ from typing import Any, Sequence
 
 import lossforge
 from lossforge.api import score
-from lossforge.baselines import baselines_for
 from lossforge.tuning import tune_baselines
 from lossforge.expression import LossExpression
 from lossforge.scoring import load_suite
@@ -90,28 +89,52 @@ def _trained(run: Path) -> int | None:
         store.close()
 
 
+def _run_status(run: Path) -> tuple[str, float]:
+    """A run file's status and elapsed seconds (from the run file itself, so a resumed run counts all of it)."""
+    from lossforge.runfile import RunStore
+
+    store = RunStore.open(run, readonly=True)
+    try:
+        summary = store.summary()
+        return summary.status.value, summary.elapsed_s
+    finally:
+        store.close()
+
+
+def _load_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.exists() else default
+
+
 def run_searches(seeds: Sequence[int], suite: str, out: Path, settings: dict[str, Any],
                  with_random: bool) -> list[dict[str, Any]]:
-    """One GP search per seed (and one random-search control where available); their best losses."""
-    runs = []
+    """One GP search per seed (and one random-search control where available); their best losses.
+
+    Each finished search is recorded in ``out/runs.json`` at once, so the study can be stopped and started
+    again: a recorded search is not run again, an unfinished run file is resumed (exactly), not restarted.
+    """
+    done = {(r["arm"], r["seed"]): r for r in _load_json(out / "runs.json", [])}
     arms = ["gp", "random"] if with_random else ["gp"]
     for s in seeds:
         for arm in arms:
+            if (arm, s) in done:
+                continue
             path = out / f"{arm}-seed{s}.db"
-            if path.exists():
-                path.unlink()  # a fresh study: an earlier study's run file would be refused, not reused
             extra = {"variation": "random"} if arm == "random" else {}
-            start = time.perf_counter()
-            hof = lossforge.search(run=path, quiet=True, seed=s, suite=suite, **settings, **extra)
-            elapsed = time.perf_counter() - start
+            if path.exists():
+                hof = lossforge.resume(path, quiet=True)
+            else:
+                hof = lossforge.search(run=path, quiet=True, seed=s, suite=suite, **settings, **extra)
+            status, elapsed = _run_status(path)
             best = hof[0] if hof else None
             formula = LossExpression(tuple(best.tree)).formula() if best else None
             print(f"{arm} seed {s}: {elapsed:.0f} s, best {formula} "
                   f"(fitness {best.fitness if best else float('nan'):.4f})", flush=True)
-            runs.append({"arm": arm, "seed": s, "run": str(path), "elapsed_s": elapsed, "trained": _trained(path),
-                         "formula": formula, "tokens": list(best.tree) if best else None,
-                         "search_fitness": best.fitness if best else None})
-    return runs
+            done[(arm, s)] = {"arm": arm, "seed": s, "run": str(path), "status": status, "elapsed_s": elapsed,
+                              "trained": _trained(path), "formula": formula,
+                              "tokens": list(best.tree) if best else None,
+                              "search_fitness": best.fitness if best else None}
+            _write_atomic(out / "runs.json", json.dumps(list(done.values()), indent=1))
+    return [done[(a, s)] for s in seeds for a in arms if (a, s) in done]
 
 
 def _summary(row: Any) -> dict[str, Any]:
@@ -196,7 +219,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Search quality: `{result['suite']}` suite, search seeds {result['seeds']}", "",
              f"Settings: {json.dumps(result['search_settings']) if result['search_settings'] else 'defaults'}; "
              f"validation seeds {result['validation_seeds']}; transfer suite `{result['transfer_suite']}`; "
-             f"total time {result['elapsed_s'] / 60:.1f} min.", ""]
+             f"the searches took {sum(r['elapsed_s'] for r in result['runs']) / 60:.1f} min in all, tuning and "
+             f"scoring {result['elapsed_s'] / 60:.1f} min.", ""]
     if result["random_control"] is not None:
         lines += [f"**Random-search control skipped**: {result['random_control']}.", ""]
     lines += ["| search | seed | time (s) | trained | best loss |", "|---|---|---|---|---|"]
@@ -232,13 +256,36 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: Baselines scored beside the found losses: the search's display set (the strongest robust losses at their
+#: authors' settings) and the two single-term losses of the same papers.
+STUDY_BASELINES = ["cross_entropy", "gce", "mae", "sce", "nce_rce", "nce_agce", "anl_ce", "agce", "aul"]
+#: The baselines tuned with a found loss's tuning budget (those with hyper-parameters; CE and MAE have none).
+TUNED_BASELINES = ["gce", "sce", "nce_rce", "nce_agce", "anl_ce"]
+
+
+def tune(names: list[str], suite: Any, out: Path, iterations: int, jobs: int) -> list[Any]:
+    """The tuned baselines (cached in ``out/tuned.json``: tuning is seeded, so a rerun would give the same)."""
+    from lossforge.tuning import TunedBaseline
+
+    cache = out / "tuned.json"
+    if cache.exists():
+        return [TunedBaseline(**t) for t in json.loads(cache.read_text())]
+    print(f"tuning {len(names)} baselines on the search seeds", flush=True)
+    tuned = tune_baselines(names, suite, iterations=iterations, jobs=jobs)
+    _write_atomic(cache, json.dumps([t.__dict__ for t in tuned], indent=1))
+    return tuned
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5, help="search seeds 0..N-1 (default 5)")
     parser.add_argument("--out", default="runs/search_quality", help="output directory (run files, md, json)")
     parser.add_argument("--suite", default="robust", help="search suite (default robust)")
     parser.add_argument("--transfer", default="transfer", help="held-out suite (default transfer)")
-    parser.add_argument("--jobs", type=int, default=-1, help="workers for scoring (default: all cores)")
+    parser.add_argument("--jobs", type=int, default=-1, help="workers for tuning and scoring (default: all cores)")
+    parser.add_argument("--phase", choices=("all", "searches", "report"), default="all",
+                        help="searches: only the searches; report: tune, score and report the searches recorded "
+                             "so far (default all)")
     parser.add_argument("--dry-run", action="store_true", help="tiny suites and searches: a smoke test")
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -256,11 +303,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"random-search control skipped: {missing}", flush=True)
     seeds = list(range(args.seeds))
-    runs = run_searches(seeds, suite_name, out, settings, with_random=missing is None)
-    names = DRY_BASELINES if args.dry_run else list(dict.fromkeys(
-        b.name for p in sorted(suite.problems) for b in baselines_for(p)))
-    print(f"tuning {len(names)} baselines on the search seeds", flush=True)
-    tuned = [t for t in tune_baselines(names, suite, iterations=1 if args.dry_run else 4)
+    if args.phase == "report":
+        recorded = _load_json(out / "runs.json", [])
+        runs = [r for r in recorded if r["seed"] in seeds]
+    else:
+        runs = run_searches(seeds, suite_name, out, settings, with_random=missing is None)
+    if args.phase == "searches":
+        return 0
+    names = DRY_BASELINES if args.dry_run else STUDY_BASELINES
+    to_tune = [n for n in (DRY_BASELINES[1:] if args.dry_run else TUNED_BASELINES)]
+    tuned = [t for t in tune(to_tune, suite, out, 1 if args.dry_run else 4, args.jobs)
              if t.fitness_after > t.fitness_before]
     baseline_labels = names + [f"{t.name} (tuned)" for t in tuned]
     print("scoring on the validation seeds and the transfer suite", flush=True)

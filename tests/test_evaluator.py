@@ -147,6 +147,24 @@ def test_budget_derives_generations_explicit_values_win_and_nonsense_is_refused(
             SearchConfig(**bad)
 
 
+def test_a_suite_names_its_default_budget_outside_its_hash(tmp_path: Path, tiny_suite: str) -> None:
+    text = Path(tiny_suite).read_text()
+    plain, budgeted = tmp_path / "plain.toml", tmp_path / "budgeted.toml"
+    plain.write_text(text)
+    budgeted.write_text("budget = 20\n" + text)
+    a, b = load_suite(plain), load_suite(budgeted)
+    assert a.budget is None and b.budget == 20.0
+    assert a.hash == b.hash  # the budget changes how long a search runs, not what a loss scores
+    assert SearchConfig().resolved(b).generations == SearchConfig(budget=20).resolved(a).generations
+    assert SearchConfig().resolved(b).generations < SearchConfig().resolved(a).generations  # engine default 400
+    assert SearchConfig(budget=200).resolved(b).generations == SearchConfig(budget=200).resolved(a).generations
+    assert load_suite("robust").budget is not None
+    for bad in ("0", "-5", '"lots"', "true"):
+        budgeted.write_text(f"budget = {bad}\n" + text)
+        with pytest.raises(lossforge.ConfigError, match="'budget' must be a positive number"):
+            load_suite(budgeted)
+
+
 @pytest.mark.parametrize("args, fragment", [(["--budget", "0"], "positive"), (["--budget", "lots"], "not a number"),
                                             (["--time", "10x"], "duration"), (["--time", "0m"], "positive")])
 def test_cli_refuses_a_bad_budget_with_one_line(args, fragment, capsys) -> None:
