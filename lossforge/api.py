@@ -54,7 +54,7 @@ def search(run: str | Path | None = None, *,
            quiet: bool = False, cache_from: Sequence[str | Path] = (), callbacks: Sequence[Callback] = (),
            stream: TextIO | None = None, data: Any = None, target: str | None = None,
            problem: str | None = None, noise: Any = None, trusted: Any = None, test_data: Any = None,
-           features: Sequence[str] | None = None, image_shape: Sequence[int] | None = None,
+           features: Sequence[str] | None = None, image_shape: str | Sequence[int] | None = None,
            model: Any = None, procedures: Any = None, epochs: int | None = None,
            runs_dir: str | Path = "runs") -> list[CandidateRecord]:
     """Run a new search and return its hall of fame (best distinct losses first).
@@ -91,8 +91,9 @@ def _data_suite(data: Any, settings: dict[str, Any]) -> dict[str, Any]:
     ``data``: a file path (.csv, .parquet, .npz, .npy), ``(x, y)`` or ``(x, y, trusted)`` arrays, a DataFrame
     (with ``target=``) or a torch Dataset; options (:data:`lossforge.data_suite.DATA_OPTIONS`): ``target``,
     ``problem``, ``noise`` ("symmetric:0.4" or settings), ``trusted``, ``test_data``, ``features``,
-    ``image_shape``, ``model``, ``procedures``, ``epochs``. In-memory data and the suite file are written under
-    ``runs_dir`` (default ``runs``), so workers and later processes read the same rows."""
+    ``image_shape`` ([H, W], [C, H, W] or "3x32x32"), ``model``, ``procedures``, ``epochs``. In-memory data and
+    the suite file are written under ``runs_dir`` (default ``runs``), so workers and later processes read the
+    same rows."""
     from lossforge.data_suite import split_data_options, suite_for_data
 
     settings = dict(settings)

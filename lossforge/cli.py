@@ -493,7 +493,8 @@ def _add_data_options(p: argparse.ArgumentParser, required: bool = False) -> Non
                    help="the labels are already noisy; these rows (flag column) or this file are clean")
     g.add_argument("--test-data", metavar="FILE", help="a clean test file instead of a held-out split")
     g.add_argument("--features", metavar="A,B,...", help="feature columns (default: all but target/trusted)")
-    g.add_argument("--image-shape", metavar="H,W", help="rows are one-channel images of this shape")
+    g.add_argument("--image-shape", metavar="[C,]H,W",
+                   help="rows are images: H,W one channel, or C,H,W (also CxHxW) with channel-major rows")
     g.add_argument("--model", metavar="SPEC",
                    help="mlp (default), mlp:128,128, cnn, or package.module:factory (your nn.Module, batched)")
     g.add_argument("--procedures", metavar="LIST", help="comma-separated: plain,augment,adversarial,regularize")
@@ -503,18 +504,10 @@ def _add_data_options(p: argparse.ArgumentParser, required: bool = False) -> Non
 def _data_spec(args: argparse.Namespace) -> dict[str, Any]:
     from lossforge.data_suite import data_suite_spec
 
-    def ints(text: str | None) -> list[int] | None:
-        if text is None:
-            return None
-        try:
-            return [int(v) for v in text.split(",")]
-        except ValueError:
-            raise LossforgeError(f"--image-shape must be H,W (integers); got {text!r}") from None
-
     return data_suite_spec(
         args.data, args.target, problem=args.problem, noise=args.noise, trusted=args.trusted,
         test_data=args.test_data, features=[f for f in (args.features or "").split(",") if f],
-        image_shape=ints(args.image_shape), model=args.model, procedures=args.procedures, epochs=args.epochs)
+        image_shape=args.image_shape, model=args.model, procedures=args.procedures, epochs=args.epochs)
 
 
 def _noise_report(spec: dict[str, Any]) -> str | None:

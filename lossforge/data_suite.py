@@ -67,6 +67,21 @@ def parse_model(text: str | None) -> dict[str, Any]:
     raise ConfigError(f"--model must be mlp, mlp:SIZES, cnn or package.module:factory; got {text!r}")
 
 
+def parse_image_shape(value: str | Sequence[int] | None) -> list[int] | None:
+    """``H,W`` | ``C,H,W`` | ``HxW`` | ``CxHxW`` (or a sequence of ints, kept) -> ``[H, W]`` / ``[C, H, W]``; the
+    task checks the numbers (:func:`lossforge.tasks.user.check_image_shape`)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return list(value)
+    parts = value.lower().replace("x", ",").split(",")
+    try:
+        return [int(v) for v in parts]
+    except ValueError:
+        raise ConfigError(f"--image-shape must be H,W or C,H,W integers (e.g. 28,28 or 3x32x32); got {value!r}"
+                          ) from None
+
+
 def parse_procedures(text: str | Sequence[str] | None) -> list[str]:
     """Comma-separated procedure names (default ``plain``), checked."""
     names = ["plain"] if not text else ([p.strip() for p in text.split(",") if p.strip()] if isinstance(text, str)
@@ -80,7 +95,7 @@ def parse_procedures(text: str | Sequence[str] | None) -> list[str]:
 def data_suite_spec(data: str | Path, target: str = "y", *, problem: str = "classification",
                     noise: str | dict[str, Any] | None = None, trusted: str | None = None,
                     test_data: str | None = None, features: Sequence[str] = (),
-                    image_shape: Sequence[int] | None = None, model: str | None = None,
+                    image_shape: str | Sequence[int] | None = None, model: str | None = None,
                     procedures: str | Sequence[str] | None = None, seeds: Sequence[int] = (0, 1),
                     validation_seeds: Sequence[int] = (1000, 1001), epochs: int | None = None,
                     name: str | None = None) -> dict[str, Any]:
@@ -99,9 +114,10 @@ def data_suite_spec(data: str | Path, target: str = "y", *, problem: str = "clas
     base: dict[str, Any] = {"dataset": str(Path(data).expanduser().resolve()), "target": target}
     base.update(parse_noise(noise) if isinstance(noise, (str, type(None))) else dict(noise))
     base.update(parse_model(model))
+    image_shape = parse_image_shape(image_shape)
     for key, value in (("trusted", trusted), ("test_data", test_data), ("image_shape", image_shape)):
         if value is not None:
-            base[key] = list(value) if key == "image_shape" else value
+            base[key] = value
     if features:
         base["features"] = list(features)
     if epochs is not None:

@@ -159,7 +159,7 @@ class AugmentTask(ClassificationTask):
                 f"got {self.dataset!r} (use 'noise' and 'mixup' for tabular data)")
         check_positive_int(self.cutout_size, "cutout_size")
         if self.image_shape is not None:
-            side = min(self.image_shape)
+            side = min(self.image_layout()[1:])
             require(self.cutout_size <= side,
                     f"cutout_size must be at most the image side {side}; got {self.cutout_size}")
         check_range(self.mix_alpha, "mix_alpha", 1e-3, 100.0, high_open=False)

@@ -52,7 +52,7 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 class Classifier(nn.Module):
-    """A batched MLP or CNN behind one interface: images ``[(K,) N, 1, H, W]`` or signals ``[(K,) N, D]``.
+    """A batched MLP or CNN behind one interface: images ``[(K,) N, C, H, W]`` or signals ``[(K,) N, D]``.
 
     The MLP sees images flattened; ``standardize = (mean, std)`` makes the network see ``(x - mean) / std``
     while its inputs stay in [0, 1]. ``forward(x, generator)`` passes ``generator`` to dropout/DropBlock.
@@ -145,7 +145,7 @@ class ClassificationTask(Task):
         self.hidden = check_int_list(self.hidden, "hidden", allow_empty=True)
         self.channels = check_int_list(self.channels, "channels", allow_empty=False)
         if self.model == "cnn":
-            size = min(self.image_shape)
+            size = min(self.image_layout()[1:])
             require(size >> len(self.channels) > 0,
                     f"channels has {len(self.channels)} pooling blocks, too many for {size}px images; use fewer")
         check_positive_int(self.epochs, "epochs")
@@ -192,6 +192,13 @@ class ClassificationTask(Task):
         """``(H, W)`` of the data set's images, or None for flat signals."""
         return IMAGE_SHAPES.get(self.dataset)
 
+    def image_layout(self) -> tuple[int, int, int] | None:
+        """``(C, H, W)`` of image inputs (``image_shape`` ``(H, W)`` is one channel), or None for flat signals."""
+        shape = self.image_shape
+        if shape is None:
+            return None
+        return (1, *shape) if len(shape) == 2 else tuple(shape)  # type: ignore[return-value]
+
     @property
     def n_classes(self) -> int:
         """Number of classes, from the data."""
@@ -207,7 +214,8 @@ class ClassificationTask(Task):
         """K identically initialised classifiers (weights drawn once from ``init``)."""
         options = self.model_options()
         if self.model == "cnn":
-            body = BatchedCNN(n_models, 1, self.image_shape, n_classes, init, self.channels, self.hidden, **options)
+            c, h, w = self.image_layout()
+            body = BatchedCNN(n_models, c, (h, w), n_classes, init, self.channels, self.hidden, **options)
             return Classifier(body, flatten_images=False)
         batch_norm = options.pop("batch_norm", False)
         options.pop("dropblock", None)
