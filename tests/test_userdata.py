@@ -98,7 +98,7 @@ def test_string_labels_round_trip_through_the_stored_settings(tmp_path: Path) ->
     rebuilt = UserClassificationTask(**json.loads(json.dumps(task.settings())))
     assert rebuilt == task
     split = rebuilt.data(0)
-    ids = torch.round(split.x_test[:, 0] * (len(frame) - 1)).long().numpy()  # id column, min-max scaled
+    ids = rebuilt.split_rows(0)[1].numpy()  # the file rows held out (x/row alignment: test_userdata_images)
     decoded = [task.classes[i] for i in split.y_test.tolist()]
     assert decoded == frame["label"].to_numpy()[ids].tolist()
     assert encode_labels(np.array(decoded), task.classes, "x").tolist() == split.y_test.tolist()
@@ -128,17 +128,18 @@ def test_injected_noise_hits_the_stated_rate_and_scoring_uses_clean_labels(tmp_p
     flips = [["a", "b"], ["b", "c"], ["c", "a"]] if kind == "asymmetric" else []
     task = UserClassificationTask(dataset=str(csv), target="label", noise=kind, noise_rate=rate, flips=flips, **FAST)
     split = task.data(1)
+    train_rows, test_rows = task.split_rows(1)  # the file rows behind the split
     clean = encode_labels(frame["label"].to_numpy(), task.classes, "x")
 
-    def truth(x: torch.Tensor) -> np.ndarray:
-        return clean[torch.round(x[:, 0] * (len(frame) - 1)).long().numpy()]
+    def truth(rows: torch.Tensor) -> np.ndarray:
+        return clean[rows.numpy()]
 
-    wrong = (split.y_train.numpy() != truth(split.x_train)).mean()
+    wrong = (split.y_train.numpy() != truth(train_rows)).mean()
     assert wrong == pytest.approx(rate, abs=1.5 / len(split.y_train) * 3)
-    assert (split.y_test.numpy() == truth(split.x_test)).all()  # test labels stay clean
+    assert (split.y_test.numpy() == truth(test_rows)).all()  # test labels stay clean
     if kind == "asymmetric":  # flips follow the class map only
-        moved = split.y_train.numpy() != truth(split.x_train)
-        pairs = set(zip(truth(split.x_train)[moved].tolist(), split.y_train.numpy()[moved].tolist()))
+        moved = split.y_train.numpy() != truth(train_rows)
+        pairs = set(zip(truth(train_rows)[moved].tolist(), split.y_train.numpy()[moved].tolist()))
         assert pairs <= {(0, 1), (1, 2), (2, 0)}
 
 

@@ -13,7 +13,14 @@ ways, and the task refuses to guess which:
 
 ``classes`` (label names in index order) and ``data_hash`` are filled in on construction and stored with the
 settings, so a run reopened in another process maps labels alike and refuses a data file that has changed.
-``image_shape = [H, W]`` reads each row as a one-channel image: the CNN and the image augmentations apply.
+``image_shape`` reads each row as an image, so the CNN and the image augmentations apply: ``[H, W]`` is one
+channel of H*W values, ``[C, H, W]`` is C channels (at most :data:`MAX_CHANNELS`) laid out channel-major, i.e. the
+row holds all H*W values of channel 0 (row by row), then those of channel 1, ... (numpy's ``x.reshape(N, C, H, W)``
+order; an ``[N, H, W, C]`` array is ``x.transpose(0, 3, 1, 2).reshape(N, -1)``).
+
+Inputs are scaled to [0, 1] with the range of the rows the models train on (per feature; per channel for
+images, so a picture keeps its relative intensities), fitted per seed after the split: a test row's values
+never shape the training inputs. Test values outside that range are clipped.
 """
 
 from __future__ import annotations
@@ -37,15 +44,51 @@ from lossforge.tasks.regularize import RegularizeTask
 from lossforge.tasks.torchfunc import StackedModule, build_one, is_factory_path
 
 
+#: Most channels an ``image_shape`` may give (a larger first number is most likely a channel-last shape).
+MAX_CHANNELS = 16
+
+
+def check_image_shape(value: Any) -> tuple[int, ...]:
+    """``[H, W]`` or ``[C, H, W]`` of positive integers, C at most :data:`MAX_CHANNELS`; returned as a tuple."""
+    ok = isinstance(value, (list, tuple)) and len(value) in (2, 3)
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 100_000 for v in value)
+    require(ok, f"image_shape must be [height, width] or [channels, height, width] of positive integers "
+                f"(CLI --image-shape 28,28 or 3x32x32); got {value!r}")
+    if len(value) == 3 and value[0] > MAX_CHANNELS:
+        hint = (f"; for channel-last rows give [{value[2]}, {value[0]}, {value[1]}] and store each row channel by "
+                "channel" if value[2] <= MAX_CHANNELS else "")
+        require(False, f"image_shape {list(value)} has {value[0]} channels, more than {MAX_CHANNELS}: it is "
+                       f"[channels, height, width] with the channels first{hint}")
+    return tuple(value)
+
+
+def fit_range(x: np.ndarray, channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(low, span)`` per feature of training rows ``x [N, D]`` (one range per channel when ``channels`` is
+    given: the row is channel-major) for :func:`scale_rows`; a constant feature gets span 1."""
+    if channels is None:
+        low, high = x.min(axis=0), x.max(axis=0)
+    else:
+        per = x.reshape(len(x), channels, -1)
+        size = per.shape[2]
+        low, high = np.repeat(per.min(axis=(0, 2)), size), np.repeat(per.max(axis=(0, 2)), size)
+    return low, np.where(high > low, high - low, 1.0)
+
+
+def scale_rows(x: np.ndarray, scaling: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+    """Rows mapped to [0, 1] by a :func:`fit_range` scaling (values outside the fitted range clipped)."""
+    low, span = scaling
+    return torch.tensor(np.clip((x - low) / span, 0.0, 1.0), dtype=torch.float32)
+
+
 @dataclass(frozen=True)
 class Prepared:
-    """The user's rows as tensors: inputs in [0, 1] ``[N, D]`` or ``[N, 1, H, W]``, class indices, trusted flags;
-    ``test`` is the separate test/trusted file's rows when there is one."""
+    """The user's rows: raw features ``[N, D]`` (float64, scaled per seed in :meth:`UserData.data`), class
+    indices, trusted flags; ``test`` is the separate test/trusted file's rows when there is one."""
 
-    x: torch.Tensor
+    x: np.ndarray
     y: torch.Tensor
     trusted: torch.Tensor | None
-    test: tuple[torch.Tensor, torch.Tensor] | None
+    test: tuple[np.ndarray, torch.Tensor] | None
 
 
 @dataclass
@@ -61,7 +104,7 @@ class UserData:
     test_data: str | None = None
     classes: tuple[str, ...] = ()
     flips: tuple[tuple[str, str], ...] = ()
-    image_shape: tuple[int, int] | None = None
+    image_shape: tuple[int, ...] | None = None
     data_hash: str = ""
 
     def check_data(self) -> None:
@@ -79,8 +122,7 @@ class UserData:
                 f"features must be a list of column names; got {self.features!r}")
         self.features = tuple(self.features)
         if self.image_shape is not None:
-            self.image_shape = check_int_list(self.image_shape, "image_shape", allow_empty=False)
-            require(len(self.image_shape) == 2, f"image_shape must be [height, width]; got {list(self.image_shape)}")
+            self.image_shape = check_image_shape(self.image_shape)
         # settings are checked before the files are read, so a bad setting is named, not a file error
         digest = self._hash_files()
         require(not self.data_hash or self.data_hash == digest,
@@ -105,11 +147,15 @@ class UserData:
                 "(CLI: --noise asymmetric:0.3:cat>dog,dog>cat)")
         prepared = self.prepared()  # reads and checks every row once
         if self.image_shape is not None:
-            require(main.x.shape[1] == self.image_shape[0] * self.image_shape[1],
-                    f"image_shape {list(self.image_shape)} needs {self.image_shape[0] * self.image_shape[1]} "
-                    f"features; the data has {main.x.shape[1]}")
+            c, h, w = self.image_layout()  # type: ignore[attr-defined]
+            n = main.x.shape[1]
+            hint = (f" (with {n // (h * w)} channels: image_shape [{n // (h * w)}, {h}, {w}])"
+                    if n % (h * w) == 0 and n != c * h * w else "")
+            require(n == c * h * w,
+                    f"image_shape {list(self.image_shape)} needs {c}x{h}x{w} = {c * h * w} features a row; the "
+                    f"data has {n}{hint}: give [height, width] or [channels, height, width] matching the rows")
         if is_factory_path(self.model):  # a factory that raises or returns no module fails here, in one line
-            build_one(self.model, int(prepared.x[0].numel()), self.n_classes, 0)
+            build_one(self.model, int(prepared.x.shape[1]), self.n_classes, 0)
         if prepared.trusted is not None:
             n = int(prepared.trusted.sum())
             require(n > 0, f"{self.dataset}: the trusted column {self.trusted!r} marks no rows; mark clean rows 1/true")
@@ -147,29 +193,20 @@ class UserData:
         return main, other
 
     def prepared(self) -> Prepared:
-        """Every row as tensors, scaled with the main file's per-feature range (cached per settings)."""
+        """Every row, unscaled, with encoded labels (cached per settings)."""
         key = (self.dataset, self.data_hash, self.target, self.features, self.trusted, self.test_data, self.classes,
                self.image_shape)
         hit = _PREPARED.get(key)
         if hit is not None:
             return hit
         main, other = self._tables()
-        low, high = main.x.min(axis=0), main.x.max(axis=0)
-        span = np.where(high > low, high - low, 1.0)
-
-        def inputs(x: np.ndarray) -> torch.Tensor:
-            scaled = torch.tensor(np.clip((x - low) / span, 0.0, 1.0), dtype=torch.float32)
-            if self.image_shape is not None:
-                scaled = scaled.reshape(len(scaled), 1, *self.image_shape)
-            return scaled
-
         y = torch.tensor(data_sources.encode_labels(main.y, self.classes, self.dataset))
         trusted = torch.tensor(main.trusted) if main.trusted is not None else None
         test = None
         if other is not None:
             labels = data_sources.encode_labels(other.y, self.classes, str(self._other_file()))
-            test = (inputs(other.x), torch.tensor(labels))
-        prepared = Prepared(inputs(main.x), y, trusted, test)
+            test = (np.asarray(other.x, dtype=np.float64), torch.tensor(labels))
+        prepared = Prepared(np.asarray(main.x, dtype=np.float64), y, trusted, test)
         _PREPARED[key] = prepared
         return prepared
 
@@ -198,33 +235,47 @@ class UserData:
         index = {name: i for i, name in enumerate(self.classes)}
         return {index[s]: index[d] for s, d in self.flips}
 
-    def data(self, seed: int) -> Split:
-        """The seed's split: trusted rows (or file) as the clean test set, or a seeded stratified hold-out (or
-        ``test_data``) with injected noise on the training labels."""
+    def split_rows(self, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(train, test)``: indices of the main file's rows that seed ``seed`` trains on (in training order)
+        and tests on; ``test`` is None when the test set is a second file (``test_data`` or a trusted file)."""
         rows = self.prepared()
+        test = None
         if self.trusted is not None:
             if rows.test is not None:
-                x_train, y_train, (x_test, y_test) = rows.x, rows.y, rows.test
+                train = torch.arange(len(rows.y))
             else:
-                x_train, y_train = rows.x[~rows.trusted], rows.y[~rows.trusted]
-                x_test, y_test = rows.x[rows.trusted], rows.y[rows.trusted]
+                train, test = torch.nonzero(~rows.trusted).squeeze(1), torch.nonzero(rows.trusted).squeeze(1)
             if self.n_train is not None:
-                keep = torch.randperm(len(y_train), generator=generator(seed, "split"))[: self.n_train]
-                x_train, y_train = x_train[keep], y_train[keep]
-            return Split(x_train, y_train, x_test, y_test, self.n_classes)
+                train = train[torch.randperm(len(train), generator=generator(seed, "split"))[: self.n_train]]
+            return train, test
         if rows.test is not None:
             train = torch.randperm(len(rows.y), generator=generator(seed, "split"))
-            x_test, y_test = rows.test
         else:
             train, test = stratified_split(rows.y, self.test_fraction, generator(seed, "split"))
             train = train[torch.randperm(len(train), generator=generator(seed, "subset"))]
-            x_test, y_test = rows.x[test], rows.y[test]
-        if self.n_train is not None:
-            train = train[: self.n_train]
+        return (train if self.n_train is None else train[: self.n_train]), test
+
+    def data(self, seed: int) -> Split:
+        """The seed's split (:meth:`split_rows`): trusted rows (or file) as the clean test set, or a seeded
+        stratified hold-out (or ``test_data``) with injected noise on the training labels. Inputs are scaled
+        with the range of this seed's training rows only (:func:`fit_range`), so no test value leaks into
+        training; with a separate test file that is the main file's rows."""
+        rows = self.prepared()
+        train, test = self.split_rows(seed)
+        x_test, y_test = rows.test if test is None else (rows.x[test.numpy()], rows.y[test])  # type: ignore[misc]
         y_train = rows.y[train]
-        noisy = add_label_noise(y_train, self.n_classes, self.noise, self.noise_rate, generator(seed, "noise"),
-                                self.flip_indices() if self.noise == "asymmetric" else None)
-        return Split(rows.x[train], noisy, x_test, y_test, self.n_classes)
+        if self.trusted is None:
+            y_train = add_label_noise(y_train, self.n_classes, self.noise, self.noise_rate, generator(seed, "noise"),
+                                      self.flip_indices() if self.noise == "asymmetric" else None)
+        x_train = rows.x[train.numpy()]
+        layout = self.image_layout()  # type: ignore[attr-defined]
+        scaling = fit_range(x_train, None if layout is None else layout[0])
+        return Split(self._shaped(scale_rows(x_train, scaling)), y_train, self._shaped(scale_rows(x_test, scaling)),
+                     y_test, self.n_classes)
+
+    def _shaped(self, x: torch.Tensor) -> torch.Tensor:
+        layout = self.image_layout()  # type: ignore[attr-defined]
+        return x if layout is None else x.reshape(len(x), *layout)
 
     def noise_estimate(self, seed: int = 0) -> np.ndarray:
         """The label-noise transition matrix ``T[i, j] = P(noisy label j | true class i)`` estimated from the
