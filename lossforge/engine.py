@@ -363,7 +363,7 @@ class Search:
                 expr = LossExpression(rec.tree)
                 fingerprint = None
                 if rec.status != CandidateState.REJECTED and rec.worker is None:  # scored here: re-probe
-                    fingerprint = probe(expr, self.suite.problems).fingerprint
+                    fingerprint = probe(expr, self.suite.problems, self.suite.probe_classes).fingerprint
                 self.evaluator.remember(expr, Evaluation(
                     rec.status, rec.fitness if rec.fitness is not None else 0.0, rec.reason, rec.task_scores
                 ), fingerprint if rec.generation <= done else None, finished=rec.generation <= done)
@@ -372,7 +372,7 @@ class Search:
             fidelity = Fidelity(rung["fidelity"]["seeds"], rung["fidelity"]["steps_fraction"])
             fitness = rung["fitness"] if rung["fitness"] is not None else 0.0
             finished = rung["generation"] <= done
-            fingerprint = probe(expr, self.suite.problems).fingerprint if finished else None
+            fingerprint = probe(expr, self.suite.problems, self.suite.probe_classes).fingerprint if finished else None
             self.evaluator.remember(expr, Evaluation(rung["status"], fitness, rung["reason"], rung["task_scores"]),
                                     fingerprint, fidelity, finished)
         self.evaluator.spent = float(last.stats.get("spent", 0.0)) if last is not None else 0.0
@@ -526,7 +526,8 @@ class Search:
             if expr.key in seen and budget > 0:
                 continue
             seen.add(expr.key)
-            if budget > 0 and (self.space.violation(expr.tokens) or rejection_reason(expr, self.suite.problems)):
+            if budget > 0 and (self.space.violation(expr.tokens)
+                               or rejection_reason(expr, self.suite.problems, self.suite.probe_classes)):
                 rejected += 1
                 continue
             population.append(ind)

@@ -191,7 +191,7 @@ class Evaluator:
             if violation is not None:
                 self.probes[expr.key] = (violation, None)
             else:
-                result = probe(expr, self.suite.problems)
+                result = probe(expr, self.suite.problems, self.suite.probe_classes)
                 self.probes[expr.key] = (result.reason, result.fingerprint)
         return self.probes[expr.key]
 

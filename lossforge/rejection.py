@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -110,16 +111,36 @@ def numeric_probe(expression: LossExpression, problem: str, n_classes: int = PRO
     return Probe(None, fingerprint)
 
 
-def probe(expression: LossExpression, problems: set[str] | list[str], n_classes: int = PROBE_CLASSES) -> Probe:
+def _classification_probe(expression: LossExpression, counts: tuple[int, ...]) -> Probe:
+    """The classification probe at every class count of the suite: the loss is trained on each, so it must
+    pass each (a loss fine at 10 classes can blow up at 2); one count keeps the one-count fingerprint."""
+    prints = []
+    for n in counts:
+        result = numeric_probe(expression, "classification", n)
+        if result.reason is not None:
+            return Probe(result.reason if len(counts) == 1 else f"at {n} classes: {result.reason}")
+        prints.append(f"{n}:{result.fingerprint}")
+    if len(counts) == 1:
+        return result
+    return Probe(None, hashlib.sha256("|".join(prints).encode()).hexdigest()[:16])
+
+
+def probe(expression: LossExpression, problems: set[str] | list[str],
+          n_classes: int | Sequence[int] = PROBE_CLASSES) -> Probe:
     """Probe a loss for a suite with these problem types: rejected only if every problem type rejects it;
-    the fingerprint covers every problem type it passes."""
+    the fingerprint covers every problem type it passes. ``n_classes``: the suite's class count(s)
+    (:attr:`Suite.probe_classes`); classification must pass at each."""
     reason = symbolic_reason(expression)
     if reason is not None:
         return Probe(reason)
+    counts = (n_classes,) if isinstance(n_classes, int) else tuple(n_classes)
     reasons, prints = [], []
     for problem in sorted(problems):
         try:
-            result = numeric_probe(expression, problem, n_classes)
+            if problem == "classification":
+                result = _classification_probe(expression, counts)
+            else:
+                result = numeric_probe(expression, problem)
         except (RuntimeError, ValueError, OverflowError, ZeroDivisionError) as exc:
             result = Probe(f"raised {type(exc).__name__} on probe inputs: {exc}")
         if result.reason is None:
@@ -133,6 +154,6 @@ def probe(expression: LossExpression, problems: set[str] | list[str], n_classes:
 
 
 def rejection_reason(expression: LossExpression, problems: set[str] | list[str],
-                     n_classes: int = PROBE_CLASSES) -> str | None:
+                     n_classes: int | Sequence[int] = PROBE_CLASSES) -> str | None:
     """``None`` if the loss may be trained on a suite with these problem types, else why not."""
     return probe(expression, problems, n_classes).reason

@@ -84,6 +84,15 @@ class Suite:
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
+    def probe_classes(self) -> tuple[int, ...]:
+        """The class counts of the suite's classification tasks (the rejection probe checks a loss at each);
+        the probe's default when there are none."""
+        from lossforge.rejection import PROBE_CLASSES
+
+        counts = {t.task.n_classes for t in self.tasks if t.task.problem == "classification"}
+        return tuple(sorted(counts)) or (PROBE_CLASSES,)
+
+    @property
     def problems(self) -> set[str]:
         """The problem types (``regression``/``classification``) of the suite's tasks."""
         return {t.task.problem for t in self.tasks}

@@ -59,3 +59,27 @@ def test_dry_run_writes_the_table_and_every_number(quality, tmp_path: Path, caps
     assert result["comparison"]["best_baseline_validation"] in result["validation"]
     text = (tmp_path / "search_quality.md").read_text()
     assert "| gp s0 |" in text and "Best baseline on validation" in text
+
+
+def test_a_stopped_study_picks_up_where_it_stopped(quality, tmp_path: Path, monkeypatch) -> None:
+    import lossforge
+
+    assert quality.main(["--dry-run", "--seeds", "1", "--out", str(tmp_path), "--jobs", "1",
+                         "--phase", "searches"]) == 0
+    recorded = json.loads((tmp_path / "runs.json").read_text())
+    assert {(r["arm"], r["seed"]) for r in recorded} >= {("gp", 0)} and all(r["status"] == "finished"
+                                                                              for r in recorded)
+    assert not (tmp_path / "search_quality.json").exists()  # the searches phase reports nothing yet
+
+    def no_new_search(*args, **kwargs):
+        raise AssertionError("a recorded search was run again")
+
+    monkeypatch.setattr(lossforge, "search", no_new_search)
+    # one more seed: seed 0 is taken from runs.json, seed 1's searches run (here: refused, so seed 1 fails)
+    with pytest.raises(AssertionError, match="run again"):
+        quality.main(["--dry-run", "--seeds", "2", "--out", str(tmp_path), "--jobs", "1"])
+    # the report phase scores what is recorded without searching
+    assert quality.main(["--dry-run", "--seeds", "1", "--out", str(tmp_path), "--jobs", "1", "--phase", "report"]) == 0
+    result = json.loads((tmp_path / "search_quality.json").read_text())
+    assert [r["formula"] for r in result["runs"]] == [r["formula"] for r in recorded]
+    assert (tmp_path / "tuned.json").exists()

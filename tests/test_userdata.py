@@ -199,7 +199,7 @@ def test_bad_own_data_is_one_line_and_exit_2_and_nothing_is_written(tmp_path: Pa
 def test_suite_files_refuse_unknown_keys(tmp_path: Path) -> None:
     bad = tmp_path / "typo.toml"
     bad.write_text('sed = [0]\n[[tasks]]\nname = "r"\ntype = "regression"\n')
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['sed'\]; valid keys: description, name, seeds"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['sed'\]; valid keys: budget, description, name, seeds"):
         load_suite(bad)
 
 
@@ -474,6 +474,25 @@ def test_rejection_and_diagnostics_take_the_class_count(n_classes: int) -> None:
     assert verdict.bounded and verdict.symmetric  # MAE is symmetric for any class count
     ce = diagnose(LossExpression.parse("-y_real*log(y_pred)"), "classification", n_classes=n_classes)
     assert not ce.bounded and not ce.symmetric
+
+
+def test_the_search_probes_a_loss_at_the_class_counts_of_its_suite(tmp_path: Path) -> None:
+    from lossforge.evaluator import Evaluator
+    from lossforge.expression import LossExpression
+    from lossforge.rejection import probe
+
+    # pulls the true-class probability to 0.3: progress from 1/10, a step back from 1/2
+    toward = LossExpression.parse("y_real*(y_pred - 0.3)**2")
+    assert probe(toward, {"classification"}, 10).reason is None
+    assert "at 2 classes" in probe(toward, {"classification"}, (2, 10)).reason
+    csv = write_csv(table(n=40, n_classes=2), tmp_path / "two.csv")
+    two = suite_from_spec({"name": "two", "tasks": [{"name": "plain", "type": "user", "settings": {
+        "dataset": str(csv), "target": "label", "noise": "symmetric", "noise_rate": 0.2, **FAST}}]})
+    assert two.probe_classes == (2,) and load_suite("robust").probe_classes == (10,)
+    reason, fingerprint = Evaluator(two).rejection(toward)
+    assert reason is not None and fingerprint is None  # rejected before any training on the 2-class data
+    mae = LossExpression.parse("sqrt((y_pred - y_real)**2)")
+    assert Evaluator(two).rejection(mae) == (None, probe(mae, {"classification"}, 2).fingerprint)
 
 
 # --- regression on your data ---------------------------------------------------------------------------------
