@@ -488,7 +488,7 @@ def _add_data_options(p: argparse.ArgumentParser, required: bool = False) -> Non
     g.add_argument("--problem", choices=["classification", "regression"], default="classification")
     g.add_argument("--noise", metavar="KIND:RATE",
                    help="inject label noise: symmetric:0.4, pair:0.3, asymmetric:0.3:SRC>DST,SRC>DST; for "
-                        "regression gaussian:STD or outliers:FRACTION")
+                        "regression gaussian:STD[:MEAN] or outliers:FRACTION")
     g.add_argument("--trusted", metavar="COLUMN|FILE",
                    help="the labels are already noisy; these rows (flag column) or this file are clean")
     g.add_argument("--test-data", metavar="FILE", help="a clean test file instead of a held-out split")

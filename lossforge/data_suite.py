@@ -136,17 +136,23 @@ def data_suite_spec(data: str | Path, target: str = "y", *, problem: str = "clas
 
 
 def parse_regression_noise(text: str | None) -> dict[str, Any]:
-    """``gaussian:STD`` or ``outliers:FRACTION`` (target standard deviations / a fraction) -> task settings."""
+    """``gaussian:STD[:MEAN]`` or ``outliers:FRACTION`` (target standard deviations / a fraction; MEAN is a
+    constant offset, a biased sensor) -> task settings."""
     if not text:
         return {}
     kind, sep, value = text.partition(":")
     if kind not in ("gaussian", "outliers") or not sep:
-        raise ConfigError(f"--noise for regression must be gaussian:STD or outliers:FRACTION; got {text!r}")
+        raise ConfigError(f"--noise for regression must be gaussian:STD[:MEAN] or outliers:FRACTION; got {text!r}")
+    values = value.split(":") if kind == "gaussian" else [value]
     try:
-        number = float(value)
+        numbers = [float(v) for v in values]
     except ValueError:
-        raise ConfigError(f"--noise {text!r}: {value!r} is not a number") from None
-    return {"noise": kind, "noise_std" if kind == "gaussian" else "outlier_fraction": number}
+        raise ConfigError(f"--noise {text!r}: {value!r} is not a number (gaussian:STD[:MEAN], outliers:FRACTION)"
+                          ) from None
+    if len(numbers) > 2:
+        raise ConfigError(f"--noise {text!r}: gaussian takes STD and an optional MEAN, e.g. gaussian:0.5:1.0")
+    names = ("noise_std", "noise_mean") if kind == "gaussian" else ("outlier_fraction",)
+    return {"noise": kind, **dict(zip(names, numbers))}
 
 
 def _regression_spec(data: str | Path, target: str, noise: Any, trusted: str | None, test_data: str | None,
@@ -159,10 +165,10 @@ def _regression_spec(data: str | Path, target: str, noise: Any, trusted: str | N
     settings: dict[str, Any] = {"dataset": str(Path(data).expanduser().resolve()), "target": target}
     settings.update(parse_regression_noise(noise) if isinstance(noise, (str, type(None))) else dict(noise))
     model_settings = parse_model(model)
-    if model_settings.get("model", "mlp") != "mlp":
-        raise ConfigError("regression on your data uses the built-in MLP: --model mlp or mlp:SIZES")
-    if "hidden" in model_settings:
-        settings["hidden"] = model_settings["hidden"]
+    if model_settings.get("model", "mlp") == "cnn":
+        raise ConfigError("regression on your data takes the built-in MLP or your factory: --model mlp, "
+                          "mlp:SIZES or package.module:factory")
+    settings.update(model_settings)
     for key, value in (("trusted", trusted), ("test_data", test_data)):
         if value is not None:
             settings[key] = value

@@ -32,3 +32,13 @@ class _Gate(nn.Module):
 
 def gated_mlp(n_features: int, n_classes: int) -> nn.Module:
     return nn.Sequential(nn.Linear(n_features, 16), _Gate(), nn.Tanh(), nn.Linear(16, n_classes))
+
+
+def wrong_width(n_features: int, n_classes: int) -> nn.Module:
+    """Ignores n_classes: two outputs more than asked (a regression model must give [N, 1])."""
+    return nn.Linear(n_features, n_classes + 2)
+
+
+def dropout_mlp(n_features: int, n_classes: int) -> nn.Module:
+    """A random layer: its masks come from the generator the own-data tasks seed per evaluation."""
+    return nn.Sequential(nn.Linear(n_features, 16), nn.GELU(), nn.Dropout(0.2), nn.Linear(16, n_classes))

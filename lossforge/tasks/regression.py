@@ -177,6 +177,14 @@ class NoiseEstimate:
         """A given noise model (e.g. the survey's "learned" parameters); purification removes its means."""
         return cls(input_mean, input_std, input_mean, target_mean, target_std, target_mean)
 
+    def metrics(self, purified: bool, inputs: bool = True) -> dict[str, float]:
+        """The estimate as task metrics (``inputs=False``: the targets' only); ``purified``: whether the
+        purified run differed from the noisy one and was trained."""
+        names = (("inputs", self.input_mean, self.input_std),) if inputs else ()
+        names += (("targets", self.target_mean, self.target_std),)
+        values = {f"noise_{stat}_est_{on}": v for on, mean, std in names for stat, v in (("mean", mean), ("std", std))}
+        return {**values, "purified": float(purified)}
+
 
 @dataclass(frozen=True)
 class Standardizer:
@@ -410,23 +418,25 @@ class RegressionTask(Task):
         targets = torch.stack([data.y_noisy, data.y_purified][:runs]).repeat(k, 1)
         fitted = self.fit([loss for loss in losses for _ in range(runs)], inputs, targets, seed)
         errors = rmse(predict(fitted.model, data.x_test), data.y_test).view(k, runs).tolist()
-        est = data.estimate
-        shared = {
-            "noise_mean_est_inputs": est.input_mean,
-            "noise_std_est_inputs": est.input_std,
-            "noise_mean_est_targets": est.target_mean,
-            "noise_std_est_targets": est.target_std,
-            "purified": float(runs == 2),
-        }
-        results = []
-        for i, pair in enumerate(errors):
-            noisy, purified = pair[0], pair[-1]
-            reason = next((f for f in fitted.failures[runs * i : runs * (i + 1)] if f is not None), None)
-            if reason is None and not (math.isfinite(noisy) and math.isfinite(purified)):
-                reason = "non-finite predictions after training"
-            if reason is not None:
-                results.append(TaskResult.failed(reason, self.worst_score))
-                continue
-            score = finite_or_worst(-0.5 * (noisy + purified), self.worst_score)
-            results.append(TaskResult(score, {"rmse_noisy": noisy, "rmse_purified": purified, **shared}))
-        return results
+        return paired_results(errors, fitted.failures, runs, data.estimate.metrics(runs == 2), self.worst_score)
+
+
+def paired_results(errors: Sequence[Sequence[float]], failures: Sequence[str | None], runs: int,
+                   metrics: dict[str, float], worst: float) -> list[TaskResult]:
+    """One result per loss from the clean-test RMSEs of its runs, ``errors[i] = [noisy, purified]`` (one value
+    when purification changed nothing) and the failures of its ``runs`` models (``failures[runs*i : runs*(i+1)]``).
+
+    The score is minus the mean of the noisy and the purified run's RMSE (the same number twice with one run),
+    so a purifying task's score means the same whatever its data; ``metrics`` (the noise model) go with each."""
+    results = []
+    for i, pair in enumerate(errors):
+        noisy, purified = pair[0], pair[-1]
+        reason = next((f for f in failures[runs * i : runs * (i + 1)] if f is not None), None)
+        if reason is None and not (math.isfinite(noisy) and math.isfinite(purified)):
+            reason = "non-finite predictions after training"
+        if reason is not None:
+            results.append(TaskResult.failed(reason, worst))
+            continue
+        score = finite_or_worst(-0.5 * (noisy + purified), worst)
+        results.append(TaskResult(score, {"rmse_noisy": noisy, "rmse_purified": purified, **metrics}))
+    return results

@@ -371,15 +371,31 @@ REGRESSION_NOISE = ("none", "gaussian", "outliers")
 
 @dataclass
 class UserRegressionTask(Task):
-    """Regression on the user's data (type ``user_regression``). **Score: minus the mean squared error on clean
-    test targets** (standardised units).
+    """Regression on the user's data (type ``user_regression``), scored like the bundled ``regression`` task:
+    **score = minus the clean-test RMSE averaged over a noisy and a purified run** (standardised target units;
+    metrics ``rmse_noisy``, ``rmse_purified``, the noise model ``noise_mean_est_targets``/``noise_std_est_targets``,
+    ``purified`` = whether the purified run differed and was trained, ``purify`` = the setting).
 
     Noise, as for classification, in one of two ways: injected into the training targets (``noise`` =
-    ``gaussian`` with ``noise_std``, or ``outliers``: that noise plus, on ``outlier_fraction`` of the rows, a
-    one-sided offset uniform in [scale/2, 3 scale/2], both in target standard deviations), or already present
-    with ``trusted`` clean rows (a column or a file) that score every loss and feed the noise model
-    (:meth:`noise_estimate`). Targets are standardised with the main file's mean and deviation; features are
-    scaled to [0, 1]. The models are K batched MLPs (``hidden``, tanh) trained full-batch with Adam.
+    ``gaussian``: ``noise_mean + noise_std * N(0, 1)``, or ``outliers``: that noise plus, on ``outlier_fraction``
+    of the rows, a one-sided offset uniform in [scale/2, 3 scale/2], all in target standard deviations), or
+    already present with ``trusted`` clean rows (a column or a file) that score every loss.
+
+    **Purification** (the bundled task's, :class:`~lossforge.tasks.regression.NoiseEstimate`): the target noise's
+    median and MAD are estimated from residuals ``noisy - clean`` (:meth:`noise_model`); with ``trusted`` rows the
+    clean targets of the noisy rows are predicted by a ridge regression fit to the trusted rows, with injected
+    noise the first ``n_calibration`` training rows (random per seed) have known clean targets. The median is
+    subtracted from the training targets when it is more than ``purify_z`` standard errors from zero; no row is
+    dropped or down-weighted (the outliers are the loss's job). Each loss then trains twice from the same weights,
+    on the noisy and on the purified targets, as 2K models of one batch (K when nothing was subtracted, and both
+    RMSEs are then the same number). ``purify`` defaults to whether a noise model exists (trusted rows, or injected
+    noise with ``n_calibration > 0``); off, the score is minus the noisy run's RMSE.
+
+    Targets are standardised with the main file's mean and deviation; features are scaled to [0, 1]. The model
+    is ``model = "mlp"`` (K batched tanh MLPs of widths ``hidden``) or a factory ``"package.module:factory"``
+    called as ``factory(n_features=D, n_classes=1)`` (the classification factory contract, one output) whose
+    module maps ``[N, D]`` to ``[N, 1]``; its K copies train at once with ``torch.func``
+    (:mod:`lossforge.tasks.torchfunc`). Training is full-batch Adam at ``lr`` for ``steps`` steps.
     """
 
     kind_name: ClassVar[str] = "user_regression"
@@ -394,15 +410,20 @@ class UserRegressionTask(Task):
     test_fraction: float = 0.3
     noise: str = "none"
     noise_std: float = 0.5
+    noise_mean: float = 0.0
     outlier_fraction: float = 0.1
     outlier_scale: float = 5.0
+    model: str = "mlp"
     hidden: tuple[int, ...] = (32,)
     steps: int = 300
     lr: float = 0.01
+    purify: bool | None = None
+    n_calibration: int = 32
+    purify_z: float = 3.0
     data_hash: str = ""
 
     def __post_init__(self) -> None:
-        from lossforge.tasks.base import check_choice, check_positive_int, check_range
+        from lossforge.tasks.base import check_choice, check_int, check_positive_int, check_range
 
         require(isinstance(self.dataset, str) and self.dataset != "",
                 "dataset must be the path of a data file (.csv, .parquet, .npz, .npy)")
@@ -415,11 +436,18 @@ class UserRegressionTask(Task):
         check_choice(self.noise, "noise", REGRESSION_NOISE)
         check_range(self.test_fraction, "test_fraction", 0.05, 0.95, high_open=False)
         check_range(self.noise_std, "noise_std", 0.0, 10.0, high_open=False)
+        check_range(self.noise_mean, "noise_mean", -10.0, 10.0, high_open=False)
         check_range(self.outlier_fraction, "outlier_fraction", 0.0, 0.5)
         check_range(self.outlier_scale, "outlier_scale", 0.0, 100.0, high_open=False)
         self.hidden = check_int_list(self.hidden, "hidden", allow_empty=True)
         check_positive_int(self.steps, "steps")
         check_range(self.lr, "lr", 1e-8, 10.0)
+        require(self.model == "mlp" or is_factory_path(self.model),
+                f"model must be 'mlp' or a factory 'package.module:factory' for regression; got {self.model!r}")
+        check_int(self.n_calibration, "n_calibration", 0)
+        require(self.n_calibration == 0 or self.n_calibration >= 3,
+                f"n_calibration must be 0 (none) or at least 3 rows; got {self.n_calibration}")
+        check_range(self.purify_z, "purify_z", 0.0, 100.0, high_open=False)
         require(self.noise != "none" or self.trusted is not None,
                 "say how the targets are noisy: inject noise (noise = 'gaussian' or 'outliers'; CLI --noise "
                 "gaussian:0.5) or name a trusted clean subset (trusted = COLUMN or FILE; CLI --trusted)")
@@ -436,6 +464,15 @@ class UserRegressionTask(Task):
             require(bool(trusted.any()), f"{self.dataset}: the trusted column {self.trusted!r} marks no rows; "
                     "mark clean rows 1/true")
             require(not bool(trusted.all()), f"{self.dataset}: every row is trusted; nothing noisy is left to train on")
+        # purify defaults to whether a noise model exists; stored resolved, so the run says whether it was on
+        can_purify = self.trusted is not None or (self.noise != "none" and self.n_calibration > 0)
+        self.purify = can_purify if self.purify is None else self.purify
+        require(isinstance(self.purify, bool), f"purify must be true or false; got {self.purify!r}")
+        require(not self.purify or can_purify,
+                "purify needs a noise model: trusted rows (trusted = COLUMN or FILE) or, with injected noise, "
+                "n_calibration > 0 rows of known clean targets")
+        if is_factory_path(self.model):  # a factory that raises, returns no module or a wrong shape: one line
+            check_regression_module(self.model, x[:2])
 
     def _other(self) -> str | None:
         if self.trusted is not None and data_sources.is_data_path(self.trusted):
@@ -472,13 +509,14 @@ class UserRegressionTask(Task):
         trusted = torch.tensor(main.trusted) if main.trusted is not None else None
         return inputs(main.x), torch.tensor((y - mean) / std, dtype=torch.float32), trusted, other
 
-    def data(self, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(x_train, y_train noisy, x_test, y_test clean)`` of one seed."""
+    def _split(self, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """``(x_train, y_train noisy, y_train clean or None, x_test, y_test clean)`` of one seed; the clean
+        training targets are known with injected noise only."""
         x, y, trusted, other = self._rows()
         if self.trusted is not None:
             if other is not None:
-                return x, y, *other
-            return x[~trusted], y[~trusted], x[trusted], y[trusted]
+                return x, y, None, *other
+            return x[~trusted], y[~trusted], None, x[trusted], y[trusted]
         order = torch.randperm(len(y), generator=generator(seed, "split"))
         if other is not None:
             train, (x_test, y_test) = order, other
@@ -487,52 +525,113 @@ class UserRegressionTask(Task):
             train, test = order[n_test:], order[:n_test]
             x_test, y_test = x[test], y[test]
         noise_gen = generator(seed, "noise")
-        y_train = y[train] + self.noise_std * torch.randn(len(train), generator=noise_gen)
+        y_train = y[train] + self.noise_mean + self.noise_std * torch.randn(len(train), generator=noise_gen)
         if self.noise == "outliers":
             n_out = int(round(self.outlier_fraction * len(train)))
             chosen = torch.randperm(len(train), generator=noise_gen)[:n_out]
             offset = self.outlier_scale * (0.5 + torch.rand(n_out, generator=noise_gen))
             y_train[chosen] += offset
-        return x[train], y_train, x_test, y_test
+        return x[train], y_train, y[train], x_test, y_test
+
+    def data(self, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_train, y_train noisy, x_test, y_test clean)`` of one seed."""
+        x_train, y_train, _, x_test, y_test = self._split(seed)
+        return x_train, y_train, x_test, y_test
+
+    def _residuals(self, seed: int) -> np.ndarray | None:
+        """Target residuals ``noisy - clean`` that calibrate the noise model, or None without a source: with
+        trusted rows, the noisy rows' targets minus a ridge regression fit to the trusted rows, less the median
+        of the trusted rows' own residuals (a ridge fit to a curved function errs by a median of its own, which
+        is no noise); the deviation still contains the fit's error. With injected noise, the first
+        ``n_calibration`` training rows' known noise."""
+        x_train, y_train, y_clean, x_test, y_test = self._split(seed)
+        if self.trusted is not None:
+            from sklearn.linear_model import RidgeCV
+
+            clean = RidgeCV().fit(x_test.numpy(), y_test.numpy())
+            misfit = float(np.median(y_test.numpy() - clean.predict(x_test.numpy())))
+            return y_train.numpy().astype(np.float64) - clean.predict(x_train.numpy()) - misfit
+        if self.noise != "none" and self.n_calibration > 0 and y_clean is not None:
+            n = min(self.n_calibration, len(y_train))
+            return (y_train[:n].double() - y_clean[:n].double()).numpy()
+        return None
+
+    def noise_model(self, seed: int = 0) -> NoiseEstimate | None:
+        """The bundled regression task's noise model (:class:`~lossforge.tasks.regression.NoiseEstimate`:
+        median, MAD, the shift purification subtracts) of the targets, or None without trusted or calibration
+        rows. The inputs carry no modelled noise."""
+        from lossforge.tasks.regression import NoiseEstimate
+
+        residuals = self._residuals(seed)
+        if residuals is None:
+            return None
+        return NoiseEstimate.from_residuals(np.zeros(len(residuals)), residuals, self.purify_z)
 
     def noise_estimate(self, seed: int = 0) -> dict[str, float]:
-        """The target noise model from the trusted rows (standardised units): a ridge regression fit to the
-        trusted rows predicts clean targets of the others; their residuals' median (bias), MAD-based
-        deviation and the fraction beyond 3 deviations (outliers) - the regression task's noise model."""
-        from sklearn.linear_model import RidgeCV
+        """The target noise model as a report (standardised units): ``bias`` (the residuals' median), ``std``
+        (MAD-based), ``shift`` (what purification subtracts: the bias when significant, else 0) and the fraction
+        of residuals beyond 3 deviations (``outlier_fraction``)."""
+        residuals = self._residuals(seed)
+        require(residuals is not None, "the noise can be estimated only with a trusted subset (trusted = ...) or "
+                "injected noise with n_calibration > 0")
+        model = self.noise_model(seed)
+        assert model is not None
+        outliers = float(np.mean(np.abs(residuals - model.target_mean) > 3 * max(model.target_std, 1e-12)))
+        return {"bias": model.target_mean, "std": model.target_std, "outlier_fraction": outliers,
+                "shift": model.target_shift}
 
-        from lossforge.tasks.regression import robust_location_scale
+    def build_model(self, n_models: int, n_features: int, seed: int) -> torch.nn.Module:
+        """K copies of one initial model (the seed's weights, shared: common random numbers): the built-in MLP
+        or the user's module stacked for ``torch.func``; outputs ``[K, N, 1]``."""
+        from lossforge.models import BatchedMLP
 
-        require(self.trusted is not None, "the noise can be estimated only with a trusted subset (trusted = ...)")
-        x_train, y_train, x_test, y_test = self.data(seed)
-        clean = RidgeCV().fit(x_test.numpy(), y_test.numpy())
-        residuals = y_train.numpy() - clean.predict(x_train.numpy())
-        bias, spread = robust_location_scale(residuals)
-        outliers = float(np.mean(np.abs(residuals - bias) > 3 * max(spread, 1e-12)))
-        return {"bias": bias, "std": spread, "outlier_fraction": outliers}
+        init = generator(seed, "init")
+        if not is_factory_path(self.model):
+            return BatchedMLP(n_models, [n_features, *self.hidden, 1], init, activation="tanh")
+        module = build_one(self.model, n_features, 1, int(torch.randint(0, 2**62, (1,), generator=init)))
+        return StackedModule(module, n_models, 1, self.model)
 
     def evaluate(self, losses: Sequence[LossLike], seed: int, device: str = "cpu") -> list[TaskResult]:
-        from lossforge.models import BatchedMLP
-        from lossforge.training import BatchedTrainer
-        from lossforge.tasks.base import finite_or_worst
+        from lossforge.tasks.regression import paired_results
+        from lossforge.training import BatchedTrainer, predict, rmse
 
         if not losses:
             return []
-        x_train, y_train, x_test, y_test = (t.to(device) for t in self.data(seed))
-        model = BatchedMLP(len(losses), [x_train.shape[1], *self.hidden, 1], generator(seed, "init"),
-                           activation="tanh").to(device)
-        trainer = BatchedTrainer(model, losses, torch.optim.Adam(model.parameters(), lr=self.lr))
-        for _ in range(self.steps):
-            trainer.step(model(x_train).squeeze(-1), y_train)
+        x_train, y_train, _, x_test, y_test = self._split(seed)
+        estimate = self.noise_model(seed) if self.purify else None
+        y_purified = y_train - estimate.target_shift if estimate is not None else y_train
+        # Models runs*i (noisy) and runs*i+1 (purified) train with loss i from the same initial weights, as in
+        # the bundled task; a purified run that would repeat the noisy one is not trained.
+        runs = 1 if torch.equal(y_train, y_purified) else 2
+        k = len(losses)
+        targets = torch.stack([y_train, y_purified][:runs]).repeat(k, 1).to(device)
+        x_train, x_test, y_test = x_train.to(device), x_test.to(device), y_test.to(device)
+        # a user module's random layers draw from torch's global generator: seed it for this evaluation only
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator(seed, "dropout"))))
+            model = self.build_model(k * runs, x_train.shape[1], seed).to(device)
+            trainer = BatchedTrainer.create(model, [loss for loss in losses for _ in range(runs)], lr=self.lr)
+            fitted = trainer.fit(x_train, targets, self.steps, lambda step: self.lr)
+            model.eval()
+            errors = rmse(predict(model, x_test), y_test).view(k, runs).cpu().tolist()
+        metrics = estimate.metrics(runs == 2, inputs=False) if estimate is not None else {"purified": 0.0}
+        return paired_results(errors, fitted.failures, runs, {**metrics, "purify": float(bool(self.purify))},
+                              self.worst_score)
+
+
+def check_regression_module(path: str, sample: torch.Tensor) -> None:
+    """The factory at ``path`` builds a module mapping ``sample`` ``[N, D]`` to ``[N, 1]``; else one ConfigError
+    line naming what went wrong (the factory's own failures are named by :func:`build_one`)."""
+    n, d = sample.shape
+    module = build_one(path, d, 1, 0)
+    try:
         with torch.no_grad():
-            errors = ((model(x_test).squeeze(-1) - y_test) ** 2).mean(dim=1).double().cpu()
-        results = []
-        for k, failure in enumerate(trainer.failures):
-            if failure is not None:
-                results.append(TaskResult.failed(failure, self.worst_score))
-            elif not bool(torch.isfinite(errors[k])):
-                results.append(TaskResult.failed("non-finite predictions on the test inputs", self.worst_score))
-            else:
-                mse = float(errors[k])
-                results.append(TaskResult(finite_or_worst(-mse, self.worst_score), {"mse_clean": mse}))
-        return results
+            out = module(sample)
+    except Exception as exc:  # user code: any failure becomes one line naming it
+        raise ConfigError(f"model factory {path!r}: its module fails on inputs of shape [{n}, {d}]: "
+                          f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                          ) from None
+    shape = list(getattr(out, "shape", []))
+    require(isinstance(out, torch.Tensor) and shape == [n, 1],
+            f"model factory {path!r} maps inputs [{n}, {d}] to {shape or type(out).__name__}; a regression model "
+            f"must give [N, 1] (it is called as factory(n_features={d}, n_classes=1))")
