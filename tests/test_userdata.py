@@ -521,11 +521,17 @@ def test_regression_on_your_data_with_injected_or_given_noise(tmp_path: Path) ->
     injected = UserRegressionTask(dataset=str(csv), target="clean", features=["a", "b", "c"], noise="outliers",
                                   noise_std=0.0, outlier_fraction=0.15, steps=50)
     x_train, y_train, x_test, y_test = injected.data(0)
-    clean = torch.tensor(((frame["clean"] - frame["clean"].mean()) / frame["clean"].std(ddof=0)).to_numpy(),
-                         dtype=torch.float32)
-    moved = ~torch.isclose(y_train, clean[_rows_of(x_train, frame)], atol=1e-5)
+    train, test = injected.split_rows(0)
+    given_clean = frame["clean"].to_numpy()
+    # standardised with the training rows' targets only: the test rows never shape the training data
+    clean = torch.tensor((given_clean - given_clean[train].mean()) / given_clean[train].std(), dtype=torch.float32)
+    moved = ~torch.isclose(y_train, clean[train], atol=1e-5)
     assert moved.float().mean().item() == pytest.approx(0.15, abs=1 / len(y_train))
-    assert torch.allclose(y_test, clean[_rows_of(x_test, frame)], atol=1e-5)  # scored on clean targets
+    assert torch.allclose(y_test, clean[test], atol=1e-5)  # scored on clean targets
+    a = frame["a"].to_numpy()
+    assert x_train[:, 0].min() == 0.0 and x_train[:, 0].max() == 1.0  # the training rows' own range
+    assert torch.allclose(x_train[:, 0].double(),
+                          torch.tensor((a[train] - a[train].min()) / np.ptp(a[train])), atol=1e-6)
     given = UserRegressionTask(dataset=str(csv), features=["a", "b", "c"], trusted="ok", steps=50)
     estimate = given.noise_estimate()
     share = frame.loc[frame.ok == 0, "is_outlier"].mean()
@@ -535,16 +541,6 @@ def test_regression_on_your_data_with_injected_or_given_noise(tmp_path: Path) ->
     scores = {s: r.score for s, r in zip(("mse", "mae"), given.evaluate([make_loss(s, "regression")
                                                                         for s in ("mse", "mae")], seed=0))}
     assert scores["mae"] > scores["mse"]  # the robust loss wins under one-sided outliers
-
-
-def _rows_of(x: torch.Tensor, frame) -> torch.Tensor:
-    """Row indices of scaled inputs, matched on column a (distinct values)."""
-    a = frame["a"].to_numpy()
-    scaled = (a - a.min()) / (a.max() - a.min())
-    order = np.argsort(scaled)
-    found = np.searchsorted(scaled[order], x[:, 0].numpy().astype(np.float64) - 1e-6)
-    found = np.clip(found, 0, len(a) - 1)
-    return torch.tensor(order[found])
 
 
 def test_regression_refuses_labels_as_targets(tmp_path: Path, capsys) -> None:

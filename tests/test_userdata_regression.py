@@ -73,7 +73,9 @@ def test_purification_from_trusted_rows(tmp_path: Path, skewed: bool) -> None:
     task = UserRegressionTask(dataset=str(csv), features=FEATURES, trusted="ok", steps=150)
     assert task.purify is True
     report = task.noise_estimate()
-    offset = 1.5 / float(np.std(pd.read_csv(csv)["y"]))  # in the standardised units the task trains in
+    frame = pd.read_csv(csv)
+    # in the standardised units the task trains in: the training (untrusted) rows' deviation
+    offset = 1.5 / float(np.std(frame.loc[frame.ok == 0, "y"]))
     assert report["shift"] == report["bias"] == pytest.approx(offset, abs=0.08)  # found, with the ridge's own
     # skewed error removed (without that the skewed curve's estimate is 0.13 low)
     mse = task.evaluate(_losses("mse"), seed=0)[0]
@@ -224,3 +226,23 @@ def test_api_score_and_search_reach_the_factory(tmp_path: Path, monkeypatch) -> 
     assert hof
     suites = list((tmp_path / "runs" / "suites").glob("*.toml"))
     assert len(suites) == 1 and NORM in suites[0].read_text()
+
+
+def test_test_rows_never_shape_the_training_data(tmp_path: Path) -> None:
+    path = _csv(tmp_path)
+    frame = pd.read_csv(path)
+    task = UserRegressionTask(dataset=str(path), target="clean", features=FEATURES, noise="gaussian",
+                              noise_std=0.3, steps=10)
+    train, test = task.split_rows(0)
+    assert len(set(train) & set(test)) == 0 and len(train) + len(test) == len(frame)
+    x_train, y_train, x_test, _ = task.data(0)
+    row = int(test[0])  # one held-out row made extreme, in a feature and in the target
+    frame.loc[row, "a"], frame.loc[row, "clean"] = 1e6, -1e6
+    other = tmp_path / "extreme.csv"
+    frame.to_csv(other, index=False)
+    changed = UserRegressionTask(dataset=str(other), target="clean", features=FEATURES, noise="gaussian",
+                                 noise_std=0.3, steps=10)
+    assert np.array_equal(changed.split_rows(0)[0], train)
+    x2, y2, x_test2, _ = changed.data(0)
+    assert torch.equal(x2, x_train) and torch.equal(y2, y_train)  # same scaling, same standardisation
+    assert x_test2[0, 0] == 1.0  # the extreme test value is clipped to the training range

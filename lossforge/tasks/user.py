@@ -472,14 +472,15 @@ class UserRegressionTask(Task):
                 "purify needs a noise model: trusted rows (trusted = COLUMN or FILE) or, with injected noise, "
                 "n_calibration > 0 rows of known clean targets")
         if is_factory_path(self.model):  # a factory that raises, returns no module or a wrong shape: one line
-            check_regression_module(self.model, x[:2])
+            check_regression_module(self.model, scale_rows(x[:2], fit_range(x)))
 
     def _other(self) -> str | None:
         if self.trusted is not None and data_sources.is_data_path(self.trusted):
             return self.trusted
         return self.test_data
 
-    def _rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    def _rows(self) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None, tuple[np.ndarray, np.ndarray] | None]:
+        """The main file's raw features and targets, trusted flags, and the second file's raw rows if any."""
         flag = self.trusted if self.trusted is not None and not data_sources.is_data_path(self.trusted) else None
         main = data_sources.cached_table(self.dataset, data_sources.file_hash(self.dataset), self.target,
                                          self.features, flag)
@@ -494,44 +495,55 @@ class UserRegressionTask(Task):
 
         y = numeric(main.y, self.dataset)
         require(bool(np.isfinite(y).all()), f"{self.dataset}: target {self.target!r} has missing values")
-        mean, std = float(y.mean()), float(y.std()) or 1.0
-        low, high = main.x.min(axis=0), main.x.max(axis=0)
-        span = np.where(high > low, high - low, 1.0)
-
-        def inputs(x: np.ndarray) -> torch.Tensor:
-            return torch.tensor(np.clip((x - low) / span, 0.0, 1.0), dtype=torch.float32)
-
         other = None
         if self._other() is not None:
             table = data_sources.cached_table(self._other(), data_sources.file_hash(self._other()), self.target,
                                               main.features, None)
-            other = (inputs(table.x), torch.tensor((numeric(table.y, self._other()) - mean) / std, dtype=torch.float32))
+            other = (np.asarray(table.x, dtype=np.float64), numeric(table.y, self._other()))
         trusted = torch.tensor(main.trusted) if main.trusted is not None else None
-        return inputs(main.x), torch.tensor((y - mean) / std, dtype=torch.float32), trusted, other
+        return np.asarray(main.x, dtype=np.float64), y, trusted, other
+
+    def split_rows(self, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(train, test)``: indices of the main file's rows seed ``seed`` trains on (in training order) and
+        tests on; ``test`` is None when the test set is a second file (``test_data`` or a trusted file)."""
+        _, y, trusted, other = self._rows()
+        if self.trusted is not None:
+            if other is not None:
+                return np.arange(len(y)), None
+            mask = trusted.numpy()
+            return np.nonzero(~mask)[0], np.nonzero(mask)[0]
+        order = torch.randperm(len(y), generator=generator(seed, "split")).numpy()
+        if other is not None:
+            return order, None
+        n_test = int(round(self.test_fraction * len(y)))
+        return order[n_test:], order[:n_test]
 
     def _split(self, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """``(x_train, y_train noisy, y_train clean or None, x_test, y_test clean)`` of one seed; the clean
-        training targets are known with injected noise only."""
-        x, y, trusted, other = self._rows()
+        training targets are known with injected noise only. Features are scaled to [0, 1] and targets
+        standardised with the training rows' range, mean and deviation (the targets as given, before any
+        injected noise), so no test row shapes the training data."""
+        x, y, _, other = self._rows()
+        train, test = self.split_rows(seed)
+        x_test, y_test = other if test is None else (x[test], y[test])  # type: ignore[misc]
+        scaling = fit_range(x[train])
+        mean, std = float(y[train].mean()), float(y[train].std()) or 1.0
+
+        def targets(values: np.ndarray) -> torch.Tensor:
+            return torch.tensor((values - mean) / std, dtype=torch.float32)
+
+        x_train, x_test = scale_rows(x[train], scaling), scale_rows(x_test, scaling)
+        y_given, y_test = targets(y[train]), targets(y_test)
         if self.trusted is not None:
-            if other is not None:
-                return x, y, None, *other
-            return x[~trusted], y[~trusted], None, x[trusted], y[trusted]
-        order = torch.randperm(len(y), generator=generator(seed, "split"))
-        if other is not None:
-            train, (x_test, y_test) = order, other
-        else:
-            n_test = int(round(self.test_fraction * len(y)))
-            train, test = order[n_test:], order[:n_test]
-            x_test, y_test = x[test], y[test]
+            return x_train, y_given, None, x_test, y_test
         noise_gen = generator(seed, "noise")
-        y_train = y[train] + self.noise_mean + self.noise_std * torch.randn(len(train), generator=noise_gen)
+        y_train = y_given + self.noise_mean + self.noise_std * torch.randn(len(train), generator=noise_gen)
         if self.noise == "outliers":
             n_out = int(round(self.outlier_fraction * len(train)))
             chosen = torch.randperm(len(train), generator=noise_gen)[:n_out]
             offset = self.outlier_scale * (0.5 + torch.rand(n_out, generator=noise_gen))
             y_train[chosen] += offset
-        return x[train], y_train, y[train], x_test, y_test
+        return x_train, y_train, y_given, x_test, y_test
 
     def data(self, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x_train, y_train noisy, x_test, y_test clean)`` of one seed."""
