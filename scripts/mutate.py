@@ -162,8 +162,8 @@ MUTANTS: list[Mutant] = [
     # --- tasks -------------------------------------------------------------------------------------------------------
     m("lossforge/tasks/regression.py", "return gaussian + np.where(is_outlier, offset, 0.0)",
       "return gaussian + np.where(is_outlier, -offset, 0.0)", "outliers drawn on the other side", REG),
-    m("lossforge/tasks/regression.py", "score = finite_or_worst(-0.5 * (noisy + purified), self.worst_score)",
-      "score = finite_or_worst(-noisy, self.worst_score)", "regression score ignores the purified run", REG),
+    m("lossforge/tasks/regression.py", "score = finite_or_worst(-0.5 * (noisy + purified), worst)",
+      "score = finite_or_worst(-noisy, worst)", "regression score ignores the purified run", REG),
     m("lossforge/tasks/regression.py", "values += [loc, scale, loc if abs(loc) > z * std_error else 0.0]",
       "values += [loc, scale, loc]", "purification subtracts insignificant medians too", REG),
     m("lossforge/tasks/regression.py", "return 0.5 * self.lr * (1.0 + math.cos(math.pi * step / steps))",
