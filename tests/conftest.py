@@ -4,6 +4,7 @@ the device tests run on (``pytest --device cuda``; default cpu)."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,11 @@ import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+# A shell without job control starts background jobs with SIGINT ignored, and an ignored signal is inherited
+# across exec: the Ctrl-C tests' searches would then never see their SIGINT. Restore Python's handler, so
+# the subprocesses start with the default disposition a terminal user has.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TINY_SUITE = str(Path(__file__).parent / "data" / "tiny_suite.toml")
 
