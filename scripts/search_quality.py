@@ -24,16 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import lossforge
+from lossforge.atomic import write_atomic
 from lossforge.api import score
 from lossforge.tuning import tune_baselines
 from lossforge.expression import LossExpression
@@ -133,7 +132,7 @@ def run_searches(seeds: Sequence[int], suite: str, out: Path, settings: dict[str
                               "trained": _trained(path), "formula": formula,
                               "tokens": list(best.tree) if best else None,
                               "search_fitness": best.fitness if best else None}
-            _write_atomic(out / "runs.json", json.dumps(list(done.values()), indent=1))
+            write_atomic(out / "runs.json", json.dumps(list(done.values()), indent=1))
     return [done[(a, s)] for s in seeds for a in arms if (a, s) in done]
 
 
@@ -249,13 +248,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 #: Baselines scored beside the found losses: the search's display set (the strongest robust losses at their
 #: authors' settings) and the two single-term losses of the same papers.
 STUDY_BASELINES = ["cross_entropy", "gce", "mae", "sce", "nce_rce", "nce_agce", "anl_ce", "agce", "aul"]
@@ -272,7 +264,7 @@ def tune(names: list[str], suite: Any, out: Path, iterations: int, jobs: int) ->
         return [TunedBaseline(**t) for t in json.loads(cache.read_text())]
     print(f"tuning {len(names)} baselines on the search seeds", flush=True)
     tuned = tune_baselines(names, suite, iterations=iterations, jobs=jobs)
-    _write_atomic(cache, json.dumps([t.__dict__ for t in tuned], indent=1))
+    write_atomic(cache, json.dumps([t.__dict__ for t in tuned], indent=1))
     return tuned
 
 
@@ -312,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     report_start = time.perf_counter()
     names = DRY_BASELINES if args.dry_run else STUDY_BASELINES
-    to_tune = [n for n in (DRY_BASELINES[1:] if args.dry_run else TUNED_BASELINES)]
+    to_tune = DRY_BASELINES[1:] if args.dry_run else TUNED_BASELINES
     tuned = [t for t in tune(to_tune, suite, out, 1 if args.dry_run else 4, args.jobs)
              if t.fitness_after > t.fitness_before]
     baseline_labels = names + [f"{t.name} (tuned)" for t in tuned]
@@ -330,8 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     result["elapsed_s"] = time.perf_counter() - start  # this invocation: searches run now, tuning, scoring
     result["report_s"] = time.perf_counter() - report_start  # tuning and scoring
-    _write_atomic(out / "search_quality.json", json.dumps(result, indent=1, default=_json_default))
-    _write_atomic(out / "search_quality.md", markdown(result))
+    write_atomic(out / "search_quality.json", json.dumps(result, indent=1, default=_json_default))
+    write_atomic(out / "search_quality.md", markdown(result))
     print(f"wrote {out / 'search_quality.md'} and {out / 'search_quality.json'}")
     return 0
 

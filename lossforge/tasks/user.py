@@ -507,6 +507,10 @@ class UserRegressionTask(Task):
         """``(train, test)``: indices of the main file's rows seed ``seed`` trains on (in training order) and
         tests on; ``test`` is None when the test set is a second file (``test_data`` or a trusted file)."""
         _, y, trusted, other = self._rows()
+        return self._split_indices(seed, y, trusted, other)
+
+    def _split_indices(self, seed: int, y: np.ndarray, trusted: torch.Tensor | None,
+                       other: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray | None]:
         if self.trusted is not None:
             if other is not None:
                 return np.arange(len(y)), None
@@ -523,8 +527,8 @@ class UserRegressionTask(Task):
         training targets are known with injected noise only. Features are scaled to [0, 1] and targets
         standardised with the training rows' range, mean and deviation (the targets as given, before any
         injected noise), so no test row shapes the training data."""
-        x, y, _, other = self._rows()
-        train, test = self.split_rows(seed)
+        x, y, trusted, other = self._rows()
+        train, test = self._split_indices(seed, y, trusted, other)  # the rows read once
         x_test, y_test = other if test is None else (x[test], y[test])  # type: ignore[misc]
         scaling = fit_range(x[train])
         mean, std = float(y[train].mean()), float(y[train].std()) or 1.0
