@@ -139,12 +139,15 @@ def _ranking_table(store: Any, n: int, pick: str) -> str:
     if not ranked:
         return "no loss was scored successfully yet"
     task_names = list(ranked[0].record.task_scores)
+    confirmed = any(item.confirmed_fitness is not None for item in ranked)  # the column only where a run confirmed
     rows = []
     for rank, item in enumerate(ranked, 1):
         rec = item.record
         per_task = [_fmt(rec.task_scores.get(t, {}).get("normalized")) for t in task_names]
-        rows.append([rank, _fmt(rec.fitness), _fmt(item.validation_fitness), rec.complexity, *per_task, rec.formula])
-    return _table(["rank", "fitness", "validation", "complexity", *task_names, "formula"], rows)
+        rows.append([rank, _fmt(rec.fitness), *([_fmt(item.confirmed_fitness)] if confirmed else []),
+                     _fmt(item.validation_fitness), rec.complexity, *per_task, rec.formula])
+    return _table(["rank", "fitness", *(["confirmed"] if confirmed else []), "validation", "complexity", *task_names,
+                   "formula"], rows)
 
 
 def _baseline_table(store: Any) -> str:
@@ -206,7 +209,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         summary = store.summary()
         print(f"{path}: {summary.status.value}, {summary.generations} generation(s), "
               f"{summary.candidates} candidate(s), {summary.elapsed_s:.0f}s "
-              "(fitness: relative to the suite's reference losses, 1 = as good; validation: on held-out seeds)")
+              "(fitness: relative to the suite's reference losses, 1 = as good, on the search seeds; confirmed: on the "
+              "search and confirm seeds; validation: on held-out seeds)")
         print(_ranking_table(store, args.top, args.pick))
         print()
         print(_baseline_table(store))
@@ -627,8 +631,9 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         flag = meta.get("flag", "--" + f.name.replace("_", "-"))
         default = f.default if f.default is not MISSING else None
         help_text = meta.get("help", "")
-        if str(f.type) == "bool":
-            parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+        if str(f.type) == "bool":  # --x / --no-x, the default from the config
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
             continue
         kind = meta.get("type") or str(f.type).split(" |")[0]
         shown = "" if default is None else f" (default: {default})"

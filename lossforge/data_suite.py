@@ -211,7 +211,7 @@ def _key(key: str) -> str:
 def suite_toml(spec: dict[str, Any], header: str = "") -> str:
     """``spec`` (a suite as plain data) as TOML text; ``header`` becomes leading comment lines."""
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
-    for key in ("name", "description", "seeds", "validation_seeds"):
+    for key in ("name", "description", "seeds", "validation_seeds", "confirm_seeds", "budget"):
         if key in spec:
             lines.append(f"{key} = {_value(spec[key])}")
     for task in spec["tasks"]:

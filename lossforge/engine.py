@@ -32,7 +32,7 @@ from lossforge.rejection import probe, rejection_reason
 from lossforge.scoring import ChunkResult, Suite, load_suite, suite_from_spec
 from lossforge.selection import SELECTIONS, VARIATIONS, make_selection, make_variation
 from lossforge.space import SearchSpace, load_space
-from lossforge.runfile import CandidateRecord, CandidateState, RunStatus, RunStore
+from lossforge.runfile import CONFIRM_FIDELITY, CandidateRecord, CandidateState, RunStatus, RunStore
 
 __all__ = ["SearchConfig", "Search", "GenerationStats", "Evaluation", "Callback"]
 
@@ -130,7 +130,9 @@ class SearchConfig:
                               choices=tuple(SELECTIONS))
     variation: str = _setting("varand", "varand: crossover and mutation of parents; random: fresh random trees "
                               "(the random-search control)", choices=tuple(VARIATIONS))
-    seed_baselines: bool = _setting(False, "start from the known losses the space can express")
+    seed_baselines: bool = _setting(True, "start from the known losses the space can express (generation 0)")
+    confirm_top: int = _setting(10, "re-score the best loss of each of this many best structures on the suite's "
+                                "confirm seeds at the end; they rank by all their seeds (0: off)")
     validate_top: int = _setting(5, "re-score this many best losses on the suite's validation seeds at the end")
     tune_top: int = _setting(0, "tune the constants of this many best losses (SPSA) at the end")
     tune_iterations: int = _setting(4, "SPSA iterations per tuned loss")
@@ -160,6 +162,7 @@ class SearchConfig:
             (self.hall_of_fame >= 1, "hall_of_fame must be at least 1"),
             (self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}"),
             (self.variation in VARIATIONS, f"variation must be one of {', '.join(VARIATIONS)}"),
+            (self.confirm_top >= 0, "confirm_top must be >= 0"),
             (self.validate_top >= 0, "validate_top must be >= 0"),
             (self.tune_top >= 0 and self.tune_iterations >= 1, "tune_top must be >= 0 and tune_iterations >= 1"),
         ]
@@ -590,14 +593,42 @@ class Search:
             self._record(tuned, generation, ev, res.duration_s)
             self.reporter.message(f"tuned {rec.formula}  ->  {tuned.formula()}  fitness {rec.fitness:.4f} -> {fitness:.4f}")
 
+    def confirm(self) -> None:
+        """Re-score the best loss of each of the ``confirm_top`` best structures, and the reference losses,
+        on the suite's confirm seeds: two search seeds rank losses whose fitness differs by less than their
+        noise at random, so the final choice among the best rests on all the seeds (see
+        :func:`lossforge.ranking.confirmed_fitness`). Resumable: losses already confirmed are not re-scored."""
+        seeds = list(self.suite.confirm_seeds)
+        if not seeds or self.config.confirm_top == 0:
+            return
+        picks: dict[str, CandidateRecord] = {}
+        for rec in self.store.best(10**9):  # best first; one per structure (constants aside)
+            if len(picks) == self.config.confirm_top:
+                break
+            picks.setdefault(rec.structure_key or rec.key, rec)
+        done = self.store.confirmations()
+        best = [r for r in picks.values() if r.key not in done]
+        names = [n for n in self.evaluator.reference_names() if f"baseline:{n}" not in done]
+        if not best and not names:
+            return
+        labels = [r.key for r in best] + [f"baseline:{n}" for n in names]
+        self.reporter.phase("confirmation", len(labels))
+        for label, res in zip(labels, self._score_specs([list(r.tree) for r in best] + names, seeds)):
+            self.store.set_result("validation", label, res.raw, fidelity=CONFIRM_FIDELITY)
+        self.reporter.message(f"confirmed the best {len(best)} structure(s) on seeds {seeds}")
+
     def validate(self) -> None:
-        """Re-score the best ``validate_top`` losses and the baselines on the suite's validation seeds
-        (never used for selection), so the final ranking is not biased by the search seeds."""
+        """Re-score the best ``validate_top`` losses (by confirmed fitness where measured, else by search
+        fitness) and the baselines on the suite's validation seeds (never used for selection), so the final
+        ranking is not biased by the search seeds."""
+        from lossforge.ranking import ranking
+
         seeds = list(self.suite.validation_seeds)
         if not seeds or self.config.validate_top == 0:
             return
         done = self.store.validations()
-        best = [r for r in self.store.best(self.config.validate_top) if r.key not in done]
+        # validated losses rank first, so after a resume the top N are the same N as before
+        best = [x.record for x in ranking(self.store, self.config.validate_top) if x.record.key not in done]
         names = [n for n in self.reference if n in self.store.baselines() and f"baseline:{n}" not in done]
         specs: list[Any] = [list(r.tree) for r in best] + names
         if not specs:
@@ -694,6 +725,7 @@ class Search:
             stopped = stopped or self._generations(population, start_gen)
             if not stopped:
                 self.reporter.message(self.spend_line())
+                self.confirm()
                 self.tune()
                 self.validate()
         except KeyboardInterrupt:

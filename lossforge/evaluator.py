@@ -233,7 +233,7 @@ class Evaluator:
             if known(expr.key) or expr.key in pending or expr.key in aliases:
                 counts["cache_hits"] += 1
                 continue
-            imported = self.lookup(expr.key) if fidelity.is_full else None
+            imported = self.lookup(expr.key)  # a full result serves a screening too
             if imported is not None and imported.origin is not None:  # scored by another run: reuse
                 ev = Evaluation(imported.status, imported.fitness or 0.0,
                                 imported.reason or f"cached from {imported.origin}", imported.task_scores)

@@ -1,9 +1,11 @@
 """The final ranking of a run's losses, and how to pick one from the complexity/fitness trade-off.
 
-Search fitness is measured on the suite's *search* seeds, which selection has seen; the best losses are
-re-scored on separate *validation* seeds when the search ends. The final ranking puts validated losses
-first, ordered by validation fitness, then the rest by search fitness. ``pick`` chooses the loss a user
-takes away:
+Search fitness is measured on the suite's *search* seeds, which selection has seen. When the search ends,
+the best losses (one per structure) are re-scored on the suite's *confirm* seeds, if it names any: their
+*confirmed* fitness is over the search and the confirm seeds together, a less noisy figure to choose by.
+The best by confirmed fitness are then re-scored on separate *validation* seeds. The final ranking puts
+validated losses first, ordered by validation fitness, then the confirmed ones by confirmed fitness, then
+the rest by search fitness. ``pick`` chooses the loss a user takes away:
 
 * ``best``: the highest (validation) fitness.
 * ``knee``: the knee of the Pareto front of complexity vs fitness: the front point farthest above the
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from lossforge.errors import ConfigError, LossforgeError, RunError
-from lossforge.scoring import Suite, suite_from_spec
+from lossforge.scoring import Suite, join_seeds, suite_from_spec
 from lossforge.runfile import CandidateRecord, RunStore
 
 PICKS = ("best", "knee", "ratio")
@@ -27,15 +29,21 @@ PICKS = ("best", "knee", "ratio")
 
 @dataclass(frozen=True)
 class Ranked:
-    """A loss of a run with its search fitness and, when validated, its validation fitness."""
+    """A loss of a run with its search fitness and, when measured, its confirmed and validation fitness."""
 
     record: CandidateRecord
     validation_fitness: float | None
+    confirmed_fitness: float | None = None
+
+    @property
+    def selection_fitness(self) -> float:
+        """The fitness the search chooses by: confirmed when measured, else search (validation never)."""
+        return self.confirmed_fitness if self.confirmed_fitness is not None else float(self.record.fitness)
 
     @property
     def fitness(self) -> float:
-        """The fitness that ranks it: validation when measured, else search."""
-        return self.validation_fitness if self.validation_fitness is not None else float(self.record.fitness)
+        """The fitness that ranks it: validation when measured, else confirmed, else search."""
+        return self.validation_fitness if self.validation_fitness is not None else self.selection_fitness
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -103,16 +111,50 @@ def validation_fitness(store: RunStore) -> dict[str, float]:
     return {name: _fitness(suite, raw, reference, store, f"validation {name[:40]}")[0] for name, raw in done.items()}
 
 
-def ranking(store: RunStore, n: int | None = None, pick: str = "best") -> list[Ranked]:
-    """The run's distinct complete losses, best first (see module docstring); ``pick`` decides rank 1."""
+def confirmed_fitness(store: RunStore) -> dict[str, float]:
+    """Fitness over the search and the confirm seeds together of every confirmed loss key (empty when the
+    run confirmed none): each loss paired by seed with the reference loss on the same seeds."""
+    done = store.confirmations()
+    if not done:
+        return {}
+    suite = suite_of(store)
+    baselines = store.baselines()
+    try:
+        reference = {t.name: join_seeds({t.name: baselines[t.task.reference][t.name]},
+                                        {t.name: done[f"baseline:{t.task.reference}"][t.name]})[t.name]
+                     for t in suite.tasks}
+    except KeyError:
+        return {}
+    except (TypeError, AttributeError):
+        raise RunError(f"run file {store.path}: the stored confirmation of the reference loss is malformed") from None
+    records = {r.key: r for r in store.best(10**9)}
+    out = {}
+    for name, raw in done.items():
+        if name in records:
+            try:
+                joined = join_seeds(records[name].task_scores, raw)
+            except (TypeError, AttributeError):
+                raise RunError(f"run file {store.path}: the stored confirmation of {name[:40]} is malformed") from None
+            out[name] = _fitness(suite, joined, reference, store, f"confirmation {name[:40]}")[0]
+    return out
+
+
+def ranking(store: RunStore, n: int | None = None, pick: str = "best", validation: bool = True) -> list[Ranked]:
+    """The run's distinct complete losses, best first (see module docstring); ``pick`` decides rank 1.
+    ``validation=False``: ordered as the search chooses, by confirmed (else search) fitness alone, so that
+    the validation fitness of rank 1 is a held-out figure."""
     if pick not in PICKS:
         raise ConfigError(f"unknown pick {pick!r}; choose one of {', '.join(PICKS)}")
     val = validation_fitness(store)
+    conf = confirmed_fitness(store)
     records = store.best(10**9)
-    ranked = sorted(
-        (Ranked(r, val.get(r.key)) for r in records),
-        key=lambda x: (x.validation_fitness is None, -x.fitness, x.record.complexity or 0, x.record.id),
-    )
+    items = (Ranked(r, val.get(r.key), conf.get(r.key)) for r in records)
+    if validation:
+        ranked = sorted(items, key=lambda x: (x.validation_fitness is None, x.confirmed_fitness is None,
+                                              -x.fitness, x.record.complexity or 0, x.record.id))
+    else:
+        ranked = sorted(items, key=lambda x: (x.confirmed_fitness is None, -x.selection_fitness,
+                                              x.record.complexity or 0, x.record.id))
     if pick != "best" and ranked:
         pts = [(float(x.record.complexity or 0), x.fitness) for x in ranked]
         front = pareto_front(pts)

@@ -51,6 +51,8 @@ class Loss:
     key: str | None
     candidate_id: int
     generation: int
+    #: fitness over the search and the suite's confirm seeds, when the run confirmed this loss
+    confirmed_fitness: float | None = None
 
     def expression(self) -> LossExpression:
         """The loss as a :class:`~lossforge.expression.LossExpression` (tokens validated)."""
@@ -74,7 +76,7 @@ class Loss:
         """Plain data, ``tasks`` nested (the JSON form of ``lossforge show --json``)."""
         return {"rank": self.rank, "formula": self.formula, "tokens": list(self.tokens),
                 "fitness": _num(self.fitness), "validation_fitness": _num(self.validation_fitness),
-                "complexity": self.complexity, "tasks": {t: _num(v) for t, v in self.tasks.items()}}
+                "confirmed_fitness": _num(self.confirmed_fitness), "complexity": self.complexity, "tasks": {t: _num(v) for t, v in self.tasks.items()}}
 
 
 def _frame(records: list[dict[str, Any]], as_frame: bool | None) -> Any:
@@ -120,7 +122,7 @@ class Run:
             rec = item.record
             out.append(Loss(rank, rec.formula or LossExpression(rec.tree).formula(), tuple(rec.tree),
                             rec.fitness, item.validation_fitness, rec.complexity, _task_scores(rec), rec.key,
-                            rec.id, rec.generation))
+                            rec.id, rec.generation, item.confirmed_fitness))
         return out
 
     def loss(self, rank: int = 1) -> Loss:
@@ -138,7 +140,8 @@ class Run:
         rows = []
         for loss in self.losses(n):
             row = {"rank": loss.rank, "formula": loss.formula, "fitness": _num(loss.fitness),
-                   "validation_fitness": _num(loss.validation_fitness), "complexity": loss.complexity,
+                   "validation_fitness": _num(loss.validation_fitness),
+                   "confirmed_fitness": _num(loss.confirmed_fitness), "complexity": loss.complexity,
                    "generation": loss.generation, "key": loss.key}
             row.update({t: loss.tasks.get(t) for t in self.tasks})
             rows.append(row)

@@ -59,6 +59,10 @@ class Suite:
     #: The search budget (full evaluations) a search on this suite gets when the user sets none: each
     #: bundled suite's is chosen so a plain search takes about 10 minutes on 2 cores. None: the engine's default.
     budget: float | None = None
+    #: Seeds on which the best losses of a search are re-scored when it ends, so that the final choice among
+    #: them rests on more seeds than selection could afford (search seeds + these). Disjoint from both the
+    #: search and the validation seeds, so validation stays a held-out check.
+    confirm_seeds: tuple[int, ...] = ()
 
     def spec(self) -> dict[str, Any]:
         """Plain data that rebuilds this suite (:func:`suite_from_spec`), stored in run files."""
@@ -74,13 +78,16 @@ class Suite:
         }
         if self.budget is not None:
             spec["budget"] = self.budget
+        if self.confirm_seeds:
+            spec["confirm_seeds"] = list(self.confirm_seeds)
         return spec
 
     @property
     def hash(self) -> str:
         """Hash of the spec: runs with equal hashes score losses identically (cross-run cache key). The
-        budget is left out: it changes how long a search runs, not what a loss scores."""
-        spec = {k: v for k, v in self.spec().items() if k != "budget"}
+        budget and the confirm seeds are left out: they change how long a search runs and which losses it
+        re-scores at the end, not what a loss scores."""
+        spec = {k: v for k, v in self.spec().items() if k not in ("budget", "confirm_seeds")}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -98,8 +105,9 @@ class Suite:
         return {t.task.problem for t in self.tasks}
 
     def with_seeds(self, seeds: Sequence[int]) -> "Suite":
-        """The same suite scored on other seeds (validation re-scoring, ``--seeds``)."""
-        return dataclasses.replace(self, seeds=tuple(seeds))
+        """The same suite scored on other seeds (validation re-scoring, ``--seeds``); it confirms on none
+        (its seeds may be the confirm seeds)."""
+        return dataclasses.replace(self, seeds=tuple(seeds), confirm_seeds=())
 
     def fitness(self, raw: dict[str, Any], reference: dict[str, Any]) -> tuple[float, dict[str, Any]]:
         """Fitness and per-task summary of one loss's raw results, normalised against ``reference``.
@@ -141,7 +149,20 @@ class Suite:
 
 
 #: Top-level keys of a suite file.
-SUITE_KEYS = frozenset({"name", "description", "seeds", "validation_seeds", "tasks", "budget"})
+SUITE_KEYS = frozenset({"name", "description", "seeds", "validation_seeds", "confirm_seeds", "tasks", "budget"})
+
+
+def join_seeds(*raws: dict[str, Any]) -> dict[str, Any]:
+    """One set of raw results (task name -> per-seed lists) from several scored on different seeds: each
+    task's per-seed lists concatenated in order (so :meth:`Suite.fitness` averages over all the seeds)."""
+    out: dict[str, Any] = {}
+    for raw in raws:
+        for task, results in raw.items():
+            lists = out.setdefault(task, {})
+            for key, value in results.items():
+                if isinstance(value, list):
+                    lists[key] = lists.get(key, []) + value
+    return out
 
 
 def _suite_path(spec: str | Path) -> Path:
@@ -184,6 +205,13 @@ def suite_from_spec(data: dict[str, Any], where: str = "suite") -> Suite:
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
                                or not math.isfinite(budget) or budget <= 0):
         raise ConfigError(f"{where}: 'budget' must be a positive number of full evaluations, e.g. 250")
+    confirm = data.get("confirm_seeds", [])
+    if not isinstance(confirm, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in confirm):
+        raise ConfigError(f"{where}: 'confirm_seeds' must be a list of integers, e.g. [2, 3, 4, 5]")
+    overlap = sorted(set(confirm) & (set(seeds) | set(val)))
+    if overlap or len(set(confirm)) != len(confirm):
+        raise ConfigError(f"{where}: 'confirm_seeds' must be distinct and differ from the search and validation "
+                          f"seeds (repeated or shared: {overlap or sorted(confirm)})")
     raw_tasks = data.get("tasks")
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise ConfigError(f"{where}: list at least one [[tasks]] entry")
@@ -224,7 +252,7 @@ def suite_from_spec(data: dict[str, Any], where: str = "suite") -> Suite:
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: task names must be unique, got {names}")
     return Suite(str(data["name"]), str(data.get("description", "")), tuple(tasks), tuple(seeds), tuple(val),
-                 None if budget is None else float(budget))
+                 None if budget is None else float(budget), tuple(confirm))
 
 
 @lru_cache(maxsize=8)

@@ -100,6 +100,30 @@ def _run_status(run: Path) -> tuple[str, float]:
         store.close()
 
 
+def _pick(run: Path) -> dict[str, Any]:
+    """The loss a search chooses: rank 1 by confirmed fitness (search + confirm seeds), else by search
+    fitness; never by validation fitness, so its validation score below is a held-out figure. Also which
+    known loss it is, when the search returned one of the losses it was seeded with."""
+    from lossforge.baselines import BASELINES
+    from lossforge.ranking import ranking
+    from lossforge.runfile import RunStore
+
+    store = RunStore.open(run, readonly=True)
+    try:
+        top = ranking(store, 1, validation=False)
+    finally:
+        store.close()
+    if not top:
+        return {"formula": None, "tokens": None, "search_fitness": None, "confirmed_fitness": None,
+                "seeded_baseline": None}
+    rec = top[0].record
+    expr = LossExpression(tuple(rec.tree))
+    known = [b.name for b in BASELINES.values()
+             if b.expression is not None and LossExpression.parse(b.expression).key == expr.key]
+    return {"formula": expr.formula(), "tokens": list(rec.tree), "search_fitness": rec.fitness,
+            "confirmed_fitness": top[0].confirmed_fitness, "seeded_baseline": known[0] if known else None}
+
+
 def _load_json(path: Path, default: Any) -> Any:
     return json.loads(path.read_text()) if path.exists() else default
 
@@ -120,18 +144,15 @@ def run_searches(seeds: Sequence[int], suite: str, out: Path, settings: dict[str
             path = out / f"{arm}-seed{s}.db"
             extra = {"variation": "random"} if arm == "random" else {}
             if path.exists():
-                hof = lossforge.resume(path, quiet=True)
+                lossforge.resume(path, quiet=True)
             else:
-                hof = lossforge.search(run=path, quiet=True, seed=s, suite=suite, **settings, **extra)
+                lossforge.search(run=path, quiet=True, seed=s, suite=suite, **settings, **extra)
             status, elapsed = _run_status(path)
-            best = hof[0] if hof else None
-            formula = LossExpression(tuple(best.tree)).formula() if best else None
-            print(f"{arm} seed {s}: {elapsed:.0f} s, best {formula} "
-                  f"(fitness {best.fitness if best else float('nan'):.4f})", flush=True)
+            pick = _pick(path)
+            print(f"{arm} seed {s}: {elapsed:.0f} s, best {pick['formula']} (search fitness "
+                  f"{pick['search_fitness']}, confirmed {pick['confirmed_fitness']})", flush=True)
             done[(arm, s)] = {"arm": arm, "seed": s, "run": str(path), "status": status, "elapsed_s": elapsed,
-                              "trained": _trained(path), "formula": formula,
-                              "tokens": list(best.tree) if best else None,
-                              "search_fitness": best.fitness if best else None}
+                              "trained": _trained(path), **pick}
             write_atomic(out / "runs.json", json.dumps(list(done.values()), indent=1))
     return [done[(a, s)] for s in seeds for a in arms if (a, s) in done]
 
@@ -212,6 +233,10 @@ def _cell(entry: dict[str, Any]) -> str:
     return f"{entry['fitness']:.4f} ± {ci:.4f}" if math.isfinite(ci) else f"{entry['fitness']:.4f}"
 
 
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The study as Markdown: settings, the loss table and the verdicts."""
     v, t, c = result["validation"], result["transfer"], result["comparison"]
@@ -222,8 +247,11 @@ def markdown(result: dict[str, Any]) -> str:
              f"scoring {result['report_s'] / 60:.1f} min.", ""]
     if result["random_control"] is not None:
         lines += [f"**Random-search control skipped**: {result['random_control']}.", ""]
-    lines += ["| search | seed | time (s) | trained | best loss |", "|---|---|---|---|---|"]
-    lines += [f"| {r['arm']} | {r['seed']} | {r['elapsed_s']:.0f} | {r['trained']} | `{r['formula']}` |"
+    lines += ["| search | seed | time (s) | trained | search fitness | confirmed fitness | best loss |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['arm']} | {r['seed']} | {r['elapsed_s']:.0f} | {r['trained']} | {_num(r.get('search_fitness'))} "
+              f"| {_num(r.get('confirmed_fitness'))} | `{r['formula']}`"
+              f"{' (the seeded ' + r['seeded_baseline'] + ')' if r.get('seeded_baseline') else ''} |"
               for r in result["runs"]]
     lines += ["", "Fitness relative to cross-entropy (1 = as good), mean ± 95 % CI over seeds:", "",
               "| loss | validation fitness | transfer fitness | formula |", "|---|---|---|---|"]

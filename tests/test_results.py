@@ -87,7 +87,8 @@ def test_show_json_carries_the_counts_hall_of_fame_and_baselines(run: Path, caps
     assert doc["screened"] == len(trained | screened) > doc["trained"]  # the default search races
     assert len(doc["hall_of_fame"]) == 3
     for entry, item in zip(doc["hall_of_fame"], ranked):
-        assert set(entry) == {"rank", "formula", "tokens", "fitness", "validation_fitness", "complexity", "tasks"}
+        assert set(entry) == {"rank", "formula", "tokens", "fitness", "validation_fitness", "confirmed_fitness",
+                              "complexity", "tasks"}
         assert entry["tokens"] == list(item.record.tree) and entry["fitness"] == item.record.fitness
         assert lossforge.LossExpression(entry["tokens"]).key == item.record.key  # tokens rebuild the loss
     assert {"mse", "mae", "huber"} <= {b["name"] for b in doc["baselines"]}

@@ -200,7 +200,7 @@ def test_bad_own_data_is_one_line_and_exit_2_and_nothing_is_written(tmp_path: Pa
 def test_suite_files_refuse_unknown_keys(tmp_path: Path) -> None:
     bad = tmp_path / "typo.toml"
     bad.write_text('sed = [0]\n[[tasks]]\nname = "r"\ntype = "regression"\n')
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['sed'\]; valid keys: budget, description, name, seeds"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['sed'\]; valid keys: budget, confirm_seeds, description, name, seeds"):
         load_suite(bad)
 
 

@@ -9,6 +9,7 @@ from lossforge.runfile.format import APPLICATION_ID, SCHEMA_VERSION
 from lossforge.runfile.lease import Lease
 from lossforge.runfile.paths import list_runs, resolve_run_path
 from lossforge.runfile.records import (
+    CONFIRM_FIDELITY,
     FULL_FIDELITY,
     CandidateRecord,
     CandidateState,
@@ -22,7 +23,7 @@ from lossforge.runfile.records import (
 from lossforge.runfile.store import RunStore
 
 __all__ = [
-    "APPLICATION_ID", "SCHEMA_VERSION", "FULL_FIDELITY", "CandidateRecord", "CandidateState", "EvaluationRecord",
+    "APPLICATION_ID", "SCHEMA_VERSION", "CONFIRM_FIDELITY", "FULL_FIDELITY", "CandidateRecord", "CandidateState", "EvaluationRecord",
     "GenerationRecord", "Lease", "LeaseRecord", "ResultKind", "RunStatus", "RunStore", "RunSummary",
     "list_runs", "resolve_run_path",
 ]

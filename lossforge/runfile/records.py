@@ -20,6 +20,8 @@ from lossforge.errors import RunError
 
 #: The fidelity of a result scored with the suite's full settings (all search seeds, full training).
 FULL_FIDELITY = "full"
+#: The fidelity label of a re-scoring on the suite's confirm seeds (whole trainings).
+CONFIRM_FIDELITY = "confirm"
 #: Longest stored JSON document read back (bytes); a run's largest, a candidate's task scores, is ~10 kB.
 MAX_JSON_BYTES = 8 * 2**20
 #: Deepest nesting of a stored JSON document read back (the engine writes at most 5 levels).
@@ -60,7 +62,8 @@ class ResultKind(enum.Enum):
 
     LOSS = "loss"              # a candidate loss (name = its canonical key); candidates reference these
     BASELINE = "baseline"      # a reference loss on the run's suite (name = baseline name)
-    VALIDATION = "validation"  # a loss or ``baseline:NAME`` re-scored on the validation seeds
+    VALIDATION = "validation"  # a loss or ``baseline:NAME`` re-scored on other seeds: the validation seeds
+    #                            (fidelity ``full``) or the confirm seeds (fidelity ``confirm``)
 
 
 @dataclass(frozen=True)

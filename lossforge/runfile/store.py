@@ -14,6 +14,7 @@ from lossforge.runfile import records as rec
 from lossforge.runfile.format import connect, create_file, in_use, now_iso, validate
 from lossforge.runfile.lease import Lease, read_lease
 from lossforge.runfile.records import (
+    CONFIRM_FIDELITY,
     FULL_FIDELITY,
     CandidateRecord,
     CandidateState,
@@ -451,9 +452,12 @@ class RunStore:
                 added += cursor.rowcount
             return added
 
-    def set_result(self, kind: ResultKind | str, name: str, task_scores: Mapping[str, Any]) -> None:
+    def set_result(self, kind: ResultKind | str, name: str, task_scores: Mapping[str, Any],
+                   fidelity: str = FULL_FIDELITY) -> None:
         """Store (or replace) the raw task scores of a baseline (``kind="baseline"``, ``name`` = the reference
-        loss) or of a validation (``kind="validation"``, ``name`` = a candidate key or ``baseline:NAME``)."""
+        loss) or of a re-scoring on other seeds than the search's (``kind="validation"``, ``name`` = a
+        candidate key or ``baseline:NAME``; ``fidelity`` :data:`FULL_FIDELITY` on the validation seeds,
+        :data:`CONFIRM_FIDELITY` on the confirm seeds)."""
         kind = ResultKind(kind)
         if kind is ResultKind.LOSS:
             raise ValueError("loss results are written with record_candidate or record_result")
@@ -464,18 +468,21 @@ class RunStore:
             conn.execute("INSERT INTO results (kind, suite_hash, name, fidelity, task_scores, created_at) "
                          "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, suite_hash, name, fidelity) DO UPDATE SET "
                          "task_scores = excluded.task_scores, created_at = excluded.created_at",
-                         (kind.value, self._suite_or_blank(conn), name, FULL_FIDELITY, document, now_iso()))
+                         (kind.value, self._suite_or_blank(conn), name, fidelity_label(fidelity), document,
+                          now_iso()))
 
     def _suite_or_blank(self, conn: sqlite3.Connection) -> str:
         row = conn.execute("SELECT value FROM meta WHERE key = 'suite_hash'").fetchone()
         return row["value"] if row else ""
 
-    def results(self, kind: ResultKind | str) -> dict[str, dict[str, Any]]:
-        """All baseline or validation results of this run's suite: name -> raw task scores, by name."""
+    def results(self, kind: ResultKind | str, fidelity: str = FULL_FIDELITY) -> dict[str, dict[str, Any]]:
+        """All baseline or validation results of this run's suite at ``fidelity``: name -> raw task scores,
+        by name."""
         kind = ResultKind(kind)
         with self._read() as conn:
             rows = conn.execute("SELECT name, task_scores FROM results WHERE kind = ? AND suite_hash = ? "
-                                "ORDER BY name", (kind.value, self._suite_or_blank(conn))).fetchall()
+                                "AND fidelity = ? ORDER BY name",
+                                (kind.value, self._suite_or_blank(conn), fidelity_label(fidelity))).fetchall()
         return {rec.want(row["name"], str, f"run file {self.path}: {kind.value} name"):
                 self._json(row["task_scores"], {}, f"{kind.value} {row['name']}", dict) for row in rows}
 
@@ -490,6 +497,10 @@ class RunStore:
     def validations(self) -> dict[str, dict[str, Any]]:
         """All validation results: name -> raw task scores."""
         return self.results(ResultKind.VALIDATION)
+
+    def confirmations(self) -> dict[str, dict[str, Any]]:
+        """All re-scorings on the suite's confirm seeds: name -> raw task scores."""
+        return self.results(ResultKind.VALIDATION, CONFIRM_FIDELITY)
 
     # -------------------------------------------------------------------------------------- candidates
     def record_candidate(
