@@ -725,8 +725,8 @@ class Search:
             stopped = stopped or self._generations(population, start_gen)
             if not stopped:
                 self.reporter.message(self.spend_line())
+                self.tune()  # tuned variants join the candidates, so they can be confirmed and validated
                 self.confirm()
-                self.tune()
                 self.validate()
         except KeyboardInterrupt:
             self.store.set_status(RunStatus.INTERRUPTED)
