@@ -679,8 +679,10 @@ class Search:
                   "promoted to full scoring" if self.screen is not None else "every new loss scored in full")
         expected = c.generation_cost(c.population, len(self.suite.seeds)) * c.generations + c.population
         stop = ", ".join(x for x in limits if x) or f"about {expected:.0f} full evaluations"
+        confirm = (f"; then the best {c.confirm_top} structures confirmed on {len(self.suite.confirm_seeds)} more "
+                   "seeds" if self.suite.confirm_seeds and c.confirm_top else "")
         return (f"population {c.population}, up to {c.generations} generations, {stop}; {screen} "
-                f"(a full evaluation: {len(self.suite.tasks)} tasks x {len(self.suite.seeds)} seeds)")
+                f"(a full evaluation: {len(self.suite.tasks)} tasks x {len(self.suite.seeds)} seeds){confirm}")
 
     def spend_line(self) -> str:
         """What the search spent, for the end of a run."""

@@ -117,3 +117,19 @@ def test_seeding_is_the_default_and_can_be_turned_off() -> None:
     assert build_parser().parse_args(["search"]).seed_baselines is True
     with pytest.raises(ConfigError, match="confirm_top"):
         SearchConfig(confirm_top=-1)
+
+
+def test_the_budget_line_names_the_confirm_rung(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.toml"
+    suite.write_text(CONFIRMED)
+    plain = tmp_path / "plain.toml"
+    plain.write_text(TINY)
+    lines = []
+    for path, name in ((suite, "c.db"), (plain, "p.db")):
+        engine = Search.create(tmp_path / name, SearchConfig(suite=str(path), population=4, generations=1, jobs=1))
+        try:
+            lines.append(engine.budget_line())
+        finally:
+            engine.close()
+    assert lines[0].endswith("then the best 10 structures confirmed on 2 more seeds")
+    assert "confirmed" not in lines[1]
