@@ -133,3 +133,17 @@ def test_the_budget_line_names_the_confirm_rung(tmp_path: Path) -> None:
             engine.close()
     assert lines[0].endswith("then the best 10 structures confirmed on 2 more seeds")
     assert "confirmed" not in lines[1]
+
+
+def test_tuned_variants_are_confirmed(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.toml"
+    suite.write_text(CONFIRMED)
+    run = tmp_path / "t.db"
+    lossforge.search(run=run, suite=str(suite), population=8, generations=1, jobs=1, confirm_top=1,
+                     validate_top=0, tune_top=3, quiet=True, seed=1)
+    with RunStore.open(run, readonly=True) as store:
+        tuned = [c for c in store.candidates() if (c.reason or "").startswith("tuned from")]
+        assert tuned  # this seed's tuning improves a loss, so the check below can tell the order apart
+        best = store.best(1)[0]
+        assert best.key in {c.key for c in tuned}
+        assert set(store.confirmations()) == {best.key, "baseline:cross_entropy"}
