@@ -111,9 +111,10 @@ def validation_fitness(store: RunStore) -> dict[str, float]:
     return {name: _fitness(suite, raw, reference, store, f"validation {name[:40]}")[0] for name, raw in done.items()}
 
 
-def confirmed_fitness(store: RunStore) -> dict[str, float]:
+def confirmed_fitness(store: RunStore, records: Sequence[CandidateRecord] | None = None) -> dict[str, float]:
     """Fitness over the search and the confirm seeds together of every confirmed loss key (empty when the
-    run confirmed none): each loss paired by seed with the reference loss on the same seeds."""
+    run confirmed none): each loss paired by seed with the reference loss on the same seeds. ``records``:
+    the run's ``store.best`` rows, when the caller has read them already."""
     done = store.confirmations()
     if not done:
         return {}
@@ -127,12 +128,12 @@ def confirmed_fitness(store: RunStore) -> dict[str, float]:
         return {}
     except (TypeError, AttributeError):
         raise RunError(f"run file {store.path}: the stored confirmation of the reference loss is malformed") from None
-    records = {r.key: r for r in store.best(10**9)}
+    by_key = {r.key: r for r in (store.best(10**9) if records is None else records)}
     out = {}
     for name, raw in done.items():
-        if name in records:
+        if name in by_key:
             try:
-                joined = join_seeds(records[name].task_scores, raw)
+                joined = join_seeds(by_key[name].task_scores, raw)
             except (TypeError, AttributeError):
                 raise RunError(f"run file {store.path}: the stored confirmation of {name[:40]} is malformed") from None
             out[name] = _fitness(suite, joined, reference, store, f"confirmation {name[:40]}")[0]
@@ -146,8 +147,8 @@ def ranking(store: RunStore, n: int | None = None, pick: str = "best", validatio
     if pick not in PICKS:
         raise ConfigError(f"unknown pick {pick!r}; choose one of {', '.join(PICKS)}")
     val = validation_fitness(store)
-    conf = confirmed_fitness(store)
     records = store.best(10**9)
+    conf = confirmed_fitness(store, records)
     items = (Ranked(r, val.get(r.key), conf.get(r.key)) for r in records)
     if validation:
         ranked = sorted(items, key=lambda x: (x.validation_fitness is None, x.confirmed_fitness is None,

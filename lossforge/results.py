@@ -76,7 +76,8 @@ class Loss:
         """Plain data, ``tasks`` nested (the JSON form of ``lossforge show --json``)."""
         return {"rank": self.rank, "formula": self.formula, "tokens": list(self.tokens),
                 "fitness": _num(self.fitness), "validation_fitness": _num(self.validation_fitness),
-                "confirmed_fitness": _num(self.confirmed_fitness), "complexity": self.complexity, "tasks": {t: _num(v) for t, v in self.tasks.items()}}
+                "confirmed_fitness": _num(self.confirmed_fitness), "complexity": self.complexity,
+                "tasks": {t: _num(v) for t, v in self.tasks.items()}}
 
 
 def _frame(records: list[dict[str, Any]], as_frame: bool | None) -> Any:

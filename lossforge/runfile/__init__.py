@@ -23,7 +23,7 @@ from lossforge.runfile.records import (
 from lossforge.runfile.store import RunStore
 
 __all__ = [
-    "APPLICATION_ID", "SCHEMA_VERSION", "CONFIRM_FIDELITY", "FULL_FIDELITY", "CandidateRecord", "CandidateState", "EvaluationRecord",
-    "GenerationRecord", "Lease", "LeaseRecord", "ResultKind", "RunStatus", "RunStore", "RunSummary",
+    "APPLICATION_ID", "SCHEMA_VERSION", "CONFIRM_FIDELITY", "FULL_FIDELITY", "CandidateRecord", "CandidateState",
+    "EvaluationRecord", "GenerationRecord", "Lease", "LeaseRecord", "ResultKind", "RunStatus", "RunStore", "RunSummary",
     "list_runs", "resolve_run_path",
 ]

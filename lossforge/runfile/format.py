@@ -15,10 +15,10 @@ Schema (version 2)
 ``lease(id = 1, host, pid, process_start, token, acquired_at, heartbeat_at)``: the process writing the run
     (no row: nobody).
 ``results``: one row per result. ``kind`` is ``loss`` (``name`` = the canonical key; ``status``, ``reason``,
-    ``fitness`` set), ``baseline`` or ``validation`` (raw task scores only; a validation at fidelity ``confirm`` is a re-scoring on
-    the suite's confirm seeds). Unique on ``(kind, suite_hash, name, fidelity)``; ``fidelity`` is ``full`` or a
-    rung's label. ``origin`` is NULL when
-    scored in this run, else the run file it was imported from.
+    ``fitness`` set), ``baseline`` or ``validation`` (raw task scores only; a validation at fidelity
+    ``confirm`` is a re-scoring on the suite's confirm seeds). Unique on ``(kind, suite_hash, name,
+    fidelity)``; ``fidelity`` is ``full`` or a rung's label. ``origin`` is NULL when scored in this run, else
+    the run file it was imported from.
 ``candidates``: ``id, generation, key, structure_key, tree`` (JSON prefix tokens), ``formula, latex,
     complexity, constants, result_id`` (-> ``results.id``; NULL while pending), ``duration_s, worker,
     created_at``. No result column is repeated here.
