@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -748,8 +749,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  line: str | None = None) -> str:
+    """A lossforge notice as the one line it is (no source path and code line); others as usual."""
+    text = str(message)
+    if text.startswith("lossforge:"):
+        return text + "\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
+
+
+_default_formatwarning = warnings.formatwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lossforge`` command."""
+    warnings.formatwarning = _warning_line  # type: ignore[assignment]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

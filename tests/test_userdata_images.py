@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,26 @@ def test_a_trusted_subset_is_left_out_of_the_scaling(tmp_path: Path) -> None:
 def _csv(frame, path: Path) -> Path:
     frame.to_csv(path, index=False)
     return path
+
+
+def test_a_shape_that_looks_channel_last_gets_a_hint(tmp_path: Path) -> None:
+    csv = image_csv(tmp_path, 2)  # 72 values a row: [2, 6, 6] channel-major, or [6, 6, 2] read literally
+    hint = r"give image_shape \[2, 6, 6\] and store each row channel by channel"
+    with pytest.raises(ConfigError, match=r"too many for 2px images; use fewer; if the rows are 6x6 images with 2 channels, " + hint):
+        data_suite_spec(csv, "label", noise="symmetric:0.2", image_shape="6,6,2", model="cnn")  # 2 pooling blocks
+    rgba = tmp_path / "rgba.csv"  # 8x8 RGBA rows read as [8, 8, 4]: two pooling blocks fit, so only a notice
+    frame = pd.DataFrame(np.random.default_rng(0).uniform(0, 255, (60, 256)), columns=[f"p{i}" for i in range(256)])
+    frame.assign(label=np.arange(60) % 3).to_csv(rgba, index=False)
+    with pytest.warns(UserWarning, match=r"give image_shape \[4, 8, 8\] and store each row channel by channel"):
+        data_suite_spec(rgba, "label", noise="symmetric:0.2", image_shape="8,8,4", model="cnn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the channel-first reading of the same rows is not questioned
+        data_suite_spec(csv, "label", noise="symmetric:0.2", image_shape="2,6,6", model="cnn")
+
+
+def test_the_cli_prints_a_lossforge_notice_as_one_line() -> None:
+    from lossforge.cli import _warning_line
+
+    assert _warning_line(UserWarning("lossforge: image_shape [8, 8, 4] ..."), UserWarning, "x.py", 3) == \
+        "lossforge: image_shape [8, 8, 4] ...\n"
+    assert "x.py:3" in _warning_line(UserWarning("other"), UserWarning, "x.py", 3, "")  # others as Python shows them

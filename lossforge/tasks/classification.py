@@ -48,6 +48,16 @@ from lossforge.tasks.data import (
 )
 
 MODELS = ("mlp", "cnn")
+
+
+def channel_last_hint(shape: Sequence[int] | None) -> str:
+    """A clause for messages about a ``[C, H, W]`` image shape that looks channel-last (``[H, W, C]`` with C at
+    most 4 and below H); empty otherwise. Both readings are valid shapes, so only the user can say which."""
+    if shape is None or len(shape) != 3 or not (shape[2] <= 4 and shape[2] < shape[0]):
+        return ""
+    c, h, w = shape
+    return (f"; if the rows are {c}x{h} images with {w} channels, give image_shape [{w}, {c}, {h}] and store "
+            "each row channel by channel")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -147,7 +157,8 @@ class ClassificationTask(Task):
         if self.model == "cnn":
             size = min(self.image_layout()[1:])
             require(size >> len(self.channels) > 0,
-                    f"channels has {len(self.channels)} pooling blocks, too many for {size}px images; use fewer")
+                    f"channels has {len(self.channels)} pooling blocks, too many for {size}px images; use fewer"
+                    f"{channel_last_hint(self.image_shape)}")
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.batch_size, "batch_size")
         check_range(self.lr, "lr", 1e-8, 10.0)
