@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -142,12 +143,10 @@ def _warn_channel_last(shape: Sequence[int] | None) -> None:
     from lossforge.tasks.classification import channel_last_hint
 
     hint = channel_last_hint(shape)
-    if hint:
-        import warnings
-
-        c, h, w = shape  # type: ignore[misc]
-        warnings.warn(f"lossforge: image_shape {list(shape)} reads each row as {c} channels of {h}x{w} "  # type: ignore[arg-type]
-                      f"pixels{hint}", UserWarning, stacklevel=3)
+    if shape is not None and hint:
+        c, h, w = shape
+        warnings.warn(f"lossforge: image_shape {list(shape)} reads each row as {c} channels of {h}x{w} pixels{hint}",
+                      UserWarning, stacklevel=3)
 
 
 def parse_regression_noise(text: str | None) -> dict[str, Any]:

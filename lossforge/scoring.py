@@ -190,13 +190,18 @@ def load_suite(spec: str | Path = "regression") -> Suite:
     return suite_from_spec(data, where)
 
 
+def _int_list(value: Any) -> bool:
+    """Whether ``value`` is a list of integers (booleans are not seeds)."""
+    return isinstance(value, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
+
+
 def suite_from_spec(data: dict[str, Any], where: str = "suite") -> Suite:
     """Build a Suite from plain data (a parsed TOML file or a stored :meth:`Suite.spec`)."""
     unknown_keys = sorted(set(data) - SUITE_KEYS)
     if unknown_keys:  # a typo such as ``sed = [0]`` must not fall back to the default silently
         raise ConfigError(f"{where}: unknown key(s) {unknown_keys}; valid keys: {', '.join(sorted(SUITE_KEYS))}")
     seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if not _int_list(seeds) or not seeds:
         raise ConfigError(f"{where}: 'seeds' must be a non-empty list of integers")
     val = data.get("validation_seeds", [])
     if not isinstance(val, list) or not all(isinstance(s, int) for s in val):
@@ -206,7 +211,7 @@ def suite_from_spec(data: dict[str, Any], where: str = "suite") -> Suite:
                                or not math.isfinite(budget) or budget <= 0):
         raise ConfigError(f"{where}: 'budget' must be a positive number of full evaluations, e.g. 250")
     confirm = data.get("confirm_seeds", [])
-    if not isinstance(confirm, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in confirm):
+    if not _int_list(confirm):
         raise ConfigError(f"{where}: 'confirm_seeds' must be a list of integers, e.g. [2, 3, 4, 5]")
     overlap = sorted(set(confirm) & (set(seeds) | set(val)))
     if overlap or len(set(confirm)) != len(confirm):
