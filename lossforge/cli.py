@@ -604,7 +604,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _duration(text: str) -> float:
+def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``10m``, ``1.5h`` -> seconds."""
     units = {"s": 1, "m": 60, "h": 3600}
     number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
@@ -618,7 +618,8 @@ def _duration(text: str) -> float:
 
 
 _OPTION_TYPES: dict[str, Callable[[str], Any]] = {"int": _int, "float": float, "str": str, "positive_int": _positive_int,
-                                                  "jobs": _jobs, "positive_float": _positive_float, "duration": _duration}
+                                                  "jobs": _jobs, "positive_float": _positive_float,
+                                                  "duration": parse_duration}
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
