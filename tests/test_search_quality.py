@@ -42,6 +42,31 @@ def test_verdicts_compare_gp_with_random_and_the_best_baseline(quality) -> None:
     assert (r["search_seeds"], r["gp_wins"], r["random_wins"]) == (3, 2, 1)
     assert r["sign_test_p"] == pytest.approx(1.0)  # 2 of 3 is no evidence either way
     assert c["gp_vs_best_baseline"]["gp s1"]["mean_diff"] < 0 < c["gp_vs_best_baseline"]["gp s0"]["mean_diff"]
+    assert "gp_vs_random_transfer" not in c  # no transfer table, no transfer comparison
+
+
+def test_gp_and_random_are_compared_on_the_transfer_fitness_too(quality) -> None:
+    runs = [{"arm": arm, "seed": s} for s in range(2) for arm in ("gp", "random")]
+    validation = {"cross_entropy": _entry([1.0, 1.0], [0.8, 0.8]), "gp s0": _entry([1.2, 1.2], [0.9, 0.9]),
+                  "random s0": _entry([1.1, 1.1], [0.9, 0.9]), "gp s1": _entry([1.2, 1.2], [0.9, 0.9]),
+                  "random s1": _entry([1.1, 1.1], [0.9, 0.9])}
+    transfer = {"cross_entropy": _entry([1.0, 1.0], [0.70, 0.70]), "gp s0": _entry([1.0, 1.1], [0.72, 0.74]),
+                "random s0": _entry([1.2, 1.2], [0.80, 0.80]), "gp s1": _entry([1.3, 1.3], [0.75, 0.77]),
+                "random s1": _entry([1.1, 1.1], [0.74, 0.74])}
+    c = quality.compare(runs, validation, transfer, ["cross_entropy"])
+    assert (c["gp_vs_random"]["gp_wins"], c["gp_vs_random"]["random_wins"]) == (2, 0)
+    t = c["gp_vs_random_transfer"]
+    assert (t["search_seeds"], t["gp_wins"], t["random_wins"]) == (2, 1, 1)
+    assert t["mean_diff"] == pytest.approx(((1.05 - 1.2) + (1.3 - 1.1)) / 2)
+    per_task = c["transfer"]["per_task"]["label_noise"]
+    assert per_task["median_gp"] == pytest.approx((0.73 + 0.76) / 2) and per_task["best_baseline"] == "cross_entropy"
+    for name, entry in validation.items():
+        entry["formula"] = name
+    text = quality.markdown({"suite": "s", "seeds": [0, 1], "search_settings": {}, "validation_seeds": [9],
+                             "transfer_suite": "t", "runs": [], "report_s": 0.0, "random_control": None,
+                             "validation": validation, "transfer": transfer, "comparison": c})
+    assert "(transfer fitness): GP better on 1, random on 1" in text
+    assert "| label_noise | 0.7450 | cross_entropy | 0.7000 | +0.0450 |" in text
 
 
 def test_dry_run_writes_the_table_and_every_number(quality, tmp_path: Path, capsys) -> None:
