@@ -278,3 +278,52 @@ def get_baseline(name: str) -> Baseline:
 def baselines_for(problem: str) -> list[Baseline]:
     """Baselines meaningful for a problem type (``regression`` or ``classification``)."""
     return [b for b in BASELINES.values() if b.problem in (problem, "any")]
+
+
+#: Samples of the fixed probe on which :func:`same_as_known` compares gradients.
+_SAME_PROBE = 256
+#: Largest relative residual of ``g - s * g_known`` (float64) at which two gradients count as one up to scale.
+_SAME_TOLERANCE = 1e-6
+
+
+def _probe_gradient(loss: nn.Module, problem: str, n_classes: int) -> torch.Tensor | None:
+    """The mean loss's gradient with respect to the prediction (logits for classification) on fixed float64
+    probe data, flattened; None where it is not finite."""
+    gen = torch.Generator().manual_seed(20261201)
+    if problem == "classification":
+        pred = torch.randn(_SAME_PROBE, n_classes, generator=gen, dtype=torch.float64) * 2
+        target = torch.randint(0, n_classes, (_SAME_PROBE,), generator=gen)
+    else:
+        pred = torch.randn(_SAME_PROBE, generator=gen, dtype=torch.float64) * 1.5
+        target = torch.randn(_SAME_PROBE, generator=gen, dtype=torch.float64) * 1.5
+    pred.requires_grad_(True)
+    try:
+        loss.double()(pred, target).mean().backward()
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    grad = pred.grad
+    return grad.flatten() if grad is not None and bool(torch.isfinite(grad).all()) else None
+
+
+_KNOWN_GRADIENTS: dict[tuple[str, str, int], torch.Tensor | None] = {}
+
+
+def same_as_known(expression: LossExpression, problem: str, n_classes: int = 10) -> tuple[str, float] | None:
+    """``(name, scale)`` when ``expression`` trains as a known loss: its gradient is ``scale`` (> 0) times the
+    baseline's at every point of a fixed probe (so it differs by a constant term and a positive factor at
+    most, which Adam, the suites' optimizer, ignores up to its epsilon); None otherwise. A search that returns
+    ``0.74*y_real*(1 - y_pred**0.7)`` has returned GCE; this says so."""
+    grad = _probe_gradient(SymbolicLoss(expression, problem=problem), problem, n_classes)  # type: ignore[arg-type]
+    if grad is None or not bool(grad.abs().max() > 0):
+        return None
+    for b in baselines_for(problem):
+        key = (b.name, problem, n_classes)
+        if key not in _KNOWN_GRADIENTS:
+            _KNOWN_GRADIENTS[key] = _probe_gradient(b.make(problem), problem, n_classes)
+        known = _KNOWN_GRADIENTS[key]
+        if known is None or not bool(known.abs().max() > 0):
+            continue
+        scale = float(grad @ known / (known @ known))
+        if scale > 0 and float((grad - scale * known).norm()) <= _SAME_TOLERANCE * float(grad.norm()):
+            return b.name, scale
+    return None

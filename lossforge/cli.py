@@ -134,21 +134,40 @@ def _drive(engine: Any, path: Path, callbacks: Sequence[Any] = ()) -> int:
 
 
 def _ranking_table(store: Any, n: int, pick: str) -> str:
-    from lossforge.ranking import ranking
+    """The final ranking as a table; a loss that trains as a known one (up to a positive factor) says which,
+    and a line below says so when it is rank 1."""
+    from lossforge.baselines import same_as_known
+    from lossforge.expression import LossExpression
+    from lossforge.ranking import ranking, suite_of
 
     ranked = ranking(store, n, pick)
     if not ranked:
         return "no loss was scored successfully yet"
+    suite = suite_of(store)
+    problem = next(iter(suite.problems)) if len(suite.problems) == 1 else None
     task_names = list(ranked[0].record.task_scores)
     confirmed = any(item.confirmed_fitness is not None for item in ranked)  # the column only where a run confirmed
-    rows = []
+    rows, first_known = [], None
     for rank, item in enumerate(ranked, 1):
         rec = item.record
         per_task = [_fmt(rec.task_scores.get(t, {}).get("normalized")) for t in task_names]
+        known = same_as_known(LossExpression(tuple(rec.tree)), problem, suite.probe_classes[0]) if problem else None
+        first_known = known if rank == 1 else first_known
+        formula = f"{rec.formula}  (= {_times(known)})" if known else rec.formula
         rows.append([rank, _fmt(rec.fitness), *([_fmt(item.confirmed_fitness)] if confirmed else []),
-                     _fmt(item.validation_fitness), rec.complexity, *per_task, rec.formula])
-    return _table(["rank", "fitness", *(["confirmed"] if confirmed else []), "validation", "complexity", *task_names,
-                   "formula"], rows)
+                     _fmt(item.validation_fitness), rec.complexity, *per_task, formula])
+    table = _table(["rank", "fitness", *(["confirmed"] if confirmed else []), "validation", "complexity",
+                    *task_names, "formula"], rows)
+    if first_known:
+        table += (f"\nrank 1 trains as the known loss {_times(first_known)} (a positive factor, which Adam ignores, "
+                  "and a constant term aside): the search found no loss that beat it")
+    return table
+
+
+def _times(known: tuple[str, float]) -> str:
+    """``gce`` or ``0.261 x gce``: a known loss and the factor a loss's gradient is of its gradient."""
+    name, scale = known
+    return name if abs(scale - 1) < 1e-6 else f"{scale:.3g} x {name}"
 
 
 def _baseline_table(store: Any) -> str:

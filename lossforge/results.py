@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lossforge.baselines import same_as_known
 from lossforge.errors import LossforgeError, RunError
 from lossforge.expression import LossExpression
 from lossforge.ranking import Ranked, baseline_rows, pareto_front, ranking, suite_of
@@ -53,6 +54,17 @@ class Loss:
     generation: int
     #: fitness over the search and the suite's confirm seeds, when the run confirmed this loss
     confirmed_fitness: float | None = None
+    #: the run's problem type (None for a suite of several) and class count, for :meth:`same_as`
+    problem: str | None = None
+    n_classes: int = 10
+
+    def same_as(self) -> dict[str, Any] | None:
+        """``{"name", "scale"}`` when this loss trains as a known loss up to a positive factor and a constant
+        (:func:`lossforge.baselines.same_as_known`): then the search returned that loss, not a new one."""
+        if self.problem is None:
+            return None
+        known = same_as_known(self.expression(), self.problem, self.n_classes)
+        return None if known is None else {"name": known[0], "scale": known[1]}
 
     def expression(self) -> LossExpression:
         """The loss as a :class:`~lossforge.expression.LossExpression` (tokens validated)."""
@@ -77,7 +89,14 @@ class Loss:
         return {"rank": self.rank, "formula": self.formula, "tokens": list(self.tokens),
                 "fitness": _num(self.fitness), "validation_fitness": _num(self.validation_fitness),
                 "confirmed_fitness": _num(self.confirmed_fitness), "complexity": self.complexity,
-                "tasks": {t: _num(v) for t, v in self.tasks.items()}}
+                "same_as": self.same_as(), "tasks": {t: _num(v) for t, v in self.tasks.items()}}
+
+
+def _same_as_text(same: dict[str, Any] | None) -> str | None:
+    """``"0.52 x gce"`` for a loss that trains as a known one (table cells), else None."""
+    if same is None:
+        return None
+    return same["name"] if abs(same["scale"] - 1) < 1e-6 else f"{same['scale']:.3g} x {same['name']}"
 
 
 def _frame(records: list[dict[str, Any]], as_frame: bool | None) -> Any:
@@ -114,6 +133,9 @@ class Run:
     _baselines: list[dict[str, Any]] = field(repr=False)
     #: keys of the losses screened at a lower fidelity than full (racing's first rung)
     _screened: frozenset[str] = field(default=frozenset(), repr=False)
+    #: the suite's problem type (None when it has several) and first class count
+    problem: str | None = None
+    n_classes: int = 10
 
     # ------------------------------------------------------------------------------------------ losses
     def losses(self, n: int | None = None) -> list[Loss]:
@@ -123,7 +145,7 @@ class Run:
             rec = item.record
             out.append(Loss(rank, rec.formula or LossExpression(rec.tree).formula(), tuple(rec.tree),
                             rec.fitness, item.validation_fitness, rec.complexity, _task_scores(rec), rec.key,
-                            rec.id, rec.generation, item.confirmed_fitness))
+                            rec.id, rec.generation, item.confirmed_fitness, self.problem, self.n_classes))
         return out
 
     def loss(self, rank: int = 1) -> Loss:
@@ -137,13 +159,15 @@ class Run:
     # ------------------------------------------------------------------------------------------ tables
     def hall_of_fame(self, n: int | None = 10, as_frame: bool | None = None) -> Any:
         """The ``n`` best losses (all with ``n=None``): rank, formula, fitness, validation_fitness,
-        complexity, generation, key and one column per task (normalised score, 1 = reference loss)."""
+        complexity, generation, key, same_as (``"0.52 x gce"`` when the loss trains as a known loss up to a
+        positive factor, see :meth:`Loss.same_as`) and one column per task (normalised score, 1 = reference
+        loss)."""
         rows = []
         for loss in self.losses(n):
             row = {"rank": loss.rank, "formula": loss.formula, "fitness": _num(loss.fitness),
                    "validation_fitness": _num(loss.validation_fitness),
                    "confirmed_fitness": _num(loss.confirmed_fitness), "complexity": loss.complexity,
-                   "generation": loss.generation, "key": loss.key}
+                   "generation": loss.generation, "key": loss.key, "same_as": _same_as_text(loss.same_as())}
             row.update({t: loss.tasks.get(t) for t in self.tasks})
             rows.append(row)
         return _frame(rows, as_frame)
@@ -198,7 +222,8 @@ class Run:
 
     def to_dict(self, top: int = 10) -> dict[str, Any]:
         """The document of ``lossforge show --json``: run, status, elapsed_s, proposed, screened, trained,
-        hall_of_fame (rank, formula, tokens, fitness, validation_fitness, complexity, tasks) and baselines
+        hall_of_fame (rank, formula, tokens, fitness, validation_fitness, confirmed_fitness, complexity, same_as,
+        tasks) and baselines
         (name, fitness, validation_fitness, tasks)."""
         counts = self.counts()
         return {
@@ -230,5 +255,6 @@ def open_run(path: str | os.PathLike[str], pick: str = "best") -> Run:
         generations = [g.stats for g in store.generations()]
         config = dict(store.config().get("search", {}))
         screened = frozenset(s["key"] for s in store.screenings())
+    problem = next(iter(suite.problems)) if len(suite.problems) == 1 else None
     return Run(path, summary.status.value, float(summary.elapsed_s), suite.name, [t.name for t in suite.tasks],
-               config, ranked, candidates, generations, baselines, screened)
+               config, ranked, candidates, generations, baselines, screened, problem, suite.probe_classes[0])

@@ -100,17 +100,28 @@ def _run_status(run: Path) -> tuple[str, float]:
         store.close()
 
 
+def _known(tokens: Sequence[Any] | None, suite: Any) -> str | None:
+    """The known loss a pick trains as (up to a positive factor and a constant), e.g. ``"gce"``; None for a
+    new loss or a suite of several problem types."""
+    from lossforge.baselines import same_as_known
+
+    if not tokens or len(suite.problems) != 1:
+        return None
+    known = same_as_known(LossExpression(tuple(tokens)), next(iter(suite.problems)), suite.probe_classes[0])
+    return None if known is None else known[0]
+
+
 def _pick(run: Path) -> dict[str, Any]:
     """The loss a search chooses: rank 1 by confirmed fitness (search + confirm seeds), else by search
     fitness; never by validation fitness, so its validation score below is a held-out figure. Also which
-    known loss it is, when the search returned one of the losses it was seeded with."""
-    from lossforge.baselines import BASELINES
-    from lossforge.ranking import ranking
+    known loss it trains as, when the search returned one (a seeded loss, perhaps rescaled)."""
+    from lossforge.ranking import ranking, suite_of
     from lossforge.runfile import RunStore
 
     store = RunStore.open(run, readonly=True)
     try:
         top = ranking(store, 1, validation=False)
+        suite = suite_of(store)
     finally:
         store.close()
     if not top:
@@ -118,10 +129,8 @@ def _pick(run: Path) -> dict[str, Any]:
                 "seeded_baseline": None}
     rec = top[0].record
     expr = LossExpression(tuple(rec.tree))
-    known = [b.name for b in BASELINES.values()
-             if b.expression is not None and LossExpression.parse(b.expression).key == expr.key]
     return {"formula": expr.formula(), "tokens": list(rec.tree), "search_fitness": rec.fitness,
-            "confirmed_fitness": top[0].confirmed_fitness, "seeded_baseline": known[0] if known else None}
+            "confirmed_fitness": top[0].confirmed_fitness, "seeded_baseline": _known(rec.tree, suite)}
 
 
 def _load_json(path: Path, default: Any) -> Any:
@@ -260,7 +269,7 @@ def markdown(result: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['arm']} | {r['seed']} | {r['elapsed_s']:.0f} | {r['trained']} | {_num(r.get('search_fitness'))} "
               f"| {_num(r.get('confirmed_fitness'))} | `{r['formula']}`"
-              f"{' (the seeded ' + r['seeded_baseline'] + ')' if r.get('seeded_baseline') else ''} |"
+              f"{' (trains as ' + r['seeded_baseline'] + ')' if r.get('seeded_baseline') else ''} |"
               for r in result["runs"]]
     lines += ["", "Fitness relative to cross-entropy (1 = as good), mean ± 95 % CI over seeds:", "",
               "| loss | validation fitness | transfer fitness | formula |", "|---|---|---|---|"]
@@ -341,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     if args.phase == "report":
         recorded = _load_json(out / "runs.json", [])
-        runs = [r for r in recorded if r["seed"] in seeds]
+        runs = [{**r, "seeded_baseline": _known(r["tokens"], suite)} for r in recorded if r["seed"] in seeds]
     else:
         runs = run_searches(seeds, suite_name, out, settings, with_random=missing is None)
     if args.phase == "searches":

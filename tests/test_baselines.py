@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from lossforge.api import score
-from lossforge.baselines import BASELINES, baselines_for, get_baseline
+from lossforge.baselines import BASELINES, baselines_for, get_baseline, same_as_known
+from lossforge.expression import LossExpression
 from lossforge.tuning import tune_baselines
 from lossforge.cli import main
 from lossforge.errors import ConfigError
@@ -197,3 +198,27 @@ def test_baselines_cli_tune_adds_tuned_rows(capsys: pytest.CaptureFixture) -> No
     assert "tuned nce_agce:" in out and "tuned cross_entropy:" in out
     assert "nce_agce" in out.split("(fitness:")[0]
     assert main(["baselines", "--suite", TINY_CLASSIFICATION, "--baselines", "hinge"]) == 2
+
+
+@pytest.mark.parametrize("problem", ["classification", "regression"])
+def test_every_expressible_baseline_is_recognised_as_itself(problem: str) -> None:
+    for b in baselines_for(problem):
+        if b.expression is not None:
+            name, scale = same_as_known(LossExpression.parse(b.expression), problem)
+            assert name == b.name and scale == pytest.approx(1.0, rel=1e-9)
+
+
+def test_a_rescaled_or_shifted_known_loss_is_recognised_and_a_changed_one_is_not() -> None:
+    gce = "y_real*(1.0 - exp(0.7*log(y_pred)))"  # GCE q = 0.7 up to its 1/q factor
+    name, factor = same_as_known(LossExpression.parse(f"2.5*{gce} + 3.0"), "classification")
+    assert name == "gce" and factor == pytest.approx(2.5 / (1 / 0.7), rel=1e-6)
+    # dividing by a term of y_real only is a factor for one-hot targets (y_real = 0 gives 0 either way)
+    name, factor = same_as_known(LossExpression.parse(f"div({gce}, y_real + 1.68)"), "classification")
+    assert name == "gce" and factor == pytest.approx(0.7 / 2.68, rel=1e-6)
+    for other in ("y_real*(1.0 - exp(0.6*log(y_pred)))",        # another q
+                  f"-2.5*{gce}",                                  # a negative factor reverses training
+                  f"div({gce}, y_pred + 1.68)",                   # a weight that depends on the prediction
+                  "y_real*(-0.8869*y_pred - sqrt(y_pred) + 0.1131)"):
+        assert same_as_known(LossExpression.parse(other), "classification") is None, other
+    name, factor = same_as_known(LossExpression.parse("0.5*(y_pred - y_real)**2 + 1"), "regression")
+    assert name == "mse" and factor == pytest.approx(0.5, rel=1e-9)

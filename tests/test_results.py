@@ -88,7 +88,7 @@ def test_show_json_carries_the_counts_hall_of_fame_and_baselines(run: Path, caps
     assert len(doc["hall_of_fame"]) == 3
     for entry, item in zip(doc["hall_of_fame"], ranked):
         assert set(entry) == {"rank", "formula", "tokens", "fitness", "validation_fitness", "confirmed_fitness",
-                              "complexity", "tasks"}
+                              "complexity", "same_as", "tasks"}
         assert entry["tokens"] == list(item.record.tree) and entry["fitness"] == item.record.fitness
         assert lossforge.LossExpression(entry["tokens"]).key == item.record.key  # tokens rebuild the loss
     assert {"mse", "mae", "huber"} <= {b["name"] for b in doc["baselines"]}
@@ -124,3 +124,26 @@ def test_score_and_baselines_json(capsys: pytest.CaptureFixture) -> None:
     assert main(["baselines", "--suite", TINY, "--json"]) == 0
     base = json.loads(capsys.readouterr().out)["rows"]
     assert base and all(r["baseline"] for r in base) and "mse" in {r["name"] for r in base}
+
+
+def test_show_says_when_the_search_returned_a_known_loss(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # population 3 on the one-task regression suite: generation 0 is the 3 seeded known losses (MSE, MAE,
+    # Huber-like), so every ranked loss is one of them, and rank 1 is said to be it
+    path = tmp_path / "known.db"
+    lossforge.search(run=path, suite=TINY, population=3, generations=1, jobs=1, executor="serial", quiet=True)
+    assert main(["show", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    known = [e for e in doc["hall_of_fame"] if e["same_as"] is not None]
+    assert known and doc["hall_of_fame"][0] in known
+    for entry in known:
+        assert entry["same_as"]["name"] in {"mse", "mae", "huber"} and entry["same_as"]["scale"] > 0
+    for entry in doc["hall_of_fame"]:
+        if entry["same_as"] is None:  # a new loss: its gradient is no positive multiple of a known one's
+            assert lossforge.LossExpression(entry["tokens"]).key not in {
+                lossforge.LossExpression.parse(f).key for f in ("(y_pred - y_real)**2", "sqrt((y_pred - y_real)**2)")}
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    first = doc["hall_of_fame"][0]["same_as"]["name"]
+    assert f"rank 1 trains as the known loss {first}" in out
+    frame = lossforge.open_run(path).hall_of_fame(as_frame=False)
+    assert frame[0]["same_as"] == first
