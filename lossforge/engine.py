@@ -28,7 +28,7 @@ from lossforge.evaluator import FULL, Evaluation, Evaluator, Fidelity
 from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
 from lossforge.progress import GenerationStats, Progress, format_duration, make_progress
-from lossforge.rejection import probe, rejection_reason
+from lossforge.rejection import rejection_reason
 from lossforge.scoring import ChunkResult, Suite, load_suite, suite_from_spec
 from lossforge.selection import SELECTIONS, VARIATIONS, make_selection, make_variation
 from lossforge.space import SearchSpace, load_space
@@ -131,6 +131,8 @@ class SearchConfig:
     variation: str = _setting("varand", "varand: crossover and mutation of parents; random: fresh random trees "
                               "(the random-search control)", choices=tuple(VARIATIONS))
     seed_baselines: bool = _setting(True, "start from the known losses the space can express (generation 0)")
+    scale_twins: bool = _setting(True, "on a suite whose tasks all train with Adam, which ignores a positive factor "
+                                 "on the loss, count c*L as the twin of a scored L (scored once, varied again)")
     confirm_top: int = _setting(10, "re-score the best loss of each of this many best structures on the suite's "
                                 "confirm seeds at the end; they rank by all their seeds (0: off)")
     validate_top: int = _setting(5, "re-score this many best losses on the suite's validation seeds at the end")
@@ -200,8 +202,13 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
-        """A stored config (fields added since it was written take their defaults)."""
-        return cls(**data)
+        """A stored config (fields added since it was written take their defaults, except those of
+        :data:`STORED_BEFORE`: a run resumes as it ran)."""
+        return cls(**{**STORED_BEFORE, **data})
+
+
+#: Settings whose default changed the search when they were added, as runs stored before them ran.
+STORED_BEFORE: dict[str, Any] = {"scale_twins": False}
 
 
 def stored_setup(store: RunStore, scheduler: str | None = None, dask_workers: int | None = None
@@ -226,7 +233,7 @@ def stored_setup(store: RunStore, scheduler: str | None = None, dask_workers: in
     if scheduler is not None or dask_workers is not None:
         stored["executor"] = "dask"
     try:
-        config = SearchConfig(**stored)
+        config = SearchConfig.from_dict(stored)
         space = SearchSpace.from_dict(parts["space"])
         suite = suite_from_spec(parts["suite"], f"{store.path} (stored suite)")
     except LossforgeError as exc:
@@ -297,7 +304,7 @@ class Search:
         self.screen = None if config.screening >= 1.0 else Fidelity((suite.seeds[0],), config.screening)
         self.evaluator = Evaluator(
             suite, executor, chunk_size=chunk_size, device=config.device, chunk_timeout_s=config.chunk_timeout_s,
-            violation=space.violation, lookup=lambda key: self.store.lookup(self.suite.hash, key),
+            violation=space.violation, scale_twins=config.scale_twins and suite.scale_free, lookup=lambda key: self.store.lookup(self.suite.hash, key),
             record=lambda expr, ev, duration, worker, fidelity: self._record(expr, self._gen, ev, duration, worker,
                                                                              fidelity),
             on_scored=lambda n: self.reporter.candidate_scored(n),
@@ -366,7 +373,7 @@ class Search:
                 expr = LossExpression(rec.tree)
                 fingerprint = None
                 if rec.status != CandidateState.REJECTED and rec.worker is None:  # scored here: re-probe
-                    fingerprint = probe(expr, self.suite.problems, self.suite.probe_classes).fingerprint
+                    fingerprint = self.evaluator.rejection(expr)[1]
                 self.evaluator.remember(expr, Evaluation(
                     rec.status, rec.fitness if rec.fitness is not None else 0.0, rec.reason, rec.task_scores
                 ), fingerprint if rec.generation <= done else None, finished=rec.generation <= done)
@@ -375,7 +382,7 @@ class Search:
             fidelity = Fidelity(rung["fidelity"]["seeds"], rung["fidelity"]["steps_fraction"])
             fitness = rung["fitness"] if rung["fitness"] is not None else 0.0
             finished = rung["generation"] <= done
-            fingerprint = probe(expr, self.suite.problems, self.suite.probe_classes).fingerprint if finished else None
+            fingerprint = self.evaluator.rejection(expr)[1] if finished else None
             self.evaluator.remember(expr, Evaluation(rung["status"], fitness, rung["reason"], rung["task_scores"]),
                                     fingerprint, fidelity, finished)
         self.evaluator.spent = float(last.stats.get("spent", 0.0)) if last is not None else 0.0

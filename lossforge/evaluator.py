@@ -82,8 +82,10 @@ class Evaluator:
                  violation: Callable[[Sequence[Any]], str | None] | None = None,
                  lookup: Callable[[str], Any] | None = None,
                  record: Callable[[LossExpression, Evaluation, float, str | None, "Fidelity"], None] | None = None,
-                 on_scored: Callable[[int], None] | None = None) -> None:
+                 on_scored: Callable[[int], None] | None = None, scale_twins: bool = False) -> None:
         self.suite = suite
+        #: fingerprints ignore a positive factor on the loss (for a scale-free suite: Adam ignores it)
+        self.scale_twins = scale_twins
         self.suite_spec = suite.spec()
         self.executor = executor if executor is not None else make_executor("serial", 1)
         self.chunk_size = chunk_size
@@ -191,7 +193,7 @@ class Evaluator:
             if violation is not None:
                 self.probes[expr.key] = (violation, None)
             else:
-                result = probe(expr, self.suite.problems, self.suite.probe_classes)
+                result = probe(expr, self.suite.problems, self.suite.probe_classes, scale_free=self.scale_twins)
                 self.probes[expr.key] = (result.reason, result.fingerprint)
         return self.probes[expr.key]
 

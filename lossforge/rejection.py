@@ -10,6 +10,11 @@ the probe inputs (rounded to 6 significant digits). Training only ever sees that
 with equal gradients everywhere train identically (``L`` and ``L + 1``, ``log(y_pred**2)`` and
 ``2*log(y_pred)``); losses whose fingerprints agree are scored once. The probe covers the range the tasks
 use (standardised regression values, softmax probabilities from logits of a few units).
+
+With ``scale_free`` (a suite whose tasks all train with Adam, :attr:`~lossforge.scoring.Suite.scale_free`)
+the fingerprint is of the gradient divided by its largest entry, computed in float64 so that ``c * L`` and
+``L`` round alike: Adam's steps do not change when the loss is multiplied by ``c > 0``, so ``0.74 * GCE``
+is GCE for such a suite and is scored once, not trained again under another name.
 """
 
 from __future__ import annotations
@@ -76,9 +81,22 @@ def _fingerprint(grad: torch.Tensor) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def numeric_probe(expression: LossExpression, problem: str, n_classes: int = PROBE_CLASSES) -> Probe:
+def _unit_gradient(loss: SymbolicLoss, pred0: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """The gradient of the mean loss at ``pred0`` in float64, divided by its largest magnitude (so a positive
+    factor on the loss leaves it unchanged to float64 rounding); None where it is not finite."""
+    pred = pred0.double().requires_grad_(True)
+    loss(pred, target if not target.is_floating_point() else target.double()).mean().backward()
+    grad = pred.grad
+    if grad is None or not bool(torch.isfinite(grad).all()) or not bool(grad.abs().max() > 0):
+        return None
+    return grad / grad.abs().max()
+
+
+def numeric_probe(expression: LossExpression, problem: str, n_classes: int = PROBE_CLASSES,
+                  scale_free: bool = False) -> Probe:
     """Probe checks for one problem type: finite values, a finite and non-exploding gradient with respect
-    to the prediction, and a short optimisation of the predictions themselves moving them to the targets."""
+    to the prediction, and a short optimisation of the predictions themselves moving them to the targets.
+    ``scale_free``: the fingerprint ignores a positive factor on the loss (module docstring)."""
     loss = SymbolicLoss(expression, reduction="none", problem=problem)
     gen = _probe_generator()
     pred0, target = _probe(problem, gen, n_classes)
@@ -94,7 +112,8 @@ def numeric_probe(expression: LossExpression, problem: str, n_classes: int = PRO
         return Probe("no gradient with respect to y_pred on probe inputs")
     if grad.norm().item() > EXPLODING_GRAD_NORM:
         return Probe(f"exploding gradient on probe inputs (norm {grad.norm().item():.3g})")
-    fingerprint = _fingerprint(grad)
+    unit = _unit_gradient(loss, pred0, target) if scale_free else None
+    fingerprint = _fingerprint(grad) if unit is None else "unit:" + _fingerprint(unit)
     pred = pred0.clone().requires_grad_(True)
     opt = torch.optim.Adam([pred], lr=0.1)
     before = _progress(problem, pred, target)
@@ -111,12 +130,12 @@ def numeric_probe(expression: LossExpression, problem: str, n_classes: int = PRO
     return Probe(None, fingerprint)
 
 
-def _classification_probe(expression: LossExpression, counts: tuple[int, ...]) -> Probe:
+def _classification_probe(expression: LossExpression, counts: tuple[int, ...], scale_free: bool = False) -> Probe:
     """The classification probe at every class count of the suite: the loss is trained on each, so it must
     pass each (a loss fine at 10 classes can blow up at 2); one count keeps the one-count fingerprint."""
     prints = []
     for n in counts:
-        result = numeric_probe(expression, "classification", n)
+        result = numeric_probe(expression, "classification", n, scale_free)
         if result.reason is not None:
             return Probe(result.reason if len(counts) == 1 else f"at {n} classes: {result.reason}")
         prints.append(f"{n}:{result.fingerprint}")
@@ -126,10 +145,11 @@ def _classification_probe(expression: LossExpression, counts: tuple[int, ...]) -
 
 
 def probe(expression: LossExpression, problems: set[str] | list[str],
-          n_classes: int | Sequence[int] = PROBE_CLASSES) -> Probe:
+          n_classes: int | Sequence[int] = PROBE_CLASSES, scale_free: bool = False) -> Probe:
     """Probe a loss for a suite with these problem types: rejected only if every problem type rejects it;
     the fingerprint covers every problem type it passes. ``n_classes``: the suite's class count(s)
-    (:attr:`Suite.probe_classes`); classification must pass at each."""
+    (:attr:`Suite.probe_classes`); classification must pass at each. ``scale_free``: the fingerprint
+    ignores a positive factor on the loss (module docstring)."""
     reason = symbolic_reason(expression)
     if reason is not None:
         return Probe(reason)
@@ -138,9 +158,9 @@ def probe(expression: LossExpression, problems: set[str] | list[str],
     for problem in sorted(problems):
         try:
             if problem == "classification":
-                result = _classification_probe(expression, counts)
+                result = _classification_probe(expression, counts, scale_free)
             else:
-                result = numeric_probe(expression, problem)
+                result = numeric_probe(expression, problem, scale_free=scale_free)
         except (RuntimeError, ValueError, OverflowError, ZeroDivisionError) as exc:
             result = Probe(f"raised {type(exc).__name__} on probe inputs: {exc}")
         if result.reason is None:

@@ -100,6 +100,11 @@ class Suite:
         return tuple(sorted(counts)) or (PROBE_CLASSES,)
 
     @property
+    def scale_free(self) -> bool:
+        """Whether every task trains alike with ``c * L`` and ``L`` for ``c > 0`` (:attr:`Task.scale_free`)."""
+        return all(t.task.scale_free for t in self.tasks)
+
+    @property
     def problems(self) -> set[str]:
         """The problem types (``regression``/``classification``) of the suite's tasks."""
         return {t.task.problem for t in self.tasks}

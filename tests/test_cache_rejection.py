@@ -112,3 +112,55 @@ def test_cache_across_runs_with_the_same_suite(tmp_path: Path, tiny_suite: str) 
         assert reused and all(c.key in first and c.fitness == first[c.key].fitness for c in reused)
         trained_again = [c for c in b.candidates() if c.key in first and not (c.worker or "").startswith("cache:")]
         assert not trained_again
+
+
+def test_a_scale_free_fingerprint_ignores_a_positive_factor_only() -> None:
+    fp = lambda t, p=CLS, sf=True: probe(LossExpression.parse(t), p, scale_free=sf).fingerprint  # noqa: E731
+    gce = "y_real*(1.0 - exp(0.7*log(y_pred)))"
+    assert fp(gce) == fp(f"0.7407*{gce}") == fp(f"2.5*{gce} + 3") == fp(f"div({gce}, y_real + 1.68)")
+    assert fp(gce) != fp("y_real*(1.0 - exp(0.6*log(y_pred)))")  # another q
+    assert fp(gce) != fp(f"div({gce}, y_pred + 1.68)")  # a weight that depends on the prediction
+    assert fp("(y_pred - y_real)**2", REG) == fp("0.5*(y_pred - y_real)**2", REG)
+    assert fp("(y_pred - y_real)**2", REG) != fp("sqrt((y_pred - y_real)**2)", REG)
+    assert fp(gce, sf=False) != fp(f"0.7407*{gce}", sf=False)  # without it a factor makes another loss
+
+
+@pytest.mark.parametrize("task, scale_free", [
+    ({"type": "label_noise"}, True),
+    ({"type": "label_noise", "settings": {"optimizer": "sgd"}}, False),  # SGD's step scales with the loss
+    ({"type": "label_noise", "settings": {"weight_decay": 1e-4}}, False),  # so does the decay's share
+    ({"type": "regularize", "preset": "entropy"}, False),  # the confidence penalty does not scale
+    ({"type": "adversarial", "preset": "pgd"}, True),  # PGD steps follow the gradient's sign
+    ({"type": "regression"}, True),
+])
+def test_a_suite_is_scale_free_when_every_task_trains_with_plain_adam(task: dict, scale_free: bool) -> None:
+    from lossforge.scoring import suite_from_spec
+
+    suite = suite_from_spec({"name": "s", "seeds": [0], "tasks": [task]})
+    assert suite.scale_free is scale_free
+    both = suite_from_spec({"name": "s", "seeds": [0], "tasks": [task, {"type": "regression", "name": "r"}]})
+    assert both.scale_free is scale_free  # every task must be
+
+
+@pytest.mark.parametrize("twins", [True, False])
+def test_a_rescaled_loss_is_scored_once_where_the_factor_changes_nothing(tmp_path: Path, tiny_suite: str,
+                                                                         twins: bool) -> None:
+    config = SearchConfig(population=4, generations=1, suite=tiny_suite, jobs=1, chunk_size=4, scale_twins=twins)
+    engine = _CountingSearch.create(tmp_path / "s.db", config)
+    engine.trained = []
+    engine.score_baselines()
+    forms = ["sqrt((y_pred - y_real)**2)", "2.5*sqrt((y_pred - y_real)**2)"]
+    individuals = [gp.from_tokens(LossExpression.parse(f).tokens, engine.pset, engine.individual_class) for f in forms]
+    counts = engine.evaluate(individuals, 0)
+    assert (counts["evaluated"], counts["cache_hits"]) == ((1, 1) if twins else (2, 0))
+    if twins:
+        assert individuals[0].fitness.values == individuals[1].fitness.values
+    engine.close()
+
+
+def test_runs_stored_before_scale_twins_resume_as_they_ran() -> None:
+    assert SearchConfig().scale_twins is True
+    stored = SearchConfig(population=4).to_dict()
+    del stored["scale_twins"]
+    assert SearchConfig.from_dict(stored).scale_twins is False
+    assert SearchConfig.from_dict({**stored, "scale_twins": True}).scale_twins is True

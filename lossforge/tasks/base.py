@@ -70,6 +70,13 @@ class Task:
         """Train one model per loss (batched) on ``seed`` and return their results in order."""
         raise NotImplementedError
 
+    @property
+    def scale_free(self) -> bool:
+        """Whether training with ``c * L`` (any ``c > 0``) gives what training with ``L`` gives, up to the
+        optimiser's epsilon: true of Adam with nothing added to the loss's gradient (no weight decay, no
+        penalty), which divides each step by the gradient's own scale. False unless a task says so."""
+        return False
+
     def memory_per_model(self) -> int:
         """Estimated bytes each model of a batch adds while this task trains and tests it (activations
         kept for the backward pass or the test pass, weights, gradients, optimiser state); 0 when

@@ -235,6 +235,12 @@ class ClassificationTask(Task):
         body = cls(n_models, [n_features, *self.hidden, n_classes], init, **options)
         return Classifier(body, self.image_shape is not None, input_standardization(self.dataset))
 
+    @property
+    def scale_free(self) -> bool:
+        # Adam's step is invariant to the loss's scale; weight decay and SGD's step are not (PGD's attack
+        # steps follow the gradient's sign, so they are)
+        return self.optimizer == "adam" and self.weight_decay == 0
+
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """The configured optimiser (element-wise, so each model's update depends on its own weights only)."""
         if self.optimizer == "adam":

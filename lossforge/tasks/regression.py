@@ -270,6 +270,10 @@ class RegressionTask(Task):
     schedule: str = "cosine"
     engine: str = "numpy"
 
+    @property
+    def scale_free(self) -> bool:
+        return True  # full-batch Adam, nothing added to the loss (see Task.scale_free)
+
     def __post_init__(self) -> None:
         for name, choices in (("noise", NOISE_KINDS), ("noise_on", NOISE_ON), ("x_design", DESIGNS),
                               ("activation", ACTIVATIONS), ("schedule", SCHEDULES),

@@ -59,6 +59,10 @@ class RegularizeTask(ClassificationTask):
     label_smoothing: float = 0.1
     batch_norm: bool = False
 
+    @property
+    def scale_free(self) -> bool:
+        return super().scale_free and self.entropy_weight == 0  # the confidence penalty does not scale with c
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range(self.dropout, "dropout", 0.0, 0.9, high_open=False)

@@ -422,6 +422,10 @@ class UserRegressionTask(Task):
     purify_z: float = 3.0
     data_hash: str = ""
 
+    @property
+    def scale_free(self) -> bool:
+        return True  # full-batch Adam, nothing added to the loss (see Task.scale_free)
+
     def __post_init__(self) -> None:
         from lossforge.tasks.base import check_choice, check_int, check_positive_int, check_range
 
