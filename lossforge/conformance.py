@@ -9,7 +9,9 @@
 * ``common_random_numbers`` - two copies of one loss in one batch get identical results;
 * ``batch_independence`` - a loss's score is the same alone and beside other losses;
 * ``nan_isolation`` - a loss giving NaN fails its own model only, with a reason; the others are unaffected;
-* ``worst_score_on_failure`` - a failed model scores the task's ``worst_score``, never NaN.
+* ``worst_score_on_failure`` - a failed model scores the task's ``worst_score``, never NaN;
+* ``scale_free_claim`` - a task whose ``scale_free`` is true scores ``128 * L`` as ``L`` (to
+  :data:`SCALE_TOLERANCE`): the search then scores a rescaled loss once, so the claim must hold.
 
 From pytest: ``assert_task_conforms(cls, settings)``, or one test per rule with
 ``@pytest.mark.parametrize("rule", RULES)`` and ``check_rule(cls, settings, rule)``.
@@ -28,8 +30,13 @@ from lossforge.errors import ConfigError
 from lossforge.tasks.base import Task, TaskResult
 
 RULES = ("settings_round_trip", "one_result_per_loss", "determinism", "common_random_numbers",
-         "batch_independence", "nan_isolation", "worst_score_on_failure")
+         "batch_independence", "nan_isolation", "worst_score_on_failure", "scale_free_claim")
 SEED = 7
+#: The factor of ``scale_free_claim``: a power of two, so the gradients scale without rounding and Adam's
+#: epsilon is the only difference left.
+SCALE = 128.0
+#: How far ``128 * L`` may score from ``L`` (relative, plus as much absolute) under a scale-free claim.
+SCALE_TOLERANCE = 0.005
 
 
 @dataclass
@@ -80,6 +87,13 @@ def _losses(problem: str) -> tuple[Callable, Callable, Callable]:
     return reference, other, nan_loss
 
 
+def _scaled(loss: Callable) -> Callable:
+    def scaled_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return loss(pred, target) * SCALE
+
+    return scaled_loss
+
+
 def _same(a: TaskResult, b: TaskResult) -> bool:
     return (a.status == b.status and (a.score == b.score or (math.isnan(a.score) and math.isnan(b.score))))
 
@@ -95,7 +109,7 @@ class _Runs:
     def get(self, name: str) -> list[TaskResult]:
         if name not in self._cache:
             losses = {"alone": [self.ref], "again": [self.ref], "batch": [self.other, self.ref, self.ref],
-                      "nan": [self.nan, self.ref], "empty": []}[name]
+                      "nan": [self.nan, self.ref], "empty": [], "scaled": [_scaled(self.ref)]}[name]
             self._cache[name] = list(self.task.evaluate(losses, SEED))
         return self._cache[name]
 
@@ -149,6 +163,16 @@ def _rule(runs: _Runs, rule: str) -> str | None:
             return f"a failed model scored {nan[0].score!r}; give it the task's worst_score {worst!r}"
         if nan[0].status != "failed":
             return "no model failed on a NaN loss, so the worst score on failure cannot hold"
+        return None
+    if rule == "scale_free_claim":
+        if not task.scale_free:
+            return None  # nothing claimed: rescaled losses are trained as other losses
+        scaled = runs.get("scaled")[0]
+        if scaled.status != alone.status or not abs(scaled.score - alone.score) <= SCALE_TOLERANCE * (
+                1 + abs(alone.score)):
+            return (f"scale_free is true, but {SCALE:g} x the reference loss scored {scaled.score!r} "
+                    f"({scaled.status}) against {alone.score!r}; return False where the optimiser or an added "
+                    "term depends on the loss's scale (SGD, weight decay, a penalty)")
         return None
     raise ConfigError(f"unknown rule {rule!r}; rules are {', '.join(RULES)}")
 

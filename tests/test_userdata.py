@@ -385,8 +385,16 @@ class NanScore(Toy):
         return TaskResult(float("nan"), {}, "failed", reason)
 
 
+@dataclass
+class FalselyScaleFree(Toy):
+    @property
+    def scale_free(self) -> bool:
+        return True  # plain gradient steps grow with the loss's scale: the claim is false
+
+
 @pytest.mark.parametrize("cls, rule, message", [
     (NoRoundTrip, "settings_round_trip", "is not equal to the task"),
+    (FalselyScaleFree, "scale_free_claim", "return False where the optimiser"),
     (Unseeded, "determinism", "derive every random draw from seed"),
     (OwnInit, "common_random_numbers", "two copies of one loss"),
     (BatchScaled, "batch_independence", "must not depend on K"),
@@ -416,7 +424,7 @@ def test_check_task_passes_on_a_conformant_task_and_every_builtin(tmp_path: Path
                            ("user_adversarial", {**small, "dataset": str(csv), "target": "label", "noise": "pair"})]:
         report = check_task(kind, settings)
         assert report.passed, "\n".join(report.lines())
-    assert len(RULES) == 7
+    assert len(RULES) == 8
 
 
 # --- the user's own model, K copies trained at once with torch.func ------------------------------------------
