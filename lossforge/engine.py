@@ -131,8 +131,9 @@ class SearchConfig:
     variation: str = _setting("varand", "varand: crossover and mutation of parents; random: fresh random trees "
                               "(the random-search control)", choices=tuple(VARIATIONS))
     seed_baselines: bool = _setting(True, "start from the known losses the space can express (generation 0)")
-    scale_twins: bool = _setting(True, "on a suite whose tasks all train with Adam, which ignores a positive factor "
-                                 "on the loss, count c*L as the twin of a scored L (scored once, varied again)")
+    scale_twins: bool = _setting(False, "on a suite whose tasks all train with Adam, which ignores a positive factor "
+                                 "on the loss, count c*L as the twin of a scored L (scored once, varied again); "
+                                 "off by default: measured, it made the search return GCE itself more often")
     confirm_top: int = _setting(10, "re-score the best loss of each of this many best structures on the suite's "
                                 "confirm seeds at the end; they rank by all their seeds (0: off)")
     validate_top: int = _setting(5, "re-score this many best losses on the suite's validation seeds at the end")
@@ -207,7 +208,8 @@ class SearchConfig:
         return cls(**{**STORED_BEFORE, **data})
 
 
-#: Settings whose default changed the search when they were added, as runs stored before them ran.
+#: Settings a stored run lacks because it was written before they existed, as those runs ran (so a later
+#: change of their default does not change how an old run resumes).
 STORED_BEFORE: dict[str, Any] = {"scale_twins": False}
 
 
@@ -304,7 +306,8 @@ class Search:
         self.screen = None if config.screening >= 1.0 else Fidelity((suite.seeds[0],), config.screening)
         self.evaluator = Evaluator(
             suite, executor, chunk_size=chunk_size, device=config.device, chunk_timeout_s=config.chunk_timeout_s,
-            violation=space.violation, scale_twins=config.scale_twins and suite.scale_free, lookup=lambda key: self.store.lookup(self.suite.hash, key),
+            violation=space.violation, scale_twins=config.scale_twins and suite.scale_free,
+            lookup=lambda key: self.store.lookup(self.suite.hash, key),
             record=lambda expr, ev, duration, worker, fidelity: self._record(expr, self._gen, ev, duration, worker,
                                                                              fidelity),
             on_scored=lambda n: self.reporter.candidate_scored(n),

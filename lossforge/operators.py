@@ -259,6 +259,16 @@ class ProtectedExp(_Protected):
         return None
 
 
+def _folding(head: type, fn: Callable[[float], float]) -> Callable[[sympy.Expr], sympy.Expr]:
+    """sympy's ``sin``/``cos``, but a number in gives a Float out: sympy keeps ``sin(1)`` symbolic, and a
+    number where the compiled loss expects a tensor would reach ``torch.sin`` as a Python float."""
+    def build(a: sympy.Expr) -> sympy.Expr:
+        return sympy.Float(fn(float(a))) if a.is_number else head(a)
+
+    build.__name__ = head.__name__
+    return build
+
+
 # --- the table ------------------------------------------------------------------------------------------
 
 
@@ -303,8 +313,8 @@ OPERATORS: dict[str, Operator] = {
             "exp", 1, ProtectedExp, ProtectedExp, protected_exp, None,
             f"exp(min(a, {EXP_MAX:g}))", "protected exponential", numpy_exp,
         ),
-        Operator("sin", 1, sympy.sin, sympy.sin, torch.sin, None, "", "sine", numpy_sin),
-        Operator("cos", 1, sympy.cos, sympy.cos, torch.cos, None, "", "cosine", numpy_cos),
+        Operator("sin", 1, _folding(sympy.sin, math.sin), sympy.sin, torch.sin, None, "", "sine", numpy_sin),
+        Operator("cos", 1, _folding(sympy.cos, math.cos), sympy.cos, torch.cos, None, "", "cosine", numpy_cos),
     ]
 }
 

@@ -161,7 +161,7 @@ def probe(expression: LossExpression, problems: set[str] | list[str],
                 result = _classification_probe(expression, counts, scale_free)
             else:
                 result = numeric_probe(expression, problem, scale_free=scale_free)
-        except (RuntimeError, ValueError, OverflowError, ZeroDivisionError) as exc:
+        except (RuntimeError, ValueError, OverflowError, ZeroDivisionError, TypeError) as exc:
             result = Probe(f"raised {type(exc).__name__} on probe inputs: {exc}")
         if result.reason is None:
             prints.append(f"{problem}:{result.fingerprint}")

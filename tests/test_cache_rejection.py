@@ -159,8 +159,37 @@ def test_a_rescaled_loss_is_scored_once_where_the_factor_changes_nothing(tmp_pat
 
 
 def test_runs_stored_before_scale_twins_resume_as_they_ran() -> None:
-    assert SearchConfig().scale_twins is True
+    assert SearchConfig().scale_twins is False  # off by default (measured: docs/search.md)
     stored = SearchConfig(population=4).to_dict()
     del stored["scale_twins"]
     assert SearchConfig.from_dict(stored).scale_twins is False
     assert SearchConfig.from_dict({**stored, "scale_twins": True}).scale_twins is True
+
+
+def test_a_function_of_a_number_folds_to_a_constant_and_trains() -> None:
+    # sympy keeps sin(1) symbolic: cos(y_pred - y_pred) = 1 made sin(1), which reached torch.sin as a float and
+    # stopped a search in the probe (found in a search of the robust suite)
+    tokens = ('multiply', 'multiply', 'minus', -1.22, 'y_real', 'multiply', 'multiply', 'y_real', -1.68, 'minus',
+              1.0, 'y_pred', 'log', 'plus', 'minus', 'y_pred', 0.46, 'sin', 'cos', 'minus', 'y_pred', 'y_pred')
+    expr = LossExpression(tokens)
+    assert "sin" not in expr.formula() and "0.3815" in expr.formula()  # -0.46 + sin(1)
+    for scale_free in (False, True):
+        assert probe(expr, CLS, scale_free=scale_free).reason  # trained nowhere: it does not descend
+    folded = LossExpression.parse("y_real*sin(cos(y_pred - y_pred))*log(y_pred) - cos(2)*y_pred")
+    assert "sin" not in folded.formula() and "cos" not in folded.formula()
+    loss = lossforge.SymbolicLoss(folded)
+    import torch
+
+    value = loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 1]))
+    assert torch.isfinite(value)
+
+
+def test_a_probe_that_raises_any_error_rejects_the_loss_with_its_reason(monkeypatch) -> None:
+    import lossforge.rejection as rejection
+
+    def broken(*args, **kwargs):
+        raise TypeError("sin(): argument 'input' must be Tensor, not float")
+
+    monkeypatch.setattr(rejection, "numeric_probe", broken)
+    result = rejection.probe(LossExpression.parse("(y_pred - y_real)**2"), REG)
+    assert result.reason.startswith("raised TypeError on probe inputs") and result.fingerprint is None
