@@ -80,8 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = out / f"device-{torch.device(args.device).type}-seed{args.seed}.db"
     try:
         compared = [figure(Path(p)) for p in args.compare]  # bad paths fail before the search, not after
-        if run.exists():
-            lossforge.resume(run, quiet=True)
+        if run.exists():  # an unfinished run is resumed; a finished one is only read again
+            if lossforge.open_run(run).status != "finished":
+                lossforge.resume(run, quiet=True)
         else:
             out.mkdir(parents=True, exist_ok=True)
             lossforge.search(run=run, quiet=True, suite=args.suite, seed=args.seed, device=args.device,

@@ -35,11 +35,12 @@ def test_the_figure_counts_the_run_files_losses_per_second(device_figure, tiny_s
     assert fig["screened_per_s"] == pytest.approx(counts["screened"] / elapsed)
     assert fig["trained_per_s"] == pytest.approx(counts["trained"] / elapsed)
     assert (fig["device"], fig["chunk_size"], fig["population"]) == (device, 4, 6)
-    # a second call with the finished run resumes it (trains nothing) and compares it with itself: ratio 1
+    # a second call reads the finished run again (no resume: its elapsed time stays) and compares it with
+    # itself: ratio 1
     capsys.readouterr()
     assert device_figure.main(args + ["--compare", str(run)]) == 0
     assert "ratio: 1.00x screened/s, 1.00x full/s" in capsys.readouterr().out
-    assert lossforge.open_run(run).counts() == counts
+    assert lossforge.open_run(run).counts() == counts and lossforge.open_run(run).elapsed_s == elapsed
 
 
 def test_a_missing_run_to_compare_is_one_line_before_any_search(device_figure, tiny_suite, tmp_path,
