@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 import lossforge
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "device_figure.py"
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def device_figure():
-    spec = importlib.util.spec_from_file_location("device_figure", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("device_figure")
 
 
 def test_the_figure_counts_the_run_files_losses_per_second(device_figure, tiny_suite, tmp_path, device,
