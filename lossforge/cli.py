@@ -144,7 +144,7 @@ def _ranking_table(store: Any, n: int, pick: str) -> str:
     if not ranked:
         return "no loss was scored successfully yet"
     suite = suite_of(store)
-    problem = next(iter(suite.problems)) if len(suite.problems) == 1 else None
+    problem = suite.problem
     task_names = list(ranked[0].record.task_scores)
     confirmed = any(item.confirmed_fitness is not None for item in ranked)  # the column only where a run confirmed
     rows, first_known = [], None

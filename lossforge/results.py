@@ -255,6 +255,5 @@ def open_run(path: str | os.PathLike[str], pick: str = "best") -> Run:
         generations = [g.stats for g in store.generations()]
         config = dict(store.config().get("search", {}))
         screened = frozenset(s["key"] for s in store.screenings())
-    problem = next(iter(suite.problems)) if len(suite.problems) == 1 else None
     return Run(path, summary.status.value, float(summary.elapsed_s), suite.name, [t.name for t in suite.tasks],
-               config, ranked, candidates, generations, baselines, screened, problem, suite.probe_classes[0])
+               config, ranked, candidates, generations, baselines, screened, suite.problem, suite.probe_classes[0])

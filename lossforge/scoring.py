@@ -109,6 +109,11 @@ class Suite:
         """The problem types (``regression``/``classification``) of the suite's tasks."""
         return {t.task.problem for t in self.tasks}
 
+    @property
+    def problem(self) -> str | None:
+        """The suite's one problem type, or None when its tasks mix them."""
+        return next(iter(self.problems)) if len(self.problems) == 1 else None
+
     def with_seeds(self, seeds: Sequence[int]) -> "Suite":
         """The same suite scored on other seeds (validation re-scoring, ``--seeds``); it confirms on none
         (its seeds may be the confirm seeds)."""

@@ -105,9 +105,9 @@ def _known(tokens: Sequence[Any] | None, suite: Any) -> str | None:
     new loss or a suite of several problem types."""
     from lossforge.baselines import same_as_known
 
-    if not tokens or len(suite.problems) != 1:
+    if not tokens or suite.problem is None:
         return None
-    known = same_as_known(LossExpression(tuple(tokens)), next(iter(suite.problems)), suite.probe_classes[0])
+    known = same_as_known(LossExpression(tuple(tokens)), suite.problem, suite.probe_classes[0])
     return None if known is None else known[0]
 
 
