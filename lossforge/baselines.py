@@ -20,6 +20,7 @@ from torch import nn
 from lossforge.errors import ConfigError
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss, class_probabilities
+from lossforge.rejection import probe_inputs
 
 Problem = Literal["regression", "classification", "any"]
 
@@ -280,23 +281,16 @@ def baselines_for(problem: str) -> list[Baseline]:
     return [b for b in BASELINES.values() if b.problem in (problem, "any")]
 
 
-#: Samples of the fixed probe on which :func:`same_as_known` compares gradients.
-_SAME_PROBE = 256
 #: Largest relative residual of ``g - s * g_known`` (float64) at which two gradients count as one up to scale.
 _SAME_TOLERANCE = 1e-6
 
 
 def _probe_gradient(loss: nn.Module, problem: str, n_classes: int) -> torch.Tensor | None:
-    """The mean loss's gradient with respect to the prediction (logits for classification) on fixed float64
-    probe data, flattened; None where it is not finite."""
-    gen = torch.Generator().manual_seed(20261201)
-    if problem == "classification":
-        pred = torch.randn(_SAME_PROBE, n_classes, generator=gen, dtype=torch.float64) * 2
-        target = torch.randint(0, n_classes, (_SAME_PROBE,), generator=gen)
-    else:
-        pred = torch.randn(_SAME_PROBE, generator=gen, dtype=torch.float64) * 1.5
-        target = torch.randn(_SAME_PROBE, generator=gen, dtype=torch.float64) * 1.5
-    pred.requires_grad_(True)
+    """The mean loss's gradient with respect to the prediction (logits for classification) on the rejection
+    probe's data in float64, flattened; None where it is not finite."""
+    pred, target = probe_inputs(problem, n_classes)
+    pred = pred.double().requires_grad_(True)
+    target = target.double() if target.is_floating_point() else target
     try:
         loss.double()(pred, target).mean().backward()
     except (RuntimeError, ValueError, TypeError):
@@ -306,6 +300,11 @@ def _probe_gradient(loss: nn.Module, problem: str, n_classes: int) -> torch.Tens
 
 
 _KNOWN_GRADIENTS: dict[tuple[str, str, int], torch.Tensor | None] = {}
+
+
+def known_loss_text(name: str, scale: float) -> str:
+    """``gce`` or ``0.261 x gce``: what :func:`same_as_known` found, for tables and messages."""
+    return name if abs(scale - 1) < 1e-6 else f"{scale:.3g} x {name}"
 
 
 def same_as_known(expression: LossExpression, problem: str, n_classes: int = 10) -> tuple[str, float] | None:

@@ -136,7 +136,7 @@ def _drive(engine: Any, path: Path, callbacks: Sequence[Any] = ()) -> int:
 def _ranking_table(store: Any, n: int, pick: str) -> str:
     """The final ranking as a table; a loss that trains as a known one (up to a positive factor) says which,
     and a line below says so when it is rank 1."""
-    from lossforge.baselines import same_as_known
+    from lossforge.baselines import known_loss_text, same_as_known
     from lossforge.expression import LossExpression
     from lossforge.ranking import ranking, suite_of
 
@@ -153,21 +153,15 @@ def _ranking_table(store: Any, n: int, pick: str) -> str:
         per_task = [_fmt(rec.task_scores.get(t, {}).get("normalized")) for t in task_names]
         known = same_as_known(LossExpression(tuple(rec.tree)), problem, suite.probe_classes[0]) if problem else None
         first_known = known if rank == 1 else first_known
-        formula = f"{rec.formula}  (= {_times(known)})" if known else rec.formula
+        formula = f"{rec.formula}  (= {known_loss_text(*known)})" if known else rec.formula
         rows.append([rank, _fmt(rec.fitness), *([_fmt(item.confirmed_fitness)] if confirmed else []),
                      _fmt(item.validation_fitness), rec.complexity, *per_task, formula])
     table = _table(["rank", "fitness", *(["confirmed"] if confirmed else []), "validation", "complexity",
                     *task_names, "formula"], rows)
     if first_known:
-        table += (f"\nrank 1 trains as the known loss {_times(first_known)} (a positive factor, which Adam ignores, "
+        table += (f"\nrank 1 trains as the known loss {known_loss_text(*first_known)} (a positive factor, which Adam ignores, "
                   "and a constant term aside): the search found no loss that beat it")
     return table
-
-
-def _times(known: tuple[str, float]) -> str:
-    """``gce`` or ``0.261 x gce``: a known loss and the factor a loss's gradient is of its gradient."""
-    name, scale = known
-    return name if abs(scale - 1) < 1e-6 else f"{scale:.3g} x {name}"
 
 
 def _baseline_table(store: Any) -> str:

@@ -265,7 +265,6 @@ def _folding(head: type, fn: Callable[[float], float]) -> Callable[[sympy.Expr],
     def build(a: sympy.Expr) -> sympy.Expr:
         return sympy.Float(fn(float(a))) if a.is_number else head(a)
 
-    build.__name__ = head.__name__
     return build
 
 

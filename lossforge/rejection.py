@@ -52,6 +52,11 @@ def symbolic_reason(expression: LossExpression) -> str | None:
     return None
 
 
+def probe_inputs(problem: str, n_classes: int = PROBE_CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed probe's predictions (logits for classification) and targets; the same on every call."""
+    return _probe(problem, _probe_generator(), n_classes)
+
+
 def _probe(problem: str, gen: torch.Generator, n_classes: int = PROBE_CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
     if problem == "classification":
         logits = torch.randn(PROBE_SIZE, n_classes, generator=gen) * 2
@@ -98,8 +103,7 @@ def numeric_probe(expression: LossExpression, problem: str, n_classes: int = PRO
     to the prediction, and a short optimisation of the predictions themselves moving them to the targets.
     ``scale_free``: the fingerprint ignores a positive factor on the loss (module docstring)."""
     loss = SymbolicLoss(expression, reduction="none", problem=problem)
-    gen = _probe_generator()
-    pred0, target = _probe(problem, gen, n_classes)
+    pred0, target = probe_inputs(problem, n_classes)
     pred = pred0.clone().requires_grad_(True)
     values = loss(pred, target)
     if not torch.isfinite(values).all():

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lossforge.baselines import same_as_known
+from lossforge.baselines import known_loss_text, same_as_known
 from lossforge.errors import LossforgeError, RunError
 from lossforge.expression import LossExpression
 from lossforge.ranking import Ranked, baseline_rows, pareto_front, ranking, suite_of
@@ -92,11 +92,8 @@ class Loss:
                 "same_as": self.same_as(), "tasks": {t: _num(v) for t, v in self.tasks.items()}}
 
 
-def _same_as_text(same: dict[str, Any] | None) -> str | None:
-    """``"0.52 x gce"`` for a loss that trains as a known one (table cells), else None."""
-    if same is None:
-        return None
-    return same["name"] if abs(same["scale"] - 1) < 1e-6 else f"{same['scale']:.3g} x {same['name']}"
+def _known_text(same: dict[str, Any] | None) -> str | None:
+    return None if same is None else known_loss_text(same["name"], same["scale"])
 
 
 def _frame(records: list[dict[str, Any]], as_frame: bool | None) -> Any:
@@ -167,7 +164,7 @@ class Run:
             row = {"rank": loss.rank, "formula": loss.formula, "fitness": _num(loss.fitness),
                    "validation_fitness": _num(loss.validation_fitness),
                    "confirmed_fitness": _num(loss.confirmed_fitness), "complexity": loss.complexity,
-                   "generation": loss.generation, "key": loss.key, "same_as": _same_as_text(loss.same_as())}
+                   "generation": loss.generation, "key": loss.key, "same_as": _known_text(loss.same_as())}
             row.update({t: loss.tasks.get(t) for t in self.tasks})
             rows.append(row)
         return _frame(rows, as_frame)
