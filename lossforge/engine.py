@@ -302,6 +302,7 @@ class Search:
             per_model = max(t.task.memory_per_model() for t in suite.tasks)
             chunk_size = memory_chunk_cap(config.chunk_size, per_model, executor.n_workers)
         self._gen = 0  # the generation whose candidates the evaluator is recording
+        self.finished = False  # set by resume() for a run that already finished
         #: fidelity of the first rung (None: every new loss is scored in full at once)
         self.screen = None if config.screening >= 1.0 else Fidelity((suite.seeds[0],), config.screening)
         self.evaluator = Evaluator(
@@ -358,11 +359,16 @@ class Search:
         left byte-identical. Endpoints (``scheduler``) come from the caller, never from the file."""
         with RunStore.open(run_path, readonly=True) as peek:
             stored_setup(peek, scheduler, dask_workers)
+            finished = peek.summary().status is RunStatus.FINISHED
         store = RunStore.open(run_path, lease=True)
         try:
             config, space, suite, last = stored_setup(store, scheduler, dask_workers)
             search = cls(store, config, space, suite, quiet, stream, callbacks)
-            search._load_cache()
+            # a finished run has nothing left to do: run() only reports it, so neither its status nor its
+            # elapsed time changes, and its losses are not probed again
+            search.finished = finished
+            if not finished:
+                search._load_cache()
         except BaseException:
             store.close()
             raise
@@ -704,6 +710,11 @@ class Search:
 
     def run(self) -> list[CandidateRecord]:
         """Run (or continue) the search to its last generation; returns the hall of fame records."""
+        if self.finished:
+            reporter = make_progress(1, 1, quiet=self.quiet, stream=self.stream)
+            reporter.message(f"run {self.store.path} already finished: nothing to continue")
+            reporter.close()
+            return self.hall_of_fame()
         self.store.set_status(RunStatus.RUNNING)
         last = self.store.last_generation()
         start_gen = 0 if last is None else last.gen + 1

@@ -124,3 +124,23 @@ def test_resume_takes_the_scheduler_from_the_command_line(base_run, tmp_path, mo
     assert seen == {"kind": "dask", "address": "tcp://127.0.0.1:8786"}  # never the stored 203.0.113.1
     with RunStore.open(path, readonly=True) as store:
         assert store.lease_holder() is None and store.summary().status.value == "finished"
+
+
+def test_resuming_a_finished_run_changes_nothing(base_run, tmp_path):
+    path = tmp_path / "run.db"
+    shutil.copy(base_run, path)
+    with RunStore.open(path, readonly=True) as store:
+        before = store.summary()
+        candidates = [(c.key, c.generation, c.status) for c in store.candidates()]
+        best_before = [r.key for r in store.best(10)]
+    code, out, err = _cli("resume", str(path))
+    assert code == 0, err
+    assert "already finished: nothing to continue" in out
+    with RunStore.open(path, readonly=True) as store:
+        after = store.summary()
+        assert [(c.key, c.generation, c.status) for c in store.candidates()] == candidates
+        assert store.lease_holder() is None
+    # neither its status nor its clock moves: a finished run's elapsed time is what the search took
+    assert (after.status, after.elapsed_s, after.updated_at) == (before.status, before.elapsed_s, before.updated_at)
+    best = lossforge.resume(path, quiet=True)
+    assert best and [r.key for r in best] == best_before

@@ -93,7 +93,7 @@ def test_each_channel_keeps_its_pixels_and_its_own_scale(tmp_path: Path) -> None
     ([0, SIDE], "image_shape must be [height, width] or [channels, height, width] of positive integers"),
     ([1, 2, SIDE, SIDE], "image_shape must be [height, width] or [channels, height, width]"),
     ([36, 2, 1], "more than 16: it is [channels, height, width] with the channels first; for channel-last rows "
-                 "give [1, 36, 2]"),
+                 "give image_shape [1, 36, 2]"),
 ])
 def test_a_bad_image_shape_is_one_clear_error(tmp_path: Path, shape: list[int], message: str) -> None:
     csv = image_csv(tmp_path, 2, n=30)

@@ -50,14 +50,19 @@ from lossforge.tasks.data import (
 MODELS = ("mlp", "cnn")
 
 
+def channel_major_advice(channel_last: Sequence[int]) -> str:
+    """How to give rows that are ``[H, W, C]`` images: the ``image_shape`` lossforge reads, and the layout."""
+    h, w, c = channel_last
+    return f"give image_shape [{c}, {h}, {w}] and store each row channel by channel"
+
+
 def channel_last_hint(shape: Sequence[int] | None) -> str:
     """A clause for messages about a ``[C, H, W]`` image shape that looks channel-last (``[H, W, C]`` with C at
     most 4 and below H); empty otherwise. Both readings are valid shapes, so only the user can say which."""
     if shape is None or len(shape) != 3 or not (shape[2] <= 4 and shape[2] < shape[0]):
         return ""
     c, h, w = shape
-    return (f"; if the rows are {c}x{h} images with {w} channels, give image_shape [{w}, {c}, {h}] and store "
-            "each row channel by channel")
+    return f"; if the rows are {c}x{h} images with {w} channels, {channel_major_advice(shape)}"
 OPTIMIZERS = ("adam", "sgd")
 
 

@@ -38,7 +38,7 @@ from lossforge.errors import ConfigError
 from lossforge.tasks.adversarial import AdversarialTask
 from lossforge.tasks.augment import AugmentTask
 from lossforge.tasks.base import LossLike, Task, TaskResult, check_int_list, require
-from lossforge.tasks.classification import Classifier, ClassificationTask
+from lossforge.tasks.classification import Classifier, ClassificationTask, channel_major_advice
 from lossforge.tasks.data import Split, add_label_noise, generator, stratified_split
 from lossforge.tasks.regularize import RegularizeTask
 from lossforge.tasks.torchfunc import StackedModule, build_one, is_factory_path
@@ -55,8 +55,7 @@ def check_image_shape(value: Any) -> tuple[int, ...]:
     require(ok, f"image_shape must be [height, width] or [channels, height, width] of positive integers "
                 f"(CLI --image-shape 28,28 or 3x32x32); got {value!r}")
     if len(value) == 3 and value[0] > MAX_CHANNELS:
-        hint = (f"; for channel-last rows give [{value[2]}, {value[0]}, {value[1]}] and store each row channel by "
-                "channel" if value[2] <= MAX_CHANNELS else "")
+        hint = f"; for channel-last rows {channel_major_advice(value)}" if value[2] <= MAX_CHANNELS else ""
         require(False, f"image_shape {list(value)} has {value[0]} channels, more than {MAX_CHANNELS}: it is "
                        f"[channels, height, width] with the channels first{hint}")
     return tuple(value)
