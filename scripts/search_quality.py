@@ -220,6 +220,14 @@ def compare(runs: list[dict[str, Any]], validation: dict[str, Any], transfer: di
                               "difference": median - transfer[best]["tasks"][task]["mean"]}
         out["transfer"] = {"per_task": per_task,
                            "mean_difference": statistics.fmean(v["difference"] for v in per_task.values())}
+        # the per-task best is chosen after the fact, task by task; a user picks one loss beforehand, and the
+        # evidence they have is the search suite's validation: so also the baseline that wins there
+        for task, v in per_task.items():
+            v["validation_best_score"] = transfer[best_base]["tasks"][task]["mean"]
+            v["difference_to_validation_best"] = v["median_gp"] - v["validation_best_score"]
+        out["transfer"]["validation_best_baseline"] = best_base
+        out["transfer"]["mean_difference_to_validation_best"] = statistics.fmean(
+            v["difference_to_validation_best"] for v in per_task.values())
     for key, table in (("gp_vs_random", validation), ("gp_vs_random_transfer", transfer)):
         versus = gp_vs_random(runs, table)
         if versus:
@@ -285,7 +293,9 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"Beat cross-entropy by ≥ 5 accuracy points on `{g['task']}`: {g['at_least_5_points']} of {g['of']}.")
     if "transfer" in c:
         lines.append(f"Transfer: median found loss minus the best baseline of each task, mean over tasks: "
-                     f"{c['transfer']['mean_difference']:+.4f}.")
+                     f"{c['transfer']['mean_difference']:+.4f}; minus the best baseline on validation "
+                     f"({c['transfer']['validation_best_baseline']}): "
+                     f"{c['transfer']['mean_difference_to_validation_best']:+.4f}.")
     for key, where in (("gp_vs_random", "validation"), ("gp_vs_random_transfer", "transfer")):
         if key in c:
             r = c[key]
@@ -294,10 +304,14 @@ def markdown(result: dict[str, Any]) -> str:
                          f"± {_num(r['ci'])} (t-test p = {_num(r['t_test_p'])}, sign test p = "
                          f"{_num(r['sign_test_p'])}).")
     if "transfer" in c:
-        lines += ["", "Transfer per task (accuracy): the median found loss against the best baseline of that task:",
-                  "", "| task | median found loss | best baseline | its accuracy | difference |", "|---|---|---|---|---|"]
+        chosen = c["transfer"]["validation_best_baseline"]
+        lines += ["", "Transfer per task (accuracy): the median found loss against the best baseline of that task "
+                  f"and against {chosen}, the best baseline on validation:", "",
+                  f"| task | median found loss | best baseline | its accuracy | difference | {chosen} | difference |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {task} | {v['median_gp']:.4f} | {v['best_baseline']} | {v['best_baseline_score']:.4f} "
-                  f"| {v['difference']:+.4f} |" for task, v in c["transfer"]["per_task"].items()]
+                  f"| {v['difference']:+.4f} | {v['validation_best_score']:.4f} "
+                  f"| {v['difference_to_validation_best']:+.4f} |" for task, v in c["transfer"]["per_task"].items()]
     return "\n".join(lines) + "\n"
 
 

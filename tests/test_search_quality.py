@@ -62,7 +62,26 @@ def test_gp_and_random_are_compared_on_the_transfer_fitness_too(quality) -> None
                              "transfer_suite": "t", "runs": [], "report_s": 0.0, "random_control": None,
                              "validation": validation, "transfer": transfer, "comparison": c})
     assert "(transfer fitness): GP better on 1, random on 1" in text
-    assert "| label_noise | 0.7450 | cross_entropy | 0.7000 | +0.0450 |" in text
+    assert "| label_noise | 0.7450 | cross_entropy | 0.7000 | +0.0450 | 0.7000 | +0.0450 |" in text
+
+
+def test_transfer_is_also_compared_with_the_baseline_a_user_would_pick(quality) -> None:
+    # the per-task best is picked after the fact (here mae on one task, anl_ce on the other); a user picks
+    # one loss beforehand, by the search suite's validation: there anl_ce leads
+    runs = [{"arm": "gp", "seed": s} for s in range(3)]
+    validation = {"mae": _entry([0.9], [0.7]), "anl_ce": _entry([1.1], [0.8]),
+                  **{f"gp s{s}": _entry([1.0], [0.8]) for s in range(3)}}
+
+    def two_tasks(a: float, b: float) -> dict:
+        return {"fitness": 1.0, "ci": 0.0, "per_seed": [1.0], "tasks": {"t1": {"mean": a}, "t2": {"mean": b}}}
+
+    transfer = {"mae": two_tasks(0.90, 0.50), "anl_ce": two_tasks(0.70, 0.80),
+                "gp s0": two_tasks(0.60, 0.70), "gp s1": two_tasks(0.80, 0.90), "gp s2": two_tasks(0.75, 0.60)}
+    t = quality.compare(runs, validation, transfer, ["mae", "anl_ce"])["transfer"]
+    assert t["validation_best_baseline"] == "anl_ce"
+    assert t["per_task"]["t1"]["best_baseline"] == "mae" and t["per_task"]["t2"]["best_baseline"] == "anl_ce"
+    assert t["mean_difference"] == pytest.approx(((0.75 - 0.90) + (0.70 - 0.80)) / 2)
+    assert t["mean_difference_to_validation_best"] == pytest.approx(((0.75 - 0.70) + (0.70 - 0.80)) / 2)
 
 
 def test_dry_run_writes_the_table_and_every_number(quality, tmp_path: Path, capsys) -> None:
