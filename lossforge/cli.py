@@ -138,7 +138,7 @@ def _ranking_table(store: Any, n: int, pick: str) -> str:
     and a line below says so when it is rank 1."""
     from lossforge.baselines import known_loss_text, same_as_known
     from lossforge.expression import LossExpression
-    from lossforge.ranking import ranking, suite_of
+    from lossforge.ranking import against_best_baseline, ranking, suite_of
 
     ranked = ranking(store, n, pick)
     if not ranked:
@@ -161,7 +161,20 @@ def _ranking_table(store: Any, n: int, pick: str) -> str:
     if first_known:
         table += (f"\nrank 1 trains as the known loss {known_loss_text(*first_known)} (a positive factor, which Adam ignores, "
                   "and a constant term aside): the search found no loss that beat it")
+    elif (versus := against_best_baseline(store, ranked[0].record.key)) is not None:
+        table += "\n" + versus_line(versus)
     return table
+
+
+def versus_line(versus: Any) -> str:
+    """What rank 1's validation says against the best baseline's, and how far to trust it."""
+    c, name = versus.comparison, versus.baseline
+    line = (f"rank 1 against {name}, the best baseline on the validation seeds: {c.mean_diff:+.4f} ± "
+            f"{c.ci_half_width:.4f} (95% CI, paired over {c.n} seeds, p = {c.p_value:.3g}); ")
+    if c.mean_diff > 0 and c.p_value < 0.05:
+        return line + "these seeds also chose rank 1 among the validated losses, which flatters it"
+    return line + (f"no clear gain over {name} (these seeds also chose rank 1, which flatters it): `lossforge "
+                   f"score` it beside {name} on other data or more seeds before you prefer it")
 
 
 def _baseline_table(store: Any) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from lossforge.errors import ConfigError, LossforgeError, RunError
 from lossforge.scoring import Suite, join_seeds, suite_from_spec
+from lossforge.stats import PairedComparison, paired_comparison
 from lossforge.runfile import CandidateRecord, RunStore
 
 PICKS = ("best", "knee", "ratio")
@@ -98,17 +99,59 @@ def _fitness(suite: Suite, raw: Any, reference: Any, store: RunStore, what: str)
                        f"({type(exc).__name__}: {str(exc)[:80]})") from None
 
 
-def validation_fitness(store: RunStore) -> dict[str, float]:
-    """Validation fitness of every validated loss key (empty when the run was not validated)."""
+def _validations(store: RunStore) -> tuple[Suite, dict[str, Any], dict[str, Any] | None]:
+    """The run's suite, its validation results and the reference loss's among them (None: not validated)."""
     done = store.validations()
     suite = suite_of(store)
     try:
         reference = {t.name: done[f"baseline:{t.task.reference}"][t.name] for t in suite.tasks}
     except KeyError:
-        return {}
+        return suite, done, None
     except TypeError:
         raise RunError(f"run file {store.path}: the stored validation of the reference loss is malformed") from None
+    return suite, done, reference
+
+
+def validation_fitness(store: RunStore) -> dict[str, float]:
+    """Validation fitness of every validated loss key (empty when the run was not validated)."""
+    suite, done, reference = _validations(store)
+    if reference is None:
+        return {}
     return {name: _fitness(suite, raw, reference, store, f"validation {name[:40]}")[0] for name, raw in done.items()}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # JSON has no inf or NaN
+
+
+@dataclass(frozen=True)
+class Versus:
+    """A validated loss against the baseline with the best validation fitness, paired over the validation seeds."""
+
+    baseline: str
+    comparison: PairedComparison
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.comparison
+        return {"baseline": self.baseline, "mean_diff": c.mean_diff, "ci": _finite(c.ci_half_width),
+                "p": _finite(c.p_value), "seeds": c.n}
+
+
+def against_best_baseline(store: RunStore, key: str) -> Versus | None:
+    """Loss ``key`` against the best baseline on the validation seeds (each seed's fitness paired with the
+    baseline's on that seed); None when the loss or no baseline was validated."""
+    suite, done, reference = _validations(store)
+    baselines = [name for name in done if name.startswith("baseline:")]
+    if reference is None or key not in done or not baselines:
+        return None
+    # the best by validation fitness, as the baseline table shows it
+    best = max(baselines, key=lambda name: (_fitness(suite, done[name], reference, store, name[:40])[0], name))
+    try:
+        a, b = (suite.fitness_per_seed(done[name], reference) for name in (key, best))
+    except _SHAPE_ERRORS as exc:
+        raise RunError(f"run file {store.path}: the stored validation scores are malformed "
+                       f"({type(exc).__name__})") from None
+    return Versus(best.removeprefix("baseline:"), paired_comparison(a, b))
 
 
 def confirmed_fitness(store: RunStore, records: Sequence[CandidateRecord] | None = None) -> dict[str, float]:

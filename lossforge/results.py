@@ -27,7 +27,7 @@ from typing import Any
 from lossforge.baselines import known_loss_text, same_as_known
 from lossforge.errors import LossforgeError, RunError
 from lossforge.expression import LossExpression
-from lossforge.ranking import Ranked, baseline_rows, pareto_front, ranking, suite_of
+from lossforge.ranking import Ranked, Versus, against_best_baseline, baseline_rows, pareto_front, ranking, suite_of
 from lossforge.runfile import CandidateRecord, CandidateState, RunStore
 
 __all__ = ["Loss", "Run", "open_run"]
@@ -57,6 +57,8 @@ class Loss:
     #: the run's problem type (None for a suite of several) and class count, for :meth:`same_as`
     problem: str | None = None
     n_classes: int = 10
+    #: rank 1 against the best baseline on the validation seeds (None: not validated)
+    versus: Versus | None = None
 
     def same_as(self) -> dict[str, Any] | None:
         """``{"name", "scale"}`` when this loss trains as a known loss up to a positive factor and a constant
@@ -133,6 +135,8 @@ class Run:
     #: the suite's problem type (None when it has several) and first class count
     problem: str | None = None
     n_classes: int = 10
+    #: rank 1 against the best baseline on the validation seeds (None: not validated)
+    versus: Versus | None = None
 
     # ------------------------------------------------------------------------------------------ losses
     def losses(self, n: int | None = None) -> list[Loss]:
@@ -220,14 +224,16 @@ class Run:
     def to_dict(self, top: int = 10) -> dict[str, Any]:
         """The document of ``lossforge show --json``: run, status, elapsed_s, proposed, screened, trained,
         hall_of_fame (rank, formula, tokens, fitness, validation_fitness, confirmed_fitness, complexity, same_as,
-        tasks) and baselines
-        (name, fitness, validation_fitness, tasks)."""
+        tasks), rank1_vs_best_baseline (baseline, mean_diff, ci, p, seeds: rank 1's validation fitness paired
+        with the best baseline's; null when not validated) and baselines (name, fitness, validation_fitness,
+        tasks)."""
         counts = self.counts()
         return {
             "run": str(self.path), "status": self.status, "elapsed_s": round(self.elapsed_s, 3),
             "suite": self.suite, "generations": len(self._generations),
             "proposed": counts["proposed"], "screened": counts["screened"], "trained": counts["trained"],
             "hall_of_fame": [loss.record() for loss in self.losses(top)],
+            "rank1_vs_best_baseline": None if self.versus is None else self.versus.to_dict(),
             "baselines": [{"name": b["name"], "fitness": _num(b["fitness"]),
                            "validation_fitness": _num(b["validation_fitness"]),
                            "tasks": {t: _num(v) for t, v in b["tasks"].items()}} for b in self._baselines],
@@ -252,5 +258,7 @@ def open_run(path: str | os.PathLike[str], pick: str = "best") -> Run:
         generations = [g.stats for g in store.generations()]
         config = dict(store.config().get("search", {}))
         screened = frozenset(s["key"] for s in store.screenings())
+        versus = against_best_baseline(store, ranked[0].record.key) if ranked else None
     return Run(path, summary.status.value, float(summary.elapsed_s), suite.name, [t.name for t in suite.tasks],
-               config, ranked, candidates, generations, baselines, screened, suite.problem, suite.probe_classes[0])
+               config, ranked, candidates, generations, baselines, screened, suite.problem, suite.probe_classes[0],
+               versus)

@@ -147,3 +147,35 @@ def test_show_says_when_the_search_returned_a_known_loss(tmp_path: Path, capsys:
     assert f"rank 1 trains as the known loss {first}" in out
     frame = lossforge.open_run(path).hall_of_fame(as_frame=False)
     assert frame[0]["same_as"] == first
+
+
+def test_show_pairs_rank_1_with_the_best_baseline_on_the_validation_seeds(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    suite = tmp_path / "two.toml"  # two validation seeds, so the comparison has a spread
+    suite.write_text(Path(TINY).read_text().replace("validation_seeds = [7]", "validation_seeds = [7, 8]"))
+    path = tmp_path / "v.db"
+    lossforge.search(run=path, suite=str(suite), population=6, generations=1, jobs=1, executor="serial", quiet=True)
+    assert main(["show", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    versus = doc["rank1_vs_best_baseline"]
+    validated = [b for b in doc["baselines"] if b["validation_fitness"] is not None]
+    assert versus["baseline"] == max(validated, key=lambda b: b["validation_fitness"])["name"]
+    assert versus["seeds"] == 2 and versus["ci"] is not None and 0 <= versus["p"] <= 1
+    # the same difference as scoring rank 1 and that baseline afresh on the validation seeds
+    rows = lossforge.score([lossforge.LossExpression(doc["hall_of_fame"][0]["tokens"])], str(suite), seeds=[7, 8],
+                           baselines=[versus["baseline"]], jobs=1)
+    assert versus["mean_diff"] == pytest.approx(sum(rows[0].per_seed) / 2 - sum(rows[1].per_seed) / 2, rel=1e-9)
+
+
+def test_the_line_under_the_ranking_says_when_a_gain_is_not_clear() -> None:
+    from lossforge.cli import versus_line
+    from lossforge.ranking import Versus
+    from lossforge.stats import paired_comparison
+
+    clear = versus_line(Versus("gce", paired_comparison([1.10, 1.11, 1.12, 1.10], [1.05, 1.05, 1.06, 1.04])))
+    assert clear.startswith("rank 1 against gce, the best baseline on the validation seeds: +0.0575") \
+        and "no clear gain" not in clear and "flatters it" in clear
+    noisy = versus_line(Versus("gce", paired_comparison([1.10, 1.00, 1.12, 1.02], [1.05, 1.05, 1.06, 1.04])))
+    assert "no clear gain over gce" in noisy and "`lossforge score` it beside gce" in noisy
+    worse = versus_line(Versus("gce", paired_comparison([1.00, 1.01, 1.00, 1.02], [1.05, 1.05, 1.06, 1.04])))
+    assert "no clear gain over gce" in worse  # significantly worse is no gain either
