@@ -57,8 +57,6 @@ class Loss:
     #: the run's problem type (None for a suite of several) and class count, for :meth:`same_as`
     problem: str | None = None
     n_classes: int = 10
-    #: rank 1 against the best baseline on the validation seeds (None: not validated)
-    versus: Versus | None = None
 
     def same_as(self) -> dict[str, Any] | None:
         """``{"name", "scale"}`` when this loss trains as a known loss up to a positive factor and a constant
