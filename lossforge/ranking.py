@@ -148,10 +148,11 @@ def against_best_baseline(store: RunStore, key: str) -> Versus | None:
     best = max(baselines, key=lambda name: (_fitness(suite, done[name], reference, store, name[:40])[0], name))
     try:
         a, b = (suite.fitness_per_seed(done[name], reference) for name in (key, best))
+        comparison = paired_comparison(a, b)  # ValueError when a tampered file gives them different seed counts
     except _SHAPE_ERRORS as exc:
         raise RunError(f"run file {store.path}: the stored validation scores are malformed "
                        f"({type(exc).__name__})") from None
-    return Versus(best.removeprefix("baseline:"), paired_comparison(a, b))
+    return Versus(best.removeprefix("baseline:"), comparison)
 
 
 def confirmed_fitness(store: RunStore, records: Sequence[CandidateRecord] | None = None) -> dict[str, float]:
