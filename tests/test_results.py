@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,17 @@ def test_show_pairs_rank_1_with_the_best_baseline_on_the_validation_seeds(tmp_pa
     rows = lossforge.score([lossforge.LossExpression(doc["hall_of_fame"][0]["tokens"])], str(suite), seeds=[7, 8],
                            baselines=[versus["baseline"]], jobs=1)
     assert versus["mean_diff"] == pytest.approx(sum(rows[0].per_seed) / 2 - sum(rows[1].per_seed) / 2, rel=1e-9)
+    # a tampered file whose rank 1 lost a validation seed: one clear line, exit 2, no traceback
+    key = lossforge.LossExpression(doc["hall_of_fame"][0]["tokens"]).key
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE results SET task_scores = json_remove(task_scores, '$.outliers.scores[1]', "
+                 "'$.outliers.seeds[1]', '$.outliers.statuses[1]', '$.outliers.reasons[1]') "
+                 "WHERE kind = 'validation' AND fidelity = 'full' AND name = ?", (key,))
+    conn.commit()
+    conn.close()
+    assert main(["show", str(path), "--json"]) == 2  # --json pairs rank 1 whether or not it is a known loss
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "malformed" in err and "Traceback" not in err
 
 
 def test_the_line_under_the_ranking_says_when_a_gain_is_not_clear() -> None:
