@@ -159,7 +159,9 @@ def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite
         suite = _data_suite(data, {"suite": suite, **data_options})["suite"]
     elif data_options:
         raise ConfigError(f"{sorted(data_options)} describe own data; pass data=... too")
-    suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    if not isinstance(suite, Suite):  # a Suite object was set up (and its notices shown) by the caller
+        suite = load_suite(suite)
+        suite.warn_notices()
     if seeds is not None:
         if not seeds:
             raise ConfigError("seeds must not be empty")

@@ -575,8 +575,10 @@ def _data_suite(args: argparse.Namespace) -> str | None:
 
 def cmd_suite_init(args: argparse.Namespace) -> int:
     from lossforge.data_suite import suite_toml, write_text_atomic
+    from lossforge.scoring import suite_from_spec
 
     spec = _data_spec(args)
+    suite_from_spec(spec).warn_notices()  # setting up is when a doubtful image shape is worth a word
     report = _noise_report(spec)
     header = "A suite on your data, written by `lossforge suite init`: edit it, then\n" \
              f"lossforge search --suite {args.output}"

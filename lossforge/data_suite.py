@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -131,22 +130,9 @@ def data_suite_spec(data: str | Path, target: str = "y", *, problem: str = "clas
         task = make_task(TYPES[procedure], **settings)
         stored = {k: v for k, v in task.settings().items() if v is not None}
         tasks.append({"name": procedure, "type": TYPES[procedure], "settings": stored})
-    _warn_channel_last(image_shape)
     stem = name or Path(data).stem
     return {"name": f"data-{stem}", "description": f"your data {Path(data).name}: {', '.join(t['name'] for t in tasks)}",
             "seeds": list(seeds), "validation_seeds": list(validation_seeds), "tasks": tasks}
-
-
-def _warn_channel_last(shape: Sequence[int] | None) -> None:
-    """A notice when a valid ``[C, H, W]`` looks channel-last: it trains either way, so only the user can tell
-    which layout the rows have."""
-    from lossforge.tasks.classification import channel_last_hint
-
-    hint = channel_last_hint(shape)
-    if shape is not None and hint:
-        c, h, w = shape
-        warnings.warn(f"lossforge: image_shape {list(shape)} reads each row as {c} channels of {h}x{w} pixels{hint}",
-                      UserWarning, stacklevel=3)
 
 
 def parse_regression_noise(text: str | None) -> dict[str, Any]:

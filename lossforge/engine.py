@@ -162,6 +162,10 @@ class SearchConfig:
             (0.0 <= self.crossover_prob <= 1.0, "crossover_prob must be in [0, 1]"),
             (0.0 <= self.mutation_prob <= 1.0, "mutation_prob must be in [0, 1]"),
             (self.elite >= 0, "elite must be >= 0"),
+            # with no slot left for a child nothing is ever bred (and the budget cannot buy a generation)
+            (self.selection != "tournament" or (self.population or DEFAULT_POPULATION) > self.elite,
+             f"population ({self.population}) must be larger than elite ({self.elite}), or no child is ever bred; "
+             "raise --population or lower --elite"),
             (self.hall_of_fame >= 1, "hall_of_fame must be at least 1"),
             (self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}"),
             (self.variation in VARIATIONS, f"variation must be one of {', '.join(VARIATIONS)}"),
@@ -331,6 +335,7 @@ class Search:
         """Start a new run file at ``run_path`` (refuses an existing one)."""
         space = load_space(config.space)
         suite = load_suite(config.suite)
+        suite.warn_notices()
         config = config.resolved(suite)
         document = {"search": config.to_dict(), "space": space.to_dict(), "suite": suite.spec()}
         store = RunStore.create(run_path, document, suite_hash=suite.hash, lease=True)

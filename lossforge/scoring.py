@@ -20,6 +20,7 @@ import os
 import time
 import tomllib
 import traceback
+import warnings
 import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -103,6 +104,12 @@ class Suite:
     def scale_free(self) -> bool:
         """Whether every task trains alike with ``c * L`` and ``L`` for ``c > 0`` (:attr:`Task.scale_free`)."""
         return all(t.task.scale_free for t in self.tasks)
+
+    def warn_notices(self) -> None:
+        """Each distinct notice of the suite's tasks (:meth:`Task.notices`) once, as a ``lossforge:`` warning
+        (the command line prints it as one line)."""
+        for notice in dict.fromkeys(n for t in self.tasks for n in t.task.notices()):
+            warnings.warn(f"lossforge: {notice}", UserWarning, stacklevel=3)
 
     @property
     def problems(self) -> set[str]:

@@ -145,6 +145,11 @@ def test_budget_derives_generations_explicit_values_win_and_nonsense_is_refused(
     for bad in (dict(budget=0), dict(budget=float("nan")), dict(time_s=-1), dict(screening=0), dict(promote=2)):
         with pytest.raises(lossforge.ConfigError):
             SearchConfig(**bad)
+    # elites fill every slot: no child, and a generation that costs nothing (the budget once divided by it)
+    with pytest.raises(lossforge.ConfigError, match=r"population \(2\) must be larger than elite \(2\)"):
+        SearchConfig(population=2)
+    assert SearchConfig(population=2, elite=1).resolved(suite).generations >= 1
+    assert SearchConfig(population=2, selection="nsga2").resolved(suite).generations >= 1  # no elites there
 
 
 def test_a_suite_names_its_default_budget_outside_its_hash(tmp_path: Path, tiny_suite: str) -> None:

@@ -12,7 +12,8 @@ import torch
 from lossforge.cli import main
 from lossforge.data_suite import data_suite_spec, parse_image_shape
 from lossforge.errors import ConfigError
-from lossforge.scoring import load_suite, make_loss
+from lossforge.engine import Search, SearchConfig
+from lossforge.scoring import load_suite, make_loss, suite_from_spec
 from lossforge.tasks.registry import make_task
 from lossforge.tasks.user import UserClassificationTask, fit_range
 
@@ -194,11 +195,28 @@ def test_a_shape_that_looks_channel_last_gets_a_hint(tmp_path: Path) -> None:
     rgba = tmp_path / "rgba.csv"  # 8x8 RGBA rows read as [8, 8, 4]: two pooling blocks fit, so only a notice
     frame = pd.DataFrame(np.random.default_rng(0).uniform(0, 255, (60, 256)), columns=[f"p{i}" for i in range(256)])
     frame.assign(label=np.arange(60) % 3).to_csv(rgba, index=False)
-    with pytest.warns(UserWarning, match=r"give image_shape \[4, 8, 8\] and store each row channel by channel"):
-        data_suite_spec(rgba, "label", noise="symmetric:0.2", image_shape="8,8,4", model="cnn")
+    notice = r"lossforge: image_shape \[8, 8, 4\] reads each row as 8 channels of 8x4 pixels; .*" \
+             r"give image_shape \[4, 8, 8\] and store each row channel by channel"
+    spec = data_suite_spec(rgba, "label", noise="symmetric:0.2", image_shape="8,8,4", model="cnn",
+                           procedures="plain,augment")
+    with pytest.warns(UserWarning, match=notice) as caught:
+        suite_from_spec(spec).warn_notices()
+    assert len(caught) == 1  # one notice, though two tasks read the rows so
+    with pytest.warns(UserWarning, match=notice):  # and when suite init writes such a suite
+        assert main(["suite", "init", "--data", str(rgba), "--target", "label", "--noise", "symmetric:0.2",
+                     "--image-shape", "8,8,4", "--model", "cnn", "-o", str(tmp_path / "init.toml")]) == 0
+    # a suite file written by hand gets it too, when a search starts on it
+    toml = tmp_path / "mine.toml"
+    toml.write_text(f'name = "mine"\nseeds = [0]\n\n[[tasks]]\nname = "rgba"\ntype = "user"\n'
+                    f'settings = {{ dataset = "{rgba}", target = "label", image_shape = [8, 8, 4], model = "cnn", '
+                    f'noise = "symmetric", noise_rate = 0.2 }}\n')
+    with pytest.warns(UserWarning, match=notice):
+        Search.create(tmp_path / "run.db", SearchConfig(suite=str(toml), population=4, jobs=1,
+                                                        executor="serial")).close()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the channel-first reading of the same rows is not questioned
-        data_suite_spec(csv, "label", noise="symmetric:0.2", image_shape="2,6,6", model="cnn")
+        suite_from_spec(data_suite_spec(csv, "label", noise="symmetric:0.2", image_shape="2,6,6",
+                                        model="cnn")).warn_notices()
 
 
 def test_the_cli_prints_a_lossforge_notice_as_one_line() -> None:

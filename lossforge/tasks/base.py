@@ -77,6 +77,12 @@ class Task:
         penalty), which divides each step by the gradient's own scale. False unless a task says so."""
         return False
 
+    def notices(self) -> list[str]:
+        """What a user should check in this task's settings: valid, so nothing refuses them, but perhaps not
+        what was meant (e.g. an image shape that reads like channel-last). Printed when a search or a
+        scoring starts; empty for most tasks."""
+        return []
+
     def memory_per_model(self) -> int:
         """Estimated bytes each model of a batch adds while this task trains and tests it (activations
         kept for the backward pass or the test pass, weights, gradients, optimiser state); 0 when

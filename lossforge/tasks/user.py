@@ -38,7 +38,7 @@ from lossforge.errors import ConfigError
 from lossforge.tasks.adversarial import AdversarialTask
 from lossforge.tasks.augment import AugmentTask
 from lossforge.tasks.base import LossLike, Task, TaskResult, check_int_list, require
-from lossforge.tasks.classification import Classifier, ClassificationTask, channel_major_advice
+from lossforge.tasks.classification import Classifier, ClassificationTask, channel_last_hint, channel_major_advice
 from lossforge.tasks.data import Split, add_label_noise, generator, stratified_split
 from lossforge.tasks.regularize import RegularizeTask
 from lossforge.tasks.torchfunc import StackedModule, build_one, is_factory_path
@@ -105,6 +105,13 @@ class UserData:
     flips: tuple[tuple[str, str], ...] = ()
     image_shape: tuple[int, ...] | None = None
     data_hash: str = ""
+
+    def notices(self) -> list[str]:
+        hint = channel_last_hint(self.image_shape)
+        if not hint:
+            return []
+        c, h, w = self.image_shape
+        return [f"image_shape {list(self.image_shape)} reads each row as {c} channels of {h}x{w} pixels{hint}"]
 
     def check_data(self) -> None:
         require(isinstance(self.dataset, str) and self.dataset != "",
