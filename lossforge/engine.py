@@ -164,7 +164,8 @@ class SearchConfig:
             (self.elite >= 0, "elite must be >= 0"),
             # with no slot left for a child nothing is ever bred (and the budget cannot buy a generation)
             (self.selection != "tournament" or (self.population or DEFAULT_POPULATION) > self.elite,
-             f"population ({self.population}) must be larger than elite ({self.elite}), or no child is ever bred; "
+             f"population ({self.population or DEFAULT_POPULATION}) must be larger than elite ({self.elite}), or no "
+             "child is ever bred; "
              "raise --population or lower --elite"),
             (self.hall_of_fame >= 1, "hall_of_fame must be at least 1"),
             (self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}"),
