@@ -165,8 +165,7 @@ class SearchConfig:
             # with no slot left for a child nothing is ever bred (and the budget cannot buy a generation)
             (self.selection != "tournament" or (self.population or DEFAULT_POPULATION) > self.elite,
              f"population ({self.population or DEFAULT_POPULATION}) must be larger than elite ({self.elite}), or no "
-             "child is ever bred; "
-             "raise --population or lower --elite"),
+             "child is ever bred; raise --population or lower --elite"),
             (self.hall_of_fame >= 1, "hall_of_fame must be at least 1"),
             (self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}"),
             (self.variation in VARIATIONS, f"variation must be one of {', '.join(VARIATIONS)}"),

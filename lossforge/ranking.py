@@ -120,21 +120,12 @@ def validation_fitness(store: RunStore) -> dict[str, float]:
     return {name: _fitness(suite, raw, reference, store, f"validation {name[:40]}")[0] for name, raw in done.items()}
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None  # JSON has no inf or NaN
-
-
 @dataclass(frozen=True)
 class Versus:
     """A validated loss against the baseline with the best validation fitness, paired over the validation seeds."""
 
     baseline: str
     comparison: PairedComparison
-
-    def to_dict(self) -> dict[str, Any]:
-        c = self.comparison
-        return {"baseline": self.baseline, "mean_diff": c.mean_diff, "ci": _finite(c.ci_half_width),
-                "p": _finite(c.p_value), "seeds": c.n}
 
 
 def against_best_baseline(store: RunStore, key: str) -> Versus | None:

@@ -231,11 +231,17 @@ class Run:
             "suite": self.suite, "generations": len(self._generations),
             "proposed": counts["proposed"], "screened": counts["screened"], "trained": counts["trained"],
             "hall_of_fame": [loss.record() for loss in self.losses(top)],
-            "rank1_vs_best_baseline": None if self.versus is None else self.versus.to_dict(),
+            "rank1_vs_best_baseline": None if self.versus is None else _versus_record(self.versus),
             "baselines": [{"name": b["name"], "fitness": _num(b["fitness"]),
                            "validation_fitness": _num(b["validation_fitness"]),
                            "tasks": {t: _num(v) for t, v in b["tasks"].items()}} for b in self._baselines],
         }
+
+
+def _versus_record(versus: Versus) -> dict[str, Any]:
+    c = versus.comparison
+    return {"baseline": versus.baseline, "mean_diff": _num(c.mean_diff), "ci": _num(c.ci_half_width),
+            "p": _num(c.p_value), "seeds": c.n}
 
 
 def open_run(path: str | os.PathLike[str], pick: str = "best") -> Run:
