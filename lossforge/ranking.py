@@ -16,7 +16,9 @@ the rest by search fitness. ``pick`` chooses the loss a user takes away:
 
 from __future__ import annotations
 
+import json
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -199,13 +201,24 @@ def ranking(store: RunStore, n: int | None = None, pick: str = "best", validatio
     return ranked if n is None else ranked[:n]
 
 
+# One parse per open store and stored suite: `show` asks for it once per figure, and each parse of an
+# own-data suite re-hashes its data file. Keyed by the store object, so a fresh open parses afresh.
+_SUITES: "weakref.WeakKeyDictionary[RunStore, tuple[str, Suite]]" = weakref.WeakKeyDictionary()
+
+
 def suite_of(store: RunStore) -> Suite:
     """The suite stored in a run file (RunError when it is missing or malformed)."""
     spec = store.config().get("suite")
     if not isinstance(spec, dict):
         raise RunError(f"run file {store.path}: the stored suite is not a table")
+    text = json.dumps(spec, sort_keys=True)
+    cached = _SUITES.get(store)
+    if cached is not None and cached[0] == text:
+        return cached[1]
     try:
-        return suite_from_spec(spec, f"{store.path} (stored suite)")
+        suite = suite_from_spec(spec, f"{store.path} (stored suite)")
+        _SUITES[store] = (text, suite)
+        return suite
     except LossforgeError as exc:
         raise RunError(f"run file {store.path}: the stored suite is invalid: {exc}") from None
     except _SHAPE_ERRORS as exc:

@@ -191,3 +191,24 @@ def test_the_line_under_the_ranking_says_when_a_gain_is_not_clear() -> None:
     assert "no clear gain over gce" in noisy and "`lossforge score` it beside gce" in noisy
     worse = versus_line(Versus("gce", paired_comparison([1.00, 1.01, 1.00, 1.02], [1.05, 1.05, 1.06, 1.04])))
     assert "no clear gain over gce" in worse  # significantly worse is no gain either
+
+
+def test_show_parses_the_stored_suite_once_per_open_run_file(run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    import lossforge.ranking as ranking_module
+
+    calls = []
+    real = ranking_module.suite_from_spec
+    monkeypatch.setattr(ranking_module, "suite_from_spec", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for args in (["show", str(run)], ["show", str(run), "--json"]):
+        calls.clear()
+        assert main(args) == 0
+        assert len(calls) == 1, args  # the ranking, baselines and rank-1 comparison share one parse
+    capsys.readouterr()
+    # a store whose stored suite changed (as a second process would write it) is parsed again, not served stale
+    with RunStore.open(run, readonly=True) as store:
+        calls.clear()
+        first = ranking_module.suite_of(store)
+        spec = store.config()["suite"]
+        monkeypatch.setattr(store, "config", lambda: {"suite": {**spec, "description": "edited"}})
+        assert ranking_module.suite_of(store) is not first and len(calls) == 2
