@@ -123,3 +123,23 @@ def test_a_stopped_study_picks_up_where_it_stopped(quality, tmp_path: Path, monk
     result = json.loads((tmp_path / "search_quality.json").read_text())
     assert [r["formula"] for r in result["runs"]] == [r["formula"] for r in recorded]
     assert (tmp_path / "tuned.json").exists()
+
+
+def test_the_transfer_bar_is_measured_for_each_baseline_and_without_the_winners_curse(quality) -> None:
+    def task(scores: list[float]) -> dict:
+        return {"mean": sum(scores) / len(scores), "scores": scores}
+
+    # two tasks, three seeds; a wins t1, b wins t2, c is middling on both
+    transfer = {"a": {"tasks": {"t1": task([0.9, 0.8, 0.7]), "t2": task([0.5, 0.5, 0.5])}},
+                "b": {"tasks": {"t1": task([0.6, 0.6, 0.6]), "t2": task([0.7, 0.9, 0.8])}},
+                "c": {"tasks": {"t1": task([0.72, 0.7, 0.9]), "t2": task([0.6, 0.6, 0.6])}}}
+    bar = quality.transfer_bar(transfer, ["a", "b", "c"])
+    gaps = bar["single_baseline_gaps"]
+    assert gaps["a"] == pytest.approx(((0.8 - 0.7733) + (0.5 - 0.8)) / 2, abs=1e-4)  # against the best of b, c
+    assert gaps["c"] == pytest.approx(((0.7733 - 0.8) + (0.6 - 0.8)) / 2, abs=1e-4)
+    # t1, seed 0 left out: on seeds 1 and 2 c (1.6) beats a (1.5), so c's 0.72 counts; seed 1: c (1.62) over
+    # a (1.6), 0.7; seed 2: a (1.7) over c (1.42), 0.7. After the fact the bar is a's 0.8; held out, lower
+    assert bar["held_out_best"]["t1"] == pytest.approx((0.72 + 0.7 + 0.7) / 3)
+    assert bar["held_out_best"]["t2"] == pytest.approx(0.8)  # b wins every split
+    del transfer["c"]["tasks"]["t1"]["scores"]
+    assert "held_out_best" not in quality.transfer_bar(transfer, ["a", "b", "c"])  # no per-seed scores, no figure
