@@ -595,7 +595,10 @@ class Search:
         generation = last.gen if last is not None else 0
         self.reporter.phase("tuning", None)
         tuned_from = {r.reason for r in self.store.candidates() if r.reason and r.reason.startswith("tuned from")}
-        for rec in self.store.best(self.config.tune_top):
+        # the best losses of the search itself: after a resume the variants tuned before the stop rank among
+        # them, and tuning those again (in place of the losses they push out) would change the run
+        searched = [r for r in self.store.best(10**9) if not (r.reason or "").startswith("tuned from")]
+        for rec in searched[: self.config.tune_top]:
             expr = LossExpression(rec.tree)
             if not expr.constants or any(rec.key in r for r in tuned_from):
                 continue

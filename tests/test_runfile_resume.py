@@ -144,3 +144,29 @@ def test_resuming_a_finished_run_changes_nothing(base_run, tmp_path):
     assert (after.status, after.elapsed_s, after.updated_at) == (before.status, before.elapsed_s, before.updated_at)
     best = lossforge.resume(path, quiet=True)
     assert best and [r.key for r in best] == best_before
+
+
+def test_a_run_stopped_after_tuning_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """A run stopped between constant tuning and the confirm/validation rungs tunes nothing more on resume:
+    the tuned variants (now among the best) are not tuned again, so the run ends as if never stopped."""
+    settings = dict(suite=str(Path(__file__).parent / "data" / "tiny_suite.toml"), population=8, generations=2,
+                    jobs=1, executor="serial", quiet=True, tune_top=3, seed=5, validate_top=2)
+    lossforge.search(run=tmp_path / "whole.db", **settings)
+
+    def stop(self):
+        raise KeyboardInterrupt  # Ctrl-C (or a kill) once tuning is recorded
+
+    with monkeypatch.context() as m:
+        m.setattr(engine.Search, "confirm", stop)
+        with pytest.raises(KeyboardInterrupt):
+            lossforge.search(run=tmp_path / "stopped.db", **settings)
+    lossforge.resume(tmp_path / "stopped.db", quiet=True)
+
+    def tuned(path):
+        with RunStore.open(path, readonly=True) as store:
+            return (sorted((c.key, c.reason) for c in store.candidates() if (c.reason or "").startswith("tuned")),
+                    [(r.key, r.fitness) for r in store.best(10)], store.validations())
+
+    whole = tuned(tmp_path / "whole.db")
+    assert whole[0], "tuning improved nothing: the test needs a seed where it does"
+    assert tuned(tmp_path / "stopped.db") == whole
