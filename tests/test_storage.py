@@ -73,6 +73,25 @@ def test_create_refuses_an_existing_file_and_leaves_it_identical(tmp_path):
     assert path2.read_bytes() == b"not mine"
 
 
+def test_create_refuses_a_stale_wal_left_by_a_removed_run(tmp_path):
+    """A killed writer leaves ``-wal``/``-shm``; a user who then deletes the run file and starts a run of the
+    same name must not get the dead run's pages: SQLite applies a WAL it finds beside a new file to it."""
+    path = tmp_path / "run.db"
+    store = make_run(path)
+    for gen in range(3):
+        store.record_candidate(gen, TREE)
+    stale = {suffix: Path(f"{path}{suffix}").read_bytes() for suffix in ("-wal", "-shm")}  # as at a kill -9
+    store.close()
+    path.unlink()
+    for suffix, data in stale.items():
+        Path(f"{path}{suffix}").write_bytes(data)
+    assert stale["-wal"], "the writer left no WAL to replay: the test needs one"
+    before = snapshot(tmp_path)
+    with pytest.raises(RunError, match=r"run\.db-wal"):
+        RunStore.create(path, {"other": True})
+    assert snapshot(tmp_path) == before  # nothing removed, nothing created
+
+
 def test_create_rejects_config_that_is_not_json(tmp_path):
     with pytest.raises(ValueError, match="plain JSON"):
         RunStore.create(tmp_path / "run.db", {"fn": object()})

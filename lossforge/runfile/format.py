@@ -229,6 +229,12 @@ def create_file(path: Path, config: Mapping[str, Any], suite_hash: str | None) -
     """
     if path.exists():
         raise _exists_error(path)
+    # a journal left by a removed run file (a killed writer, then `rm RUN.db`) would be applied by SQLite
+    # to the new file under the same name, mixing the dead run's pages into the new run
+    stale = [p for p in (Path(f"{path}-wal"), Path(f"{path}-journal")) if p.exists()]
+    if stale:
+        raise RunError(f"{stale[0]} is left from a removed run file; SQLite would apply it to a new run at "
+                       f"{path}: remove {path}-wal, {path}-shm and {path}-journal, or choose another name")
     if not isinstance(config, Mapping):
         raise ValueError(f"config must be a mapping (a JSON object), got {type(config).__name__}")
     document = dumps(dict(config), "config")
