@@ -43,6 +43,28 @@ def _is_run_or_side_file(path: Path) -> bool:
     return False
 
 
+def _special_kind(path: Path) -> str | None:
+    """What ``path`` is when it is a FIFO, socket or device (never replaced: as root, ``os.replace`` would
+    swap ``/dev/null`` for a regular file), or a symlink to one (``/dev/stdout``), else None."""
+    for look in (path.lstat, path.stat):
+        try:
+            mode = look().st_mode
+        except OSError:
+            continue
+        if stat.S_ISFIFO(mode):
+            return "a FIFO"
+        if stat.S_ISSOCK(mode):
+            return "a socket"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            return "a device"
+    return None
+
+
+def _special_error(path: Path, kind: str) -> ExportError:
+    return ExportError(f"refusing to write {path}: it is {kind}, not a file (--force replaces files only); "
+                       "name a regular file")
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -63,6 +85,9 @@ def check_output(path: str | os.PathLike[str], *, force: bool = False,
                           "choose another output file")
     if path.is_dir():
         raise ExportError(f"cannot write {path}: it is a directory; name a file")
+    kind = _special_kind(path)
+    if kind is not None:
+        raise _special_error(path, kind)
     if (path.exists() or path.is_symlink()) and not force:
         raise ExportError(f"{path} already exists; pass --force to replace it or choose another output file")
     return path
@@ -98,6 +123,9 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, replace: bo
     payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     if _is_run_or_side_file(path):  # the last guard, whoever calls
         raise ExportError(f"refusing to write {path}: it is a run file; choose another output file")
+    kind = _special_kind(path)
+    if kind is not None:
+        raise _special_error(path, kind)
     directory = path.parent
     tmp = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:

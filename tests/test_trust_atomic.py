@@ -72,6 +72,32 @@ def test_export_refuses_an_existing_file_unless_forced(runs: Path, tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir()] == ["loss.json"]  # no temporary file left
 
 
+def test_force_never_replaces_a_device_fifo_or_socket(runs: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """``-o /dev/null --force`` run as root would swap the device node for a regular file: --force replaces
+    files, never a FIFO, a socket or a device (here a FIFO, which any user can make)."""
+    import socket
+    import stat
+
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "s.json"))
+    try:
+        os.symlink(fifo, tmp_path / "link.json")
+        for out, kind in ((fifo, "FIFO"), (tmp_path / "s.json", "socket"), (tmp_path / "link.json", "FIFO")):
+            code, err = _cli(capsys, "export", str(runs / "victim.db"), "--format", "json", "-o", str(out), "--force")
+            assert code == 2 and kind in _one_line(err), err
+        assert stat.S_ISFIFO(fifo.lstat().st_mode) and stat.S_ISSOCK((tmp_path / "s.json").lstat().st_mode)
+        assert (tmp_path / "link.json").is_symlink()
+        with pytest.raises(ExportError, match="FIFO"):
+            write_atomic(fifo, "{}")
+        assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    finally:
+        sock.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "pipe.json", "s.json"]
+
+
 def _failing_write(monkeypatch: pytest.MonkeyPatch, after: int = 100) -> None:
     """os.write as on a disk that fills up after ``after`` bytes: a partial write, then ENOSPC."""
     real = os.write
