@@ -90,6 +90,9 @@ def test_create_refuses_a_stale_wal_left_by_a_removed_run(tmp_path):
     with pytest.raises(RunError, match=r"run\.db-wal"):
         RunStore.create(path, {"other": True})
     assert snapshot(tmp_path) == before  # nothing removed, nothing created
+    Path(f"{path}-wal").write_bytes(b"")  # an empty journal holds nothing to apply
+    with RunStore.create(path, {"other": True}) as store:
+        assert store.config() == {"other": True} and store.candidates() == []
 
 
 def test_create_rejects_config_that_is_not_json(tmp_path):

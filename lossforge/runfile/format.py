@@ -231,7 +231,7 @@ def create_file(path: Path, config: Mapping[str, Any], suite_hash: str | None) -
         raise _exists_error(path)
     # a journal left by a removed run file (a killed writer, then `rm RUN.db`) would be applied by SQLite
     # to the new file under the same name, mixing the dead run's pages into the new run
-    stale = [p for p in (Path(f"{path}-wal"), Path(f"{path}-journal")) if p.exists()]
+    stale = [p for p in (Path(f"{path}-wal"), Path(f"{path}-journal")) if p.exists() and p.stat().st_size > 0]
     if stale:
         raise RunError(f"{stale[0]} is left from a removed run file; SQLite would apply it to a new run at "
                        f"{path}: remove {path}-wal, {path}-shm and {path}-journal, or choose another name")
