@@ -95,6 +95,38 @@ def test_create_refuses_a_stale_wal_left_by_a_removed_run(tmp_path):
         assert store.config() == {"other": True} and store.candidates() == []
 
 
+def test_create_checkpoints_before_linking_and_leaves_no_side_files(tmp_path, monkeypatch):
+    """The checkpoint of the builder's last close can fail unseen (a disk with room for the WAL but not for
+    the pages: ``create`` then linked a file without its tables into place, said it was corrupted and left
+    ``.NAME.creating-wal``/``-shm`` behind). Here another connection keeps that close from checkpointing."""
+    from lossforge.runfile import format as runformat
+
+    real, held = runformat.connect, []
+
+    class Builder:  # the builder's connection, with a reader reading while it closes: close skips the checkpoint
+        def __init__(self, path, **kw):
+            self.path, self.conn = path, real(path, **kw)
+
+        def __getattr__(self, name):
+            return getattr(self.conn, name)
+
+        def close(self):
+            reader = real(self.path, readonly=True)
+            reader.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            self.conn.close()
+            reader.close()
+            held.append(reader)
+
+    def connect(path, **kw):
+        return Builder(path, **kw) if path.name.endswith(".creating") else real(path, **kw)
+
+    monkeypatch.setattr(runformat, "connect", connect)
+    path = tmp_path / "run.db"
+    with RunStore.create(path, CONFIG, suite_hash="suite-a") as store:
+        assert store.config() == CONFIG
+    assert held and sorted(p.name for p in tmp_path.iterdir()) == ["run.db"]
+
+
 def test_create_rejects_config_that_is_not_json(tmp_path):
     with pytest.raises(ValueError, match="plain JSON"):
         RunStore.create(tmp_path / "run.db", {"fn": object()})

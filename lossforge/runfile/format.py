@@ -263,12 +263,16 @@ def create_file(path: Path, config: Mapping[str, Any], suite_hash: str | None) -
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
+            # into the file now, where an error is seen: the checkpoint of close() fails silently (a full
+            # disk), which would link a file without its tables into place and leave the WAL beside ``tmp``
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
-            conn.close()  # the last close checkpoints the WAL into the file and removes -wal/-shm
+            conn.close()  # the last close removes -wal/-shm
         os.link(tmp, path)
     except FileExistsError:
         raise _exists_error(path) from None
     except (OSError, sqlite3.Error) as exc:
         raise RunError(f"cannot create run file {path}: {exc}") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        for leftover in (tmp, *(Path(f"{tmp}{suffix}") for suffix in ("-wal", "-shm", "-journal"))):
+            leftover.unlink(missing_ok=True)
