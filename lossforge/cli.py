@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
@@ -11,9 +12,15 @@ from typing import Any, Callable, NoReturn, Sequence
 from lossforge.errors import LossforgeError
 
 
+def _printable(text: str) -> str:
+    """``text`` with control and other unprintable characters escaped (``\\x1b``, ``\\n``): a file or run
+    name is shown, never obeyed by the terminal, and a message stays one line."""
+    return "".join(repr(ch)[1:-1] if unicodedata.category(ch)[0] == "C" else ch for ch in text)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"lossforge: error: {message} (see `{self.prog} --help`)\n")
+        sys.stderr.write(f"lossforge: error: {_printable(message)} (see `{self.prog} --help`)\n")
         raise SystemExit(2)
 
     def _parse_optional(self, arg_string: str) -> Any:
@@ -463,14 +470,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
             continue
         fitness = top[0].record.fitness if top else None
         validation = top[0].validation_fitness if top else None
-        rows.append([r.name, r.status.value, r.generations, r.candidates, _fmt(fitness), _fmt(validation),
+        rows.append([_printable(r.name), r.status.value, r.generations, r.candidates, _fmt(fitness), _fmt(validation),
                      f"{r.elapsed_s:.0f}s"])
     print(_table(["run", "status", "generations", "candidates", "fitness", "validation", "time"], rows) if rows
           else f"no runs in {args.runs_dir}")
     if rows:
         print("(fitness and validation of rank 1 as `lossforge show` ranks it: by validation fitness when measured)")
     for line in skipped:
-        print(f"skipped {line}", file=sys.stderr)
+        print(f"skipped {_printable(line)}", file=sys.stderr)
     return 0
 
 
@@ -797,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except LossforgeError as exc:
-        sys.stderr.write(f"lossforge: error: {exc}\n")
+        sys.stderr.write(f"lossforge: error: {_printable(str(exc))}\n")
         return 2
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         sys.stderr.close()

@@ -57,3 +57,19 @@ def test_dashboard_bad_target_and_port_are_one_line(tmp_path: Path, capsys: pyte
     assert err.startswith("lossforge: error: ") and err.count("\n") == 1
     assert main(["dashboard", str(tmp_path), "--port", "99999"]) == 2
     assert "port" in capsys.readouterr().err
+
+
+def test_names_with_control_characters_are_shown_escaped_never_obeyed(runs_dir: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    hostile = tmp_path / "runs"
+    hostile.mkdir()
+    (hostile / "ok\x1b[2Jname\nrow.db").write_bytes((runs_dir / "a.db").read_bytes())  # a good run, odd name
+    (hostile / "bad\x1b]0;title\x07.db").write_bytes(b"not a run file")
+    assert main(["--runs-dir", str(hostile), "runs"]) == 0
+    captured = capsys.readouterr()
+    assert "\x1b" not in captured.out + captured.err and "\x07" not in captured.err
+    assert "ok\\x1b[2Jname\\nrow" in captured.out  # the row is there, its name escaped on one line
+    assert len(captured.err.strip().splitlines()) == 1 and "bad\\x1b]0;title\\x07.db" in captured.err
+    assert main(["show", str(hostile / "missing\x1b[31m.db")]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "missing\\x1b[31m" in err and len(err.strip().splitlines()) == 1
