@@ -59,6 +59,10 @@ CLI_CASES = [
     (["search", "--suite", "no_such_suite"], "unknown suite"),
     (["search", "--run", "bad name!"], "run name"),
     (["search", "--selection", "random"], "invalid choice"),
+    (["search", "--hall-of-fame", "99999999999999999999"], "hall_of_fame must be at most"),  # was OverflowError
+    (["search", "--tune-top", "99999999999999999999"], "tune_top must be at most"),
+    (["search", "--chunk-timeout", "inf"], "chunk_timeout_s"),  # was accepted, then every chunk failed
+    (["search", "--chunk-timeout", "1e10"], "chunk_timeout_s"),
     (["show", "no_such_run"], "no run"),
     (["show", "saved", "--top", "0"], "at least 1"),
     (["export", "no_such_run", "--format", "py"], "no run"),
@@ -175,6 +179,33 @@ def test_missing_export_file(tmp_path: Path) -> None:
 def test_bad_search_config(bad: dict) -> None:
     with pytest.raises(ConfigError):
         SearchConfig(**bad)
+
+
+@pytest.mark.parametrize("bad", [dict(population="10"), dict(population=2.5), dict(seed="x"), dict(seed=1.5),
+                                 dict(budget="100"), dict(screening="0.5"), dict(niche=None), dict(suite=None),
+                                 dict(device=3), dict(chunk_timeout_s="5"), dict(seed_baselines="no"),
+                                 dict(chunk_size=2.0), dict(elite=True)])
+def test_wrong_types_in_a_search_config_are_config_errors(bad: dict) -> None:
+    """A setting of the wrong type names the setting (was a bare TypeError, or accepted: population 2.5)."""
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        SearchConfig(**bad)
+
+
+def test_search_config_takes_paths_and_numpy_numbers(tmp_path: Path) -> None:
+    import numpy as np
+
+    config = SearchConfig(suite=tmp_path / "s.toml", space=Path("x.toml"), population=np.int64(8),
+                          budget=np.float32(10.0))
+    assert config.suite == str(tmp_path / "s.toml") and config.space == "x.toml"
+    assert type(config.population) is int and type(config.budget) is float
+    json.dumps(config.to_dict())  # what the run file stores
+
+
+def test_api_search_takes_a_path_as_suite(tmp_path: Path, tiny_suite: str) -> None:
+    """The signature says ``suite: str | Path``; a Path failed storing the config (ValueError: not JSON)."""
+    hof = lossforge.search(run=tmp_path / "p.db", suite=Path(tiny_suite), population=4, generations=1, jobs=1,
+                           quiet=True, validate_top=0, confirm_top=0)
+    assert hof and (tmp_path / "p.db").exists()
 
 
 def test_api_errors_are_typed(tmp_path: Path) -> None:
