@@ -17,6 +17,7 @@ from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
 from lossforge.scoring import ChunkResult, Suite, load_suite
 from lossforge.runfile import CandidateRecord, resolve_run_path
+from lossforge.training import check_device
 
 _D = SearchConfig  # the defaults below are SearchConfig's own (its fields are the one place they are written)
 
@@ -155,6 +156,7 @@ def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite
     Returns one row per loss, then one per baseline; fitness is relative to each task's reference loss.
     ``data`` and ``data_options``: your own data instead of ``suite`` (see :func:`_data_suite`).
     """
+    check_device(device)
     if data is not None:
         suite = _data_suite(data, {"suite": suite, **data_options})["suite"]
     elif data_options:

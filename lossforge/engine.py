@@ -33,6 +33,7 @@ from lossforge.rejection import rejection_reason
 from lossforge.scoring import ChunkResult, Suite, load_suite, suite_from_spec
 from lossforge.selection import SELECTIONS, VARIATIONS, make_selection, make_variation
 from lossforge.space import SearchSpace, load_space
+from lossforge.training import check_device
 from lossforge.runfile import CONFIRM_FIDELITY, CandidateRecord, CandidateState, RunStatus, RunStore
 
 __all__ = ["SearchConfig", "Search", "GenerationStats", "Evaluation", "Callback"]
@@ -188,6 +189,7 @@ class SearchConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        check_device(self.device, here=self.scheduler is None)  # a remote cluster's workers hold the GPU
 
     def _check_types(self) -> None:
         """Each field of its annotated type (a path for ``space``/``suite`` becomes its text), ints within

@@ -63,6 +63,8 @@ CLI_CASES = [
     (["search", "--tune-top", "99999999999999999999"], "tune_top must be at most"),
     (["search", "--chunk-timeout", "inf"], "chunk_timeout_s"),  # was accepted, then every chunk failed
     (["search", "--chunk-timeout", "1e10"], "chunk_timeout_s"),
+    (["search", "--device", "gpu"], "'gpu' is not a torch device"),  # was "reference loss mse failed ..."
+    (["search", "--device", ""], "'' is not a torch device"),
     (["show", "no_such_run"], "no run"),
     (["show", "saved", "--top", "0"], "at least 1"),
     (["export", "no_such_run", "--format", "py"], "no run"),
@@ -206,6 +208,17 @@ def test_api_search_takes_a_path_as_suite(tmp_path: Path, tiny_suite: str) -> No
     hof = lossforge.search(run=tmp_path / "p.db", suite=Path(tiny_suite), population=4, generations=1, jobs=1,
                            quiet=True, validate_top=0, confirm_top=0)
     assert hof and (tmp_path / "p.db").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_an_absent_gpu_is_named_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, err = _cli(capsys, tmp_path, "search", "--device", "cuda", "--run", "r")
+    assert code == 2 and "sees no CUDA GPU" in err and "--device cpu" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r.db").exists()
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        lossforge.score(["(y_pred - y_real)**2"], device="cuda")
+    # a remote cluster's workers hold the GPU: this machine need not have one
+    assert SearchConfig(device="cuda", executor="dask", scheduler="tcp://10.0.0.5:8786").device == "cuda"
 
 
 def test_api_errors_are_typed(tmp_path: Path) -> None:
