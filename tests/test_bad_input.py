@@ -246,6 +246,17 @@ def test_api_errors_are_typed(tmp_path: Path) -> None:
         ('seeds = [0]\n', "at least one"),
         ('seeds = [0]\n[[tasks]]\nname = "a"\ntype = "regression"\nweight = -1\n', "weight"),
         ("seeds = [0\n", "cannot read suite"),
+        # accepted before: a repeated seed (CI ± 0 from one training counted twice), validation on a search
+        # seed (not held out), an infinite weight (every fitness nan), names that are no names
+        ('seeds = [0, 0]\n[[tasks]]\nname = "a"\ntype = "regression"\n', "'seeds' repeats a seed"),
+        ('seeds = [0]\nvalidation_seeds = [5, 5]\n[[tasks]]\nname = "a"\ntype = "regression"\n',
+         "'validation_seeds' repeats"),
+        ('seeds = [0, 1]\nvalidation_seeds = [1, 9]\n[[tasks]]\nname = "a"\ntype = "regression"\n',
+         r"seed\(s\) \[1\] are both search and validation seeds"),
+        ('seeds = [0]\nvalidation_seeds = [true]\n[[tasks]]\nname = "a"\ntype = "regression"\n', "validation_seeds"),
+        ('seeds = [0]\n[[tasks]]\nname = "a"\ntype = "regression"\nweight = inf\n', "finite"),
+        ('name = 3\nseeds = [0]\n[[tasks]]\nname = "a"\ntype = "regression"\n', "'name' must be a non-empty string"),
+        ('seeds = [0]\n[[tasks]]\nname = ""\ntype = "regression"\n', r"tasks\[0\]: 'name' must be"),
     ],
 )
 def test_bad_suite_files(tmp_path: Path, body: str, fragment: str) -> None:
