@@ -183,6 +183,8 @@ def join_seeds(*raws: dict[str, Any]) -> dict[str, Any]:
 
 
 def _suite_path(spec: str | Path) -> Path:
+    if not str(spec).strip():  # Path("") is the current directory: "cannot read suite: Is a directory: '.'"
+        raise ConfigError("no suite given (an empty name); give a bundled suite name such as regression or a .toml path")
     path = Path(spec)
     if path.suffix == ".toml" or path.exists():
         return path

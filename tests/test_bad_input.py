@@ -277,12 +277,33 @@ def test_bad_space_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         ('name = "x"\noperators = ["plus"]\n', "missing field"),
         (base.format(ops='"plus"', low=1.0), "operators"),
         ("not toml at all = = =", "not valid TOML"),
+        # were a TypeError traceback, or accepted (a typo ignored, a repeated operator drawn twice as often)
+        (base.format(ops='[["plus"]]', low=1.0), "names (strings), got ['plus']"),
+        (base.format(ops='["plus", "plus", "minus"]', low=1.0), "operators lists a name twice"),
+        (base.replace('["y_pred", "y_real"]', '["y_pred", "y_pred"]').format(ops='["plus"]', low=1.0),
+         "terminals.variables lists a name twice"),
+        (base.format(ops='["plus"]', low=1.0) + "max_node = 9\n", "unknown field(s) limits.max_node"),
+        ("operatorz = 1\n" + base.format(ops='["plus"]', low=1.0), "unknown field(s) operatorz"),
+        (base.replace("digits = 2", "digits = 2, hi = 3").format(ops='["plus"]', low=1.0),
+         "terminals.constants.hi"),
     ]
     path = tmp_path / "space.toml"
     for text, fragment in cases:
         path.write_text(text)
         code, err = _cli(capsys, tmp_path, "space", str(path))
         assert code == 2 and fragment in err and str(path) in err, (text, err)
+
+
+@pytest.mark.parametrize("args, fragment", [(["space", ""], "no search space given"),
+                                            (["search", "--space", "", "--run", "r"], "no search space given"),
+                                            (["baselines", "--suite", ""], "no suite given"),
+                                            (["search", "--suite", " ", "--run", "r"], "no suite given")])
+def test_an_empty_space_or_suite_name_says_so(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                              fragment: str) -> None:
+    """An empty name was read as the current directory: "cannot read: Is a directory: '.'"."""
+    code, err = _cli(capsys, tmp_path, *args)
+    assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r.db").exists()
 
 
 def test_ctrl_c_stops_cleanly_keeps_everything_and_says_how_to_resume(tmp_path: Path, tiny_suite: str) -> None:
