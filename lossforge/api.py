@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
-from lossforge.baselines import DISPLAY_BASELINES
+from lossforge.baselines import DISPLAY_BASELINES, get_baseline
 from lossforge.engine import Callback, Search, SearchConfig
 from lossforge.errors import ConfigError
 from lossforge.evaluator import FULL, Evaluator, rejected_result
@@ -167,9 +167,18 @@ def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite
     if seeds is not None:
         if not seeds:
             raise ConfigError("seeds must not be empty")
+        if len(set(seeds)) != len(seeds):  # one training counted twice shrank the CI to ± 0
+            raise ConfigError(f"seeds repeat a seed ({sorted(seeds)}); list each seed once")
         suite = suite.with_seeds(seeds)
+    # one expression or baseline name alone is one, not a sequence of characters (baselines="mse" scored m, s, e)
+    if isinstance(expressions, (str, LossExpression)):
+        expressions = [expressions]
+    if isinstance(baselines, str):
+        baselines = [baselines]
     exprs = [LossExpression.coerce(e) for e in expressions]
     names = list(baselines) if baselines is not None else []
+    for name in names:
+        get_baseline(name)  # an unknown name fails before any training (was a row of fitness 0.0)
     if baselines is None:
         for problem in sorted(suite.problems):
             names += [n for n in DISPLAY_BASELINES[problem] if n not in names]

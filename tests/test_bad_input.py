@@ -331,3 +331,42 @@ def test_ctrl_c_stops_cleanly_keeps_everything_and_says_how_to_resume(tmp_path: 
     with RunStore.open(run, readonly=True) as store:
         assert store.summary().status.value == "interrupted"
         assert store.candidates()  # everything scored before Ctrl-C is kept
+
+
+@pytest.mark.parametrize("tokens", [3, None, 2.5, ["plus", "y_pred", 10**400], ["plus", "y_pred", -10**5000]])
+def test_tokens_that_are_no_list_or_hold_a_huge_integer_are_expression_errors(tokens: object) -> None:
+    """LossExpression(3) was a TypeError ('int' object is not iterable), a constant 10**400 an OverflowError."""
+    for build in (lossforge.LossExpression, lossforge.SymbolicLoss):
+        with pytest.raises(ExpressionError):
+            build(tokens)  # type: ignore[arg-type]
+
+
+def test_api_score_refuses_unknown_baselines_and_repeated_seeds_before_training(tiny_suite: str) -> None:
+    """An unknown baseline name was scored as a row of fitness 0.0; seeds [0, 0] trained seed 0 twice and
+    reported a CI of ± 0."""
+    with pytest.raises(ConfigError, match="unknown baseline 'nope'"):
+        lossforge.score(["(y_pred - y_real)**2"], suite=tiny_suite, baselines=["mse", "nope"])
+    with pytest.raises(ConfigError, match="repeat a seed"):
+        lossforge.score(["(y_pred - y_real)**2"], suite=tiny_suite, seeds=[0, 0], baselines=["mse"])
+    with pytest.raises(ExpressionError):
+        lossforge.score([3], suite=tiny_suite, baselines=[])  # type: ignore[list-item]
+
+
+def test_api_score_takes_one_expression_and_one_baseline_as_strings(tiny_suite: str) -> None:
+    """A string was iterated: "(y_pred..." parsed as "(" alone, baselines="mse" scored 'm', 's' and 'e'."""
+    rows = lossforge.score("(y_pred - y_real)**2", suite=tiny_suite, baselines="mse", jobs=1)
+    assert [r.name for r in rows] == ["loss 1", "mse"]
+    assert rows[0].per_seed == rows[1].per_seed  # the same loss as mse, trained alike
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["score", "y_pred - y_real", "--seeds", "2", "--validation"], "not allowed with argument --seeds"),
+    (["baselines", "--seeds", "2", "--validation"], "not allowed with argument --seeds"),
+    (["score", "y_pred - y_real", "--seeds", "99999999999999999999"], "at most 1000"),  # was OverflowError
+    (["baselines", "--seeds", "1000000000"], "at most 1000"),
+])
+def test_score_and_baselines_seed_options(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                          fragment: str) -> None:
+    """``--seeds N | --validation``: given both, score used the validation seeds and baselines --seeds."""
+    code, err = _cli(capsys, tmp_path, *args)
+    assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
