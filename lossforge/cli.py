@@ -574,9 +574,14 @@ def _data_suite(args: argparse.Namespace) -> str | None:
 
 
 def cmd_suite_init(args: argparse.Namespace) -> int:
+    from lossforge.atomic import check_output
+    from lossforge.data_sources import is_data_path
     from lossforge.data_suite import suite_toml, write_text_atomic
     from lossforge.scoring import suite_from_spec
 
+    # -o over the data it reads (even with --force) replaced the user's data file with the suite
+    inputs = [p for p in (args.data, args.test_data, args.trusted) if p and is_data_path(p)]
+    check_output(args.output, force=args.force, inputs=inputs)
     spec = _data_spec(args)
     suite_from_spec(spec).warn_notices()  # setting up is when a doubtful image shape is worth a word
     report = _noise_report(spec)

@@ -249,6 +249,21 @@ def test_suite_init_writes_an_editable_suite_that_loads_and_round_trips(tmp_path
     assert rc == 2 and "exists" in err
 
 
+def test_suite_init_never_writes_over_the_data_it_reads(tmp_path: Path, capsys) -> None:
+    """`suite init --data d.csv -o d.csv --force` replaced the data file with the suite (the data was lost)."""
+    csv = write_csv(table(), tmp_path / "d.csv")
+    test = write_csv(table(seed=1), tmp_path / "t.csv")
+    before = {p: p.read_bytes() for p in (csv, test)}
+    for out in (csv, test, tmp_path / "." / "d.csv"):
+        rc, _, err = _cli(["suite", "init", "--data", str(csv), "--target", "label", "--noise", "symmetric:0.4",
+                           "--test-data", str(test), "-o", str(out), "--force"], capsys)
+        assert rc == 2 and "it is the input being read" in err and err.count("\n") == 1, err
+    rc, _, err = _cli(["suite", "init", "--data", str(csv), "--target", "label", "--noise", "symmetric:0.4",
+                       "-o", str(tmp_path)], capsys)
+    assert rc == 2 and "is a directory" in err
+    assert {p: p.read_bytes() for p in (csv, test)} == before
+
+
 def test_a_changed_data_file_is_refused_when_the_task_is_rebuilt(tmp_path: Path) -> None:
     csv = write_csv(table(), tmp_path / "d.csv")
     settings = UserClassificationTask(dataset=str(csv), target="label", noise="pair", noise_rate=0.2).settings()
