@@ -186,6 +186,9 @@ def _cli(args: list[str], capsys) -> tuple[int, str, str]:
     (lambda f: f.assign(a=f["a"] * 1e300), ["--target", "label", "--noise", "symmetric:0.4"],
      "feature column 'a' has values beyond float32's range"),
     (lambda f: f.iloc[:0], ["--target", "label", "--noise", "symmetric:0.4"], "no rows of data"),  # was "single class []"
+    # a rate of nan or below 0 was taken for "no noise": "say how the labels are noisy"
+    (None, ["--target", "label", "--noise", "symmetric:nan"], "noise_rate must be a finite number"),
+    (None, ["--target", "label", "--noise", "symmetric:-0.1"], "noise_rate must be a finite number"),
 ])
 def test_bad_own_data_is_one_line_and_exit_2_and_nothing_is_written(tmp_path: Path, capsys, frame_edit, options,
                                                                      message) -> None:

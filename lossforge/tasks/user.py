@@ -37,7 +37,7 @@ from lossforge import data_sources
 from lossforge.errors import ConfigError
 from lossforge.tasks.adversarial import AdversarialTask
 from lossforge.tasks.augment import AugmentTask
-from lossforge.tasks.base import LossLike, Task, TaskResult, check_int_list, require
+from lossforge.tasks.base import LossLike, Task, TaskResult, check_int_list, check_range, require
 from lossforge.tasks.classification import Classifier, ClassificationTask, channel_last_hint, channel_major_advice
 from lossforge.tasks.data import Split, add_label_noise, generator, stratified_split
 from lossforge.tasks.regularize import RegularizeTask
@@ -168,6 +168,8 @@ class UserData:
             require(n < len(prepared.y), f"{self.dataset}: every row is trusted; nothing noisy is left to train on")
 
     def _check_noise_mode(self) -> None:
+        # a rate of nan or -0.1 counted as "no noise" and got "say how the labels are noisy": name the rate
+        check_range(self.noise_rate, "noise_rate", 0.0, 0.9)
         noisy = self.noise != "none" and self.noise_rate > 0
         require(noisy or self.trusted is not None,
                 "say how the labels are noisy: inject noise (noise = 'symmetric' with noise_rate; CLI --noise "
