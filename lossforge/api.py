@@ -63,8 +63,8 @@ def search(run: str | Path | None = None, *,
     """Run a new search and return its hall of fame (best distinct losses first).
 
     The settings are :class:`~lossforge.engine.SearchConfig`'s fields, with its defaults and meanings
-    (``lossforge search --help`` lists them). ``run`` is a run name (stored as ``runs/NAME.db``) or a
-    path; by default a fresh name from the time. An existing run is never overwritten. Progress goes to
+    (``lossforge search --help`` lists them). ``run`` is a run name (stored as ``RUNS_DIR/NAME.db``, ``runs_dir``
+    default ``runs``) or a path; by default a fresh name from the time. An existing run is never overwritten. Progress goes to
     ``stream`` (stdout) unless ``quiet``. ``cache_from``: earlier run files on the same suite and seeds
     whose evaluations are reused instead of training again. ``callbacks``: each called after every
     generation as ``callback(stats, hall_of_fame)``; one returning True stops the search (status
@@ -79,9 +79,10 @@ def search(run: str | Path | None = None, *,
     settings.update({k: values[k] for k in DATA_OPTIONS if values[k] is not None})
     settings["runs_dir"] = runs_dir
     config = SearchConfig(**_data_suite(data, settings))
-    path = resolve_run_path(run or default_run_name())
+    # a run name lives in runs_dir, as with the CLI's --runs-dir (it went to runs/ whatever runs_dir said)
+    path = resolve_run_path(run or default_run_name(), runs_dir)
     engine = Search.create(path, config, quiet=quiet, stream=stream, callbacks=callbacks)
-    engine.import_cache([resolve_run_path(p) for p in cache_from])
+    engine.import_cache([resolve_run_path(p, runs_dir) for p in cache_from])
     try:
         return engine.run()
     finally:

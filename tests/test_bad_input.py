@@ -370,3 +370,11 @@ def test_score_and_baselines_seed_options(tmp_path: Path, capsys: pytest.Capture
     """``--seeds N | --validation``: given both, score used the validation seeds and baselines --seeds."""
     code, err = _cli(capsys, tmp_path, *args)
     assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
+
+
+def test_api_search_keeps_a_named_run_in_runs_dir(tmp_path: Path, tiny_suite: str, monkeypatch) -> None:
+    """search("named", runs_dir=DIR) wrote runs/named.db under the working directory, not DIR/named.db."""
+    monkeypatch.chdir(tmp_path)
+    lossforge.search("named", runs_dir=tmp_path / "elsewhere", suite=tiny_suite, population=4, generations=1,
+                     jobs=1, quiet=True, validate_top=0, confirm_top=0)
+    assert (tmp_path / "elsewhere" / "named.db").exists() and not (tmp_path / "runs" / "named.db").exists()
