@@ -111,6 +111,8 @@ def _data_suite(data: Any, settings: dict[str, Any]) -> dict[str, Any]:
         if options:
             raise ConfigError(f"{sorted(options)} describe own data; pass data=... too")
         return settings
+    if settings.get("suite", SearchConfig.suite) != SearchConfig.suite:  # it was silently replaced by the data's
+        raise ConfigError(f"data=... and suite={settings['suite']!r} exclude each other: data builds its own suite")
     settings["suite"] = str(suite_for_data(data, directory, **options))
     return settings
 

@@ -564,6 +564,9 @@ def _data_suite(args: argparse.Namespace) -> str | None:
     """The suite file for ``--data`` (written under RUNS_DIR/suites/), or None without ``--data``."""
     if not getattr(args, "data", None):
         return None
+    if args.suite != DEFAULT_SUITE:  # the suite was given too, and silently replaced by the data's
+        raise LossforgeError(f"--data and --suite {args.suite} exclude each other: --data searches or scores on a "
+                             "suite made for your data; drop one")
     from lossforge.data_suite import suite_file_for
 
     spec = _data_spec(args)

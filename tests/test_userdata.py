@@ -252,6 +252,20 @@ def test_suite_init_writes_an_editable_suite_that_loads_and_round_trips(tmp_path
     assert rc == 2 and "exists" in err
 
 
+def test_data_and_a_suite_exclude_each_other(tmp_path: Path, capsys) -> None:
+    """--data with --suite NAME scored on the data's suite and dropped the named one without a word."""
+    import lossforge
+
+    csv = write_csv(table(), tmp_path / "d.csv")
+    for command in (["search", "--quiet", "--run", "r"], ["score", "y_pred - y_real"]):
+        rc, _, err = _cli(["--runs-dir", str(tmp_path / "runs"), *command, "--suite", "quick", "--data", str(csv),
+                           "--target", "label", "--noise", "symmetric:0.4"], capsys)
+        assert rc == 2 and "exclude each other" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match="exclude each other"):
+        lossforge.score(["y_pred - y_real"], suite="quick", data=str(csv), target="label", noise="symmetric:0.4")
+
+
 def test_suite_init_never_writes_over_the_data_it_reads(tmp_path: Path, capsys) -> None:
     """`suite init --data d.csv -o d.csv --force` replaced the data file with the suite (the data was lost)."""
     csv = write_csv(table(), tmp_path / "d.csv")
