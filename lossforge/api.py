@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
-from lossforge.baselines import DISPLAY_BASELINES
+from lossforge.baselines import DISPLAY_BASELINES, get_baseline
 from lossforge.engine import Callback, Search, SearchConfig
 from lossforge.errors import ConfigError
 from lossforge.evaluator import FULL, Evaluator, rejected_result
@@ -17,6 +17,7 @@ from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
 from lossforge.scoring import ChunkResult, Suite, load_suite
 from lossforge.runfile import CandidateRecord, resolve_run_path
+from lossforge.training import check_device
 
 _D = SearchConfig  # the defaults below are SearchConfig's own (its fields are the one place they are written)
 
@@ -62,8 +63,8 @@ def search(run: str | Path | None = None, *,
     """Run a new search and return its hall of fame (best distinct losses first).
 
     The settings are :class:`~lossforge.engine.SearchConfig`'s fields, with its defaults and meanings
-    (``lossforge search --help`` lists them). ``run`` is a run name (stored as ``runs/NAME.db``) or a
-    path; by default a fresh name from the time. An existing run is never overwritten. Progress goes to
+    (``lossforge search --help`` lists them). ``run`` is a run name (stored as ``RUNS_DIR/NAME.db``, ``runs_dir``
+    default ``runs``) or a path; by default a fresh name from the time. An existing run is never overwritten. Progress goes to
     ``stream`` (stdout) unless ``quiet``. ``cache_from``: earlier run files on the same suite and seeds
     whose evaluations are reused instead of training again. ``callbacks``: each called after every
     generation as ``callback(stats, hall_of_fame)``; one returning True stops the search (status
@@ -78,9 +79,10 @@ def search(run: str | Path | None = None, *,
     settings.update({k: values[k] for k in DATA_OPTIONS if values[k] is not None})
     settings["runs_dir"] = runs_dir
     config = SearchConfig(**_data_suite(data, settings))
-    path = resolve_run_path(run or default_run_name())
+    # a run name lives in runs_dir, as with the CLI's --runs-dir (it went to runs/ whatever runs_dir said)
+    path = resolve_run_path(run or default_run_name(), runs_dir)
     engine = Search.create(path, config, quiet=quiet, stream=stream, callbacks=callbacks)
-    engine.import_cache([resolve_run_path(p) for p in cache_from])
+    engine.import_cache([resolve_run_path(p, runs_dir) for p in cache_from])
     try:
         return engine.run()
     finally:
@@ -109,6 +111,8 @@ def _data_suite(data: Any, settings: dict[str, Any]) -> dict[str, Any]:
         if options:
             raise ConfigError(f"{sorted(options)} describe own data; pass data=... too")
         return settings
+    if settings.get("suite", SearchConfig.suite) != SearchConfig.suite:  # it was silently replaced by the data's
+        raise ConfigError(f"data=... and suite={settings['suite']!r} exclude each other: data builds its own suite")
     settings["suite"] = str(suite_for_data(data, directory, **options))
     return settings
 
@@ -155,6 +159,7 @@ def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite
     Returns one row per loss, then one per baseline; fitness is relative to each task's reference loss.
     ``data`` and ``data_options``: your own data instead of ``suite`` (see :func:`_data_suite`).
     """
+    check_device(device)
     if data is not None:
         suite = _data_suite(data, {"suite": suite, **data_options})["suite"]
     elif data_options:
@@ -165,9 +170,18 @@ def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite
     if seeds is not None:
         if not seeds:
             raise ConfigError("seeds must not be empty")
+        if len(set(seeds)) != len(seeds):  # one training counted twice shrank the CI to ± 0
+            raise ConfigError(f"seeds repeat a seed ({sorted(seeds)}); list each seed once")
         suite = suite.with_seeds(seeds)
+    # one expression or baseline name alone is one, not a sequence of characters (baselines="mse" scored m, s, e)
+    if isinstance(expressions, (str, LossExpression)):
+        expressions = [expressions]
+    if isinstance(baselines, str):
+        baselines = [baselines]
     exprs = [LossExpression.coerce(e) for e in expressions]
     names = list(baselines) if baselines is not None else []
+    for name in names:
+        get_baseline(name)  # an unknown name fails before any training (was a row of fitness 0.0)
     if baselines is None:
         for problem in sorted(suite.problems):
             names += [n for n in DISPLAY_BASELINES[problem] if n not in names]

@@ -87,9 +87,13 @@ class BaselineSetting:
 
     @property
     def spec(self) -> str:
+        if not self.keys:  # "huber()" is refused by get_baseline: tuning scored it as a failure, fitness 0.0
+            return self.name
         return f"{self.name}(" + ", ".join(f"{k}={v!r}" for k, v in zip(self.keys, self.values)) + ")"
 
     def formula(self) -> str:
+        if not self.keys:
+            return self.name
         return f"{self.name}(" + ", ".join(f"{k}={v:.4g}" for k, v in zip(self.keys, self.values)) + ")"
 
 

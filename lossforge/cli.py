@@ -571,6 +571,9 @@ def _data_suite(args: argparse.Namespace) -> str | None:
     """The suite file for ``--data`` (written under RUNS_DIR/suites/), or None without ``--data``."""
     if not getattr(args, "data", None):
         return None
+    if args.suite != DEFAULT_SUITE:  # the suite was given too, and silently replaced by the data's
+        raise LossforgeError(f"--data and --suite {args.suite} exclude each other: --data searches or scores on a "
+                             "suite made for your data; drop one")
     from lossforge.data_suite import suite_file_for
 
     spec = _data_spec(args)
@@ -581,9 +584,14 @@ def _data_suite(args: argparse.Namespace) -> str | None:
 
 
 def cmd_suite_init(args: argparse.Namespace) -> int:
+    from lossforge.atomic import check_output
+    from lossforge.data_sources import is_data_path
     from lossforge.data_suite import suite_toml, write_text_atomic
     from lossforge.scoring import suite_from_spec
 
+    # -o over the data it reads (even with --force) replaced the user's data file with the suite
+    inputs = [p for p in (args.data, args.test_data, args.trusted) if p and is_data_path(p)]
+    check_output(args.output, force=args.force, inputs=inputs)
     spec = _data_spec(args)
     suite_from_spec(spec).warn_notices()  # setting up is when a doubtful image shape is worth a word
     report = _noise_report(spec)
@@ -678,6 +686,24 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                             choices=meta.get("choices"), metavar=meta.get("metavar"), help=help_text + shown)
 
 
+#: Most seeds ``score``/``baselines --seeds N`` trains on (each is a full training of every loss).
+MAX_SCORE_SEEDS = 1000
+
+
+def _seed_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_SCORE_SEEDS:  # range(1e20) was an OverflowError traceback, range(1e9) a hang
+        raise argparse.ArgumentTypeError(f"{text} seeds is too many; use at most {MAX_SCORE_SEEDS}")
+    return value
+
+
+def _add_seed_options(p: argparse.ArgumentParser) -> None:
+    """``--seeds N`` or ``--validation``, not both (given both, one of them was silently ignored)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--seeds", type=_seed_count, help="score on seeds 0..N-1 instead of the suite's seeds")
+    g.add_argument("--validation", action="store_true", help="score on the suite's validation seeds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lossforge`` command."""
     parser = _Parser(prog="lossforge", description="Discover robust loss functions by genetic programming.",
@@ -727,9 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score a loss (expression text or a .json export) on a suite")
     p.add_argument("expression", help='e.g. "(y_pred - y_real)**2", or an exported loss.json (transfer)')
     p.add_argument("--suite", default="regression")
-    p.add_argument("--seeds", type=_positive_int, help="score on seeds 0..N-1 instead of the suite's seeds")
+    _add_seed_options(p)
     p.add_argument("--against", help="baseline for a paired comparison over seeds, e.g. cross_entropy")
-    p.add_argument("--validation", action="store_true", help="score on the suite's validation seeds")
     p.add_argument("--baselines", help="comma-separated baselines to score beside it (default: the suite's usual)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     _add_data_options(p)
@@ -737,8 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("baselines", help="score the known losses on a suite")
     p.add_argument("--suite", default="regression")
-    p.add_argument("--seeds", type=_positive_int, help="score on seeds 0..N-1 instead of the suite's seeds")
-    p.add_argument("--validation", action="store_true", help="score on the suite's validation seeds")
+    _add_seed_options(p)
     p.add_argument("--baselines", help="comma-separated baselines (default: every one for the suite's problems)")
     p.add_argument("--tune", action="store_true",
                    help="also tune each baseline's constants / hyper-parameters on the suite's seeds, "

@@ -101,9 +101,16 @@ def _features(values: Any, names: Sequence[str], where: str) -> np.ndarray:
         ) from None
     if x.ndim != 2 or x.shape[1] == 0:
         raise ConfigError(f"{where}: no feature columns left; name them with features=[...]")
+    if x.shape[0] == 0:  # a header alone (was reported as "a single class []")
+        raise ConfigError(f"{where}: no rows of data; the file holds only its column names")
     if not np.isfinite(x).all():
         col = names[int(np.nonzero(~np.isfinite(x).all(axis=0))[0][0])] if len(names) == x.shape[1] else "?"
         raise ConfigError(f"{where}: feature column {col!r} has missing or non-finite values; fill or drop them")
+    too_big = np.abs(x) > np.finfo(np.float32).max  # rows are kept as float32: these would become inf
+    if too_big.any():
+        col = names[int(np.nonzero(too_big.any(axis=0))[0][0])] if len(names) == x.shape[1] else "?"
+        raise ConfigError(f"{where}: feature column {col!r} has values beyond float32's range (about ±3.4e38), "
+                          "which training uses; rescale it")
     return x
 
 
@@ -155,14 +162,28 @@ def read_table(path: str | Path, target: str, features: Sequence[str] = (), trus
     for key in ("x", target):
         if key not in arrays:
             raise ConfigError(f"{where}: no array {key!r}; arrays are {', '.join(arrays)}")
-    x = arrays["x"].reshape(len(arrays["x"]), -1)
-    names = [str(n) for n in arrays["features"]] if "features" in arrays else [str(i) for i in range(x.shape[1])]
+    x, y = arrays["x"], arrays[target]
+    if x.ndim == 0:  # was a TypeError traceback (as no rows was a ValueError)
+        raise ConfigError(f"{where}: array 'x' is a single number; it needs one row per example, [N, D] or "
+                          "images [N, H, W]")
+    if x.shape[0] == 0:
+        raise ConfigError(f"{where}: array 'x' has no rows")
+    x = x.reshape(len(x), -1)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:  # a [N, C] array was read as N labels that are lists
+        raise ConfigError(f"{where}: array {target!r} has shape {y.shape}; it needs one label per row, [N]")
+    names = [str(n) for n in arrays["features"].ravel()] if "features" in arrays else [str(i) for i in range(x.shape[1])]
+    if len(names) != x.shape[1]:
+        raise ConfigError(f"{where}: array 'features' names {len(names)} column(s) but 'x' has {x.shape[1]}; they "
+                          "must match")
     flags = None
     if trusted is not None:
         if trusted not in arrays:
             raise ConfigError(f"{where}: no trusted array {trusted!r}; arrays are {', '.join(arrays)}")
-        flags = _truthy(arrays[trusted])
-    y = arrays[target]
+        flags = _truthy(arrays[trusted].ravel())
+        if len(flags) != len(x):  # was a ValueError traceback later, splitting the rows
+            raise ConfigError(f"{where}: {len(x)} inputs but {len(flags)} trusted flags in {trusted!r}; they must match")
     if len(y) != len(x):
         raise ConfigError(f"{where}: {len(x)} inputs but {len(y)} labels; they must match")
     return Table(_features(x, names, where).astype(np.float32), y, flags, tuple(names))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import random
 import statistics
@@ -32,6 +33,7 @@ from lossforge.rejection import rejection_reason
 from lossforge.scoring import ChunkResult, Suite, load_suite, suite_from_spec
 from lossforge.selection import SELECTIONS, VARIATIONS, make_selection, make_variation
 from lossforge.space import SearchSpace, load_space
+from lossforge.training import check_device
 from lossforge.runfile import CONFIRM_FIDELITY, CandidateRecord, CandidateState, RunStatus, RunStore
 
 __all__ = ["SearchConfig", "Search", "GenerationStats", "Evaluation", "Callback"]
@@ -78,6 +80,14 @@ DEFAULT_BUDGET = 400.0
 DEFAULT_SCREENING = 0.25
 #: Generations when only a time limit bounds the search.
 MAX_GENERATIONS = 100_000
+#: Longest per-chunk time limit: the interval timer that enforces it overflows far beyond (and inf/1e10
+#: made every chunk fail); a longer limit is no limit, which is the default.
+MAX_CHUNK_TIMEOUT_S = 1e6
+#: Largest integer setting: every count is stored and queried in SQLite, whose integers are 64-bit.
+MAX_INT_SETTING = 2**63 - 1
+#: What a setting's annotation admits (bool is an int to Python, never a count or a rate here).
+_SETTING_TYPES = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
+                  "bool": ((bool,), "True or False")}
 
 
 def _setting(default: Any, help: str, **cli: Any) -> Any:
@@ -141,6 +151,7 @@ class SearchConfig:
     tune_iterations: int = _setting(4, "SPSA iterations per tuned loss")
 
     def __post_init__(self) -> None:
+        self._check_types()
         checks = [
             (self.population is None or self.population >= 2, "population must be at least 2"),
             (self.generations is None or self.generations >= 1, "generations must be at least 1"),
@@ -156,7 +167,9 @@ class SearchConfig:
             (self.executor == "dask" or (self.scheduler is None and self.dask_workers is None),
              "scheduler and dask_workers need executor 'dask'"),
             (self.dask_workers is None or self.dask_workers >= 1, "dask_workers must be at least 1"),
-            (self.chunk_timeout_s is None or self.chunk_timeout_s > 0, "chunk_timeout_s must be positive"),
+            (self.chunk_timeout_s is None or 0 < self.chunk_timeout_s <= MAX_CHUNK_TIMEOUT_S,
+             f"chunk_timeout_s must be a positive number of seconds up to {MAX_CHUNK_TIMEOUT_S:g}; leave it out for no "
+             "limit"),
             (1 <= self.chunk_size <= 256, "chunk_size must be between 1 and 256"),
             (self.tournament_size >= 2, "tournament_size must be at least 2"),
             (0.0 <= self.crossover_prob <= 1.0, "crossover_prob must be in [0, 1]"),
@@ -176,6 +189,29 @@ class SearchConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        check_device(self.device, here=self.scheduler is None)  # a remote cluster's workers hold the GPU
+
+    def _check_types(self) -> None:
+        """Each field of its annotated type (a path for ``space``/``suite`` becomes its text), ints within
+        SQLite's range: a ConfigError naming the field, not a TypeError or an OverflowError deep in a run."""
+        for f in dataclasses.fields(self):
+            value, kinds = getattr(self, f.name), str(f.type).split(" | ")
+            if value is None and "None" in kinds:
+                continue
+            if kinds[0] == "str" and isinstance(value, os.PathLike):
+                value = os.fspath(value)
+                setattr(self, f.name, value)
+            if kinds[0] in ("int", "float") and isinstance(value, numbers.Real) and not isinstance(value, bool):
+                # numpy's numbers are stored as Python's (the run file is JSON)
+                value = int(value) if isinstance(value, numbers.Integral) else value
+                value = float(value) if not isinstance(value, (int, float)) else value
+                setattr(self, f.name, value)
+            accepted, described = _SETTING_TYPES[kinds[0]]
+            if not isinstance(value, accepted) or (kinds[0] != "bool" and isinstance(value, bool)):
+                raise ConfigError(f"{f.name} must be {described}" + (" or None" if "None" in kinds else "")
+                                  + f", got {value!r}")
+            if kinds[0] == "int" and abs(value) > MAX_INT_SETTING:
+                raise ConfigError(f"{f.name} must be at most {MAX_INT_SETTING} in size, got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""

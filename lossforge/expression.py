@@ -42,6 +42,9 @@ _KEY_DIGITS = 6
 def _check_constant(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ExpressionError(f"{where}: constant {value!r} is not a number")
+    if isinstance(value, int) and abs(value) > MAX_CONSTANT:  # float(10**400) is an OverflowError
+        raise ExpressionError(f"{where}: constant of about {int(value.bit_length() * 0.30103) + 1} digits is "
+                              f"outside [-{MAX_CONSTANT:g}, {MAX_CONSTANT:g}]")  # str() of it may raise too
     v = float(value)
     if not math.isfinite(v) or abs(v) > MAX_CONSTANT:
         raise ExpressionError(f"{where}: constant {value!r} is outside [-{MAX_CONSTANT:g}, {MAX_CONSTANT:g}]")
@@ -198,7 +201,7 @@ class LossExpression:
     """A symbolic loss ``L(y_pred, y_real)``: prefix tokens plus derived sympy forms, keys and printing."""
 
     def __init__(self, tokens: Iterable[object], where: str = "expression") -> None:
-        if not isinstance(tokens, (list, tuple)) and not isinstance(tokens, (str, bytes, dict)):
+        if isinstance(tokens, Iterable) and not isinstance(tokens, (list, tuple, str, bytes, dict)):
             tokens = list(tokens)  # e.g. a generator; a string is refused by validation, not split into chars
         self.tokens: tuple[Token, ...] = validate_tokens(tokens, where)  # type: ignore[arg-type]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lossforge.baselines import known_loss_text, same_as_known
-from lossforge.errors import LossforgeError, RunError
+from lossforge.errors import ConfigError, LossforgeError, RunError
 from lossforge.expression import LossExpression
 from lossforge.ranking import Ranked, Versus, against_best_baseline, baseline_rows, pareto_front, ranking, suite_of
 from lossforge.runfile import CandidateRecord, CandidateState, RunStore
@@ -139,6 +139,7 @@ class Run:
     # ------------------------------------------------------------------------------------------ losses
     def losses(self, n: int | None = None) -> list[Loss]:
         """The final ranking (validated losses first, by validation fitness; see :mod:`lossforge.ranking`)."""
+        _check_count(n)
         out = []
         for rank, item in enumerate(self._ranked[:n] if n is not None else self._ranked, 1):
             rec = item.record
@@ -204,6 +205,7 @@ class Run:
 
     def rejection_reasons(self, n: int = 10) -> list[dict[str, Any]]:
         """The ``n`` most frequent reasons for rejected or failed candidates, with their counts."""
+        _check_count(n)
         tally: dict[tuple[str, str], int] = {}
         for c in self._candidates:
             if c.status in (CandidateState.REJECTED, CandidateState.FAILED):
@@ -238,6 +240,13 @@ class Run:
         }
 
 
+def _check_count(n: Any) -> None:
+    """``n`` rows is None (all) or a count >= 0: a negative one sliced rows off the end (hall_of_fame(-1) gave all
+    but the last), a string was a TypeError."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ConfigError(f"the number of rows must be a non-negative integer or None (all), got {n!r}")
+
+
 def _versus_record(versus: Versus) -> dict[str, Any]:
     c = versus.comparison
     return {"baseline": versus.baseline, "mean_diff": _num(c.mean_diff), "ci": _num(c.ci_half_width),
@@ -247,6 +256,8 @@ def _versus_record(versus: Versus) -> dict[str, Any]:
 def open_run(path: str | os.PathLike[str], pick: str = "best") -> Run:
     """Read the run file at ``path`` (read-only) into a :class:`Run`. ``pick`` decides rank 1 as in
     ``lossforge show --pick`` (best, knee or ratio)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise RunError(f"a run is a path or file name, got {path!r}")
     path = Path(path)
     if not path.exists():
         raise RunError(f"no run at {path}; list runs with `lossforge runs`")

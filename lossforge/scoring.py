@@ -183,6 +183,8 @@ def join_seeds(*raws: dict[str, Any]) -> dict[str, Any]:
 
 
 def _suite_path(spec: str | Path) -> Path:
+    if not str(spec).strip():  # Path("") is the current directory: "cannot read suite: Is a directory: '.'"
+        raise ConfigError("no suite given (an empty name); give a bundled suite name such as regression or a .toml path")
     path = Path(spec)
     if path.suffix == ".toml" or path.exists():
         return path
@@ -204,7 +206,33 @@ def load_suite(spec: str | Path = "regression") -> Suite:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{where}: cannot read suite: {exc}") from None
     data.setdefault("name", path.stem)
-    return suite_from_spec(data, where)
+    suite = suite_from_spec(data, where)
+    _check_suite_file(data, where)
+    return suite
+
+
+def _check_suite_file(data: dict[str, Any], where: str) -> None:
+    """Rules of a suite file beyond what :func:`suite_from_spec` checks. Kept to files (bundled or yours), so a
+    suite stored in an earlier run file stays readable as it was written: a repeated seed counted one training
+    twice (its CI shrank to ± 0), a validation seed that is also a search seed was not held out, an infinite
+    weight gave every loss fitness nan, and an empty task name an unnamed column."""
+    seeds, val = data.get("seeds", [0]), data.get("validation_seeds", [])
+    if not _int_list(val):
+        raise ConfigError(f"{where}: 'validation_seeds' must be a list of integers")
+    for key, values in (("seeds", seeds), ("validation_seeds", val)):
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{where}: {key!r} repeats a seed ({sorted(values)}); list each seed once")
+    shared = sorted(set(seeds) & set(val))
+    if shared:
+        raise ConfigError(f"{where}: seed(s) {shared} are both search and validation seeds; validation must be on "
+                          "seeds the search never sees")
+    if not isinstance(data.get("name"), str) or not data["name"].strip():
+        raise ConfigError(f"{where}: 'name' must be a non-empty string")
+    for i, entry in enumerate(data["tasks"]):
+        if "name" in entry and (not isinstance(entry["name"], str) or not entry["name"].strip()):
+            raise ConfigError(f"{where}: tasks[{i}]: 'name' must be a non-empty string")
+        if not math.isfinite(entry.get("weight", 1.0)):
+            raise ConfigError(f"{where}: tasks[{i}]: 'weight' must be a positive, finite number")
 
 
 def _int_list(value: Any) -> bool:

@@ -60,6 +60,9 @@ class SearchSpace:
 
     def validate(self, where: str) -> None:
         """Raise SpaceError if any field is out of range."""
+        for name in (*self.operators, *self.variables, *self.require_variables):
+            if not isinstance(name, str):  # a nested list was an unhashable-type traceback
+                raise SpaceError(f"{where}: operators and variables are names (strings), got {name!r}")
         for name in self.operators:
             if name not in OPERATORS:
                 raise SpaceError(
@@ -138,8 +141,18 @@ def _get(table: dict, key: str, kind: type | tuple[type, ...], where: str, field
     return value
 
 
+#: The fields of a space file, table by table (anything else is refused).
+FILE_KEYS = frozenset({"name", "description", "operators", "terminals", "limits", "constraints"})
+TERMINAL_KEYS = frozenset({"variables", "constants"})
+CONSTANT_KEYS = frozenset({"low", "high", "digits"})
+LIMIT_KEYS = frozenset({"init_min_depth", "init_max_depth", "max_depth", "max_nodes"})
+
+
 def load_space(spec: str | Path = "survey") -> SearchSpace:
     """Load a space by bundled name (``survey``) or TOML path, validating every field."""
+    if not str(spec).strip():  # Path("") is the current directory: "cannot read: Is a directory: '.'"
+        raise SpaceError("no search space given (an empty name); give a bundled space name such as survey or a "
+                         ".toml path")
     path = Path(spec)
     if not path.suffix and not path.exists():
         path = SPACES_DIR / f"{spec}.toml"
@@ -158,6 +171,16 @@ def load_space(spec: str | Path = "survey") -> SearchSpace:
     terminals = _get(data, "terminals", dict, where, "terminals")
     consts = _get(terminals, "constants", dict, where, "terminals.constants")
     limits = _get(data, "limits", dict, where, "limits")
+    for table, prefix, keys in ((data, "", FILE_KEYS), (terminals, "terminals.", TERMINAL_KEYS),
+                                (consts, "terminals.constants.", CONSTANT_KEYS), (limits, "limits.", LIMIT_KEYS)):
+        unknown = sorted(set(table) - keys)
+        if unknown:  # a typo such as max_node = 20 was ignored, as suites refuse theirs
+            raise SpaceError(f"{where}: unknown field(s) {', '.join(prefix + k for k in unknown)}; valid here: "
+                             f"{', '.join(sorted(keys))}")
+    for field, names in (("operators", data.get("operators")), ("terminals.variables", terminals.get("variables"))):
+        if isinstance(names, list) and all(isinstance(n, str) for n in names) and len(set(names)) != len(names):
+            # a repeated name doubled its chance of being drawn, silently
+            raise SpaceError(f"{where}: {field} lists a name twice ({names}); list each once")
     number = (int, float)
     space = SearchSpace(
         name=str(data.get("name", path.stem)),

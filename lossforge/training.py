@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lossforge.errors import ConfigError
 from lossforge.loss import SymbolicLoss, class_probabilities
 
 LossLike = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -32,6 +33,27 @@ EXPLODING_GRAD_NORM = 1e6
 
 #: Exceptions of a loss that fail its model (anything else is wrapped by :func:`guarded_loss`).
 NUMERIC_ERRORS = (RuntimeError, ValueError, ZeroDivisionError, OverflowError)
+
+
+def check_device(device: str, here: bool = True) -> None:
+    """A ConfigError unless ``device`` is a torch device string and, ``here``, one this process can train on
+    (before, a bad or absent device surfaced as the reference loss failing, "check the suite's settings").
+    ``here=False`` for a remote cluster: its workers, not this machine, need the GPU."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {device!r} is not a torch device; use e.g. cpu, cuda, cuda:1 or mps") from None
+    if not here:
+        return
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {device!r}: this torch ({torch.__version__}) sees no CUDA GPU; use --device "
+                              "cpu, or install a CUDA build of torch (TORCH_SPEC, see the README)")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: MPS is not available to this torch; use --device cpu")
 
 
 def guarded_loss(loss: LossLike) -> LossLike:

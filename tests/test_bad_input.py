@@ -59,6 +59,12 @@ CLI_CASES = [
     (["search", "--suite", "no_such_suite"], "unknown suite"),
     (["search", "--run", "bad name!"], "run name"),
     (["search", "--selection", "random"], "invalid choice"),
+    (["search", "--hall-of-fame", "99999999999999999999"], "hall_of_fame must be at most"),  # was OverflowError
+    (["search", "--tune-top", "99999999999999999999"], "tune_top must be at most"),
+    (["search", "--chunk-timeout", "inf"], "chunk_timeout_s"),  # was accepted, then every chunk failed
+    (["search", "--chunk-timeout", "1e10"], "chunk_timeout_s"),
+    (["search", "--device", "gpu"], "'gpu' is not a torch device"),  # was "reference loss mse failed ..."
+    (["search", "--device", ""], "'' is not a torch device"),
     (["show", "no_such_run"], "no run"),
     (["show", "saved", "--top", "0"], "at least 1"),
     (["export", "no_such_run", "--format", "py"], "no run"),
@@ -177,6 +183,44 @@ def test_bad_search_config(bad: dict) -> None:
         SearchConfig(**bad)
 
 
+@pytest.mark.parametrize("bad", [dict(population="10"), dict(population=2.5), dict(seed="x"), dict(seed=1.5),
+                                 dict(budget="100"), dict(screening="0.5"), dict(niche=None), dict(suite=None),
+                                 dict(device=3), dict(chunk_timeout_s="5"), dict(seed_baselines="no"),
+                                 dict(chunk_size=2.0), dict(elite=True)])
+def test_wrong_types_in_a_search_config_are_config_errors(bad: dict) -> None:
+    """A setting of the wrong type names the setting (was a bare TypeError, or accepted: population 2.5)."""
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        SearchConfig(**bad)
+
+
+def test_search_config_takes_paths_and_numpy_numbers(tmp_path: Path) -> None:
+    import numpy as np
+
+    config = SearchConfig(suite=tmp_path / "s.toml", space=Path("x.toml"), population=np.int64(8),
+                          budget=np.float32(10.0))
+    assert config.suite == str(tmp_path / "s.toml") and config.space == "x.toml"
+    assert type(config.population) is int and type(config.budget) is float
+    json.dumps(config.to_dict())  # what the run file stores
+
+
+def test_api_search_takes_a_path_as_suite(tmp_path: Path, tiny_suite: str) -> None:
+    """The signature says ``suite: str | Path``; a Path failed storing the config (ValueError: not JSON)."""
+    hof = lossforge.search(run=tmp_path / "p.db", suite=Path(tiny_suite), population=4, generations=1, jobs=1,
+                           quiet=True, validate_top=0, confirm_top=0)
+    assert hof and (tmp_path / "p.db").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_an_absent_gpu_is_named_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, err = _cli(capsys, tmp_path, "search", "--device", "cuda", "--run", "r")
+    assert code == 2 and "sees no CUDA GPU" in err and "--device cpu" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r.db").exists()
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        lossforge.score(["(y_pred - y_real)**2"], device="cuda")
+    # a remote cluster's workers hold the GPU: this machine need not have one
+    assert SearchConfig(device="cuda", executor="dask", scheduler="tcp://10.0.0.5:8786").device == "cuda"
+
+
 def test_api_errors_are_typed(tmp_path: Path) -> None:
     with pytest.raises(ExpressionError):
         lossforge.SymbolicLoss("open('x')")
@@ -202,6 +246,17 @@ def test_api_errors_are_typed(tmp_path: Path) -> None:
         ('seeds = [0]\n', "at least one"),
         ('seeds = [0]\n[[tasks]]\nname = "a"\ntype = "regression"\nweight = -1\n', "weight"),
         ("seeds = [0\n", "cannot read suite"),
+        # accepted before: a repeated seed (CI ± 0 from one training counted twice), validation on a search
+        # seed (not held out), an infinite weight (every fitness nan), names that are no names
+        ('seeds = [0, 0]\n[[tasks]]\nname = "a"\ntype = "regression"\n', "'seeds' repeats a seed"),
+        ('seeds = [0]\nvalidation_seeds = [5, 5]\n[[tasks]]\nname = "a"\ntype = "regression"\n',
+         "'validation_seeds' repeats"),
+        ('seeds = [0, 1]\nvalidation_seeds = [1, 9]\n[[tasks]]\nname = "a"\ntype = "regression"\n',
+         r"seed\(s\) \[1\] are both search and validation seeds"),
+        ('seeds = [0]\nvalidation_seeds = [true]\n[[tasks]]\nname = "a"\ntype = "regression"\n', "validation_seeds"),
+        ('seeds = [0]\n[[tasks]]\nname = "a"\ntype = "regression"\nweight = inf\n', "finite"),
+        ('name = 3\nseeds = [0]\n[[tasks]]\nname = "a"\ntype = "regression"\n', "'name' must be a non-empty string"),
+        ('seeds = [0]\n[[tasks]]\nname = ""\ntype = "regression"\n', r"tasks\[0\]: 'name' must be"),
     ],
 )
 def test_bad_suite_files(tmp_path: Path, body: str, fragment: str) -> None:
@@ -222,12 +277,33 @@ def test_bad_space_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         ('name = "x"\noperators = ["plus"]\n', "missing field"),
         (base.format(ops='"plus"', low=1.0), "operators"),
         ("not toml at all = = =", "not valid TOML"),
+        # were a TypeError traceback, or accepted (a typo ignored, a repeated operator drawn twice as often)
+        (base.format(ops='[["plus"]]', low=1.0), "names (strings), got ['plus']"),
+        (base.format(ops='["plus", "plus", "minus"]', low=1.0), "operators lists a name twice"),
+        (base.replace('["y_pred", "y_real"]', '["y_pred", "y_pred"]').format(ops='["plus"]', low=1.0),
+         "terminals.variables lists a name twice"),
+        (base.format(ops='["plus"]', low=1.0) + "max_node = 9\n", "unknown field(s) limits.max_node"),
+        ("operatorz = 1\n" + base.format(ops='["plus"]', low=1.0), "unknown field(s) operatorz"),
+        (base.replace("digits = 2", "digits = 2, hi = 3").format(ops='["plus"]', low=1.0),
+         "terminals.constants.hi"),
     ]
     path = tmp_path / "space.toml"
     for text, fragment in cases:
         path.write_text(text)
         code, err = _cli(capsys, tmp_path, "space", str(path))
         assert code == 2 and fragment in err and str(path) in err, (text, err)
+
+
+@pytest.mark.parametrize("args, fragment", [(["space", ""], "no search space given"),
+                                            (["search", "--space", "", "--run", "r"], "no search space given"),
+                                            (["baselines", "--suite", ""], "no suite given"),
+                                            (["search", "--suite", " ", "--run", "r"], "no suite given")])
+def test_an_empty_space_or_suite_name_says_so(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                              fragment: str) -> None:
+    """An empty name was read as the current directory: "cannot read: Is a directory: '.'"."""
+    code, err = _cli(capsys, tmp_path, *args)
+    assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r.db").exists()
 
 
 def test_ctrl_c_stops_cleanly_keeps_everything_and_says_how_to_resume(tmp_path: Path, tiny_suite: str) -> None:
@@ -255,3 +331,50 @@ def test_ctrl_c_stops_cleanly_keeps_everything_and_says_how_to_resume(tmp_path: 
     with RunStore.open(run, readonly=True) as store:
         assert store.summary().status.value == "interrupted"
         assert store.candidates()  # everything scored before Ctrl-C is kept
+
+
+@pytest.mark.parametrize("tokens", [3, None, 2.5, ["plus", "y_pred", 10**400], ["plus", "y_pred", -10**5000]])
+def test_tokens_that_are_no_list_or_hold_a_huge_integer_are_expression_errors(tokens: object) -> None:
+    """LossExpression(3) was a TypeError ('int' object is not iterable), a constant 10**400 an OverflowError."""
+    for build in (lossforge.LossExpression, lossforge.SymbolicLoss):
+        with pytest.raises(ExpressionError):
+            build(tokens)  # type: ignore[arg-type]
+
+
+def test_api_score_refuses_unknown_baselines_and_repeated_seeds_before_training(tiny_suite: str) -> None:
+    """An unknown baseline name was scored as a row of fitness 0.0; seeds [0, 0] trained seed 0 twice and
+    reported a CI of ± 0."""
+    with pytest.raises(ConfigError, match="unknown baseline 'nope'"):
+        lossforge.score(["(y_pred - y_real)**2"], suite=tiny_suite, baselines=["mse", "nope"])
+    with pytest.raises(ConfigError, match="repeat a seed"):
+        lossforge.score(["(y_pred - y_real)**2"], suite=tiny_suite, seeds=[0, 0], baselines=["mse"])
+    with pytest.raises(ExpressionError):
+        lossforge.score([3], suite=tiny_suite, baselines=[])  # type: ignore[list-item]
+
+
+def test_api_score_takes_one_expression_and_one_baseline_as_strings(tiny_suite: str) -> None:
+    """A string was iterated: "(y_pred..." parsed as "(" alone, baselines="mse" scored 'm', 's' and 'e'."""
+    rows = lossforge.score("(y_pred - y_real)**2", suite=tiny_suite, baselines="mse", jobs=1)
+    assert [r.name for r in rows] == ["loss 1", "mse"]
+    assert rows[0].per_seed == rows[1].per_seed  # the same loss as mse, trained alike
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["score", "y_pred - y_real", "--seeds", "2", "--validation"], "not allowed with argument --seeds"),
+    (["baselines", "--seeds", "2", "--validation"], "not allowed with argument --seeds"),
+    (["score", "y_pred - y_real", "--seeds", "99999999999999999999"], "at most 1000"),  # was OverflowError
+    (["baselines", "--seeds", "1000000000"], "at most 1000"),
+])
+def test_score_and_baselines_seed_options(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                          fragment: str) -> None:
+    """``--seeds N | --validation``: given both, score used the validation seeds and baselines --seeds."""
+    code, err = _cli(capsys, tmp_path, *args)
+    assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
+
+
+def test_api_search_keeps_a_named_run_in_runs_dir(tmp_path: Path, tiny_suite: str, monkeypatch) -> None:
+    """search("named", runs_dir=DIR) wrote runs/named.db under the working directory, not DIR/named.db."""
+    monkeypatch.chdir(tmp_path)
+    lossforge.search("named", runs_dir=tmp_path / "elsewhere", suite=tiny_suite, population=4, generations=1,
+                     jobs=1, quiet=True, validate_top=0, confirm_top=0)
+    assert (tmp_path / "elsewhere" / "named.db").exists() and not (tmp_path / "runs" / "named.db").exists()

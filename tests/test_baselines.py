@@ -222,3 +222,14 @@ def test_a_rescaled_or_shifted_known_loss_is_recognised_and_a_changed_one_is_not
         assert same_as_known(LossExpression.parse(other), "classification") is None, other
     name, factor = same_as_known(LossExpression.parse("0.5*(y_pred - y_real)**2 + 1"), "regression")
     assert name == "mse" and factor == pytest.approx(0.5, rel=1e-9)
+
+
+def test_a_baseline_without_settings_is_tuned_from_its_own_score(tiny_suite: str) -> None:
+    """Huber has no hyper-parameters: its tunable spec was "huber()", which get_baseline refuses, so
+    `baselines --tune` printed "fitness 0.0000 -> 0.0000" for it beside a table that said 3.41."""
+    start = get_baseline("huber").tunable()
+    assert start.spec == "huber" and get_baseline(start.spec).name == "huber"
+    suite = load_suite(tiny_suite)
+    (tuned,) = tune_baselines(["huber"], suite, iterations=1)
+    (row,) = [r for r in score([], suite, baselines=["huber"], jobs=1) if r.name == "huber"]
+    assert tuned.fitness_before == tuned.fitness_after == row.fitness > 0

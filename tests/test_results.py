@@ -73,6 +73,25 @@ def test_open_run_refuses_a_missing_run_and_a_missing_rank(run: Path, tmp_path: 
         lossforge.open_run(run).loss(999)
 
 
+def test_open_run_refuses_a_negative_or_non_integer_row_count(run: Path) -> None:
+    """hall_of_fame(-1) sliced the last loss off the ranking (all but one row, no error); "x" was a TypeError."""
+    from lossforge.errors import ConfigError
+
+    opened = lossforge.open_run(run)
+    everything = opened.hall_of_fame(None, as_frame=False)
+    assert len(opened.hall_of_fame(10 ** 6, as_frame=False)) == len(everything) > 1
+    assert opened.hall_of_fame(0, as_frame=False) == []
+    for bad in (-1, "x", 1.5, True):
+        with pytest.raises(ConfigError, match="non-negative integer"):
+            opened.hall_of_fame(bad)
+        with pytest.raises(ConfigError, match="non-negative integer"):
+            opened.to_dict(top=bad)
+    with pytest.raises(ConfigError):
+        opened.rejection_reasons(-2)
+    with pytest.raises(RunError, match="a path or file name"):
+        lossforge.open_run(3)  # type: ignore[arg-type]
+
+
 def test_show_json_carries_the_counts_hall_of_fame_and_baselines(run: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["show", str(run), "--json", "--top", "3"]) == 0
     doc = json.loads(capsys.readouterr().out)

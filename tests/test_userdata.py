@@ -182,6 +182,13 @@ def _cli(args: list[str], capsys) -> tuple[int, str, str]:
     (None, ["--target", "label"], "say how the labels are noisy"),
     (None, ["--target", "label", "--noise", "gaussian:0.4"], "--noise must be KIND:RATE"),
     (None, ["--target", "label", "--noise", "asymmetric:0.3"], "class map"),
+    # features beyond float32 became inf when stored, with a RuntimeWarning, and the suite was written
+    (lambda f: f.assign(a=f["a"] * 1e300), ["--target", "label", "--noise", "symmetric:0.4"],
+     "feature column 'a' has values beyond float32's range"),
+    (lambda f: f.iloc[:0], ["--target", "label", "--noise", "symmetric:0.4"], "no rows of data"),  # was "single class []"
+    # a rate of nan or below 0 was taken for "no noise": "say how the labels are noisy"
+    (None, ["--target", "label", "--noise", "symmetric:nan"], "noise_rate must be a finite number"),
+    (None, ["--target", "label", "--noise", "symmetric:-0.1"], "noise_rate must be a finite number"),
 ])
 def test_bad_own_data_is_one_line_and_exit_2_and_nothing_is_written(tmp_path: Path, capsys, frame_edit, options,
                                                                      message) -> None:
@@ -195,6 +202,31 @@ def test_bad_own_data_is_one_line_and_exit_2_and_nothing_is_written(tmp_path: Pa
         assert rc == 2 and message in err and err.count("\n") == 1, err
     assert not out_file.exists() and not (tmp_path / "runs").exists()
     assert csv.read_bytes() == before
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(x=np.zeros((0, 3)), y=np.zeros(0)), "array 'x' has no rows"),  # was a ValueError traceback
+    (dict(x=np.float64(3.0), y=np.zeros(1)), "array 'x' is a single number"),  # was a TypeError traceback
+    (dict(x=np.zeros((10, 3)), y=np.zeros((10, 2))), "array 'y' has shape (10, 2)"),  # was "a single class"
+    (dict(x=np.zeros((10, 3)), y=np.arange(10) % 2, features=np.array(["a"])), "names 1 column(s) but 'x' has 3"),
+    (dict(x=np.random.default_rng(0).random((10, 3)), y=np.arange(10) % 2, t=np.ones(4, bool)), "4 trusted flags"),
+])
+def test_malformed_npz_arrays_are_one_line_and_exit_2(tmp_path: Path, capsys, arrays: dict, message: str) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    out = tmp_path / "s.toml"
+    how = ["--trusted", "t"] if "t" in arrays else ["--noise", "symmetric:0.4"]
+    rc, _, err = _cli(["suite", "init", "--data", str(path), "--target", "y", *how, "-o", str(out)], capsys)
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_npz_with_one_feature_per_row_or_a_label_column_still_reads(tmp_path: Path) -> None:
+    from lossforge.data_sources import read_table
+
+    np.savez(tmp_path / "a.npz", x=np.arange(6.0), y=(np.arange(6) % 2)[:, None])
+    table = read_table(tmp_path / "a.npz", "y")
+    assert table.x.shape == (6, 1) and list(table.y) == [0, 1, 0, 1, 0, 1]
 
 
 def test_suite_files_refuse_unknown_keys(tmp_path: Path) -> None:
@@ -218,6 +250,35 @@ def test_suite_init_writes_an_editable_suite_that_loads_and_round_trips(tmp_path
     rc, _, err = _cli(["suite", "init", "--data", str(csv), "--target", "label", "--noise", "pair:0.3",
                        "-o", str(out_file)], capsys)
     assert rc == 2 and "exists" in err
+
+
+def test_data_and_a_suite_exclude_each_other(tmp_path: Path, capsys) -> None:
+    """--data with --suite NAME scored on the data's suite and dropped the named one without a word."""
+    import lossforge
+
+    csv = write_csv(table(), tmp_path / "d.csv")
+    for command in (["search", "--quiet", "--run", "r"], ["score", "y_pred - y_real"]):
+        rc, _, err = _cli(["--runs-dir", str(tmp_path / "runs"), *command, "--suite", "quick", "--data", str(csv),
+                           "--target", "label", "--noise", "symmetric:0.4"], capsys)
+        assert rc == 2 and "exclude each other" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match="exclude each other"):
+        lossforge.score(["y_pred - y_real"], suite="quick", data=str(csv), target="label", noise="symmetric:0.4")
+
+
+def test_suite_init_never_writes_over_the_data_it_reads(tmp_path: Path, capsys) -> None:
+    """`suite init --data d.csv -o d.csv --force` replaced the data file with the suite (the data was lost)."""
+    csv = write_csv(table(), tmp_path / "d.csv")
+    test = write_csv(table(seed=1), tmp_path / "t.csv")
+    before = {p: p.read_bytes() for p in (csv, test)}
+    for out in (csv, test, tmp_path / "." / "d.csv"):
+        rc, _, err = _cli(["suite", "init", "--data", str(csv), "--target", "label", "--noise", "symmetric:0.4",
+                           "--test-data", str(test), "-o", str(out), "--force"], capsys)
+        assert rc == 2 and "it is the input being read" in err and err.count("\n") == 1, err
+    rc, _, err = _cli(["suite", "init", "--data", str(csv), "--target", "label", "--noise", "symmetric:0.4",
+                       "-o", str(tmp_path)], capsys)
+    assert rc == 2 and "is a directory" in err
+    assert {p: p.read_bytes() for p in (csv, test)} == before
 
 
 def test_a_changed_data_file_is_refused_when_the_task_is_rebuilt(tmp_path: Path) -> None:

@@ -246,3 +246,28 @@ def test_test_rows_never_shape_the_training_data(tmp_path: Path) -> None:
     x2, y2, x_test2, _ = changed.data(0)
     assert torch.equal(x2, x_train) and torch.equal(y2, y_train)  # same scaling, same standardisation
     assert x_test2[0, 0] == 1.0  # the extreme test value is clipped to the training range
+
+
+@pytest.mark.parametrize("scale, message", [(1e300, "too large to standardise"), (0.0, "in every row"),
+                                            (math.inf, "non-finite")])
+def test_a_target_that_cannot_be_standardised_is_refused(tmp_path: Path, capsys, scale: float, message: str) -> None:
+    """Targets standardised by a deviation that overflowed (1e300) or was 0 (constant) all became 0: the
+    search ran on a target of zeros and printed scores for it; now one line and exit 2, nothing written."""
+    frame = pd.read_csv(_csv(tmp_path))
+    frame["y"] = frame["clean"] * scale + (1.0 if scale == 0.0 else 0.0) if math.isfinite(scale) else \
+        frame["clean"].where(frame.index != 3, math.inf)
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    out = tmp_path / "s.toml"
+    rc = main(["suite", "init", "--data", str(tmp_path / "bad.csv"), "--target", "y", "--features", "a,b,c",
+               "--problem", "regression", "--noise", "gaussian:0.5", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_non_finite_targets_of_the_test_file_are_refused(tmp_path: Path) -> None:
+    frame = pd.read_csv(_csv(tmp_path))
+    frame.loc[4, "clean"] = float("inf")  # NaN is refused on reading; inf was taken
+    frame.to_csv(tmp_path / "test.csv", index=False)
+    with pytest.raises(ConfigError, match="test.csv: target 'clean' has missing or non-finite"):
+        _injected(tmp_path, test_data=str(tmp_path / "test.csv")).data(0)

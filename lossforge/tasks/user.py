@@ -37,7 +37,7 @@ from lossforge import data_sources
 from lossforge.errors import ConfigError
 from lossforge.tasks.adversarial import AdversarialTask
 from lossforge.tasks.augment import AugmentTask
-from lossforge.tasks.base import LossLike, Task, TaskResult, check_int_list, require
+from lossforge.tasks.base import LossLike, Task, TaskResult, check_int_list, check_range, require
 from lossforge.tasks.classification import Classifier, ClassificationTask, channel_last_hint, channel_major_advice
 from lossforge.tasks.data import Split, add_label_noise, generator, stratified_split
 from lossforge.tasks.regularize import RegularizeTask
@@ -168,6 +168,8 @@ class UserData:
             require(n < len(prepared.y), f"{self.dataset}: every row is trusted; nothing noisy is left to train on")
 
     def _check_noise_mode(self) -> None:
+        # a rate of nan or -0.1 counted as "no noise" and got "say how the labels are noisy": name the rate
+        check_range(self.noise_rate, "noise_rate", 0.0, 0.9)
         noisy = self.noise != "none" and self.noise_rate > 0
         require(noisy or self.trusted is not None,
                 "say how the labels are noisy: inject noise (noise = 'symmetric' with noise_rate; CLI --noise "
@@ -504,12 +506,23 @@ class UserRegressionTask(Task):
                                   "numbers (use problem = classification for labels)") from None
 
         y = numeric(main.y, self.dataset)
-        require(bool(np.isfinite(y).all()), f"{self.dataset}: target {self.target!r} has missing values")
+        require(bool(np.isfinite(y).all()),
+                f"{self.dataset}: target {self.target!r} has missing or non-finite values; drop those rows")
+        # targets are standardised by their deviation: one that overflows (|y| ~ 1e300) or is 0 (a constant
+        # target) turned every target into 0, and the search ran on that instead of the data
+        with np.errstate(over="ignore", invalid="ignore"):
+            spread = float(np.std(y))
+        require(np.isfinite(spread), f"{self.dataset}: target {self.target!r} has values too large to standardise "
+                f"(up to {float(np.abs(y).max()):.3g}); rescale it")
+        require(spread > 0, f"{self.dataset}: target {self.target!r} is {float(y[0]):g} in every row; a regression "
+                "needs targets that vary")
         other = None
         if self._other() is not None:
             table = data_sources.cached_table(self._other(), data_sources.file_hash(self._other()), self.target,
                                               main.features, None)
             other = (np.asarray(table.x, dtype=np.float64), numeric(table.y, self._other()))
+            require(bool(np.isfinite(other[1]).all()),
+                    f"{self._other()}: target {self.target!r} has missing or non-finite values; drop those rows")
         trusted = torch.tensor(main.trusted) if main.trusted is not None else None
         return np.asarray(main.x, dtype=np.float64), y, trusted, other
 
