@@ -199,12 +199,26 @@ def _baseline_table(store: Any) -> str:
 SHOW_FORMATS = ("table", "csv", "markdown", "json")
 
 
-def _show_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """The hall of fame of a ``show --json`` document as a header and rows (tasks one column each)."""
-    tasks = list(doc["hall_of_fame"][0]["tasks"]) if doc["hall_of_fame"] else []
-    headers = ["rank", "fitness", "validation", "complexity", *tasks, "formula"]
-    rows = [[h["rank"], _fmt(h["fitness"]), _fmt(h["validation_fitness"]), h["complexity"],
-             *[_fmt(h["tasks"].get(t)) for t in tasks], h["formula"]] for h in doc["hall_of_fame"]]
+def _show_rows(doc: dict[str, Any], raw: bool = False) -> tuple[list[str], list[list[Any]]]:
+    """The hall of fame of a ``show --json`` document as a header and rows, with the table's columns: a
+    ``confirmed`` column where the run confirmed, one column per task, and which known loss a row trains as
+    (``raw``: numbers unformatted and that in a ``same_as`` column, for CSV; else as the table writes it)."""
+    from lossforge.baselines import known_loss_text
+
+    hof = doc["hall_of_fame"]
+    tasks = list(hof[0]["tasks"]) if hof else []
+    confirmed = any(h["confirmed_fitness"] is not None for h in hof)
+    known = any(h["same_as"] for h in hof)
+    fmt = (lambda v: v) if raw else _fmt
+    headers = ["rank", "fitness", *(["confirmed"] if confirmed else []), "validation", "complexity", *tasks,
+               "formula", *(["same_as"] if known and raw else [])]
+    rows = []
+    for h in hof:
+        same = known_loss_text(h["same_as"]["name"], h["same_as"]["scale"]) if h["same_as"] else None
+        formula = h["formula"] if raw or same is None else f"{h['formula']}  (= {same})"
+        rows.append([h["rank"], fmt(h["fitness"]), *([fmt(h["confirmed_fitness"])] if confirmed else []),
+                     fmt(h["validation_fitness"]), h["complexity"], *[fmt(h["tasks"].get(t)) for t in tasks],
+                     formula, *([same or ""] if known and raw else [])])
     return headers, rows
 
 
@@ -228,14 +242,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         if fmt == "json":
             print(json.dumps(doc, indent=2))
             return 0
-        headers, rows = _show_rows(doc)
+        headers, rows = _show_rows(doc, raw=fmt == "csv")
         if fmt == "csv":
-            headers[headers.index("validation")] = "validation_fitness"
+            names = {"validation": "validation_fitness", "confirmed": "confirmed_fitness"}
             writer = csv.writer(sys.stdout, lineterminator="\n")
-            writer.writerow(headers)
-            writer.writerows([[h["rank"], h["fitness"], h["validation_fitness"], h["complexity"],
-                               *[h["tasks"].get(t) for t in headers[4:-1]], h["formula"]]
-                              for h in doc["hall_of_fame"]])
+            writer.writerow([names.get(h, h) for h in headers])
+            writer.writerows(rows)
         else:
             print(_markdown_table(headers, rows))
         return 0

@@ -93,6 +93,24 @@ def test_the_best_structures_are_confirmed_and_ranked_by_all_seeds(confirmed_run
     assert row.fitness == pytest.approx(top.confirmed_fitness, rel=1e-9)
 
 
+def test_show_csv_and_markdown_carry_the_confirmed_column(confirmed_run: Path, capsys: pytest.CaptureFixture) -> None:
+    import csv
+    import io
+    import json
+
+    from lossforge.cli import main
+
+    assert main(["show", str(confirmed_run), "--json"]) == 0
+    hof = json.loads(capsys.readouterr().out)["hall_of_fame"]
+    assert main(["show", str(confirmed_run), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [float(r["confirmed_fitness"]) if r["confirmed_fitness"] else None for r in rows] == \
+        [h["confirmed_fitness"] for h in hof]
+    assert sum(r["confirmed_fitness"] != "" for r in rows) == 3  # the three confirmed structures
+    assert main(["show", str(confirmed_run), "--format", "markdown"]) == 0
+    assert capsys.readouterr().out.startswith("| rank | fitness | confirmed | validation | complexity |")
+
+
 def test_confirming_again_trains_nothing(confirmed_run: Path, tmp_path: Path) -> None:
     copy = tmp_path / "again.db"
     copy.write_bytes(confirmed_run.read_bytes())

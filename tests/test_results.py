@@ -167,6 +167,19 @@ def test_show_says_when_the_search_returned_a_known_loss(tmp_path: Path, capsys:
     assert f"rank 1 trains as the known loss {first}" in out
     frame = lossforge.open_run(path).hall_of_fame(as_frame=False)
     assert frame[0]["same_as"] == first
+    # the CSV and Markdown views say it too, as the table does
+    assert main(["show", str(path), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    from lossforge.baselines import known_loss_text
+
+    assert len(rows) == len(doc["hall_of_fame"])
+    for entry, row in zip(doc["hall_of_fame"], rows):
+        same = entry["same_as"]
+        assert row["same_as"] == ("" if same is None else known_loss_text(same["name"], same["scale"]))
+        assert row["formula"] == entry["formula"]
+    assert rows[0]["same_as"].endswith(first)
+    assert main(["show", str(path), "--format", "markdown"]) == 0
+    assert f"(= {rows[0]['same_as']})" in capsys.readouterr().out.splitlines()[2]
 
 
 def test_show_pairs_rank_1_with_the_best_baseline_on_the_validation_seeds(tmp_path: Path,
