@@ -80,6 +80,9 @@ DEFAULT_BUDGET = 400.0
 DEFAULT_SCREENING = 0.25
 #: Generations when only a time limit bounds the search.
 MAX_GENERATIONS = 100_000
+#: Largest population: a generation is held in memory and generation 0 draws up to 200 trees a slot, so a
+#: mistyped 4000000000 would hang before the first line instead of saying so.
+MAX_POPULATION = 1_000_000
 #: Longest per-chunk time limit: the interval timer that enforces it overflows far beyond (and inf/1e10
 #: made every chunk fail); a longer limit is no limit, which is the default.
 MAX_CHUNK_TIMEOUT_S = 1e6
@@ -154,6 +157,9 @@ class SearchConfig:
         self._check_types()
         checks = [
             (self.population is None or self.population >= 2, "population must be at least 2"),
+            (self.population is None or self.population <= MAX_POPULATION,
+             f"population must be at most {MAX_POPULATION} (a generation is held in memory); spend a larger budget on "
+             "more generations instead"),
             (self.generations is None or self.generations >= 1, "generations must be at least 1"),
             (self.budget is None or (math.isfinite(self.budget) and self.budget > 0),
              "budget must be a positive number of full evaluations, e.g. 200"),
