@@ -354,8 +354,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         seeds = list(suite.validation_seeds)
         if not seeds:
             raise LossforgeError(f"suite {suite.name} has no validation_seeds; use --seeds N")
-    if args.baselines:
-        names = [n.strip() for n in args.baselines.split(",") if n.strip()]
+    if args.baselines is not None:  # '' (or ',,'): the loss alone
+        names = _baseline_names(args.baselines)
     else:
         names = [n for p in sorted(suite.problems) for n in DISPLAY_BASELINES[p]]
     if args.against:
@@ -372,6 +372,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _baseline_names(text: str) -> list[str]:
+    """``--baselines a, b,`` as names (empty entries dropped): one reading for ``score`` and ``baselines``."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def cmd_baselines(args: argparse.Namespace) -> int:
     from lossforge.api import score
     from lossforge.baselines import baselines_for, get_baseline
@@ -381,8 +386,11 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     from lossforge.scoring import load_suite
 
     suite = load_suite(args.suite)
-    if args.baselines:
-        names = [n.strip() for n in args.baselines.split(",") if n.strip()]
+    if args.baselines is not None:
+        names = _baseline_names(args.baselines)
+        if not names:
+            raise ConfigError("--baselines names no baseline; give some, e.g. --baselines gce,sce, or leave it out "
+                              "for every one")
         for name in names:
             get_baseline(name)  # an unknown name fails before any training
     else:
@@ -767,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="regression")
     _add_seed_options(p)
     p.add_argument("--against", help="baseline for a paired comparison over seeds, e.g. cross_entropy")
-    p.add_argument("--baselines", help="comma-separated baselines to score beside it (default: the suite's usual)")
+    p.add_argument("--baselines", help="comma-separated baselines to score beside it (default: the suite's usual; '' for none)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     _add_data_options(p)
     p.set_defaults(func=cmd_score)

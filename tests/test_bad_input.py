@@ -54,6 +54,7 @@ CLI_CASES = [
     (["search", "--generations", "-2"], "at least 1"),
     (["search", "--population", "many"], "not an integer"),
     (["search", "--population", "4000000000"], "population must be at most 1000000"),
+    (["baselines", "--baselines", ",,"], "names no baseline"),
     (["search", "--jobs", "0"], "-1 (all cores)"),
     (["search", "--seed", "1.5"], "not an integer"),
     (["search", "--space", "no_such_space"], "unknown search space"),

@@ -141,6 +141,9 @@ def test_score_and_baselines_json(capsys: pytest.CaptureFixture) -> None:
         assert set(r["tasks"]) == {"outliers"} and len(r["tasks"]["outliers"]["scores"]) == 2
     # (y_pred - y_real)**2 is the suite's reference loss, MSE: fitness 1 on every seed
     assert rows[0]["per_seed"] == [pytest.approx(1.0)] * 2
+    for empty in ("", ",,"):  # no baseline: the loss alone, whichever way it is written
+        assert main(["score", "(y_pred - y_real)**2", "--suite", TINY, "--baselines", empty, "--json"]) == 0
+        assert [r["name"] for r in json.loads(capsys.readouterr().out)["rows"]] == ["loss 1"]
     assert main(["baselines", "--suite", TINY, "--json"]) == 0
     base = json.loads(capsys.readouterr().out)["rows"]
     assert base and all(r["baseline"] for r in base) and "mse" in {r["name"] for r in base}
