@@ -174,7 +174,11 @@ class SymbolicLoss(nn.Module):
         """The expression applied elementwise to ``y_pred`` and ``y_real`` (no reduction, no softmax).
         ``log_y_pred``: ``log_softmax`` of the logits, from which ``log(y_pred)`` is then read (exact
         cross-entropy where the protected log would clamp a probability below 1e-12)."""
-        return self._compiled(y_pred, y_real, self.constants.to(y_pred.dtype), log_y_pred)
+        constants = self.constants.to(y_pred.dtype)
+        if y_pred.dtype == torch.float64 and not self.constants.requires_grad:
+            # the buffer holds float32 roundings; float64 gets the exact constants, as the .py export's literals
+            constants = torch.tensor(self._compiled.constants, dtype=torch.float64, device=y_pred.device)
+        return self._compiled(y_pred, y_real, constants, log_y_pred)
 
     @property
     def uses_log_probabilities(self) -> bool:
