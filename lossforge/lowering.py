@@ -70,10 +70,10 @@ def check_constants(expr: sympy.Expr, where: str = "expression") -> None:
 def lower(expr: sympy.Expr, log_probabilities: bool = False) -> Program:
     """Lower a sympy loss over ``y_pred``/``y_real`` built from the operator table into a :class:`Program`.
 
-    ``log_probabilities``: the classification variant: ``log(y_pred)`` reads the ``log_y_pred`` leaf and
-    ``log(y_pred**k)`` becomes ``k*log_y_pred``, so cross-entropy stays exact where the protected log
-    would clamp a probability below its epsilon. The constants are the same, in the same order, in both
-    variants (the rewritten nodes hold none).
+    ``log_probabilities``: the classification variant: ``log(y_pred)`` reads the ``log_y_pred`` leaf,
+    ``log(y_pred**k)`` becomes ``k*log_y_pred`` and ``log(c*y_pred**k)`` ``log(c) + k*log_y_pred``, so
+    cross-entropy stays exact where the protected log would clamp a probability below its epsilon. The
+    constants are the same, in the same order, in both variants (a rewritten node reads only its ``c``).
     """
     return _lower_cached(sympy.srepr(expr), expr, bool(log_probabilities))
 
@@ -94,6 +94,36 @@ def _lower_cached(_srepr: str, expr: sympy.Expr, log_probabilities: bool) -> Pro
             leaves[name] = emit(name)
         return leaves[name]
 
+    def power_of_pred(e: sympy.Expr) -> int | None:
+        """``y_pred`` -> 1, ``y_pred**k`` -> k (a positive integer), anything else -> None."""
+        if e.is_Symbol and e.name == "y_pred":
+            return 1
+        if e.is_Pow and e.base.is_Symbol and e.base.name == "y_pred" and e.exp.is_Integer and int(e.exp) > 0:
+            return int(e.exp)
+        return None
+
+    def log_probability(arg: sympy.Expr) -> int | None:
+        """The slot of ``log(arg)`` from the log-probability leaf for ``arg`` = ``[c*]y_pred**k``, else None.
+        ``log(c*y_pred)`` is ``log(c) + log(y_pred)``: without it ``log(1.0*y_pred)`` (cross-entropy's key)
+        or ``log(2*y_pred)`` clamped where cross-entropy is exact."""
+        scale = None
+        if arg.is_Mul and len(arg.args) == 2 and arg.args[0].is_Number:
+            scale, arg = arg.args
+        k = power_of_pred(arg)
+        if k is None:
+            return None
+        term = leaf("log_y_pred")
+        if k != 1:
+            term = emit("product", (emit("number", param=float(k)), term))
+        if scale is None:
+            return term
+        if scale.is_Float:  # a tunable constant: log|c| computed from its slot (same constants, same order)
+            zero = emit("product", (emit("number", param=0.0), leaf("log_y_pred")))  # a tensor of the input's dtype
+            log_scale = emit("log", (emit("sum", (zero, visit(scale))),))
+        else:
+            log_scale = emit("number", param=math.log(abs(float(scale))))
+        return emit("sum", (log_scale, term))
+
     def visit(e: sympy.Expr) -> int:
         if e.is_Symbol:
             if e.name not in VARIABLES:
@@ -105,13 +135,9 @@ def _lower_cached(_srepr: str, expr: sympy.Expr, log_probabilities: bool) -> Pro
         if e.is_Number:
             return emit("number", param=float(e))
         if log_probabilities and isinstance(e, ProtectedLog):
-            arg = e.args[0]
-            if arg.is_Symbol and arg.name == "y_pred":
-                return leaf("log_y_pred")
-            if arg.is_Pow and arg.base.is_Symbol and arg.base.name == "y_pred" and arg.exp.is_Integer \
-                    and int(arg.exp) > 0:
-                k = emit("number", param=float(arg.exp))
-                return emit("product", (k, leaf("log_y_pred")))
+            exact = log_probability(e.args[0])
+            if exact is not None:
+                return exact
         row = INSTRUCTION_BY_HEAD.get(type(e))
         if row is None:
             raise ExpressionError(f"no lowering for {type(e).__name__}; add it to the operator table")

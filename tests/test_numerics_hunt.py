@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
@@ -45,3 +47,55 @@ def test_symbolic_loss_and_export_agree_in_float64_with_exact_constants(tmp_path
         (va, ga), (vb, gb) = grads
         assert torch.equal(va, vb), (dtype, va, vb)
         assert torch.equal(ga, gb), (dtype, ga, gb)
+
+
+def _ce_case(logits: list[list[float]], dtype: torch.dtype):
+    x = torch.tensor(logits, dtype=dtype, requires_grad=True)
+    return x, torch.zeros(len(logits), dtype=torch.long)
+
+
+@pytest.mark.parametrize("text, offset", [
+    ("-y_real*log(1.0*y_pred)", 0.0),  # cross-entropy's own key
+    ("-y_real*log(y_pred*1.0000001)", math.log(1.0000001)),
+    ("-y_real*log(0.5*y_pred)", math.log(0.5)),
+    ("-y_real*log(y_pred + y_pred)", math.log(2.0)),  # sympy: log(2*y_pred)
+    ("-y_real*log(-3.0*y_pred*y_pred)", None),  # log(3) + 2*log(y_pred)
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_of_a_scaled_probability_is_exact_at_extreme_logits(tmp_path: Path, text: str, offset, dtype) -> None:
+    # Before: only log(y_pred) and log(y_pred**k) read log_softmax; log(1.0*y_pred), which has cross-entropy's
+    # key, clamped at 1e-12 beyond a logit gap of ~27.6 (value 27.63, gradient 0) while cross-entropy is exact.
+    expression = LossExpression.parse(text)
+    logits = [[0.0, 40.0, -3.0], [0.0, 100.0, 2.0], [5.0, 0.0, 1.0]]
+    x, target = _ce_case(logits, dtype)
+    ce = torch.nn.functional.cross_entropy(x, target, reduction="none")
+    power = 2.0 if offset is None else 1.0  # -y_real*log(c*y_pred**k) = k*CE - log|c|
+    want = power * ce - (math.log(3.0) if offset is None else offset)
+    (want_grad,) = torch.autograd.grad(want.sum(), x)
+    exported = _exported(tmp_path, expression)(reduction="none")
+    for module in (SymbolicLoss(expression, reduction="none"), exported):
+        x, target = _ce_case(logits, dtype)
+        value = module(x, target)
+        value.sum().backward()
+        torch.testing.assert_close(value, want.detach())
+        torch.testing.assert_close(x.grad, want_grad)
+    if "1.0*" in text:
+        assert expression.key == LossExpression.parse("-y_real*log(y_pred)").key  # one key, one function
+
+
+def test_the_scaled_log_keeps_constants_in_order_and_its_constant_trainable() -> None:
+    expression = LossExpression.parse("-y_real*log(0.5*y_pred) + 0.25*y_pred")
+    assert expression.classification_program.constants == expression.program.constants
+    loss = SymbolicLoss(expression, trainable_constants=True, problem="classification")
+    loss(torch.tensor([[0.0, 100.0]]), torch.tensor([0])).backward()
+    assert loss.constants.grad is not None and torch.isfinite(loss.constants.grad).all()
+    assert loss.constants.grad.abs().sum() > 0
+
+
+def test_the_scaled_log_export_compiles_with_jit_script(tmp_path: Path) -> None:
+    expression = LossExpression.parse("-y_real*log(0.5*y_pred) + 0.25*y_pred")
+    module = _exported(tmp_path, expression)()
+    scripted = torch.jit.script(module)
+    x, target = torch.tensor([[0.0, 100.0], [1.0, -2.0]]), torch.tensor([0, 1])
+    assert torch.equal(scripted(x, target), module(x, target))
+    torch.testing.assert_close(module(x, target), SymbolicLoss(expression)(x, target))
