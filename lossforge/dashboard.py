@@ -65,16 +65,26 @@ def _num(value: Any) -> float | None:
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
+def _whole(run: Any, config: dict[str, Any], key: str) -> int:
+    """``config[key]`` as a whole number; a run file that says something else is refused with one line."""
+    value = config.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RunError(f"run file {run.path}: its config gives {key} = {value!r}, not a whole number; "
+                       "the file is damaged or was not written by lossforge")
+    return value
+
+
 def _progress(run: Any, config: dict[str, Any]) -> dict[str, Any]:
     """Which phase the run is in, generations done of how many, and an ETA from the finished generations'
     mean time (none before the first has finished: a guess from set-up time would mislead)."""
     gens = run.generations(as_frame=False)
-    total = int(config.get("generations", 0)) + 1  # generation 0 counts
+    total = _whole(run, config, "generations") + 1  # generation 0 counts
     done = len(gens)
-    population = int(config.get("population", 0))
+    population = _whole(run, config, "population")
     current = done  # the generation in progress
     in_gen = sum(1 for c in run.candidates(as_frame=False) if c["generation"] >= current) if done < total else 0
-    seconds = [float(g["seconds"]) for g in gens if g.get("seconds") is not None]
+    seconds = [float(g["seconds"]) for g in gens
+               if isinstance(g.get("seconds"), (int, float)) and math.isfinite(g["seconds"])]
     if run.status != "running":
         phase, eta = run.status, 0.0 if run.status == "finished" else None
     elif done == 0 and not run.losses(1) and not run.baselines(as_frame=False):
@@ -151,6 +161,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(run_data(self.server.pick(query.get("run", [None])[0])))
         except LossforgeError as exc:
             return self._json({"error": str(exc)}, HTTPStatus.NOT_FOUND)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # content of a damaged run file that the readers did not foresee: one line to the page, not a
+            # traceback on the terminal and a dropped connection
+            return self._json({"error": f"cannot read this run ({type(exc).__name__}: {exc}); the run file may "
+                               "be damaged"}, HTTPStatus.INTERNAL_SERVER_ERROR)
         self._json({"error": f"no such page: {url.path}"}, HTTPStatus.NOT_FOUND)
 
 

@@ -187,3 +187,29 @@ def test_dashboard_in_a_browser_during_a_running_search(tmp_path: Path) -> None:
     assert shown and shown <= formulas
     assert "<svg" in html.split('id="hof"')[1]  # rendered LaTeX in the hall of fame
     assert html.count('class="num"') > 5
+
+
+def _serve_once(target: Path, path: str) -> tuple[int, bytes]:
+    server = make_server(target, port=0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        return _get(server.url.rstrip("/") + path)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_run_file_with_odd_config_gets_one_line_not_a_dropped_connection(finished_run: Path,
+                                                                          tmp_path: Path) -> None:
+    import sqlite3
+
+    odd = tmp_path / "odd.db"
+    shutil.copy(finished_run, odd)
+    with sqlite3.connect(odd) as db:
+        db.execute("""UPDATE config SET document = json_set(document, '$.search.generations', 'abc')""")
+    db.close()
+    status, body = _serve_once(odd, "/api/run.json")
+    assert status == 404
+    error = json.loads(body)["error"]
+    assert "generations" in error and "abc" in error and "\n" not in error
