@@ -15,10 +15,12 @@ on the server by matplotlib's mathtext to SVG (no MathJax/KaTeX download). It bi
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
 import os
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -176,6 +178,8 @@ class DashboardServer(ThreadingHTTPServer):
 
     def __init__(self, target: Path, host: str, port: int) -> None:
         self.target = target
+        if ":" in host:  # an IPv6 address such as ::1 (the stdlib's server is IPv4 unless told)
+            self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
 
     def runs(self) -> list[Path]:
@@ -199,7 +203,7 @@ class DashboardServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def make_server(target: str | os.PathLike[str], port: int = 8765, host: str = "127.0.0.1") -> DashboardServer:
@@ -212,8 +216,13 @@ def make_server(target: str | os.PathLike[str], port: int = 8765, host: str = "1
         raise RunError(f"no run or directory at {target}; give a run file, a run name or a runs directory")
     try:
         return DashboardServer(target, host, port)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on host {host!r} ({exc.strerror or exc}); give --host an address or "
+                          "name of this machine, such as 127.0.0.1") from None
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port") from None
+        fix = ("give --host an address of this machine, such as 127.0.0.1"
+               if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) else "choose another --port")
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}") from None
 
 
 def serve(target: str | os.PathLike[str], port: int = 8765, host: str = "127.0.0.1") -> None:

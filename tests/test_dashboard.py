@@ -213,3 +213,26 @@ def test_a_run_file_with_odd_config_gets_one_line_not_a_dropped_connection(finis
     assert status == 404
     error = json.loads(body)["error"]
     assert "generations" in error and "abc" in error and "\n" not in error
+
+
+def test_dashboard_host_ipv6_and_a_host_not_of_this_machine(finished_run: Path) -> None:
+    import socket
+
+    # an address this machine does not have: the fix is --host, not --port
+    with pytest.raises(ConfigError, match=r"192\.0\.2\.1.*give --host an address of this machine"):
+        make_server(finished_run, port=0, host="192.0.2.1")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    server = make_server(finished_run, port=0, host="::1")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        assert server.url.startswith("http://[::1]:")
+        status, body = _get(server.url + "api/run.json")
+        assert status == 200 and json.loads(body)["status"] == "finished"
+    finally:
+        server.shutdown()
+        server.server_close()
