@@ -148,8 +148,10 @@ class {cls}(nn.Module):
             raise ValueError("reduction must be 'mean', 'sum' or 'none', not " + repr(reduction))
         if problem not in ("auto", "regression", "classification"):
             raise ValueError("problem must be 'auto', 'regression' or 'classification', not " + repr(problem))
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError("label_smoothing must be in [0, 1]")
+        if isinstance(label_smoothing, (bool, str)) or not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError("label_smoothing must be a number in [0, 1], not " + repr(label_smoothing))
+        if isinstance(ignore_index, (bool, str)) or int(ignore_index) != ignore_index:  # 1.5 is no class
+            raise ValueError("ignore_index must be a whole number (a class index), not " + repr(ignore_index))
         self.reduction = reduction
         self.problem = problem
         self.ignore_index = int(ignore_index)

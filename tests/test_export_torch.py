@@ -154,3 +154,20 @@ def test_skorch_predict_proba_needs_predict_nonlinearity_with_an_exported_loss(e
         .fit(x, y).predict_proba(x)
     assert abs(raw.sum(1) - 1).max() > 1e-3  # logits, not probabilities
     assert abs(proba.sum(1) - 1).max() < 1e-5 and (proba >= 0).all()
+
+
+@pytest.mark.parametrize("maker", ["SymbolicLoss", "export"])
+def test_bad_torch_options_are_refused_with_one_line(exported_ce: type, maker: str) -> None:
+    make = _makers(exported_ce)[maker]
+    logits, labels = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    # a weight of the wrong length names the option, not a reshape
+    with pytest.raises(ValueError, match="weight has 3 entries but the input has 4 classes"):
+        make(weight=torch.ones(3))(logits, labels)
+    with pytest.raises(ValueError, match="ignore_index must be a whole number"):
+        make(ignore_index=1.5)  # was read as class 1
+    for smoothing in ("0.1", True):
+        with pytest.raises(ValueError, match="label_smoothing must be a number in"):
+            make(label_smoothing=smoothing)
+    # what torch accepts still works
+    torch.testing.assert_close(make(ignore_index=torch.tensor(3).item(), label_smoothing=0)(logits, labels),
+                               F.cross_entropy(logits, labels, ignore_index=3))
