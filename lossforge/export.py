@@ -169,10 +169,14 @@ class {cls}(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if is_classification_problem(self.problem, input, target):
+            one = input.dim() == 1 and (target.dim() == 0 or target.shape == input.shape)
+            if one:  # one sample's logits [C], as torch's losses take it: a batch of one
+                input, target = input.unsqueeze(0), target.unsqueeze(0)
             y_pred = torch.softmax(input, dim=1)
             y_real = class_targets(input, target, self.ignore_index, self.label_smoothing)
             terms = self.elementwise(y_pred, y_real, torch.log_softmax(input, dim=1))
-            return classification_loss(terms, target, self.weight, self.ignore_index, self.reduction)
+            loss = classification_loss(terms, target, self.weight, self.ignore_index, self.reduction)
+            return loss.squeeze(0) if one and self.reduction == "none" else loss
         if self.weight is not None:
             raise ValueError("weight is per class and applies to classification only")
         if input.shape != target.shape:

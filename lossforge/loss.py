@@ -200,8 +200,12 @@ class SymbolicLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.is_classification(input, target):
-            return classification_loss(self.class_terms(input, target), target, self.weight, self.ignore_index,
+            one = input.dim() == 1 and (target.dim() == 0 or target.shape == input.shape)
+            if one:  # one sample's logits [C], as torch's losses take it: a batch of one
+                input, target = input.unsqueeze(0), target.unsqueeze(0)
+            loss = classification_loss(self.class_terms(input, target), target, self.weight, self.ignore_index,
                                        self.reduction)
+            return loss.squeeze(0) if one and self.reduction == "none" else loss
         if self.weight is not None:
             raise ValueError("weight is per class and applies to classification only")
         if input.shape != target.shape:

@@ -171,3 +171,18 @@ def test_bad_torch_options_are_refused_with_one_line(exported_ce: type, maker: s
     # what torch accepts still works
     torch.testing.assert_close(make(ignore_index=torch.tensor(3).item(), label_smoothing=0)(logits, labels),
                                F.cross_entropy(logits, labels, ignore_index=3))
+
+
+@pytest.mark.parametrize("maker", ["SymbolicLoss", "export"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_one_unbatched_sample_as_torch_takes_it(exported_ce: type, maker: str, reduction: str) -> None:
+    make = _makers(exported_ce)[maker]
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, dtype=torch.float64, generator=gen)
+    weight = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64)
+    for kw in (dict(), dict(weight=weight, label_smoothing=0.1)):
+        ours = make(reduction=reduction, **kw)(logits, torch.tensor(2))
+        torch.testing.assert_close(ours, F.cross_entropy(logits, torch.tensor(2), reduction=reduction, **kw))
+        soft = torch.softmax(torch.randn(4, dtype=torch.float64, generator=gen), 0)
+        ours = make(reduction=reduction, problem="classification", **kw)(logits, soft)
+        torch.testing.assert_close(ours, F.cross_entropy(logits, soft, reduction=reduction, **kw))
