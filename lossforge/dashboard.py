@@ -125,7 +125,19 @@ def run_data(path: str | os.PathLike[str], top: int = 10) -> dict[str, Any]:
     doc["rejections"] = run.rejection_reasons()
     doc["counts"] = run.counts()
     doc["tasks"] = run.tasks
-    return doc
+    return _finite(doc)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity, however deep, as None: strict JSON, as ``show --json`` writes
+    it (a run file's config or statistics may hold them, and one must not blank the whole page)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _runs_in(directory: Path) -> list[Path]:

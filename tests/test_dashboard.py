@@ -236,3 +236,20 @@ def test_dashboard_host_ipv6_and_a_host_not_of_this_machine(finished_run: Path) 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_nan_and_infinity_anywhere_in_the_run_file_reach_the_page_as_null(finished_run: Path,
+                                                                         tmp_path: Path) -> None:
+    import sqlite3
+
+    odd = tmp_path / "nan.db"
+    shutil.copy(finished_run, odd)
+    with sqlite3.connect(odd) as db:  # Python's json reads NaN and Infinity in the stored documents
+        db.execute("UPDATE config SET document = replace(document, ?, ?)", ('"seed":0', '"seed":NaN'))
+        db.execute("UPDATE generations SET stats = replace(stats, ?, ?)", ('"median":', '"median":-Infinity,"x":'))
+    db.close()
+    doc = run_data(odd)
+    json.dumps(doc, allow_nan=False)
+    assert doc["config"]["seed"] is None and all(g["median"] is None for g in doc["history"])
+    status, body = _serve_once(odd, "/api/run.json")
+    assert status == 200 and json.loads(body)["config"]["seed"] is None
