@@ -223,8 +223,11 @@ def _show_rows(doc: dict[str, Any], raw: bool = False) -> tuple[list[str], list[
 
 
 def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731 - a pipe would end the cell
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    def cell(v: Any) -> str:  # names and formulas come from the run file: shown, never rendered as HTML
+        text = " ".join(str(v).split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return text.replace("|", "\\|")  # a pipe would end the cell, a line break the row
+
+    out = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     return "\n".join(out + ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows])
 
 

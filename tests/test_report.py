@@ -271,3 +271,24 @@ def json_str(text: str) -> str:
     import json
 
     return json.dumps(text)
+
+
+def test_show_markdown_escapes_hostile_names_and_formulas(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import sqlite3
+
+    from lossforge.cli import main
+
+    run = _make_run(tmp_path / "hostile.db", REGRESSION_SPEC, REGRESSION_LOSSES, REGRESSION_BASELINES)
+    with sqlite3.connect(run) as db:
+        for sep in (":", ": "):  # the task's name, not its noise kind (also "gaussian")
+            db.execute("UPDATE config SET document = replace(document, ?, ?)",
+                       (f'"name"{sep}"gaussian"', f'"name"{sep}"gauss<b>|x"'))
+        db.execute("UPDATE results SET task_scores = replace(task_scores, ?, ?)", ('"gaussian":', '"gauss<b>|x":'))
+        db.execute("UPDATE candidates SET formula = ? WHERE formula LIKE 'log(%'", ("<script>x</script>\n| 1",))
+    db.close()
+    assert main(["show", str(run), "--format", "markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "<b>" not in lines[0] and "gauss&lt;b&gt;\\|x" in lines[0]
+    assert lines[0].replace("\\|", "").count("|") == lines[1].count("|")  # one header cell per column
+    assert any("&lt;script&gt;x&lt;/script&gt; \\| 1" in line for line in lines[2:])
+    assert not any("<script>" in line for line in lines) and len(lines) == 2 + len(REGRESSION_LOSSES)
