@@ -240,7 +240,8 @@ def make_server(target: str | os.PathLike[str], port: int = 8765, host: str = "1
 def serve(target: str | os.PathLike[str], port: int = 8765, host: str = "127.0.0.1") -> None:
     """Serve the dashboard until interrupted."""
     server = make_server(target, port, host)
-    print(f"lossforge dashboard of {target}: {server.url}  (Ctrl-C to stop)", flush=True)
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(target))  # shown, not obeyed
+    print(f"lossforge dashboard of {shown}: {server.url}  (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
