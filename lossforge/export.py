@@ -179,6 +179,8 @@ class {cls}(nn.Module):
             return loss.squeeze(0) if one and self.reduction == "none" else loss
         if self.weight is not None:
             raise ValueError("weight is per class and applies to classification only")
+        if self.label_smoothing > 0.0:  # silently unsmoothed targets would train another loss than asked
+            raise ValueError("label_smoothing smooths class targets and applies to classification only")
         if input.shape != target.shape:
             raise ValueError("regression input and target must have the same shape (reshape one of them)")
         return reduce_loss(self.elementwise(input, target.to(input.dtype)), self.reduction)

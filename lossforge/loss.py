@@ -208,6 +208,8 @@ class SymbolicLoss(nn.Module):
             return loss.squeeze(0) if one and self.reduction == "none" else loss
         if self.weight is not None:
             raise ValueError("weight is per class and applies to classification only")
+        if self.label_smoothing > 0.0:  # silently unsmoothed targets would train another loss than asked
+            raise ValueError("label_smoothing smooths class targets and applies to classification only")
         if input.shape != target.shape:
             raise ValueError(
                 f"regression input {tuple(input.shape)} and target {tuple(target.shape)} must have "

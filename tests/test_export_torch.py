@@ -186,3 +186,11 @@ def test_one_unbatched_sample_as_torch_takes_it(exported_ce: type, maker: str, r
         soft = torch.softmax(torch.randn(4, dtype=torch.float64, generator=gen), 0)
         ours = make(reduction=reduction, problem="classification", **kw)(logits, soft)
         torch.testing.assert_close(ours, F.cross_entropy(logits, soft, reduction=reduction, **kw))
+
+
+def test_label_smoothing_applies_to_classification_only(exported_ce: type) -> None:
+    x, y = torch.randn(5), torch.randn(5)
+    for make in (*_makers(exported_ce).values(), lambda **kw: SymbolicLoss("(y_pred - y_real)**2", **kw)):
+        with pytest.raises(ValueError, match="label_smoothing .*classification only"):
+            make(label_smoothing=0.1)(x, y)
+        make(label_smoothing=0.0)(x, y)  # the default still works for regression
