@@ -161,8 +161,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, doc: Any, status: int = HTTPStatus.OK) -> None:
         self._send(status, json.dumps(doc, allow_nan=False).encode("utf-8"), "application/json")
 
+    def _host_allowed(self) -> bool:
+        """On a loopback address only a request naming this machine (localhost, 127.x, ::1) is served: a web
+        page elsewhere that points its own host name at 127.0.0.1 (DNS rebinding) must not read the run."""
+        bound = self.server.server_address[0]
+        if not (bound.startswith("127.") or bound in ("::1", "localhost")):
+            return True  # --host chose to serve other machines
+        name = (self.headers.get("Host") or "").strip().lower()
+        name = name[1:name.index("]")] if name.startswith("[") and "]" in name else name.rsplit(":", 1)[0]
+        return name in ("localhost", "::1") or name.startswith("127.")
+
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         url = urlparse(self.path)
+        if not self._host_allowed():
+            return self._json({"error": "this dashboard answers only requests for localhost or 127.0.0.1"},
+                              HTTPStatus.FORBIDDEN)
         if url.path in _STATIC:
             name, content_type = _STATIC[url.path]
             body = resources.files("lossforge").joinpath("dashboard", name).read_bytes()

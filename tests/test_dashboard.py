@@ -253,3 +253,19 @@ def test_nan_and_infinity_anywhere_in_the_run_file_reach_the_page_as_null(finish
     assert doc["config"]["seed"] is None and all(g["median"] is None for g in doc["history"])
     status, body = _serve_once(odd, "/api/run.json")
     assert status == 200 and json.loads(body)["config"]["seed"] is None
+
+
+def test_a_request_for_another_host_name_is_refused_on_loopback(served: str) -> None:
+    # DNS rebinding: a page on evil.example resolves its name to 127.0.0.1 and reads the run
+    request = urllib.request.Request(served + "api/run.json", headers={"Host": "evil.example:8765"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    assert status == 403 and "localhost" in json.loads(body)["error"]
+    port = served.rstrip("/").rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost"):
+        request = urllib.request.Request(served + "api/runs.json", headers={"Host": host})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
