@@ -95,8 +95,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if cache_from:
             print(f"reusing {imported} evaluation(s) from {len(cache_from)} earlier run(s) on the same suite")
         config = engine.config  # population and generations resolved from the budget
-        print(f"run {path}: population {config.population}, {config.generations} generations, suite "
-              f"{engine.suite.name} ({len(engine.suite.tasks)} tasks x {len(engine.suite.seeds)} seeds), "
+        print(f"run {_printable(str(path))}: population {config.population}, {config.generations} generations, "
+              f"suite {_printable(engine.suite.name)} ({len(engine.suite.tasks)} tasks x {len(engine.suite.seeds)} seeds), "
               f"{engine.executor.n_workers} worker(s)", flush=True)
     return _drive(engine, path, callbacks)
 
@@ -128,11 +128,13 @@ def _drive(engine: Any, path: Path, callbacks: Sequence[Any] = ()) -> int:
         print(_ranking_table(engine.store, 5, "best"))
         print()
         print(_baseline_table(engine.store))
-        print(f"\nrun saved to {path}  (lossforge show {path} | lossforge export {path} --format py)")
+        shown = _printable(str(path))  # a file name is shown, never obeyed by the terminal
+        print(f"\nrun saved to {shown}  (lossforge show {shown} | lossforge export {shown} --format py)")
         return 0
     except KeyboardInterrupt:
-        sys.stderr.write(f"lossforge: interrupted; everything scored is saved in {path}; "
-                         f"continue with `lossforge resume {path}`\n")
+        shown = _printable(str(path))
+        sys.stderr.write(f"lossforge: interrupted; everything scored is saved in {shown}; "
+                         f"continue with `lossforge resume {shown}`\n")
         return 130
     finally:
         engine.close()
@@ -223,8 +225,11 @@ def _show_rows(doc: dict[str, Any], raw: bool = False) -> tuple[list[str], list[
 
 
 def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731 - a pipe would end the cell
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    def cell(v: Any) -> str:  # names and formulas come from the run file: shown, never rendered as HTML
+        text = " ".join(str(v).split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return text.replace("|", "\\|")  # a pipe would end the cell, a line break the row
+
+    out = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     return "\n".join(out + ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows])
 
 

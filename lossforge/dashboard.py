@@ -15,10 +15,12 @@ on the server by matplotlib's mathtext to SVG (no MathJax/KaTeX download). It bi
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
 import os
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -65,16 +67,26 @@ def _num(value: Any) -> float | None:
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
+def _whole(run: Any, config: dict[str, Any], key: str) -> int:
+    """``config[key]`` as a whole number; a run file that says something else is refused with one line."""
+    value = config.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RunError(f"run file {run.path}: its config gives {key} = {value!r}, not a whole number; "
+                       "the file is damaged or was not written by lossforge")
+    return value
+
+
 def _progress(run: Any, config: dict[str, Any]) -> dict[str, Any]:
     """Which phase the run is in, generations done of how many, and an ETA from the finished generations'
     mean time (none before the first has finished: a guess from set-up time would mislead)."""
     gens = run.generations(as_frame=False)
-    total = int(config.get("generations", 0)) + 1  # generation 0 counts
+    total = _whole(run, config, "generations") + 1  # generation 0 counts
     done = len(gens)
-    population = int(config.get("population", 0))
+    population = _whole(run, config, "population")
     current = done  # the generation in progress
     in_gen = sum(1 for c in run.candidates(as_frame=False) if c["generation"] >= current) if done < total else 0
-    seconds = [float(g["seconds"]) for g in gens if g.get("seconds") is not None]
+    seconds = [float(g["seconds"]) for g in gens
+               if isinstance(g.get("seconds"), (int, float)) and math.isfinite(g["seconds"])]
     if run.status != "running":
         phase, eta = run.status, 0.0 if run.status == "finished" else None
     elif done == 0 and not run.losses(1) and not run.baselines(as_frame=False):
@@ -113,7 +125,19 @@ def run_data(path: str | os.PathLike[str], top: int = 10) -> dict[str, Any]:
     doc["rejections"] = run.rejection_reasons()
     doc["counts"] = run.counts()
     doc["tasks"] = run.tasks
-    return doc
+    return _finite(doc)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity, however deep, as None: strict JSON, as ``show --json`` writes
+    it (a run file's config or statistics may hold them, and one must not blank the whole page)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _runs_in(directory: Path) -> list[Path]:
@@ -137,8 +161,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, doc: Any, status: int = HTTPStatus.OK) -> None:
         self._send(status, json.dumps(doc, allow_nan=False).encode("utf-8"), "application/json")
 
+    def _host_allowed(self) -> bool:
+        """On a loopback address only a request naming this machine (localhost, 127.x, ::1) is served: a web
+        page elsewhere that points its own host name at 127.0.0.1 (DNS rebinding) must not read the run."""
+        bound = self.server.server_address[0]
+        if not (bound.startswith("127.") or bound in ("::1", "localhost")):
+            return True  # --host chose to serve other machines
+        name = (self.headers.get("Host") or "").strip().lower()
+        name = name[1:name.index("]")] if name.startswith("[") and "]" in name else name.rsplit(":", 1)[0]
+        return name in ("localhost", "::1") or name.startswith("127.")
+
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         url = urlparse(self.path)
+        if not self._host_allowed():
+            return self._json({"error": "this dashboard answers only requests for localhost or 127.0.0.1"},
+                              HTTPStatus.FORBIDDEN)
         if url.path in _STATIC:
             name, content_type = _STATIC[url.path]
             body = resources.files("lossforge").joinpath("dashboard", name).read_bytes()
@@ -151,6 +188,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(run_data(self.server.pick(query.get("run", [None])[0])))
         except LossforgeError as exc:
             return self._json({"error": str(exc)}, HTTPStatus.NOT_FOUND)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # content of a damaged run file that the readers did not foresee: one line to the page, not a
+            # traceback on the terminal and a dropped connection
+            return self._json({"error": f"cannot read this run ({type(exc).__name__}: {exc}); the run file may "
+                               "be damaged"}, HTTPStatus.INTERNAL_SERVER_ERROR)
         self._json({"error": f"no such page: {url.path}"}, HTTPStatus.NOT_FOUND)
 
 
@@ -161,6 +203,8 @@ class DashboardServer(ThreadingHTTPServer):
 
     def __init__(self, target: Path, host: str, port: int) -> None:
         self.target = target
+        if ":" in host:  # an IPv6 address such as ::1 (the stdlib's server is IPv4 unless told)
+            self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
 
     def runs(self) -> list[Path]:
@@ -184,7 +228,7 @@ class DashboardServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def make_server(target: str | os.PathLike[str], port: int = 8765, host: str = "127.0.0.1") -> DashboardServer:
@@ -197,14 +241,20 @@ def make_server(target: str | os.PathLike[str], port: int = 8765, host: str = "1
         raise RunError(f"no run or directory at {target}; give a run file, a run name or a runs directory")
     try:
         return DashboardServer(target, host, port)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on host {host!r} ({exc.strerror or exc}); give --host an address or "
+                          "name of this machine, such as 127.0.0.1") from None
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port") from None
+        fix = ("give --host an address of this machine, such as 127.0.0.1"
+               if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) else "choose another --port")
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); {fix}") from None
 
 
 def serve(target: str | os.PathLike[str], port: int = 8765, host: str = "127.0.0.1") -> None:
     """Serve the dashboard until interrupted."""
     server = make_server(target, port, host)
-    print(f"lossforge dashboard of {target}: {server.url}  (Ctrl-C to stop)", flush=True)
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(target))  # shown, not obeyed
+    print(f"lossforge dashboard of {shown}: {server.url}  (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from lossforge.atomic import write_atomic
+from lossforge.errors import ExportError
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
 
@@ -144,11 +145,13 @@ def diagnose(expression: LossExpression | str, problem: str, name: str | None = 
 
 
 def plot_curves(items: Sequence[tuple[str, LossExpression | str]], problem: str, path: str | Path) -> Path:
-    """Write :func:`curves_figure` as a PNG at ``path``."""
+    """Write :func:`curves_figure` as a PNG at ``path`` (a name ending .png, or with no suffix)."""
     import matplotlib.pyplot as plt
 
-    fig = curves_figure(items, problem)
     path = Path(path)
+    if path.suffix.lower() not in ("", ".png"):  # PNG bytes under a .svg or .pdf name open as a broken file
+        raise ExportError(f"the plot is a PNG image; give a path ending .png, not {path.name!r}")
+    fig = curves_figure(items, problem)
     buffer = io.BytesIO()  # rendered in memory, written atomically (never a half-written file)
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)

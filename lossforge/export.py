@@ -148,8 +148,10 @@ class {cls}(nn.Module):
             raise ValueError("reduction must be 'mean', 'sum' or 'none', not " + repr(reduction))
         if problem not in ("auto", "regression", "classification"):
             raise ValueError("problem must be 'auto', 'regression' or 'classification', not " + repr(problem))
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError("label_smoothing must be in [0, 1]")
+        if isinstance(label_smoothing, (bool, str)) or not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError("label_smoothing must be a number in [0, 1], not " + repr(label_smoothing))
+        if isinstance(ignore_index, (bool, str)) or int(ignore_index) != ignore_index:  # 1.5 is no class
+            raise ValueError("ignore_index must be a whole number (a class index), not " + repr(ignore_index))
         self.reduction = reduction
         self.problem = problem
         self.ignore_index = int(ignore_index)
@@ -167,12 +169,18 @@ class {cls}(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if is_classification_problem(self.problem, input, target):
+            one = input.dim() == 1 and (target.dim() == 0 or target.shape == input.shape)
+            if one:  # one sample's logits [C], as torch's losses take it: a batch of one
+                input, target = input.unsqueeze(0), target.unsqueeze(0)
             y_pred = torch.softmax(input, dim=1)
             y_real = class_targets(input, target, self.ignore_index, self.label_smoothing)
             terms = self.elementwise(y_pred, y_real, torch.log_softmax(input, dim=1))
-            return classification_loss(terms, target, self.weight, self.ignore_index, self.reduction)
+            loss = classification_loss(terms, target, self.weight, self.ignore_index, self.reduction)
+            return loss.squeeze(0) if one and self.reduction == "none" else loss
         if self.weight is not None:
             raise ValueError("weight is per class and applies to classification only")
+        if self.label_smoothing > 0.0:  # silently unsmoothed targets would train another loss than asked
+            raise ValueError("label_smoothing smooths class targets and applies to classification only")
         if input.shape != target.shape:
             raise ValueError("regression input and target must have the same shape (reshape one of them)")
         return reduce_loss(self.elementwise(input, target.to(input.dtype)), self.reduction)

@@ -28,6 +28,7 @@ exactly as this module does.
 
 from __future__ import annotations
 
+import numbers
 from typing import List, Literal, Optional, Sequence, Tuple
 
 import torch
@@ -90,6 +91,9 @@ def classification_loss(terms: torch.Tensor, target: torch.Tensor, weight: Optio
     """The classification loss from the expression's per-class ``terms`` ``[N, C, ...]``: weighted by class,
     summed over classes, ignored samples dropped, reduced as ``nn.CrossEntropyLoss`` reduces."""
     if weight is not None:
+        if weight.numel() != terms.shape[1]:  # else a reshape error that names no option
+            raise ValueError("weight has " + str(weight.numel()) + " entries but the input has "
+                             + str(terms.shape[1]) + " classes; give one weight per class")
         shape: List[int] = [1] * terms.dim()
         shape[1] = terms.shape[1]
         terms = terms * weight.to(terms.dtype).reshape(shape)
@@ -118,13 +122,18 @@ def class_probabilities(
     return y_pred, class_targets(y_pred, target)
 
 
-def _check_options(reduction: str, problem: str, weight: torch.Tensor | None, label_smoothing: float) -> None:
+def _check_options(reduction: str, problem: str, weight: torch.Tensor | None, label_smoothing: float,
+                   ignore_index: int = -100) -> None:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):  # 1.5 must not become class 1
+        raise ValueError(f"ignore_index must be a whole number (a class index, default -100), not {ignore_index!r}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
     if problem not in ("auto", "regression", "classification"):
         raise ValueError(f"problem must be 'auto', 'regression' or 'classification', not {problem!r}")
     if weight is not None and (not isinstance(weight, torch.Tensor) or weight.dim() != 1):
         raise ValueError("weight must be a 1-D tensor of one weight per class (as nn.CrossEntropyLoss's)")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+        raise ValueError(f"label_smoothing must be a number in [0, 1], not {label_smoothing!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], not {label_smoothing!r}")
 
@@ -151,7 +160,7 @@ class SymbolicLoss(nn.Module):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_options(reduction, problem, weight, label_smoothing)
+        _check_options(reduction, problem, weight, label_smoothing, ignore_index)
         self.expression = LossExpression.coerce(expression)
         self.reduction = reduction
         self.problem = problem
@@ -195,10 +204,16 @@ class SymbolicLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.is_classification(input, target):
-            return classification_loss(self.class_terms(input, target), target, self.weight, self.ignore_index,
+            one = input.dim() == 1 and (target.dim() == 0 or target.shape == input.shape)
+            if one:  # one sample's logits [C], as torch's losses take it: a batch of one
+                input, target = input.unsqueeze(0), target.unsqueeze(0)
+            loss = classification_loss(self.class_terms(input, target), target, self.weight, self.ignore_index,
                                        self.reduction)
+            return loss.squeeze(0) if one and self.reduction == "none" else loss
         if self.weight is not None:
             raise ValueError("weight is per class and applies to classification only")
+        if self.label_smoothing > 0.0:  # silently unsmoothed targets would train another loss than asked
+            raise ValueError("label_smoothing smooths class targets and applies to classification only")
         if input.shape != target.shape:
             raise ValueError(
                 f"regression input {tuple(input.shape)} and target {tuple(target.shape)} must have "

@@ -41,6 +41,8 @@ class TensorBoardCallback:
             from tensorboardX import SummaryWriter
         except ImportError:
             raise ConfigError("--tensorboard needs tensorboardX; pip install 'lossforge[tensorboard]'") from None
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:  # top=-1 would drop the last silently
+            raise ConfigError(f"top must be a positive whole number of formulas, not {top!r}")
         self.logdir = Path(logdir)
         try:
             self.logdir.mkdir(parents=True, exist_ok=True)

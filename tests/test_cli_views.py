@@ -73,3 +73,16 @@ def test_names_with_control_characters_are_shown_escaped_never_obeyed(runs_dir: 
     assert main(["show", str(hostile / "missing\x1b[31m.db")]) == 2
     err = capsys.readouterr().err
     assert "\x1b" not in err and "missing\\x1b[31m" in err and len(err.strip().splitlines()) == 1
+
+
+def test_search_progress_shows_a_hostile_run_name_escaped(tmp_path: Path, tiny_suite: str,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "e\x1b[31mred\nx.db"
+    assert main(["search", "--suite", tiny_suite, "--population", "4", "--generations", "1", "--jobs", "1",
+                 "--executor", "serial", "--run", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "\x1b[31m" not in captured.out + captured.err and run.exists()
+    header = next(line for line in captured.out.splitlines() if line.startswith("run "))
+    assert "e\\x1b[31mred\\nx.db: population 4" in header
+    saved = next(line for line in captured.out.splitlines() if line.startswith("run saved to"))
+    assert "e\\x1b[31mred\\nx.db" in saved

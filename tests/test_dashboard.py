@@ -187,3 +187,85 @@ def test_dashboard_in_a_browser_during_a_running_search(tmp_path: Path) -> None:
     assert shown and shown <= formulas
     assert "<svg" in html.split('id="hof"')[1]  # rendered LaTeX in the hall of fame
     assert html.count('class="num"') > 5
+
+
+def _serve_once(target: Path, path: str) -> tuple[int, bytes]:
+    server = make_server(target, port=0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        return _get(server.url.rstrip("/") + path)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_run_file_with_odd_config_gets_one_line_not_a_dropped_connection(finished_run: Path,
+                                                                          tmp_path: Path) -> None:
+    import sqlite3
+
+    odd = tmp_path / "odd.db"
+    shutil.copy(finished_run, odd)
+    with sqlite3.connect(odd) as db:
+        db.execute("""UPDATE config SET document = json_set(document, '$.search.generations', 'abc')""")
+    db.close()
+    status, body = _serve_once(odd, "/api/run.json")
+    assert status == 404
+    error = json.loads(body)["error"]
+    assert "generations" in error and "abc" in error and "\n" not in error
+
+
+def test_dashboard_host_ipv6_and_a_host_not_of_this_machine(finished_run: Path) -> None:
+    import socket
+
+    # an address this machine does not have: the fix is --host, not --port
+    with pytest.raises(ConfigError, match=r"192\.0\.2\.1.*give --host an address of this machine"):
+        make_server(finished_run, port=0, host="192.0.2.1")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    server = make_server(finished_run, port=0, host="::1")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        assert server.url.startswith("http://[::1]:")
+        status, body = _get(server.url + "api/run.json")
+        assert status == 200 and json.loads(body)["status"] == "finished"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_nan_and_infinity_anywhere_in_the_run_file_reach_the_page_as_null(finished_run: Path,
+                                                                         tmp_path: Path) -> None:
+    import sqlite3
+
+    odd = tmp_path / "nan.db"
+    shutil.copy(finished_run, odd)
+    with sqlite3.connect(odd) as db:  # Python's json reads NaN and Infinity in the stored documents
+        db.execute("UPDATE config SET document = replace(document, ?, ?)", ('"seed":0', '"seed":NaN'))
+        db.execute("UPDATE generations SET stats = replace(stats, ?, ?)", ('"median":', '"median":-Infinity,"x":'))
+    db.close()
+    doc = run_data(odd)
+    json.dumps(doc, allow_nan=False)
+    assert doc["config"]["seed"] is None and all(g["median"] is None for g in doc["history"])
+    status, body = _serve_once(odd, "/api/run.json")
+    assert status == 200 and json.loads(body)["config"]["seed"] is None
+
+
+def test_a_request_for_another_host_name_is_refused_on_loopback(served: str) -> None:
+    # DNS rebinding: a page on evil.example resolves its name to 127.0.0.1 and reads the run
+    request = urllib.request.Request(served + "api/run.json", headers={"Host": "evil.example:8765"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    assert status == 403 and "localhost" in json.loads(body)["error"]
+    port = served.rstrip("/").rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost"):
+        request = urllib.request.Request(served + "api/runs.json", headers={"Host": host})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200

@@ -34,3 +34,14 @@ def test_curves_and_plot(tmp_path: Path) -> None:
     out = plot_curves([("mse", "(y_pred - y_real)**2"), ("mae", "sqrt((y_pred - y_real)**2)")], "regression",
                       tmp_path / "c.png")
     assert out.exists() and out.stat().st_size > 1000
+
+
+def test_plot_curves_refuses_a_name_that_is_not_png(tmp_path) -> None:
+    from lossforge.errors import ExportError
+
+    out = tmp_path / "curves.svg"
+    with pytest.raises(ExportError, match=r"PNG.*\.png.*curves\.svg"):
+        plot_curves([("mse", "(y_pred - y_real)**2")], "regression", out)
+    assert not out.exists()
+    png = plot_curves([("mse", "(y_pred - y_real)**2")], "regression", tmp_path / "curves.PNG")
+    assert png.read_bytes().startswith(b"\x89PNG")

@@ -154,3 +154,43 @@ def test_skorch_predict_proba_needs_predict_nonlinearity_with_an_exported_loss(e
         .fit(x, y).predict_proba(x)
     assert abs(raw.sum(1) - 1).max() > 1e-3  # logits, not probabilities
     assert abs(proba.sum(1) - 1).max() < 1e-5 and (proba >= 0).all()
+
+
+@pytest.mark.parametrize("maker", ["SymbolicLoss", "export"])
+def test_bad_torch_options_are_refused_with_one_line(exported_ce: type, maker: str) -> None:
+    make = _makers(exported_ce)[maker]
+    logits, labels = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    # a weight of the wrong length names the option, not a reshape
+    with pytest.raises(ValueError, match="weight has 3 entries but the input has 4 classes"):
+        make(weight=torch.ones(3))(logits, labels)
+    with pytest.raises(ValueError, match="ignore_index must be a whole number"):
+        make(ignore_index=1.5)  # was read as class 1
+    for smoothing in ("0.1", True):
+        with pytest.raises(ValueError, match="label_smoothing must be a number in"):
+            make(label_smoothing=smoothing)
+    # what torch accepts still works
+    torch.testing.assert_close(make(ignore_index=torch.tensor(3).item(), label_smoothing=0)(logits, labels),
+                               F.cross_entropy(logits, labels, ignore_index=3))
+
+
+@pytest.mark.parametrize("maker", ["SymbolicLoss", "export"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_one_unbatched_sample_as_torch_takes_it(exported_ce: type, maker: str, reduction: str) -> None:
+    make = _makers(exported_ce)[maker]
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, dtype=torch.float64, generator=gen)
+    weight = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64)
+    for kw in (dict(), dict(weight=weight, label_smoothing=0.1)):
+        ours = make(reduction=reduction, **kw)(logits, torch.tensor(2))
+        torch.testing.assert_close(ours, F.cross_entropy(logits, torch.tensor(2), reduction=reduction, **kw))
+        soft = torch.softmax(torch.randn(4, dtype=torch.float64, generator=gen), 0)
+        ours = make(reduction=reduction, problem="classification", **kw)(logits, soft)
+        torch.testing.assert_close(ours, F.cross_entropy(logits, soft, reduction=reduction, **kw))
+
+
+def test_label_smoothing_applies_to_classification_only(exported_ce: type) -> None:
+    x, y = torch.randn(5), torch.randn(5)
+    for make in (*_makers(exported_ce).values(), lambda **kw: SymbolicLoss("(y_pred - y_real)**2", **kw)):
+        with pytest.raises(ValueError, match="label_smoothing .*classification only"):
+            make(label_smoothing=0.1)(x, y)
+        make(label_smoothing=0.0)(x, y)  # the default still works for regression

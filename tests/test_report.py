@@ -241,3 +241,54 @@ def test_progress_on_a_terminal_with_rich() -> None:
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (None, math.inf, 0.4, 42, 185, 3725)] == ["?", "?", "0s", "42s",
                                                                                    "3m05s", "1h02m"]
+
+
+def test_report_markdown_escapes_hostile_names_and_formulas(tmp_path: Path) -> None:
+    import sqlite3
+
+    run = _make_run(tmp_path / "hostile.db", REGRESSION_SPEC, REGRESSION_LOSSES, REGRESSION_BASELINES)
+    evil = "<img src=x onerror=alert(1)>|[link](http://x)"
+    with sqlite3.connect(run) as db:  # a run file can say anything: names and formulas are text in it
+        db.execute("UPDATE config SET document = replace(document, '\"synthetic\"', ?)", (json_str(evil),))
+        db.execute("UPDATE results SET name = ? WHERE kind = 'baseline' AND name = 'huber'", ("huber" + evil,))
+        db.execute("UPDATE candidates SET formula = ? WHERE formula LIKE 'log(%'",
+                   ("log(`<script>alert(1)</script>` | 1)\n# heading",))
+    db.close()
+    text = write_report(run, tmp_path / "out").read_text()
+    assert "<img" not in text and "onerror=alert(1)>" not in text and "[link](" not in text
+    assert "Suite: &lt;img src=x onerror=alert(1)&gt;\\|\\[link\\](http://x), tasks" in text
+    hall = text.split("## Hall of fame")[1].split("## Baselines")[0]
+    row = next(line for line in hall.splitlines() if line.startswith("| 1 |"))
+    # the formula stays one code span (a fence longer than its backticks), in one cell, on one line
+    assert "``log(`<script>alert(1)</script>` \\| 1) # heading``" in row
+    assert len(row.replace("\\|", "").split("|")) == 2 + 7  # rank, formula, complexity, fitness, validation, 2 tasks
+    assert "\n# heading" not in text
+    baselines = text.split("## Baselines")[1]
+    assert "| huber&lt;img" in baselines and "\\|\\[link\\]" in baselines
+
+
+def json_str(text: str) -> str:
+    import json
+
+    return json.dumps(text)
+
+
+def test_show_markdown_escapes_hostile_names_and_formulas(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import sqlite3
+
+    from lossforge.cli import main
+
+    run = _make_run(tmp_path / "hostile.db", REGRESSION_SPEC, REGRESSION_LOSSES, REGRESSION_BASELINES)
+    with sqlite3.connect(run) as db:
+        for sep in (":", ": "):  # the task's name, not its noise kind (also "gaussian")
+            db.execute("UPDATE config SET document = replace(document, ?, ?)",
+                       (f'"name"{sep}"gaussian"', f'"name"{sep}"gauss<b>|x"'))
+        db.execute("UPDATE results SET task_scores = replace(task_scores, ?, ?)", ('"gaussian":', '"gauss<b>|x":'))
+        db.execute("UPDATE candidates SET formula = ? WHERE formula LIKE 'log(%'", ("<script>x</script>\n| 1",))
+    db.close()
+    assert main(["show", str(run), "--format", "markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "<b>" not in lines[0] and "gauss&lt;b&gt;\\|x" in lines[0]
+    assert lines[0].replace("\\|", "").count("|") == lines[1].count("|")  # one header cell per column
+    assert any("&lt;script&gt;x&lt;/script&gt; \\| 1" in line for line in lines[2:])
+    assert not any("<script>" in line for line in lines) and len(lines) == 2 + len(REGRESSION_LOSSES)

@@ -79,3 +79,15 @@ def test_search_tensorboard_option_writes_one_step_per_generation(tmp_path: Path
     steps = {event.step for event in _events(logdir) for value in event.summary.value
              if value.tag == "fitness/best"}
     assert steps == {0, 1}
+
+
+def test_a_bad_top_or_logdir_is_refused_with_one_line(tmp_path: Path) -> None:
+    from lossforge.errors import ConfigError
+
+    for top in (0, -1, "5", True):
+        with pytest.raises(ConfigError, match="top must be a positive whole number"):
+            TensorBoardCallback(tmp_path / "tb", top=top)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="cannot create TensorBoard directory"):
+        TensorBoardCallback(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "x"
