@@ -14,6 +14,8 @@ from lossforge.export import to_python
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
 
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
 
 def _exported(tmp_path: Path, expression: LossExpression) -> type:
     path = tmp_path / f"loss_{expression.key}.py"
