@@ -22,6 +22,9 @@ import contextlib, io, sys, time
 from pathlib import Path
 from lossforge.cli import main
 run, runs_dir, stop = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+Path(sys.argv[4]).touch()  # imported: the search may start
+while not Path(run).exists() and not stop.exists():
+    time.sleep(0.005)
 ok = failed = 0
 while not stop.exists():
     for argv in (["show", run], ["--runs-dir", runs_dir, "runs"]):
@@ -49,14 +52,17 @@ def test_readers_beside_a_writing_search_all_succeed_and_nothing_is_lost(tmp_pat
     run, stop = runs / "loaded.db", tmp_path / "stop"
     settings = ["--suite", tiny_suite, "--population", "6", "--generations", "2", "--jobs", "1",
                 "--chunk-size", "2", "--validate-top", "1", "--quiet"]
+    # the readers start first and the search once all have imported lossforge (seconds on a busy machine,
+    # longer than this tiny search), so that they read while it writes
+    ready = [tmp_path / f"ready{i}" for i in range(READERS)]
+    readers = [subprocess.Popen([sys.executable, "-c", _READER, str(run), str(runs), str(stop), str(flag)], env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for flag in ready]
+    deadline = time.time() + 300
+    while not all(flag.exists() for flag in ready) and time.time() < deadline:
+        time.sleep(0.02)
     search = subprocess.Popen([sys.executable, "-m", "lossforge.cli", "--runs-dir", str(runs), "search",
                                "--run", "loaded", *settings], env=ENV, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not run.exists() and time.time() < deadline and search.poll() is None:
-        time.sleep(0.02)
-    readers = [subprocess.Popen([sys.executable, "-c", _READER, str(run), str(runs), str(stop)], env=ENV,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(READERS)]
     try:
         _, search_err = search.communicate(timeout=600)
     finally:
