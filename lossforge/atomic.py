@@ -43,20 +43,27 @@ def _is_run_or_side_file(path: Path) -> bool:
     return False
 
 
+def special_kind(mode: int) -> str | None:
+    """"a FIFO", "a socket" or "a device" for a file mode of one of those, else None."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return None
+
+
 def _special_kind(path: Path) -> str | None:
     """What ``path`` is when it is a FIFO, socket or device (never replaced: as root, ``os.replace`` would
     swap ``/dev/null`` for a regular file), or a symlink to one (``/dev/stdout``), else None."""
     for look in (path.lstat, path.stat):
         try:
-            mode = look().st_mode
+            kind = special_kind(look().st_mode)
         except OSError:
             continue
-        if stat.S_ISFIFO(mode):
-            return "a FIFO"
-        if stat.S_ISSOCK(mode):
-            return "a socket"
-        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            return "a device"
+        if kind:
+            return kind
     return None
 
 

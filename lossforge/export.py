@@ -34,6 +34,7 @@ from typing import Any
 import sympy
 
 from lossforge import operators
+from lossforge.atomic import special_kind
 from lossforge.backends.python_source import python_source
 from lossforge.backends.sympy_plain import plain_sympy
 from lossforge.errors import ExportError, ExpressionError, LossforgeError
@@ -207,15 +208,7 @@ MAX_INT_DIGITS = 30
 
 
 def _file_kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
+    return "a directory" if stat.S_ISDIR(mode) else special_kind(mode) or "not a regular file"
 
 
 def read_bounded(path: str | Path, limit: int = MAX_JSON_BYTES) -> bytes:

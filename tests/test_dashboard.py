@@ -3,6 +3,7 @@ running search."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from html import unescape
 import os
@@ -16,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -189,15 +190,22 @@ def test_dashboard_in_a_browser_during_a_running_search(tmp_path: Path) -> None:
     assert html.count('class="num"') > 5
 
 
-def _serve_once(target: Path, path: str) -> tuple[int, bytes]:
-    server = make_server(target, port=0)
+@contextlib.contextmanager
+def _serving(target: Path, **options: Any) -> Iterator[Any]:
+    """A dashboard server on ``target`` in a thread, shut down on exit."""
+    server = make_server(target, port=0, **options)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     try:
-        return _get(server.url.rstrip("/") + path)
+        yield server
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _serve_once(target: Path, path: str) -> tuple[int, bytes]:
+    with _serving(target) as server:
+        return _get(server.url.rstrip("/") + path)
 
 
 def test_a_run_file_with_odd_config_gets_one_line_not_a_dropped_connection(finished_run: Path,
@@ -226,16 +234,10 @@ def test_dashboard_host_ipv6_and_a_host_not_of_this_machine(finished_run: Path) 
             probe.bind(("::1", 0))
     except OSError:
         pytest.skip("this machine has no IPv6 loopback")
-    server = make_server(finished_run, port=0, host="::1")
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
+    with _serving(finished_run, host="::1") as server:
         assert server.url.startswith("http://[::1]:")
         status, body = _get(server.url + "api/run.json")
         assert status == 200 and json.loads(body)["status"] == "finished"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_nan_and_infinity_anywhere_in_the_run_file_reach_the_page_as_null(finished_run: Path,
