@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import unicodedata
 import warnings
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from lossforge.errors import LossforgeError
-
-
-def _printable(text: str) -> str:
-    """``text`` with control and other unprintable characters escaped (``\\x1b``, ``\\n``): a file or run
-    name is shown, never obeyed by the terminal, and a message stays one line."""
-    return "".join(repr(ch)[1:-1] if unicodedata.category(ch)[0] == "C" else ch for ch in text)
+from lossforge.errors import LossforgeError, printable as _printable
 
 
 class _Parser(argparse.ArgumentParser):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from lossforge.errors import ConfigError, LossforgeError, RunError
+from lossforge.errors import ConfigError, LossforgeError, RunError, printable
 
 __all__ = ["run_data", "make_server", "serve", "latex_svg"]
 
@@ -253,8 +253,7 @@ def make_server(target: str | os.PathLike[str], port: int = 8765, host: str = "1
 def serve(target: str | os.PathLike[str], port: int = 8765, host: str = "127.0.0.1") -> None:
     """Serve the dashboard until interrupted."""
     server = make_server(target, port, host)
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(target))  # shown, not obeyed
-    print(f"lossforge dashboard of {shown}: {server.url}  (Ctrl-C to stop)", flush=True)
+    print(f"lossforge dashboard of {printable(str(target))}: {server.url}  (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:

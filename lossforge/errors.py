@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """``text`` with control and other unprintable characters escaped (``\\x1b``, ``\\n``): a file or run
+    name in a message is shown, never obeyed by the terminal, and the message stays one line."""
+    # isprintable: false for control, format and surrogate characters and for separators but the space
+    # (a line separator U+2028 would break the line too)
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 class LossforgeError(Exception):
     """Base class of every error lossforge raises on bad input or bad state."""
 
