@@ -169,6 +169,7 @@ class SymbolicLoss(nn.Module):
         self.register_buffer("weight", weight)
         self._compiled = compile_expr(self.expression.sympy)
         values = torch.tensor(self._compiled.constants, dtype=torch.float32)
+        self._exact: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # per device: float32, float64
         if trainable_constants:
             self.constants = nn.Parameter(values)
         else:
@@ -185,9 +186,18 @@ class SymbolicLoss(nn.Module):
         cross-entropy where the protected log would clamp a probability below 1e-12)."""
         constants = self.constants.to(y_pred.dtype)
         if y_pred.dtype == torch.float64 and not self.constants.requires_grad:
-            # the buffer holds float32 roundings; float64 gets the exact constants, as the .py export's literals
-            constants = torch.tensor(self._compiled.constants, dtype=torch.float64, device=y_pred.device)
+            constants = self._exact_constants(constants)
         return self._compiled(y_pred, y_real, constants, log_y_pred)
+
+    def _exact_constants(self, as_float64: torch.Tensor) -> torch.Tensor:
+        """The expression's exact constants in float64, as the .py export's literals, while the buffer still
+        holds their float32 roundings; a buffer changed since (``load_state_dict``) is used as it is."""
+        device = as_float64.device
+        if device not in self._exact:
+            exact = torch.tensor(self._compiled.constants, dtype=torch.float64, device=device)
+            self._exact[device] = (exact.to(torch.float32), exact)
+        rounded, exact = self._exact[device]
+        return exact if torch.equal(self.constants.detach(), rounded) else as_float64
 
     @property
     def uses_log_probabilities(self) -> bool:

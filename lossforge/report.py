@@ -199,7 +199,7 @@ def _shape_panels(run: _Run) -> list[_Panel]:
         panels.append(("regression", "Regression: mean over y_real in [-2, 2], shaded: spread over y_real",
                        _residuals().numpy(), _regression_band))
     if "classification" in run.suite.problems:
-        from lossforge.tasks.data import N_CLASSES  # every bundled data set has this many classes
+        from lossforge.tasks.data import N_CLASSES  # the digit and generated data sets' class count
 
         p = _probabilities().numpy()
         panels.append(("classification", "Classification, 2 classes", p,
@@ -403,7 +403,8 @@ def write_report(run_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     three). Plots without data yet (e.g. no finished generation) are left out and the Markdown says so.
     Raises :class:`~lossforge.errors.RunError` for a missing or unreadable run and
     :class:`~lossforge.errors.ExportError` when ``out_dir`` cannot be created or written, or already holds
-    a report and ``force`` is false. Every file is written atomically (an old one stays intact on failure).
+    a report and ``force`` is false. Every file is written atomically (an old one stays intact on failure);
+    a plot left out this time removes the old report's one of that name, once the new report.md is written.
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ExportError(f"top must be a positive integer, got {top!r}")
@@ -430,4 +431,6 @@ def write_report(run_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
             images[key] = f"report_{key}.png"
     report = out / "report.md"
     write_atomic(report, _markdown(run, images, front))
+    for key in plots.keys() - images.keys():  # a figure of the report replaced (force) would describe another run
+        (out / f"report_{key}.png").unlink(missing_ok=True)
     return report

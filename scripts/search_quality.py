@@ -8,8 +8,9 @@ For each search seed s (default 0-4) it runs
   of full-fidelity evaluations, losses drawn from the same space with the same rejection, no selection;
 
 then scores each run's best loss, every baseline at its authors' setting and every baseline tuned with the
-budget a search gives its best losses (``lossforge.tuning.tune_baselines``) on the suite's validation seeds
-and on the ``transfer`` suite (data no search suite uses), with 95 % confidence intervals over seeds, and
+budget a search gives its best losses (``lossforge.tuning.tune_baselines``) on the suite's validation seeds,
+on the ``transfer`` suite (data no search suite uses) and on the ``holdout`` suite (data no other suite uses,
+fixed before any found loss was scored on it), with 95 % confidence intervals over seeds, and
 compares GP with random search paired over the search seeds (paired t-test and sign test). It writes
 ``search_quality.md`` (tables) and ``search_quality.json`` (every number) into ``--out``.
 
@@ -57,6 +58,14 @@ seeds = [0, 1]
 name = "synthetic_b_sym40"
 type = "label_noise"
 settings = { dataset = "synthetic_b", n_train = 300, epochs = 3, hidden = [16] }
+"""
+DRY_HOLDOUT = """name = "quality_dry_holdout"
+seeds = [0, 1]
+
+[[tasks]]
+name = "wine_sym40"
+type = "label_noise"
+settings = { dataset = "wine", epochs = 3, hidden = [16] }
 """
 DRY_SEARCH = {"population": 4, "generations": 1, "jobs": 1, "validate_top": 0}
 DRY_BASELINES = ["cross_entropy", "gce", "anl_ce"]
@@ -190,8 +199,10 @@ def _safe(x: float) -> float | None:
 
 
 def compare(runs: list[dict[str, Any]], validation: dict[str, Any], transfer: dict[str, Any],
-            baseline_labels: list[str], ce_task: str = "label_noise") -> dict[str, Any]:
-    """The study's verdicts: found loss against the best baseline, against cross-entropy, and GP against random."""
+            baseline_labels: list[str], ce_task: str = "label_noise",
+            holdout: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The study's verdicts: found loss against the best baseline, against cross-entropy, and GP against random,
+    on the validation seeds and on each held-out suite's table (``transfer``, and ``holdout`` when scored)."""
     gp = [f"gp s{r['seed']}" for r in runs if r["arm"] == "gp" and f"gp s{r['seed']}" in validation]
     best_base = max(baseline_labels, key=lambda b: validation[b]["fitness"])
     out: dict[str, Any] = {"best_baseline_validation": best_base,
@@ -210,30 +221,36 @@ def compare(runs: list[dict[str, Any]], validation: dict[str, Any], transfer: di
         gains = {g: validation[g]["tasks"][ce_task]["mean"] - ce for g in gp}
         out["accuracy_gain_over_ce"] = {"task": ce_task, "gains": gains,
                                         "at_least_5_points": sum(v >= 0.05 for v in gains.values()), "of": len(gp)}
-    if transfer:
-        per_task = {}
-        for task in transfer[baseline_labels[0]]["tasks"]:
-            best = max(baseline_labels, key=lambda b: transfer[b]["tasks"][task]["mean"])
-            median = statistics.median(transfer[g]["tasks"][task]["mean"] for g in gp)
-            per_task[task] = {"median_gp": median, "best_baseline": best,
-                              "best_baseline_score": transfer[best]["tasks"][task]["mean"],
-                              "difference": median - transfer[best]["tasks"][task]["mean"]}
-        out["transfer"] = {"per_task": per_task,
-                           "mean_difference": statistics.fmean(v["difference"] for v in per_task.values())}
-        # the per-task best is chosen after the fact, task by task; a user picks one loss beforehand, and the
-        # evidence they have is the search suite's validation: so also the baseline that wins there
-        for task, v in per_task.items():
-            v["validation_best_score"] = transfer[best_base]["tasks"][task]["mean"]
-            v["difference_to_validation_best"] = v["median_gp"] - v["validation_best_score"]
-        out["transfer"]["validation_best_baseline"] = best_base
-        out["transfer"]["mean_difference_to_validation_best"] = statistics.fmean(
-            v["difference_to_validation_best"] for v in per_task.values())
-        out["transfer"].update(transfer_bar(transfer, baseline_labels))
-    for key, table in (("gp_vs_random", validation), ("gp_vs_random_transfer", transfer)):
-        versus = gp_vs_random(runs, table)
+    tables = {"": validation, "transfer": transfer, "holdout": holdout or {}}
+    for key, table in tables.items():
+        if key and table:
+            out[key] = held_out(gp, table, baseline_labels, best_base)
+        versus = gp_vs_random(runs, table) if table else None
         if versus:
-            out[key] = versus
+            out["gp_vs_random" + (f"_{key}" if key else "")] = versus
     return out
+
+
+def held_out(gp: list[str], table: dict[str, Any], baseline_labels: list[str], best_base: str) -> dict[str, Any]:
+    """The verdict on one held-out suite's table: the median found loss against each task's best baseline,
+    against ``best_base`` (the best baseline on validation, the one a user would pick beforehand), and how
+    high the per-task bar sits (:func:`transfer_bar`)."""
+    per_task = {}
+    for task in table[baseline_labels[0]]["tasks"]:
+        best = max(baseline_labels, key=lambda b: table[b]["tasks"][task]["mean"])
+        median = statistics.median(table[g]["tasks"][task]["mean"] for g in gp)
+        per_task[task] = {"median_gp": median, "best_baseline": best,
+                          "best_baseline_score": table[best]["tasks"][task]["mean"],
+                          "difference": median - table[best]["tasks"][task]["mean"],
+                          "validation_best_score": table[best_base]["tasks"][task]["mean"]}
+        per_task[task]["difference_to_validation_best"] = median - per_task[task]["validation_best_score"]
+    # the per-task best is chosen after the fact, task by task; a user picks one loss beforehand, and the
+    # evidence they have is the search suite's validation: so also the baseline that wins there
+    return {"per_task": per_task, "mean_difference": statistics.fmean(v["difference"] for v in per_task.values()),
+            "validation_best_baseline": best_base,
+            "mean_difference_to_validation_best": statistics.fmean(
+                v["difference_to_validation_best"] for v in per_task.values()),
+            **transfer_bar(table, baseline_labels)}
 
 
 def _gap_to_best(transfer: dict[str, Any], name: str, rivals: list[str]) -> float:
@@ -301,12 +318,42 @@ def _num(x: float | None) -> str:
     return "" if x is None else f"{x:.4f}"
 
 
+def _held_out_lines(key: str, h: dict[str, Any]) -> list[str]:
+    """One held-out suite's verdicts (``key``: its table's name) as Markdown lines."""
+    chosen = h["validation_best_baseline"]
+    lines = ["", f"**{key.capitalize()}**: median found loss minus the best baseline of each task, mean over tasks: "
+             f"{h['mean_difference']:+.4f}; minus the best baseline on validation ({chosen}): "
+             f"{h['mean_difference_to_validation_best']:+.4f}."]
+    if "single_baseline_gaps" in h:
+        gaps = sorted(h["single_baseline_gaps"].items(), key=lambda kv: -kv[1])
+        lines.append("The same bar for each baseline, built from the other baselines (mean over tasks): "
+                     + ", ".join(f"{name} {gap:+.4f}" for name, gap in gaps)
+                     + (": no single known loss clears it." if gaps[0][1] < 0 else "."))
+    if "held_out_best" in h:
+        per_task, held = h["per_task"], h["held_out_best"]
+        lines.append(f"Chosen per task on the other {key} seeds and measured on the left-out one (no winner's "
+                     "curse), the best baseline scores "
+                     f"{statistics.fmean(per_task[t]['best_baseline_score'] - held[t] for t in held):.4f} less per "
+                     "task; the median found loss minus that bar: "
+                     f"{statistics.fmean(per_task[t]['median_gp'] - held[t] for t in held):+.4f}.")
+    lines += ["", f"{key.capitalize()} per task (accuracy): the median found loss against the best baseline of that "
+              f"task and against {chosen}, the best baseline on validation:", "",
+              f"| task | median found loss | best baseline | its accuracy | difference | {chosen} | difference |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {task} | {v['median_gp']:.4f} | {v['best_baseline']} | {v['best_baseline_score']:.4f} "
+              f"| {v['difference']:+.4f} | {v['validation_best_score']:.4f} "
+              f"| {v['difference_to_validation_best']:+.4f} |" for task, v in h["per_task"].items()]
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The study as Markdown: settings, the loss table and the verdicts."""
     v, t, c = result["validation"], result["transfer"], result["comparison"]
+    ho = result.get("holdout") or {}
     lines = [f"# Search quality: `{result['suite']}` suite, search seeds {result['seeds']}", "",
              f"Settings: {json.dumps(result['search_settings']) if result['search_settings'] else 'defaults'}; "
-             f"validation seeds {result['validation_seeds']}; transfer suite `{result['transfer_suite']}`; "
+             f"validation seeds {result['validation_seeds']}; transfer suite `{result['transfer_suite']}`"
+             + (f", holdout suite `{result['holdout_suite']}`" if ho else "") + "; "
              f"the searches took {sum(r['elapsed_s'] for r in result['runs']) / 60:.1f} min in all, tuning and "
              f"scoring {result['report_s'] / 60:.1f} min.", ""]
     if result["random_control"] is not None:
@@ -318,9 +365,11 @@ def markdown(result: dict[str, Any]) -> str:
               f"{' (trains as ' + r['seeded_baseline'] + ')' if r.get('seeded_baseline') else ''} |"
               for r in result["runs"]]
     lines += ["", "Fitness relative to cross-entropy (1 = as good), mean ± 95 % CI over seeds:", "",
-              "| loss | validation fitness | transfer fitness | formula |", "|---|---|---|---|"]
+              "| loss | validation fitness | transfer fitness |" + (" holdout fitness |" if ho else "") + " formula |",
+              "|---|---|---|" + ("---|" if ho else "") + "---|"]
     for name in sorted(v, key=lambda n: -v[n]["fitness"]):
-        lines.append(f"| {name} | {_cell(v[name])} | {_cell(t[name]) if name in t else ''} | `{v[name]['formula']}` |")
+        lines.append(f"| {name} | {_cell(v[name])} | {_cell(t[name]) if name in t else ''} |"
+                     + (f" {_cell(ho[name]) if name in ho else ''} |" if ho else "") + f" `{v[name]['formula']}` |")
     lines += ["", f"Best baseline on validation: **{c['best_baseline_validation']}** "
               f"({c['best_baseline_validation_fitness']:.4f})."]
     if "median_gp_validation_fitness" in c:
@@ -329,39 +378,17 @@ def markdown(result: dict[str, Any]) -> str:
     if "accuracy_gain_over_ce" in c:
         g = c["accuracy_gain_over_ce"]
         lines.append(f"Beat cross-entropy by ≥ 5 accuracy points on `{g['task']}`: {g['at_least_5_points']} of {g['of']}.")
-    if "transfer" in c:
-        lines.append(f"Transfer: median found loss minus the best baseline of each task, mean over tasks: "
-                     f"{c['transfer']['mean_difference']:+.4f}; minus the best baseline on validation "
-                     f"({c['transfer']['validation_best_baseline']}): "
-                     f"{c['transfer']['mean_difference_to_validation_best']:+.4f}.")
-    if "single_baseline_gaps" in c.get("transfer", {}):
-        gaps = sorted(c["transfer"]["single_baseline_gaps"].items(), key=lambda kv: -kv[1])
-        lines.append("The same bar for each baseline, built from the other baselines (mean over tasks): "
-                     + ", ".join(f"{name} {gap:+.4f}" for name, gap in gaps)
-                     + (": no single known loss clears it." if gaps[0][1] < 0 else "."))
-    if "held_out_best" in c.get("transfer", {}):
-        per_task, held = c["transfer"]["per_task"], c["transfer"]["held_out_best"]
-        lines.append("Chosen per task on the other transfer seeds and measured on the left-out one (no winner's "
-                     "curse), the best baseline scores "
-                     f"{statistics.fmean(per_task[t]['best_baseline_score'] - held[t] for t in held):.4f} less per "
-                     "task; the median found loss minus that bar: "
-                     f"{statistics.fmean(per_task[t]['median_gp'] - held[t] for t in held):+.4f}.")
-    for key, where in (("gp_vs_random", "validation"), ("gp_vs_random_transfer", "transfer")):
+    for key, where in (("gp_vs_random", "validation"), ("gp_vs_random_transfer", "transfer"),
+                       ("gp_vs_random_holdout", "holdout")):
         if key in c:
             r = c[key]
             lines.append(f"GP vs random search over {r['search_seeds']} search seeds ({where} fitness): GP better "
                          f"on {r['gp_wins']}, random on {r['random_wins']}; mean difference {r['mean_diff']:+.4f} "
                          f"± {_num(r['ci'])} (t-test p = {_num(r['t_test_p'])}, sign test p = "
                          f"{_num(r['sign_test_p'])}).")
-    if "transfer" in c:
-        chosen = c["transfer"]["validation_best_baseline"]
-        lines += ["", "Transfer per task (accuracy): the median found loss against the best baseline of that task "
-                  f"and against {chosen}, the best baseline on validation:", "",
-                  f"| task | median found loss | best baseline | its accuracy | difference | {chosen} | difference |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {task} | {v['median_gp']:.4f} | {v['best_baseline']} | {v['best_baseline_score']:.4f} "
-                  f"| {v['difference']:+.4f} | {v['validation_best_score']:.4f} "
-                  f"| {v['difference_to_validation_best']:+.4f} |" for task, v in c["transfer"]["per_task"].items()]
+    for key in ("transfer", "holdout"):
+        if key in c:
+            lines += _held_out_lines(key, c[key])
     return "\n".join(lines) + "\n"
 
 
@@ -392,26 +419,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--suite", default="robust", help="search suite (default robust)")
     parser.add_argument("--transfer", default="transfer", help="held-out suite (default transfer)")
     parser.add_argument("--jobs", type=int, default=-1, help="workers for tuning and scoring (default: all cores)")
-    parser.add_argument("--phase", choices=("all", "searches", "report"), default="all",
+    parser.add_argument("--holdout", default="holdout",
+                        help="a second held-out suite, scored like transfer ('' for none; default holdout)")
+    parser.add_argument("--phase", choices=("all", "searches", "report", "holdout"), default="all",
                         help="searches: only the searches; report: tune, score and report the searches recorded "
-                             "so far (default all)")
+                             "so far; holdout: add the holdout suite's scores to a written report (default all)")
     parser.add_argument("--dry-run", action="store_true", help="tiny suites and searches: a smoke test")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    suite_name, transfer_name, settings = args.suite, args.transfer, {}
+    suite_name, transfer_name, holdout_name, settings = args.suite, args.transfer, args.holdout, {}
     if args.dry_run:
         (out / "dry_suite.toml").write_text(DRY_SUITE)
         (out / "dry_transfer.toml").write_text(DRY_TRANSFER)
+        (out / "dry_holdout.toml").write_text(DRY_HOLDOUT)
         suite_name, transfer_name, settings = str(out / "dry_suite.toml"), str(out / "dry_transfer.toml"), DRY_SEARCH
+        holdout_name = str(out / "dry_holdout.toml") if holdout_name else ""
+    if args.phase == "holdout" and not holdout_name:
+        parser.error("--phase holdout needs a --holdout suite")
+    if args.phase == "holdout" and not (out / "search_quality.json").exists():
+        parser.error(f"--phase holdout adds to a written report, and {out / 'search_quality.json'} is missing: "
+                     "run the report phase first")
     start = time.perf_counter()
     suite = load_suite(suite_name)
     missing = random_control_available()
     if missing:
         print(f"random-search control skipped: {missing}", flush=True)
     seeds = list(range(args.seeds))
+    if args.phase == "holdout":
+        return add_holdout(out, suite, holdout_name, args.dry_run, args.jobs, start)
     if args.phase == "report":
         recorded = _load_json(out / "runs.json", [])
         runs = [{**r, "seeded_baseline": _known(r["tokens"], suite)} for r in recorded if r["seed"] in seeds]
@@ -420,14 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.phase == "searches":
         return 0
     report_start = time.perf_counter()
-    names = DRY_BASELINES if args.dry_run else STUDY_BASELINES
-    to_tune = DRY_BASELINES[1:] if args.dry_run else TUNED_BASELINES
-    tuned = [t for t in tune(to_tune, suite, out, 1 if args.dry_run else 4, args.jobs)
-             if t.fitness_after > t.fitness_before]
-    baseline_labels = names + [f"{t.name} (tuned)" for t in tuned]
-    print("scoring on the validation seeds and the transfer suite", flush=True)
+    names, tuned, baseline_labels = _baselines(suite, out, args.dry_run, args.jobs)
+    print("scoring on the validation seeds and the held-out suites", flush=True)
     validation = score_all(runs, names, tuned, suite, list(suite.validation_seeds) or None, args.jobs)
     transfer = score_all(runs, names, tuned, load_suite(transfer_name), None, args.jobs)
+    holdout = score_all(runs, names, tuned, load_suite(holdout_name), None, args.jobs) if holdout_name else {}
     result = {
         "suite": suite.name, "transfer_suite": load_suite(transfer_name).name, "seeds": seeds, "dry_run": args.dry_run,
         "search_settings": settings, "validation_seeds": list(suite.validation_seeds),
@@ -435,10 +470,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tuned_baselines": [{"name": t.name, "formula": t.formula, "tuning_fitness_before": t.fitness_before,
                              "tuning_fitness_after": t.fitness_after} for t in tuned],
         "validation": validation, "transfer": transfer,
-        "comparison": compare(runs, validation, transfer, baseline_labels),
+        "comparison": compare(runs, validation, transfer, baseline_labels, holdout=holdout),
     }
+    if holdout:
+        result.update(holdout=holdout, holdout_suite=load_suite(holdout_name).name)
     result["elapsed_s"] = time.perf_counter() - start  # this invocation: searches run now, tuning, scoring
     result["report_s"] = time.perf_counter() - report_start  # tuning and scoring
+    return _write(out, result)
+
+
+def _baselines(suite: Any, out: Path, dry_run: bool, jobs: int) -> tuple[list[str], list[Any], list[str]]:
+    """The baselines at their authors' settings, the tuned ones that tuning improved, and the labels of both."""
+    names = DRY_BASELINES if dry_run else STUDY_BASELINES
+    to_tune = DRY_BASELINES[1:] if dry_run else TUNED_BASELINES
+    tuned = [t for t in tune(to_tune, suite, out, 1 if dry_run else 4, jobs) if t.fitness_after > t.fitness_before]
+    return names, tuned, names + [f"{t.name} (tuned)" for t in tuned]
+
+
+def add_holdout(out: Path, suite: Any, holdout_name: str, dry_run: bool, jobs: int, start: float) -> int:
+    """Score a written report's losses (its runs' picks, its baselines, its tuned baselines) on the holdout
+    suite and add that table and its verdicts to the report; nothing else is scored again."""
+    result = json.loads((out / "search_quality.json").read_text())
+    names, tuned, baseline_labels = _baselines(suite, out, dry_run, jobs)
+    print(f"scoring on the holdout suite {holdout_name}", flush=True)
+    holdout = score_all(result["runs"], names, tuned, load_suite(holdout_name), None, jobs)
+    result.update(holdout=holdout, holdout_suite=load_suite(holdout_name).name)
+    result["comparison"] = compare(result["runs"], result["validation"], result["transfer"], baseline_labels,
+                                   holdout=holdout)
+    result["holdout_s"] = time.perf_counter() - start
+    return _write(out, result)
+
+
+def _write(out: Path, result: dict[str, Any]) -> int:
     write_atomic(out / "search_quality.json", json.dumps(result, indent=1, default=_json_default))
     write_atomic(out / "search_quality.md", markdown(result))
     print(f"wrote {out / 'search_quality.md'} and {out / 'search_quality.json'}")

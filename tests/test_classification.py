@@ -148,6 +148,15 @@ def test_class_dependent_noise_flips_only_the_stated_pairs(kind: str) -> None:
         assert pairs == DIGIT_FLIPS
 
 
+def test_asymmetric_noise_is_refused_where_no_digit_look_alike_exists() -> None:
+    # iris has classes 0-2: no flip of the digit map applies, so the task would train without noise
+    with pytest.raises(ConfigError, match="dataset 'iris' has 3 classes, so no label would change; use noise 'pair'"):
+        ClassificationTask(dataset="iris", noise="asymmetric")
+    task = ClassificationTask(dataset="iris", noise="pair", noise_rate=0.3)
+    assert (task.data(0).y_train != load_split("iris", 0).y_train).any()
+    ClassificationTask(dataset="synthetic", noise="asymmetric")  # ten classes: the digit map applies
+
+
 def test_noise_touches_training_labels_only() -> None:
     task = ClassificationTask()
     clean, noisy = load_split("digits", 5), task.data(5)

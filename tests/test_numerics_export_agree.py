@@ -51,6 +51,17 @@ def test_symbolic_loss_and_export_agree_in_float64_with_exact_constants(tmp_path
         assert torch.equal(ga, gb), (dtype, ga, gb)
 
 
+def test_float64_uses_constants_loaded_into_the_buffer() -> None:
+    # the exact float64 constants stand in for the buffer's float32 roundings only: constants loaded since
+    # (tuned ones, from a state dict) are what both precisions compute with
+    loss = SymbolicLoss("0.1*(y_pred - y_real)**2", problem="regression", reduction="sum")
+    x, y = torch.tensor([1.0, 2.0], dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    assert loss(x, y).item() == 0.1 * 5  # the exact double, not 0.10000000149 * 5
+    loss.load_state_dict({"constants": torch.tensor([2.0])})
+    assert loss(x, y).item() == 10.0 and loss(x.float(), y.float()).item() == 10.0
+    assert loss.double()(x, y).item() == 10.0
+
+
 def _ce_case(logits: list[list[float]], dtype: torch.dtype):
     x = torch.tensor(logits, dtype=dtype, requires_grad=True)
     return x, torch.zeros(len(logits), dtype=torch.long)

@@ -138,6 +138,22 @@ def test_report_of_a_run_without_results_yet(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "report_shapes.png").exists()  # the reference shapes alone
 
 
+def test_a_forced_report_leaves_no_figure_of_the_report_it_replaced(regression_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_report(regression_run, out)
+    assert (out / "report_fitness.png").exists() and (out / "report_pareto.png").exists()
+    suite = suite_from_spec(REGRESSION_SPEC)
+    with RunStore.create(tmp_path / "new.db", {"suite": suite.spec()}, suite_hash=suite.hash):
+        pass
+    with pytest.raises(ExportError, match="--force"):
+        write_report(tmp_path / "new.db", out)
+    assert (out / "report_fitness.png").exists()  # refused: nothing touched
+    write_report(tmp_path / "new.db", out, force=True)
+    # the new run has no generation and no candidate: the old run's curves must not sit beside its report
+    assert not (out / "report_fitness.png").exists() and not (out / "report_pareto.png").exists()
+    assert (out / "report_shapes.png").exists() and "report_fitness.png" not in (out / "report.md").read_text()
+
+
 def test_report_of_a_real_search(tmp_path: Path, tiny_suite: str) -> None:
     run = tmp_path / "real.db"
     lossforge.search(run=run, suite=tiny_suite, population=4, generations=1, chunk_size=4, jobs=1,

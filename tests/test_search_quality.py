@@ -77,7 +77,9 @@ def test_transfer_is_also_compared_with_the_baseline_a_user_would_pick(quality) 
 
     transfer = {"mae": two_tasks(0.90, 0.50), "anl_ce": two_tasks(0.70, 0.80),
                 "gp s0": two_tasks(0.60, 0.70), "gp s1": two_tasks(0.80, 0.90), "gp s2": two_tasks(0.75, 0.60)}
-    t = quality.compare(runs, validation, transfer, ["mae", "anl_ce"])["transfer"]
+    c = quality.compare(runs, validation, transfer, ["mae", "anl_ce"], holdout=transfer)
+    t = c["transfer"]
+    assert c["holdout"] == t  # the holdout suite's verdict is computed the same way
     assert t["validation_best_baseline"] == "anl_ce"
     assert t["per_task"]["t1"]["best_baseline"] == "mae" and t["per_task"]["t2"]["best_baseline"] == "anl_ce"
     assert t["mean_difference"] == pytest.approx(((0.75 - 0.90) + (0.70 - 0.80)) / 2)
@@ -93,12 +95,39 @@ def test_dry_run_writes_the_table_and_every_number(quality, tmp_path: Path, caps
         assert {("random", 0), ("random", 1)} <= arms and "gp_vs_random" in result["comparison"]
     else:
         assert "random-search control skipped" in capsys.readouterr().out
-    for table in ("validation", "transfer"):
+    for table in ("validation", "transfer", "holdout"):
         assert {"gp s0", "gp s1", "cross_entropy", "anl_ce"} <= set(result[table])
-        assert len(result[table]["gp s0"]["per_seed"]) == 2  # the dry suites' validation / transfer seeds
+        assert len(result[table]["gp s0"]["per_seed"]) == 2  # the dry suites' validation / held-out seeds
     assert result["comparison"]["best_baseline_validation"] in result["validation"]
+    assert set(result["comparison"]["holdout"]["per_task"]) == {"wine_sym40"}
     text = (tmp_path / "search_quality.md").read_text()
-    assert "| gp s0 |" in text and "Best baseline on validation" in text
+    assert "| gp s0 |" in text and "Best baseline on validation" in text and "**Holdout**" in text
+
+
+def test_the_holdout_phase_adds_its_table_and_scores_nothing_else(quality, tmp_path: Path, monkeypatch) -> None:
+    assert quality.main(["--dry-run", "--seeds", "1", "--out", str(tmp_path), "--jobs", "1", "--holdout", ""]) == 0
+    before = json.loads((tmp_path / "search_quality.json").read_text())
+    assert "holdout" not in before and "holdout" not in before["comparison"]
+    scored = []
+    real_score_all = quality.score_all
+    monkeypatch.setattr(quality, "score_all", lambda runs, names, tuned, suite, seeds, jobs: scored.append(
+        suite.name) or real_score_all(runs, names, tuned, suite, seeds, jobs))
+    assert quality.main(["--dry-run", "--seeds", "1", "--out", str(tmp_path), "--jobs", "1",
+                         "--phase", "holdout"]) == 0
+    after = json.loads((tmp_path / "search_quality.json").read_text())
+    assert scored == ["quality_dry_holdout"]  # validation and transfer are kept as written
+    assert after["validation"] == before["validation"] and after["transfer"] == before["transfer"]
+    assert set(after["holdout"]) == set(before["transfer"]) and after["holdout_suite"] == "quality_dry_holdout"
+    assert after["comparison"]["transfer"] == before["comparison"]["transfer"]
+    assert "**Holdout**" in (tmp_path / "search_quality.md").read_text()
+
+
+def test_the_holdout_phase_needs_a_report_and_a_suite(quality, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        quality.main(["--out", str(tmp_path), "--phase", "holdout"])
+    assert e.value.code == 2 and not (tmp_path / "search_quality.json").exists()
+    with pytest.raises(SystemExit):
+        quality.main(["--out", str(tmp_path), "--phase", "holdout", "--holdout", ""])
 
 
 def test_a_stopped_study_picks_up_where_it_stopped(quality, tmp_path: Path, monkeypatch) -> None:

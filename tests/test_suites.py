@@ -37,6 +37,28 @@ def test_transfer_data_is_in_no_search_suite() -> None:
         assert not held_out & _datasets(name), name
 
 
+def test_holdout_data_is_in_no_other_suite() -> None:
+    held_out = _datasets("holdout")
+    assert held_out == {"iris", "wine", "breast_cancer"}
+    others = {p.stem for p in SUITES_DIR.glob("*.toml")} - {"holdout"}
+    assert "transfer" in others
+    for name in others:
+        assert not held_out & _datasets(name), name
+
+
+@pytest.mark.parametrize("name, shape, classes", [("iris", (150, 4), 3), ("wine", (178, 13), 3),
+                                                   ("breast_cancer", (569, 30), 2)])
+def test_bundled_tabular_sets_load_scaled_with_their_classes(name, shape, classes) -> None:
+    from lossforge.tasks.data import dataset_classes, load_split
+
+    x, y = load_arrays(name)
+    assert x.shape == shape and x.dtype == np.float32 and x.min() == 0 and x.max() == 1
+    assert set(np.unique(y)) == set(range(classes)) and dataset_classes(name) == classes
+    split = load_split(name, seed=3)
+    assert split.n_classes == classes and len(split.y_test) == round(0.3 * shape[0])
+    assert len(split.y_train) + len(split.y_test) == shape[0]
+
+
 def test_generated_data_is_fixed_and_the_two_generators_differ() -> None:
     x, y = load_arrays("synthetic")
     xb, _ = load_arrays("synthetic_b")

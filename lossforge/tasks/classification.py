@@ -36,12 +36,14 @@ from lossforge.tasks.base import (
 )
 from lossforge.training import BatchedTrainer
 from lossforge.tasks.data import (
+    DIGIT_FLIPS,
     IMAGE_SHAPES,
     NOISE_KINDS,
     Split,
     add_label_noise,
     check_dataset,
     dataset_classes,
+    flip_map,
     generator,
     input_standardization,
     load_split,
@@ -202,6 +204,11 @@ class ClassificationTask(Task):
     def check_data(self) -> None:
         """Validate the data settings (own-data tasks check theirs instead)."""
         check_dataset(self.dataset)
+        # asymmetric noise flips digit look-alikes; a data set without those classes would train noise-free
+        require(self.noise != "asymmetric" or bool(flip_map("asymmetric", self.n_classes)),
+                f"noise 'asymmetric' flips digit look-alikes ({', '.join(f'{s}->{d}' for s, d in DIGIT_FLIPS.items())}"
+                f"), and dataset {self.dataset!r} has {self.n_classes} classes, so no label would change; "
+                "use noise 'pair' or 'symmetric'")
 
     @property
     def image_shape(self) -> tuple[int, int] | None:

