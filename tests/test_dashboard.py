@@ -190,6 +190,27 @@ def test_dashboard_in_a_browser_during_a_running_search(tmp_path: Path) -> None:
     assert html.count('class="num"') > 5
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium; "
+                                              ".ci/run installs it)")
+def test_the_page_still_checks_a_finished_run_now_and_then(finished_run: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # a finished or failed run changes when it is resumed (or validated, tuned): the page keeps reading it,
+    # at a slower pace (15 s of the browser's virtual time), instead of stopping at the first read
+    import lossforge.dashboard as dashboard
+
+    reads = []
+    real = dashboard.run_data
+    monkeypatch.setattr(dashboard, "run_data", lambda *a, **k: reads.append(1) or real(*a, **k))
+    with _serving(finished_run) as server:
+        dom = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
+             "--virtual-time-budget=40000", "--dump-dom", server.url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'class="badge finished">finished<' in dom.stdout
+    assert 2 <= len(reads) <= 4  # at 0, 15 and 30 s; a run still polled every 2 s would read it 20 times
+
+
 @contextlib.contextmanager
 def _serving(target: Path, **options: Any) -> Iterator[Any]:
     """A dashboard server on ``target`` in a thread, shut down on exit."""

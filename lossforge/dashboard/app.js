@@ -1,6 +1,8 @@
 // lossforge dashboard: polls /api/run.json and draws it. No libraries; text goes in through textContent.
 "use strict";
 const POLL_MS = 2000;
+// a finished or failed run changes only when it is resumed (or validated, tuned): checked less often
+const IDLE_POLL_MS = 15000;
 const SVG = "http://www.w3.org/2000/svg";
 const params = new URLSearchParams(location.search);
 
@@ -165,18 +167,19 @@ async function runs() {
 }
 
 async function poll() {
+  let wait = POLL_MS;
   try {
     const q = params.get("run") ? `?run=${encodeURIComponent(params.get("run"))}` : "";
     const r = await fetch(`api/run.json${q}`, {cache: "no-store"});
     const d = await r.json();
     if (d.error) throw new Error(d.error);
     render(d);
-    if (d.status === "finished" || d.status === "failed") return;  // nothing more will change
+    if (d.status === "finished" || d.status === "failed") wait = IDLE_POLL_MS;
   } catch (e) {
     const s = document.getElementById("status");
     s.textContent = `error: ${e.message}`; s.className = "badge failed";
   }
-  setTimeout(poll, POLL_MS);
+  setTimeout(poll, wait);
 }
 runs();
 poll();
