@@ -1,0 +1,65 @@
+"""A found loss after the search: the ``.py`` export and SymbolicLoss agree, compile and survive what a
+trainer does with them (jit.script, float64, pickling)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from lossforge.export import to_python
+from lossforge.expression import LossExpression
+from lossforge.loss import SymbolicLoss
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
+
+def _exported(tmp_path: Path, expression: LossExpression) -> type:
+    path = tmp_path / f"loss_{expression.key}.py"
+    path.write_text(to_python(expression, name="Exported"))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Exported
+
+
+def _value_and_grad(module, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.clone().requires_grad_(True)
+    value = module(x, target)
+    value.sum().backward()
+    return value.detach(), x.grad
+
+
+# a constant numerator of a protected division: the only place a number reaches a helper as an argument
+CONSTANT_NUMERATORS = ["div(2.1, y_pred) + y_real", "y_real*div(0.7, 1.3 + y_pred)",
+                       "-y_real*log(y_pred) + div(0.1, y_pred + y_real)"]
+
+
+@pytest.mark.parametrize("text", CONSTANT_NUMERATORS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_constant_numerator_keeps_the_input_dtype_in_the_export(tmp_path: Path, text: str, dtype) -> None:
+    # Before: the export passed the numerator to protected_div as a Python float, which torch.as_tensor made
+    # a float32 tensor: in float64 the export computed with 0.7 rounded to 0.69999999 (SymbolicLoss did not)
+    expression = LossExpression.parse(text)
+    exported = _exported(tmp_path, expression)
+    regression = (torch.tensor([0.3, 1.7, -2.1, 1e-9], dtype=dtype), torch.tensor([1.0, -0.5, 2.0, 3.0], dtype=dtype))
+    logits = torch.tensor([[2.0, -1.0, 0.5], [30.0, -30.0, 0.0]], dtype=dtype)
+    for x, target in (regression, (logits, torch.tensor([0, 2]))):
+        va, ga = _value_and_grad(SymbolicLoss(expression, reduction="none"), x, target)
+        vb, gb = _value_and_grad(exported(reduction="none"), x, target)
+        assert vb.dtype == dtype
+        assert torch.equal(va, vb), (va, vb)
+        assert torch.equal(ga, gb), (ga, gb)
+
+
+@pytest.mark.parametrize("text", CONSTANT_NUMERATORS)
+def test_an_export_with_a_constant_numerator_compiles_with_jit_script(tmp_path: Path, text: str) -> None:
+    # Before: torch.jit.script refused the module ("Expected a value of type 'Tensor' for argument 'a' but
+    # instead found type 'float'"), though the export promises it compiles
+    expression = LossExpression.parse(text)
+    exported = _exported(tmp_path, expression)
+    scripted = torch.jit.script(exported(reduction="none"))
+    x, target = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]]), torch.tensor([1, 0])
+    assert torch.equal(scripted(x, target), SymbolicLoss(expression, reduction="none")(x, target))
