@@ -4,7 +4,8 @@ The text comes only from the instruction table's source forms, the input names a
 constants (floats), so nothing from a file or a user string reaches the generated code. The constants are
 baked in as literals in the Program's order (a division's constant numerator as
 ``torch.full_like(y_pred, c)``, so it keeps the input's dtype and ``torch.jit.script`` takes it).
-``log_probabilities=True`` emits the classification variant, which reads ``log(y_pred)`` from a ``log_y_pred`` argument (``log_softmax`` of the logits), as the search did.
+``log_probabilities=True`` emits the classification variant, which reads ``log(y_pred)`` from a
+``log_y_pred`` argument (``log_softmax`` of the logits), as the search did.
 """
 
 from __future__ import annotations
