@@ -175,6 +175,18 @@ class SymbolicLoss(nn.Module):
         else:
             self.register_buffer("constants", values)
 
+    def __getstate__(self) -> dict:
+        # the compiled closure cannot be pickled (torch.save of a model holding the loss, a pickled skorch
+        # net, a spawned worker); it is rebuilt from the expression, the buffers travel as they are
+        state = dict(self.__dict__)
+        state.pop("_compiled", None)
+        state["_exact"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._compiled = compile_expr(self.expression.sympy)
+
     def is_classification(self, input: torch.Tensor, target: torch.Tensor) -> bool:
         """Whether ``(input, target)`` is read as classification under this module's ``problem``."""
         return is_classification_problem(self.problem, input, target)

@@ -63,3 +63,27 @@ def test_an_export_with_a_constant_numerator_compiles_with_jit_script(tmp_path: 
     scripted = torch.jit.script(exported(reduction="none"))
     x, target = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]]), torch.tensor([1, 0])
     assert torch.equal(scripted(x, target), SymbolicLoss(expression, reduction="none")(x, target))
+
+
+def test_symbolic_loss_pickles_as_a_trainer_saves_it(tmp_path: Path) -> None:
+    # Before: pickle.dumps(SymbolicLoss(...)) raised "Can't pickle local object 'closure.<locals>.run'", so
+    # torch.save(model) with the loss as a submodule, a pickled skorch net or a spawned worker failed
+    import pickle
+
+    weight = torch.tensor([1.0, 2.0, 0.5])
+    loss = SymbolicLoss("-y_real*log(y_pred) + 0.3*div(y_real, 1.5 + y_pred)", weight=weight,
+                        trainable_constants=True, label_smoothing=0.1, ignore_index=2)
+    with torch.no_grad():
+        loss.constants.add_(0.25)  # tuned since it was built: the pickle keeps the tuned values
+    logits, target = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [1.0, 1.0, 1.0]]), torch.tensor([1, 0, 2])
+    expected = loss(logits, target)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    model.criterion = loss
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    restored = torch.load(path, weights_only=False).criterion
+    again = pickle.loads(pickle.dumps(loss))
+    for copy in (restored, again):
+        assert isinstance(copy.constants, torch.nn.Parameter)
+        assert torch.equal(copy(logits, target), expected)
+        assert torch.equal(copy(logits.double(), target), loss(logits.double(), target))
