@@ -25,6 +25,7 @@ import ast
 import inspect
 import json
 import keyword
+import math
 import os
 import re
 import stat
@@ -56,9 +57,21 @@ def to_json(expression: LossExpression, metadata: dict[str, Any] | None = None) 
         "tokens": expression.to_json(),
         "formula": expression.formula(),
         "latex": expression.latex(),
-        "metadata": metadata or {},
+        "metadata": _finite(metadata or {}),
     }
-    return json.dumps(doc, indent=2) + "\n"
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity (a run's fitness may be one) as None: json would write
+    ``Infinity``, which is not JSON (``show --json`` writes null too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def class_name(expression: LossExpression, name: str | None = None) -> str:
