@@ -323,14 +323,20 @@ def _is_run_file(path: Path) -> bool:
 def load(path: str | Path, rank: int = 1, reduction: str = "mean", problem: str = "auto",
          pick: str = "best", **options: Any) -> SymbolicLoss:
     """A torch loss module from a JSON export or a run file (its ``rank``-th loss in the final ranking,
-    see :mod:`lossforge.ranking`). ``options``: SymbolicLoss's ``weight``, ``ignore_index``,
+    see :mod:`lossforge.ranking`; a JSON export holds one loss: ``rank`` or ``pick`` other than the defaults
+    is an error there). ``options``: SymbolicLoss's ``weight``, ``ignore_index``,
     ``label_smoothing``, ``trainable_constants``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ExportError(f"load takes the path of a JSON export or a run file, got {type(path).__name__}")
     path = Path(path)
     if not path.exists():
         raise ExportError(f"no such file: {path}")
     if _is_run_file(path):
         expression = expression_from_run(path, rank, pick)
     else:
+        if rank != 1 or pick != "best":  # else the file's one loss would stand for the rank asked for
+            raise ExportError(f"{path}: a JSON export holds one loss, so rank and pick apply to run files only; "
+                              "export that rank with `lossforge export RUN --rank K --format json`")
         expression, _ = read_json_export(path)
     return SymbolicLoss(expression, reduction=reduction, problem=problem, **options)  # type: ignore[arg-type]
 

@@ -78,11 +78,14 @@ class Loss:
         """The formula as LaTeX."""
         return self.expression().latex()
 
-    def torch(self, reduction: str = "mean", problem: str = "auto") -> Any:
-        """The loss as a torch ``nn.Module`` (:class:`~lossforge.loss.SymbolicLoss`)."""
+    def torch(self, reduction: str = "mean", problem: str = "auto", **options: Any) -> Any:
+        """The loss as a torch ``nn.Module`` (:class:`~lossforge.loss.SymbolicLoss`); ``options``:
+        SymbolicLoss's ``weight``, ``ignore_index``, ``label_smoothing``, ``trainable_constants`` (as
+        :func:`lossforge.load`)."""
         from lossforge.loss import SymbolicLoss
 
-        return SymbolicLoss(self.expression(), reduction=reduction, problem=problem)  # type: ignore[arg-type]
+        return SymbolicLoss(self.expression(), reduction=reduction, problem=problem,  # type: ignore[arg-type]
+                            **options)
 
     def record(self) -> dict[str, Any]:
         """Plain data, ``tasks`` nested (the JSON form of ``lossforge show --json``)."""
@@ -96,8 +99,9 @@ def _known_text(same: dict[str, Any] | None) -> str | None:
     return None if same is None else known_loss_text(same["name"], same["scale"])
 
 
-def _frame(records: list[dict[str, Any]], as_frame: bool | None) -> Any:
-    """A pandas DataFrame of ``records`` when pandas is installed (or ``as_frame``), else the records."""
+def _frame(records: list[dict[str, Any]], as_frame: bool | None, columns: list[str] | None = None) -> Any:
+    """A pandas DataFrame of ``records`` when pandas is installed (or ``as_frame``), else the records.
+    ``columns``: the table's columns, so that a table without rows still has them (``df["fitness"]``)."""
     if as_frame is False:
         return records
     try:
@@ -106,7 +110,13 @@ def _frame(records: list[dict[str, Any]], as_frame: bool | None) -> Any:
         if as_frame:
             raise LossforgeError("as_frame=True needs pandas; pip install pandas") from None
         return records
-    return pd.DataFrame.from_records(records)
+    return pd.DataFrame.from_records(records, columns=None if columns is None else list(dict.fromkeys(columns)))
+
+
+_HALL_OF_FAME_COLUMNS = ["rank", "formula", "fitness", "validation_fitness", "confirmed_fitness", "complexity",
+                         "generation", "key", "same_as"]
+_CANDIDATE_COLUMNS = ["id", "generation", "status", "reason", "fitness", "complexity", "formula", "key", "duration_s",
+                      "worker"]
 
 
 def _task_scores(rec: CandidateRecord) -> dict[str, float | None]:
@@ -170,7 +180,7 @@ class Run:
                    "generation": loss.generation, "key": loss.key, "same_as": _known_text(loss.same_as())}
             row.update({t: loss.tasks.get(t) for t in self.tasks})
             rows.append(row)
-        return _frame(rows, as_frame)
+        return _frame(rows, as_frame, [*_HALL_OF_FAME_COLUMNS, *self.tasks])
 
     def candidates(self, as_frame: bool | None = None) -> Any:
         """Every recorded candidate: id, generation, status, reason, fitness, complexity, formula, key,
@@ -178,7 +188,7 @@ class Run:
         rows = [{"id": c.id, "generation": c.generation, "status": c.status.value, "reason": c.reason,
                  "fitness": _num(c.fitness), "complexity": c.complexity, "formula": c.formula, "key": c.key,
                  "duration_s": c.duration_s, "worker": c.worker} for c in self._candidates]
-        return _frame(rows, as_frame)
+        return _frame(rows, as_frame, _CANDIDATE_COLUMNS)
 
     def generations(self, as_frame: bool | None = None) -> Any:
         """One row per finished generation: the engine's statistics (gen, best, median, evaluated, cache_hits,
@@ -190,7 +200,7 @@ class Run:
         rows = [{"name": b["name"], "fitness": _num(b["fitness"]),
                  "validation_fitness": _num(b["validation_fitness"]),
                  **{t: _num(b["tasks"].get(t)) for t in self.tasks}} for b in self._baselines]
-        return _frame(rows, as_frame)
+        return _frame(rows, as_frame, ["name", "fitness", "validation_fitness", *self.tasks])
 
     # ---------------------------------------------------------------------------------------- summaries
     def counts(self) -> dict[str, int]:

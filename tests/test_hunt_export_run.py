@@ -59,3 +59,47 @@ def test_a_json_export_is_strict_json_whatever_the_run_holds(run_file: Path, tmp
     assert main(["export", str(path), "--rank", str(rank), "--format", "json", "-o", str(out)]) == 0
     loaded = lossforge.load(out, reduction="sum")
     assert loaded(torch.tensor([3.0]), torch.tensor([1.0])).item() == 4.0
+
+
+def test_load_refuses_a_rank_or_pick_a_json_export_cannot_honour(run_file: Path, tmp_path: Path) -> None:
+    # Before: load("best.json", rank=2) returned the file's one loss, silently not the rank asked for
+    out = tmp_path / "second.json"
+    assert main(["export", str(run_file), "--rank", "2", "--format", "json", "-o", str(out)]) == 0
+    assert lossforge.load(out).expression == lossforge.load(run_file, rank=2).expression
+    assert lossforge.load(out, rank=1, pick="best").expression == lossforge.load(out).expression
+    for options in ({"rank": 2}, {"pick": "knee"}):
+        with pytest.raises(lossforge.errors.ExportError, match="holds one loss") as info:
+            lossforge.load(out, **options)
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("path", [None, 3, ["runs/x.db"]])
+def test_load_of_something_that_is_no_path_is_a_typed_error(path) -> None:
+    # Before: a TypeError traceback from pathlib ("expected str, bytes or os.PathLike object")
+    with pytest.raises(lossforge.errors.ExportError, match="path"):
+        lossforge.load(path)
+
+
+def test_a_run_loss_takes_the_torch_options_as_load_does(run_file: Path) -> None:
+    # Before: run.loss(1).torch(weight=...) was a TypeError; only load() passed the options through
+    loss = lossforge.open_run(run_file).loss(1)
+    made = loss.torch(reduction="sum", problem="classification", weight=torch.tensor([1.0, 3.0]),
+                      ignore_index=1, label_smoothing=0.2, trainable_constants=True)
+    loaded = lossforge.load(run_file, rank=1, reduction="sum", problem="classification",
+                            weight=torch.tensor([1.0, 3.0]), ignore_index=1, label_smoothing=0.2,
+                            trainable_constants=True)
+    logits, target = torch.tensor([[0.5, -1.0], [2.0, 0.1], [0.0, 0.0]]), torch.tensor([0, 1, 1])
+    assert made.expression == loaded.expression
+    assert torch.equal(made(logits, target), loaded(logits, target))
+    assert isinstance(made.constants, torch.nn.Parameter) or made.constants.numel() == 0
+
+
+def test_tables_of_a_run_without_scored_losses_keep_their_columns(run_file: Path, tmp_path: Path) -> None:
+    # Before: hall_of_fame() of a run with no scored loss (or n=0) was a DataFrame without columns, so
+    # df["fitness"] raised KeyError where an empty column was expected
+    pytest.importorskip("pandas")
+    run = lossforge.open_run(run_file)
+    full = run.hall_of_fame()
+    empty = run.hall_of_fame(0)
+    assert len(empty) == 0 and list(empty.columns) == list(full.columns)
+    assert list(run.hall_of_fame(0, as_frame=False)) == []
