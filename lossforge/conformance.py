@@ -59,15 +59,23 @@ class CheckReport:
         return out
 
 
-def _build(task: str | type[Task] | Task, settings: dict[str, Any]) -> Task:
-    from lossforge.tasks.registry import make_task, resolve
+def _build(task: str | type[Task] | Task, settings: Any) -> Task:
+    from lossforge.tasks.registry import class_path, make_task, resolve
 
+    if not isinstance(settings, dict):
+        raise ConfigError(f"settings must be a JSON object (a dict of the task's fields), got {type(settings).__name__}")
     if isinstance(task, Task):
+        if settings:  # else they would be dropped without a word
+            raise ConfigError(f"settings {sorted(settings)} given beside a built task; pass the task type with "
+                              "its settings, or the task alone")
         return task
-    cls = resolve(task) if isinstance(task, str) else task
-    from lossforge.tasks.registry import class_path
-
-    name = task if isinstance(task, str) else class_path(cls)
+    if isinstance(task, str):
+        cls, name = resolve(task), task
+    elif isinstance(task, type) and issubclass(task, Task):
+        cls, name = task, class_path(task)
+    else:
+        raise ConfigError(f"check a Task subclass, its type name or an instance, not {type(task).__name__} "
+                          f"{str(task)[:60]!r}; subclass lossforge.tasks.base.Task")
     try:
         return make_task(name, **settings) if isinstance(task, str) else cls(**settings)
     except TypeError as exc:
@@ -180,7 +188,7 @@ def _rule(runs: _Runs, rule: str) -> str | None:
 def check_task(task: str | type[Task] | Task, settings: dict[str, Any] | None = None) -> CheckReport:
     """Check every rule of :data:`RULES` on ``task`` (a type name, ``"module:Class"``, a class or an instance)
     built with ``settings``; an exception in a rule fails that rule with its message."""
-    built = _build(task, dict(settings or {}))
+    built = _build(task, {} if settings is None else settings)
     runs = _Runs(built)
     from lossforge.tasks.registry import type_name
 
@@ -198,7 +206,7 @@ def check_task(task: str | type[Task] | Task, settings: dict[str, Any] | None = 
 
 def check_rule(task: str | type[Task] | Task, settings: dict[str, Any] | None, rule: str) -> None:
     """Raise AssertionError naming the broken rule (one pytest test per rule)."""
-    reason = _rule(_Runs(_build(task, dict(settings or {}))), rule)
+    reason = _rule(_Runs(_build(task, {} if settings is None else settings)), rule)
     assert reason is None, f"{rule}: {reason}"
 
 
