@@ -19,7 +19,9 @@ Conventions (as torch's own losses):
 * ``problem='auto'`` (default) picks classification when ``target`` has an integer dtype and one dimension
   less than ``input``, regression when the shapes match and there is one output per sample. A float target
   of the shape of a ``[N, C, ...]`` input (``C > 1``) is ambiguous (soft labels or several regression
-  outputs: the two compute different numbers) and is refused with a ``ValueError`` naming ``problem=``.
+  outputs: the two compute different numbers) and is refused with a ``ValueError`` naming ``problem=``; so
+  is an integer target of that shape (``F.one_hot`` labels, which are int64). Integer targets are class
+  indices of shape ``[N, d1, ...]`` under any ``problem`` but ``'regression'``.
 
 The functions below hold the convention once. They are written in the subset of Python that
 ``torch.jit.script`` compiles and are copied verbatim into ``.py`` exports, so an exported loss reduces
@@ -48,6 +50,12 @@ def is_classification_problem(problem: str, input: torch.Tensor, target: torch.T
     if problem == "regression":
         return False
     if not target.is_floating_point():
+        if input.dim() >= 2 and input.shape[1] > 1 and target.shape == input.shape:
+            raise ValueError(
+                "problem='auto' cannot tell one-hot labels from several integer regression outputs (an integer "
+                "target of the shape of the input [N, C, ...]); pass class indices (target.argmax(1)), one-hot "
+                "rows as floats with problem='classification', or problem='regression'"
+            )
         return input.dim() == target.dim() + 1
     if input.dim() >= 2 and input.shape[1] > 1 and target.shape == input.shape:
         raise ValueError(
@@ -68,6 +76,9 @@ def class_targets(input: torch.Tensor, target: torch.Tensor, ignore_index: int =
             raise ValueError("soft targets (class probabilities) must have the shape of the logits [N, C, ...]")
         y_real = target.to(input.dtype)
     else:
+        if input.dim() < 2 or target.shape != input.select(1, 0).shape:  # [N, d1, ...] of logits [N, C, d1, ...]
+            raise ValueError("integer targets are class indices [N, d1, ...] for logits [N, C, d1, ...]; pass "
+                             "one-hot or soft labels as floats of the logits' shape")
         kept = target != ignore_index
         safe = torch.where(kept, target, torch.zeros_like(target)).long()
         y_real = nn.functional.one_hot(safe, n_classes).movedim(-1, 1).to(input.dtype)

@@ -87,3 +87,34 @@ def test_symbolic_loss_pickles_as_a_trainer_saves_it(tmp_path: Path) -> None:
         assert isinstance(copy.constants, torch.nn.Parameter)
         assert torch.equal(copy(logits, target), expected)
         assert torch.equal(copy(logits.double(), target), loss(logits.double(), target))
+
+
+CE = "-y_real*log(y_pred)"
+
+
+@pytest.fixture(scope="module")
+def exported_ce(tmp_path_factory: pytest.TempPathFactory) -> type:
+    return _exported(tmp_path_factory.mktemp("ce"), LossExpression.parse(CE))
+
+
+@pytest.mark.parametrize("maker", ["symbolic", "export"])
+def test_one_hot_integer_targets_are_refused_not_trained_as_regression(exported_ce: type, maker: str) -> None:
+    # Before: F.one_hot(y, C) (int64) with problem="auto" was read as regression of the logits on the one-hot
+    # rows (a number, no error); with problem="classification" it broadcast the one-hot of the one-hot, an
+    # error about tensor sizes or, where N == C, a silently wrong loss. nn.CrossEntropyLoss refuses it too.
+    make = (lambda **kw: SymbolicLoss(CE, **kw)) if maker == "symbolic" else exported_ce
+    logits, labels = torch.randn(3, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 2, 1])
+    one_hot = torch.nn.functional.one_hot(labels, 3)
+    with pytest.raises(ValueError, match="problem="):
+        make()(logits, one_hot)
+    with pytest.raises(ValueError, match="class indices"):
+        make(problem="classification")(logits, one_hot)
+    with pytest.raises(ValueError, match="class indices"):
+        make(problem="classification")(logits, labels[:, None])
+    # what the messages suggest gives cross-entropy
+    expected = torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.allclose(make()(logits, one_hot.argmax(1)), expected)
+    assert torch.allclose(make(problem="classification")(logits, one_hot.float()), expected)
+    # a genuine integer regression target of one output per sample is still regression
+    assert make()(torch.tensor([[1.5], [2.0]]), torch.tensor([[1], [2]])).item() == pytest.approx(
+        SymbolicLoss(CE, problem="regression")(torch.tensor([[1.5], [2.0]]), torch.tensor([[1.0], [2.0]])).item())
