@@ -22,6 +22,7 @@ the operator table and size limits; run files are read through SQL queries. File
 from __future__ import annotations
 
 import ast
+import builtins
 import inspect
 import json
 import keyword
@@ -75,14 +76,15 @@ def _finite(value: Any) -> Any:
 
 
 def class_name(expression: LossExpression, name: str | None = None) -> str:
-    """A valid class name: ``name`` made an ASCII identifier (never a keyword), or ``EvolvedLoss`` plus the
-    loss key."""
+    """A valid class name: ``name`` made an ASCII identifier (never a keyword, a builtin such as ``ValueError``
+    that the module raises, or a name the module defines), or ``EvolvedLoss`` plus the loss key."""
     if name:
         ident = re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_")[:64]
         if not ident or ident[0].isdigit() or ident[0] == "_":
             ident = f"Loss_{ident}".rstrip("_")
         ident = ident[0].upper() + ident[1:]
-        return ident + "_" if keyword.iskeyword(ident) or ident in _RESERVED_NAMES else ident
+        shadows = keyword.iskeyword(ident) or ident in _RESERVED_NAMES or hasattr(builtins, ident)
+        return ident + "_" if shadows else ident
     return f"EvolvedLoss_{expression.key[:8]}"
 
 

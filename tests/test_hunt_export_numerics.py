@@ -118,3 +118,23 @@ def test_one_hot_integer_targets_are_refused_not_trained_as_regression(exported_
     # a genuine integer regression target of one output per sample is still regression
     assert make()(torch.tensor([[1.5], [2.0]]), torch.tensor([[1], [2]])).item() == pytest.approx(
         SymbolicLoss(CE, problem="regression")(torch.tensor([[1.5], [2.0]]), torch.tensor([[1.0], [2.0]])).item())
+
+
+@pytest.mark.parametrize("name", ["ValueError", "valueError", "Exception", "TypeError"])
+def test_a_class_name_never_shadows_a_builtin_the_module_calls(tmp_path: Path, name: str) -> None:
+    # Before: `export --name ValueError` defined class ValueError, so the module's own `raise ValueError(...)`
+    # built the loss instead; a bad option recursed, each message quoting the last, until memory ran out
+    import builtins
+
+    source = to_python(LossExpression.parse("(y_pred - y_real)**2"), name=name)
+    cls_name = source.split("\nclass ", 1)[1].split("(", 1)[0]
+    assert not hasattr(builtins, cls_name), cls_name
+    path = tmp_path / "named.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("named", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ValueError, match="reduction must be"):
+        getattr(module, cls_name)(reduction="avg")
+    with pytest.raises(ValueError, match="same shape"):
+        getattr(module, cls_name)()(torch.zeros(3), torch.zeros(4))
