@@ -71,8 +71,12 @@ class Loss:
         return LossExpression(self.tokens, where=f"rank {self.rank}")
 
     def sympy(self) -> Any:
-        """The sympy expression."""
-        return self.expression().sympy
+        """The loss as plain sympy (``Piecewise``/``Max``/``Min`` with the protected operators' values, the
+        ``sympy`` export's form): ``sympy.lambdify`` and any sympy code evaluate it. lossforge's own form,
+        with its protected functions, is ``expression().sympy``."""
+        from lossforge.backends.sympy_plain import plain_sympy
+
+        return plain_sympy(self.expression().sympy)
 
     def latex(self) -> str:
         """The formula as LaTeX."""

@@ -103,3 +103,24 @@ def test_tables_of_a_run_without_scored_losses_keep_their_columns(run_file: Path
     empty = run.hall_of_fame(0)
     assert len(empty) == 0 and list(empty.columns) == list(full.columns)
     assert list(run.hall_of_fame(0, as_frame=False)) == []
+
+
+def test_a_run_loss_as_sympy_is_plain_sympy_that_sympy_can_evaluate(run_file: Path, tmp_path: Path) -> None:
+    # Before: Loss.sympy() held lossforge's own protected functions: it printed as sqrt(...) but
+    # sympy.lambdify raised NameError ('ProtectedSqrt' is not defined); now it is the sympy export's form
+    import sympy
+
+    from lossforge.export import render
+
+    path, rank = _with_candidate(run_file, tmp_path, ["plus", "divide", 0.7, "minus", "y_pred", "y_real",
+                                                      "log", "sqrt", "multiply", "y_pred", "exp", "y_real"],
+                                 fitness=1.0)
+    loss = lossforge.open_run(path).loss(rank)
+    expr = loss.sympy()
+    assert sympy.srepr(expr) + "\n" == render(loss.expression(), "sympy")
+    symbols = {s.name: s for s in expr.free_symbols}
+    f = sympy.lambdify((symbols["y_pred"], symbols["y_real"]), expr, "math")
+    module = loss.torch(reduction="none", problem="regression")
+    for p, r in [(0.3, 1.0), (2.0, 2.0), (0.0, -1.5), (-3.0, 40.0)]:
+        expected = module(torch.tensor([p], dtype=torch.float64), torch.tensor([r], dtype=torch.float64)).item()
+        assert f(p, r) == pytest.approx(expected, rel=1e-12), (p, r)
