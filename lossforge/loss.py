@@ -45,6 +45,9 @@ Problem = Literal["auto", "regression", "classification"]
 
 def is_classification_problem(problem: str, input: torch.Tensor, target: torch.Tensor) -> bool:
     """Whether ``(input, target)`` is read as classification under ``problem`` (see the module docstring)."""
+    if not input.is_floating_point():  # else the constants would be cast to the integer dtype (2.5 -> 2)
+        raise ValueError("input must be a floating-point tensor (predictions or logits), not an integer one; "
+                         "pass input.float()")
     if problem == "classification":
         return True
     if problem == "regression":

@@ -138,3 +138,20 @@ def test_a_class_name_never_shadows_a_builtin_the_module_calls(tmp_path: Path, n
         getattr(module, cls_name)(reduction="avg")
     with pytest.raises(ValueError, match="same shape"):
         getattr(module, cls_name)()(torch.zeros(3), torch.zeros(4))
+
+
+@pytest.mark.parametrize("maker", ["symbolic", "export"])
+def test_integer_predictions_are_refused_not_computed_with_truncated_constants(tmp_path: Path, maker: str) -> None:
+    # Before: loss(torch.tensor([1, 2]), torch.tensor([1, 3])) cast the constants to int64: 2.5*(...)**2 gave
+    # [0, 2] for [0, 2.5] and "+ 0.5" vanished, silently (torch's own losses refuse integer inputs)
+    expression = LossExpression.parse("2.5*(y_pred - y_real)**2 + 0.5")
+    cls = (lambda **kw: SymbolicLoss(expression, **kw)) if maker == "symbolic" else _exported(tmp_path, expression)
+
+    def make():
+        return cls(reduction="none")
+
+    with pytest.raises(ValueError, match="floating"):
+        make()(torch.tensor([1, 2]), torch.tensor([1, 3]))
+    with pytest.raises(ValueError, match="floating"):
+        make()(torch.tensor([[1, 2]]), torch.tensor([0]))
+    assert make()(torch.tensor([1.0, 2.0]), torch.tensor([1, 3])).tolist() == [0.5, 3.0]
