@@ -32,6 +32,8 @@ Token = Union[str, float]
 #: Limits that keep hostile or runaway input from costing memory or time.
 MAX_NODES = 512
 MAX_TEXT_LENGTH = 10_000
+#: Nesting depth (a search's trees are at most 17 deep): printing a formula recurses per level in sympy.
+MAX_DEPTH = 100
 MAX_POWER = 8  # MAX_CONSTANT (1e6) lives with the operator table: the lowering enforces it on folded constants
 
 SYMBOLS: dict[str, sympy.Symbol] = {name: sympy.Symbol(name, real=True) for name in VARIABLES}
@@ -59,13 +61,21 @@ def validate_tokens(tokens: Sequence[object], where: str = "expression") -> tupl
         raise ExpressionError(f"{where}: {len(tokens)} nodes exceed the limit of {MAX_NODES}")
     out: list[Token] = []
     need = 1
+    open_slots: list[int] = []  # per ancestor of the next token: operands it still has to read
     for i, tok in enumerate(tokens):
         if need == 0:
             raise ExpressionError(f"{where}: extra tokens after a complete expression at position {i}")
+        while open_slots and open_slots[-1] == 0:
+            open_slots.pop()
+        if open_slots:
+            open_slots[-1] -= 1
+        if len(open_slots) >= MAX_DEPTH:
+            raise ExpressionError(f"{where}: nested more than {MAX_DEPTH} levels deep at position {i}")
         if isinstance(tok, str):
             name = FUNCTION_ALIASES.get(tok, tok)
             if name in OPERATORS:
                 need += OPERATORS[name].arity - 1
+                open_slots.append(OPERATORS[name].arity)
                 out.append(name)
             elif tok in VARIABLES:
                 need -= 1

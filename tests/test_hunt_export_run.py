@@ -124,3 +124,26 @@ def test_a_run_loss_as_sympy_is_plain_sympy_that_sympy_can_evaluate(run_file: Pa
     for p, r in [(0.3, 1.0), (2.0, 2.0), (0.0, -1.5), (-3.0, 40.0)]:
         expected = module(torch.tensor([p], dtype=torch.float64), torch.tensor([r], dtype=torch.float64)).item()
         assert f(p, r) == pytest.approx(expected, rel=1e-12), (p, r)
+
+
+def test_a_tree_nested_too_deeply_is_one_line_not_a_recursion_error(run_file: Path, tmp_path: Path, capsys) -> None:
+    # Before: 200 nested sin (201 tokens, under the 512-node limit) passed validation, then printing the
+    # formula for the export raised RecursionError (a traceback from `lossforge export`, `load` of a JSON)
+    from lossforge.expression import MAX_DEPTH
+
+    deep = ["sin"] * 200 + ["y_pred"]
+    path, rank = _with_candidate(run_file, tmp_path, deep, fitness=1.0, formula="sin(sin(...))")
+    for fmt in ("py", "json"):
+        assert main(["export", str(path), "--rank", str(rank), "--format", fmt]) == 2
+        err = capsys.readouterr().err
+        assert "nested" in err and str(MAX_DEPTH) in err and len(err.strip().splitlines()) == 1, err
+    export = tmp_path / "deep.json"
+    export.write_text(json.dumps({"format": "lossforge-loss", "version": 1, "tokens": deep}))
+    with pytest.raises(lossforge.errors.ExportError, match="nested"):
+        lossforge.load(export)
+    # the deepest tree allowed exports in every format (a search's trees are at most 17 deep)
+    from lossforge.export import FORMATS, render
+    from lossforge.expression import LossExpression
+
+    for fmt in FORMATS:
+        assert render(LossExpression(["sin"] * (MAX_DEPTH - 1) + ["y_pred"]), fmt)
