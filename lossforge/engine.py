@@ -575,29 +575,33 @@ class Search:
                 seeds.append(gp.from_tokens(tokens, self.pset, self.individual_class))
         return seeds[: self.config.population]
 
-    def initial_population(self) -> tuple[list[gp.Individual], int]:
+    def initial_population(self) -> tuple[list[gp.Individual], dict[str, int]]:
         """Generation 0: the seeded known losses (if asked), then ramped half-and-half trees with distinct
         canonical keys that satisfy the space's constraints and pass the early-rejection checks (random
-        trees mostly cannot train; drawing more is cheap next to training). Returns the population and how
-        many draws were rejected."""
+        trees mostly cannot train; drawing more is cheap next to training). Returns the population and the
+        counts of draws ``rejected`` and of slots ``exhausted`` (filled, once the draws ran out, with a
+        repeat or a tree that cannot train: the space holds too few viable losses)."""
         self._seed(0)
         population = self.seed_individuals() if self.config.seed_baselines else []
         seen: set[str] = {gp.expression_of(ind).key for ind in population}
-        rejected = 0
+        rejected = exhausted = 0
         budget = 200 * self.config.population  # bounded: a space that cannot make viable trees still runs
         while len(population) < self.config.population:
             ind = self.toolbox.individual()
             expr = gp.expression_of(ind)
             budget -= 1
-            if expr.key in seen and budget > 0:
+            repeat = expr.key in seen
+            if repeat and budget > 0:
                 continue
             seen.add(expr.key)
-            if budget > 0 and (self.space.violation(expr.tokens)
-                               or rejection_reason(expr, self.suite.problems, self.suite.probe_classes)):
+            unfit = repeat or bool(self.space.violation(expr.tokens)
+                                   or rejection_reason(expr, self.suite.problems, self.suite.probe_classes))
+            if budget > 0 and unfit:
                 rejected += 1
                 continue
+            exhausted += unfit
             population.append(ind)
-        return population, rejected
+        return population, {"rejected": rejected, "exhausted": exhausted}
 
     def _finish_generation(self, gen: int, population: list[gp.Individual], counts: dict[str, Any],
                            started: float) -> bool:
@@ -788,9 +792,10 @@ class Search:
             if last is None:
                 started = time.perf_counter()
                 self.reporter.generation_started(0)
-                population, rejected = self.initial_population()
+                population, drawn = self.initial_population()
                 counts = self.race(population, 0)
-                counts["rejected"] += rejected
+                counts["rejected"] += drawn["rejected"]
+                counts["exhausted"] = drawn["exhausted"]
                 stopped = self._finish_generation(0, population, counts, started)
                 start_gen = 1
             else:

@@ -1,0 +1,60 @@
+"""Odd settings of the search itself: spaces that can express only a handful of losses, and the like."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import lossforge
+from lossforge.expression import LossExpression
+from lossforge.rejection import rejection_reason
+from lossforge.runfile import RunStore
+from lossforge.scoring import load_suite
+from lossforge.space import load_space
+
+#: Depth-1 trees of one operator that must use both variables: y_pred - y_real and y_real - y_pred, both
+#: rejected (a linear loss has no minimum), so no slot of any generation can hold a new viable loss.
+HANDFUL = """
+name = "handful"
+operators = ["minus"]
+[terminals]
+variables = ["y_pred", "y_real"]
+constants = { low = 1.0, high = 2.0, digits = 0 }
+[limits]
+init_min_depth = 1
+init_max_depth = 1
+max_depth = 2
+max_nodes = 3
+[constraints]
+require_variables = ["y_pred", "y_real"]
+"""
+
+
+def _space(tmp_path: Path, text: str, name: str = "space.toml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_generation_zero_reports_the_slots_it_could_not_fill_with_new_viable_losses(tmp_path: Path,
+                                                                                  tiny_suite: str) -> None:
+    space = _space(tmp_path, HANDFUL)
+    out = io.StringIO()
+    lossforge.search(run=tmp_path / "r.db", suite=tiny_suite, space=space, population=4, generations=1,
+                     executor="serial", seed_baselines=False, stream=out)
+    suite, sp = load_suite(tiny_suite), load_space(space)
+    with RunStore.open(tmp_path / "r.db", readonly=True) as store:
+        gen0 = store.generations()[0]
+    exprs = [LossExpression(m["tree"]) for m in gen0.population]
+    viable = {e.key for e in exprs if sp.violation(e.tokens) is None
+              and rejection_reason(e, suite.problems, suite.probe_classes) is None}
+    assert gen0.stats["exhausted"] == len(exprs) - len(viable) > 0
+    line0 = next(line for line in out.getvalue().splitlines() if line.startswith("gen   0"))
+    assert f"space exhausted: {gen0.stats['exhausted']} slot(s)" in line0
+
+
+def test_a_space_with_room_fills_generation_zero_without_exhaustion(tmp_path: Path, tiny_suite: str) -> None:
+    lossforge.search(run=tmp_path / "r.db", suite=tiny_suite, population=6, generations=1, executor="serial",
+                     quiet=True)
+    with RunStore.open(tmp_path / "r.db", readonly=True) as store:
+        assert store.generations()[0].stats["exhausted"] == 0
