@@ -19,7 +19,7 @@ from deap import base, gp, tools
 
 from lossforge.expression import LossExpression, Token
 from lossforge.operators import OPERATORS
-from lossforge.space import SearchSpace
+from lossforge.space import SearchSpace, constant_bounds
 
 
 class ScalarFitness(base.Fitness):
@@ -59,8 +59,11 @@ def derive_seed(*parts: object) -> int:
 @lru_cache(maxsize=None)
 def _constant_sampler(low: float, high: float, digits: int) -> Callable[[], float]:
     # DEAP requires the same function object for an ephemeral name within a process: cache it.
+    first, last = constant_bounds(low, high, digits)
+
     def sample() -> float:
-        return round(random.uniform(low, high), digits)
+        # rounding may step outside the range (0.12 .. 0.9 at 1 decimal gave 0.1): keep it inside
+        return min(max(round(random.uniform(low, high), digits), first), last)
 
     return sample
 

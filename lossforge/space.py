@@ -6,6 +6,7 @@ A space is a TOML file (see ``search_spaces/survey.toml``). Loading validates ev
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,13 @@ class SearchSpace:
     require_variables: tuple[str, ...] = ()
     forbid_nesting: tuple[tuple[str, str], ...] = ()
     max_nesting: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def constant_bounds(self) -> tuple[float, float]:
+        """The smallest and largest values with ``const_digits`` decimals in [const_low, const_high]: the
+        range drawn constants are kept in (rounding alone would step outside, e.g. 0.12 .. 0.9 at 1 decimal
+        gave 0.1). Empty (low > high) when no such value exists, which :meth:`validate` refuses."""
+        return constant_bounds(self.const_low, self.const_high, self.const_digits)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for run files."""
@@ -81,6 +89,10 @@ class SearchSpace:
             raise SpaceError(f"{where}: terminals.constants: keep low/high within ±1e6")
         if not 0 <= self.const_digits <= 8:
             raise SpaceError(f"{where}: terminals.constants.digits must be between 0 and 8")
+        low, high = self.constant_bounds
+        if low > high:  # every constant would have been rounded to the same value outside the range
+            raise SpaceError(f"{where}: terminals.constants: no constant with {self.const_digits} decimal(s) lies in "
+                             f"[{self.const_low:g}, {self.const_high:g}]; widen the range or raise digits")
         if not 0 <= self.init_min_depth <= self.init_max_depth:
             raise SpaceError(f"{where}: limits: need 0 <= init_min_depth <= init_max_depth")
         if not self.init_max_depth <= self.max_depth <= 17:
@@ -129,6 +141,14 @@ class SearchSpace:
                     ancestors.append((op, left - 1))
                     break
         return None
+
+
+def constant_bounds(low: float, high: float, digits: int) -> tuple[float, float]:
+    """The smallest and largest values with ``digits`` decimals in [low, high] (low > high: none)."""
+    scale = 10**digits
+    # round first: 0.3 * 10 is 3.0000000000000004, whose ceiling would skip 0.3 itself
+    first, last = math.ceil(round(low * scale, 6)), math.floor(round(high * scale, 6))
+    return round(first / scale, digits), round(last / scale, digits)
 
 
 def _get(table: dict, key: str, kind: type | tuple[type, ...], where: str, field: str) -> Any:

@@ -1,0 +1,55 @@
+"""Search-space files a user may get wrong, and what the space promises about the trees drawn from it."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from lossforge import gp
+from lossforge.errors import SpaceError
+from lossforge.space import load_space
+
+BODY = """operators = ["plus", "multiply"]
+[terminals]
+variables = ["y_pred", "y_real"]
+constants = {{ low = {low}, high = {high}, digits = {digits} }}
+[limits]
+init_min_depth = 1
+init_max_depth = 3
+max_depth = 4
+max_nodes = 15
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    return path
+
+
+def _constants_drawn(space, n: int = 300) -> list[float]:
+    toolbox, _ = gp.toolbox_for(space)
+    random.seed(0)
+    values = []
+    for _ in range(n):
+        values += [t for t in gp.to_tokens(toolbox.individual()) if isinstance(t, float)]
+        mutant, = toolbox.mutate(toolbox.individual())
+        values += [t for t in gp.to_tokens(mutant) if isinstance(t, float)]
+    return values
+
+
+# each range's ends are not multiples of its digits, so plain rounding leaves it (0.3 .. 2.4 gives 0)
+@pytest.mark.parametrize("low, high, digits", [(0.12, 0.9, 1), (-0.26, 0.74, 1), (0.3, 2.4, 0)])
+def test_every_constant_drawn_lies_in_the_stated_range(tmp_path: Path, low: float, high: float,
+                                                       digits: int) -> None:
+    space = load_space(_write(tmp_path, BODY.format(low=low, high=high, digits=digits)))
+    values = _constants_drawn(space)
+    assert values and all(low <= v <= high for v in values), sorted(set(v for v in values if not low <= v <= high))
+    assert all(round(v, digits) == v for v in values)
+
+
+def test_a_range_with_no_value_at_its_digits_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SpaceError, match=r"no constant with 0 decimal\(s\) lies in \[0.1, 0.4\]"):
+        load_space(_write(tmp_path, BODY.format(low=0.1, high=0.4, digits=0)))
