@@ -203,8 +203,8 @@ def load_space(spec: str | Path = "survey") -> SearchSpace:
             raise SpaceError(f"{where}: {field} lists a name twice ({names}); list each once")
     number = (int, float)
     space = SearchSpace(
-        name=str(data.get("name", path.stem)),
-        description=str(data.get("description", "")),
+        name=_get(data, "name", str, where, "name") if "name" in data else path.stem,
+        description=_get(data, "description", str, where, "description") if "description" in data else "",
         operators=tuple(_get(data, "operators", list, where, "operators")),
         variables=tuple(_get(terminals, "variables", list, where, "terminals.variables")),
         const_low=float(_get(consts, "low", number, where, "terminals.constants.low")),

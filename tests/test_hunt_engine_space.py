@@ -53,3 +53,11 @@ def test_every_constant_drawn_lies_in_the_stated_range(tmp_path: Path, low: floa
 def test_a_range_with_no_value_at_its_digits_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SpaceError, match=r"no constant with 0 decimal\(s\) lies in \[0.1, 0.4\]"):
         load_space(_write(tmp_path, BODY.format(low=0.1, high=0.4, digits=0)))
+
+
+@pytest.mark.parametrize("line, field", [("name = 3", "name"), ('name = ["a"]', "name"),
+                                         ("description = { a = 1 }", "description")])
+def test_a_name_or_description_that_is_not_text_is_refused(tmp_path: Path, line: str, field: str) -> None:
+    # they were turned into text silently ("['a']"), and the name is what messages and run files show
+    with pytest.raises(SpaceError, match=f"field '{field}' must be str"):
+        load_space(_write(tmp_path, line + "\n" + BODY.format(low=-1.0, high=1.0, digits=2)))
