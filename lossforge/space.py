@@ -83,6 +83,10 @@ class SearchSpace:
                 raise SpaceError(f"{where}: terminals.variables: unknown variable {name!r}; use y_pred, y_real")
         if not self.variables:
             raise SpaceError(f"{where}: terminals.variables: list at least one of y_pred, y_real")
+        missing = [v for v in VARIABLES if v not in self.variables]
+        if missing:  # early rejection refuses every such loss: the search would find nothing
+            raise SpaceError(f"{where}: terminals.variables: list both y_pred and y_real (missing "
+                             f"{', '.join(missing)}); a loss that does not use both is always rejected")
         if not self.const_low < self.const_high:
             raise SpaceError(f"{where}: terminals.constants: low ({self.const_low}) must be below high ({self.const_high})")
         if max(abs(self.const_low), abs(self.const_high)) > 1e6:

@@ -61,3 +61,11 @@ def test_a_name_or_description_that_is_not_text_is_refused(tmp_path: Path, line:
     # they were turned into text silently ("['a']"), and the name is what messages and run files show
     with pytest.raises(SpaceError, match=f"field '{field}' must be str"):
         load_space(_write(tmp_path, line + "\n" + BODY.format(low=-1.0, high=1.0, digits=2)))
+
+
+@pytest.mark.parametrize("variables, missing", [('["y_pred"]', "y_real"), ('["y_real"]', "y_pred")])
+def test_a_space_without_both_variables_is_refused(tmp_path: Path, variables: str, missing: str) -> None:
+    # early rejection refuses every loss that does not use both: such a space ran a whole search for nothing
+    text = BODY.format(low=-1.0, high=1.0, digits=2).replace('["y_pred", "y_real"]', variables)
+    with pytest.raises(SpaceError, match=f"terminals.variables: .*{missing}"):
+        load_space(_write(tmp_path, text))
