@@ -78,6 +78,10 @@ class SearchSpace:
                 )
         if not self.operators:
             raise SpaceError(f"{where}: operators: list at least one operator")
+        if all(OPERATORS[name].arity < 2 for name in self.operators):  # one leaf: never y_pred and y_real
+            binary = ", ".join(n for n, op in OPERATORS.items() if op.arity >= 2)
+            raise SpaceError(f"{where}: operators: list at least one operator of two arguments ({binary}); a tree "
+                             "of unary operators has one leaf, so it never uses both y_pred and y_real")
         for name in self.variables:
             if name not in VARIABLES:
                 raise SpaceError(f"{where}: terminals.variables: unknown variable {name!r}; use y_pred, y_real")

@@ -69,3 +69,10 @@ def test_a_space_without_both_variables_is_refused(tmp_path: Path, variables: st
     text = BODY.format(low=-1.0, high=1.0, digits=2).replace('["y_pred", "y_real"]', variables)
     with pytest.raises(SpaceError, match=f"terminals.variables: .*{missing}"):
         load_space(_write(tmp_path, text))
+
+
+def test_a_space_of_unary_operators_alone_is_refused(tmp_path: Path) -> None:
+    # a tree of unary operators has one leaf, so it never uses both variables and is always rejected
+    text = BODY.format(low=-1.0, high=1.0, digits=2).replace('["plus", "multiply"]', '["exp", "log"]')
+    with pytest.raises(SpaceError, match="operators: .*two arguments"):
+        load_space(_write(tmp_path, text))
