@@ -777,8 +777,9 @@ class Search:
         per_gen = self.config.population
         if self.screen is not None:
             per_gen += math.ceil(self.config.promote * self.config.population)
+        time_left = None if self.config.time_s is None else self.config.time_s - self.store.summary().elapsed_s
         self.reporter = make_progress(max(1, self.config.generations + 1 - start_gen), per_gen,
-                                      quiet=self.quiet, stream=self.stream)
+                                      quiet=self.quiet, stream=self.stream, time_left_s=time_left)
         if self.chunk_size < self.config.chunk_size:
             self.reporter.message(
                 f"chunks of at most {self.chunk_size} losses instead of {self.config.chunk_size}: "

@@ -58,3 +58,13 @@ def test_a_space_with_room_fills_generation_zero_without_exhaustion(tmp_path: Pa
                      quiet=True)
     with RunStore.open(tmp_path / "r.db", readonly=True) as store:
         assert store.generations()[0].stats["exhausted"] == 0
+
+
+def test_a_time_limited_search_never_shows_an_eta_past_its_limit(tmp_path: Path, tiny_suite: str) -> None:
+    # --time alone allows 100000 generations: the ETA of that many was hours for a search of seconds
+    out = io.StringIO()
+    lossforge.search(run=tmp_path / "r.db", suite=tiny_suite, population=4, time_s=30.0, executor="serial",
+                     validate_top=0, callbacks=[lambda stats, hof: stats.gen == 2], stream=out)
+    etas = [line.rsplit("ETA ", 1)[1] for line in out.getvalue().splitlines() if line.startswith("gen ")]
+    assert len(etas) == 3
+    assert all(eta == "?" or (eta[:-1].isdigit() and eta.endswith("s") and int(eta[:-1]) <= 30) for eta in etas), etas
