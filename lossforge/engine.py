@@ -18,6 +18,7 @@ import os
 import random
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
@@ -378,6 +379,11 @@ class Search:
         space = load_space(config.space)
         suite = load_suite(config.suite)
         suite.warn_notices()
+        if config.scale_twins and not suite.scale_free:  # the evaluator ignores it: say so, not silently
+            tasks = ", ".join(t.name for t in suite.tasks if not t.task.scale_free)
+            warnings.warn(f"lossforge: scale_twins has no effect on suite {suite.name!r}: task(s) {tasks} do not "
+                          "train with plain Adam (SGD, weight decay or a confidence penalty), so c*L is not L there",
+                          UserWarning, stacklevel=2)
         config = config.resolved(suite)
         document = {"search": config.to_dict(), "space": space.to_dict(), "suite": suite.spec()}
         store = RunStore.create(run_path, document, suite_hash=suite.hash, lease=True)

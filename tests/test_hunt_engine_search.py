@@ -68,3 +68,19 @@ def test_a_time_limited_search_never_shows_an_eta_past_its_limit(tmp_path: Path,
     etas = [line.rsplit("ETA ", 1)[1] for line in out.getvalue().splitlines() if line.startswith("gen ")]
     assert len(etas) == 3
     assert all(eta == "?" or (eta[:-1].isdigit() and eta.endswith("s") and int(eta[:-1]) <= 30) for eta in etas), etas
+
+
+def test_scale_twins_on_a_suite_that_is_not_scale_free_says_it_does_nothing(tmp_path: Path) -> None:
+    import pytest
+
+    from lossforge.engine import Search, SearchConfig
+
+    suite = tmp_path / "sgd.toml"
+    suite.write_text('name = "sgd"\nseeds = [0]\n[[tasks]]\nname = "digits_sgd"\ntype = "label_noise"\n'
+                     'preset = "symmetric40"\nsettings = { n_train = 100, epochs = 1, hidden = [8], '
+                     'optimizer = "sgd" }\n')
+    with pytest.warns(UserWarning, match="scale_twins has no effect .*digits_sgd"):
+        search = Search.create(tmp_path / "r.db", SearchConfig(suite=str(suite), population=4, generations=1,
+                                                               executor="serial", scale_twins=True))
+    assert not search.evaluator.scale_twins  # and indeed it is off
+    search.close()
