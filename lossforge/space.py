@@ -67,10 +67,18 @@ class SearchSpace:
         return space
 
     def validate(self, where: str) -> None:
-        """Raise SpaceError if any field is out of range."""
+        """Raise SpaceError if any field is of the wrong type or out of range (a file's fields are typed by
+        :func:`load_space` first; a stored space's only here)."""
+        for field, kind, label in _FIELD_TYPES:
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise SpaceError(f"{where}: {label}, got {value!r}")
         for name in (*self.operators, *self.variables, *self.require_variables):
             if not isinstance(name, str):  # a nested list was an unhashable-type traceback
                 raise SpaceError(f"{where}: operators and variables are names (strings), got {name!r}")
+        for field, names in (("operators", self.operators), ("terminals.variables", self.variables)):
+            if len(set(names)) != len(names):  # a repeated name doubles its chance of being drawn
+                raise SpaceError(f"{where}: {field} lists a name twice ({list(names)}); list each once")
         for name in self.operators:
             if name not in OPERATORS:
                 raise SpaceError(
@@ -149,6 +157,19 @@ class SearchSpace:
                     ancestors.append((op, left - 1))
                     break
         return None
+
+
+#: (field, type, what the field must be) of a space, as a file names the field.
+_FIELD_TYPES = (
+    ("name", str, "name must be text"), ("description", str, "description must be text"),
+    ("const_low", (int, float), "terminals.constants.low must be a number"),
+    ("const_high", (int, float), "terminals.constants.high must be a number"),
+    ("const_digits", int, "terminals.constants.digits must be an integer"),
+    ("init_min_depth", int, "limits.init_min_depth must be an integer"),
+    ("init_max_depth", int, "limits.init_max_depth must be an integer"),
+    ("max_depth", int, "limits.max_depth must be an integer"),
+    ("max_nodes", int, "limits.max_nodes must be an integer"),
+)
 
 
 def constant_bounds(low: float, high: float, digits: int) -> tuple[float, float]:

@@ -76,3 +76,48 @@ def test_a_space_of_unary_operators_alone_is_refused(tmp_path: Path) -> None:
     text = BODY.format(low=-1.0, high=1.0, digits=2).replace('["plus", "multiply"]', '["exp", "log"]')
     with pytest.raises(SpaceError, match="operators: .*two arguments"):
         load_space(_write(tmp_path, text))
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory) -> Path:
+    import lossforge
+    from tests.conftest import TINY_SUITE
+
+    path = tmp_path_factory.mktemp("hunt-space") / "stopped.db"
+    lossforge.search(run=path, suite=TINY_SUITE, population=4, generations=3, executor="serial", quiet=True,
+                     validate_top=0, callbacks=[lambda stats, hof: stats.gen == 1])
+    return path
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("max_depth", 5.5, "limits.max_depth must be an integer"),
+    ("init_max_depth", 2.5, "limits.init_max_depth must be an integer"),
+    ("init_min_depth", True, "limits.init_min_depth must be an integer"),
+    ("const_digits", 2.5, "terminals.constants.digits must be an integer"),
+    ("const_low", "a", "terminals.constants.low must be a number"),
+    ("name", 3, "name must be text"),
+    ("operators", ["plus", "plus", "minus", "multiply", "divide", "sqrt", "log", "exp", "sin", "cos"],
+     "operators lists a name twice"),
+])
+def test_a_stored_space_is_checked_as_a_space_file_is(stopped_run: Path, tmp_path: Path, field: str,
+                                                      value: object, message: str) -> None:
+    # resume promises the same bounds and errors as a new search; the stored space skipped the file's types
+    import json
+    import shutil
+    import sqlite3
+
+    import lossforge
+    from lossforge.errors import RunError
+
+    path = tmp_path / "run.db"
+    shutil.copy(stopped_run, path)
+    conn = sqlite3.connect(path)
+    doc = json.loads(conn.execute("SELECT document FROM config").fetchone()[0])
+    doc["space"][field] = value
+    conn.execute("UPDATE config SET document = ?", (json.dumps(doc),))
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(RunError, match=message):
+        lossforge.resume(path, quiet=True)
+    assert path.read_bytes() == before
