@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lossforge.errors import SpaceError
+from lossforge.expression import MAX_NODES
 from lossforge.operators import OPERATORS, VARIABLES
 
 #: Directory of the bundled spaces (``--space NAME`` looks here).
@@ -113,8 +114,13 @@ class SearchSpace:
             raise SpaceError(f"{where}: limits: need 0 <= init_min_depth <= init_max_depth")
         if not self.init_max_depth <= self.max_depth <= 17:
             raise SpaceError(f"{where}: limits: need init_max_depth <= max_depth <= 17")
-        if not 3 <= self.max_nodes <= 512:
-            raise SpaceError(f"{where}: limits.max_nodes must be between 3 and 512")
+        if not 3 <= self.max_nodes <= MAX_NODES:
+            raise SpaceError(f"{where}: limits.max_nodes must be between 3 and {MAX_NODES}")
+        arity = max(OPERATORS[name].arity for name in self.operators)
+        largest = sum(arity**i for i in range(self.init_max_depth + 1))  # a full tree of that height
+        if largest > MAX_NODES:  # grown trees are not cut to max_nodes; the expression limit would refuse one
+            raise SpaceError(f"{where}: limits.init_max_depth {self.init_max_depth} grows first trees of up to "
+                             f"{largest} nodes, over the limit of {MAX_NODES}; lower it")
         for name in self.require_variables:
             if name not in self.variables:
                 raise SpaceError(f"{where}: constraints.require_variables: {name!r} is not one of the space's "

@@ -121,3 +121,14 @@ def test_a_stored_space_is_checked_as_a_space_file_is(stopped_run: Path, tmp_pat
     with pytest.raises(RunError, match=message):
         lossforge.resume(path, quiet=True)
     assert path.read_bytes() == before
+
+
+def test_initial_depths_that_grow_trees_past_the_expression_limit_are_refused(tmp_path: Path) -> None:
+    # init_max_depth 9 of binary operators grows trees of up to 1023 nodes: generation 0 failed with
+    # "expression: 8191 nodes exceed the limit of 512" after the baselines had been scored
+    text = BODY.format(low=-1.0, high=1.0, digits=2).replace("init_max_depth = 3", "init_max_depth = 9") \
+        .replace("max_depth = 4", "max_depth = 9")
+    with pytest.raises(SpaceError, match="init_max_depth .* 1023 nodes"):
+        load_space(_write(tmp_path, text))
+    ok = text.replace("init_max_depth = 9", "init_max_depth = 8")  # at most 511 nodes
+    assert load_space(_write(tmp_path, ok)).init_max_depth == 8
