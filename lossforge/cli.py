@@ -505,8 +505,10 @@ def cmd_space(args: argparse.Namespace) -> int:
 
     space = load_space(args.space)
     print(f"{space.name}: {space.description}")
-    print(f"variables: {', '.join(space.variables)}; constants uniform in [{space.const_low}, {space.const_high}], "
-          f"{space.const_digits} decimals; max depth {space.max_depth}, max nodes {space.max_nodes}")
+    constants = (f"constants uniform in [{space.const_low}, {space.const_high}], {space.const_digits} decimals"
+                 if space.constants else "no constants")
+    print(f"variables: {', '.join(space.variables)}; {constants}; max depth {space.max_depth}, max nodes "
+          f"{space.max_nodes}")
     rows = [[n, OPERATORS[n].arity, OPERATORS[n].description, OPERATORS[n].protected or "total"]
             for n in space.operators]
     print(_table(["operator", "arity", "meaning", "protected semantics"], rows))

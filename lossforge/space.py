@@ -41,6 +41,9 @@ class SearchSpace:
     require_variables: tuple[str, ...] = ()
     forbid_nesting: tuple[tuple[str, str], ...] = ()
     max_nesting: tuple[tuple[str, int], ...] = ()
+    #: whether trees hold ephemeral constants (``constants = false`` in the file: none; the const_* fields
+    #: then keep placeholder values and are not used)
+    constants: bool = True
 
     @property
     def constant_bounds(self) -> tuple[float, float]:
@@ -100,6 +103,8 @@ class SearchSpace:
         if missing:  # early rejection refuses every such loss: the search would find nothing
             raise SpaceError(f"{where}: terminals.variables: list both y_pred and y_real (missing "
                              f"{', '.join(missing)}); a loss that does not use both is always rejected")
+        if not isinstance(self.constants, bool):
+            raise SpaceError(f"{where}: terminals.constants must be a table or false, got {self.constants!r}")
         if not self.const_low < self.const_high:
             raise SpaceError(f"{where}: terminals.constants: low ({self.const_low}) must be below high ({self.const_high})")
         if max(abs(self.const_low), abs(self.const_high)) > 1e6:
@@ -107,7 +112,7 @@ class SearchSpace:
         if not 0 <= self.const_digits <= 8:
             raise SpaceError(f"{where}: terminals.constants.digits must be between 0 and 8")
         low, high = self.constant_bounds
-        if low > high:  # every constant would have been rounded to the same value outside the range
+        if self.constants and low > high:  # every constant would have been rounded to the same value outside the range
             raise SpaceError(f"{where}: terminals.constants: no constant with {self.const_digits} decimal(s) lies in "
                              f"[{self.const_low:g}, {self.const_high:g}]; widen the range or raise digits")
         if not 0 <= self.init_min_depth <= self.init_max_depth:
@@ -141,6 +146,8 @@ class SearchSpace:
         missing = [v for v in self.require_variables if v not in tokens]
         if missing:
             return f"constraint: must use {', '.join(missing)}"
+        if not self.constants and any(isinstance(tok, float) for tok in tokens):
+            return f"search space {self.name!r} has no constants"
         forbidden = dict.fromkeys(self.forbid_nesting)
         limits = dict(self.max_nesting)
         # Walk the prefix list keeping the chain of ancestors of each node.
@@ -224,7 +231,11 @@ def load_space(spec: str | Path = "survey") -> SearchSpace:
     except tomllib.TOMLDecodeError as exc:
         raise SpaceError(f"{where}: not valid TOML: {exc}") from None
     terminals = _get(data, "terminals", dict, where, "terminals")
-    consts = _get(terminals, "constants", dict, where, "terminals.constants")
+    if terminals.get("constants") is False:  # a space without constants: placeholders, never drawn
+        consts, has_constants = {"low": -1.0, "high": 1.0, "digits": 0}, False
+    else:
+        consts, has_constants = _get(terminals, "constants", dict, where, "terminals.constants (a table, or false "
+                                     "for a space without constants)"), True
     limits = _get(data, "limits", dict, where, "limits")
     for table, prefix, keys in ((data, "", FILE_KEYS), (terminals, "terminals.", TERMINAL_KEYS),
                                 (consts, "terminals.constants.", CONSTANT_KEYS), (limits, "limits.", LIMIT_KEYS)):
@@ -250,6 +261,7 @@ def load_space(spec: str | Path = "survey") -> SearchSpace:
         max_depth=_get(limits, "max_depth", int, where, "limits.max_depth"),
         max_nodes=_get(limits, "max_nodes", int, where, "limits.max_nodes"),
         **_constraints(data, where),
+        constants=has_constants,
     )
     space.validate(where)
     return space

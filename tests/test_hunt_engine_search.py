@@ -84,3 +84,34 @@ def test_scale_twins_on_a_suite_that_is_not_scale_free_says_it_does_nothing(tmp_
                                                                executor="serial", scale_twins=True))
     assert not search.evaluator.scale_twins  # and indeed it is off
     search.close()
+
+
+NO_CONSTANTS = """
+name = "bare"
+operators = ["plus", "minus", "multiply", "divide", "sqrt", "log", "exp"]
+[terminals]
+variables = ["y_pred", "y_real"]
+constants = false
+[limits]
+init_min_depth = 1
+init_max_depth = 3
+max_depth = 5
+max_nodes = 25
+[constraints]
+require_variables = ["y_pred", "y_real"]
+"""
+
+
+def test_a_space_without_constants_searches_only_constant_free_losses(tmp_path: Path, tiny_suite: str) -> None:
+    # there was no way to write one: the constants table was required and low < high
+    space = _space(tmp_path, NO_CONSTANTS)
+    sp = load_space(space)
+    assert not sp.constants and sp.violation(["multiply", 2.0, "minus", "y_pred", "y_real"]) is not None
+    run = tmp_path / "r.db"
+    lossforge.search(run=run, suite=tiny_suite, space=space, population=8, generations=3, executor="serial",
+                     quiet=True, validate_top=0, callbacks=[lambda stats, hof: stats.gen == 1])
+    lossforge.resume(run, quiet=True)
+    with RunStore.open(run, readonly=True) as store:
+        trees = [c.tree for c in store.candidates()] + [m["tree"] for g in store.generations() for m in g.population]
+        assert len(store.generations()) == 4 and store.best(1)
+    assert trees and not any(isinstance(t, float) for tree in trees for t in tree)

@@ -132,3 +132,11 @@ def test_initial_depths_that_grow_trees_past_the_expression_limit_are_refused(tm
         load_space(_write(tmp_path, text))
     ok = text.replace("init_max_depth = 9", "init_max_depth = 8")  # at most 511 nodes
     assert load_space(_write(tmp_path, ok)).init_max_depth == 8
+
+
+@pytest.mark.parametrize("value", ["true", '"none"', "0"])
+def test_constants_are_a_table_or_false(tmp_path: Path, value: str) -> None:
+    text = BODY.format(low=-1.0, high=1.0, digits=2).replace(
+        "constants = { low = -1.0, high = 1.0, digits = 2 }", f"constants = {value}")
+    with pytest.raises(SpaceError, match="terminals.constants .*false"):
+        load_space(_write(tmp_path, text))
