@@ -203,6 +203,9 @@ def _get(table: dict, key: str, kind: type | tuple[type, ...], where: str, field
     return value
 
 
+#: Largest space file read (a space is a few lines; a huge file was read into memory whole).
+MAX_SPACE_BYTES = 2**20
+
 #: The fields of a space file, table by table (anything else is refused).
 FILE_KEYS = frozenset({"name", "description", "operators", "terminals", "limits", "constraints"})
 TERMINAL_KEYS = frozenset({"variables", "constants"})
@@ -222,8 +225,14 @@ def load_space(spec: str | Path = "survey") -> SearchSpace:
             known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.toml")))
             raise SpaceError(f"unknown search space {str(spec)!r}; bundled spaces: {known}, or give a .toml path")
     where = str(path)
+    if path.exists() and not path.is_file():  # a device or FIFO would be read forever (a directory: never)
+        raise SpaceError(f"{where}: not a regular file; give a .toml path or a bundled space name")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SPACE_BYTES + 1)
+        if len(raw) > MAX_SPACE_BYTES:
+            raise SpaceError(f"{where}: larger than {MAX_SPACE_BYTES // 2**20} MiB; a space file is a few lines")
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise SpaceError(f"{where}: no such file; give a .toml path or a bundled space name") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -140,3 +140,13 @@ def test_constants_are_a_table_or_false(tmp_path: Path, value: str) -> None:
         "constants = { low = -1.0, high = 1.0, digits = 2 }", f"constants = {value}")
     with pytest.raises(SpaceError, match="terminals.constants .*false"):
         load_space(_write(tmp_path, text))
+
+
+def test_a_space_path_that_is_not_a_small_regular_file_is_refused_without_reading_it_all(tmp_path: Path) -> None:
+    # /dev/zero (or a FIFO) as --space read forever; a huge file was read into memory whole
+    with pytest.raises(SpaceError, match="not a regular file"):
+        load_space("/dev/zero")
+    big = tmp_path / "big.toml"
+    big.write_text(BODY.format(low=-1.0, high=1.0, digits=2) + "#" * (2 * 2**20) + "\n")
+    with pytest.raises(SpaceError, match="larger than 1 MiB"):
+        load_space(big)
