@@ -241,9 +241,10 @@ class SearchConfig:
         """The budget of a search that sets none: the suite's, else the engine's default."""
         return suite.budget if suite.budget is not None else DEFAULT_BUDGET
 
-    def generation_cost(self, population: int, n_seeds: int) -> float:
-        """Expected spend of one generation in full evaluations: every child screened, the promoted scored."""
-        children = population - (self.elite if self.selection == "tournament" else 0)
+    def generation_cost(self, population: int, n_seeds: int, first: bool = False) -> float:
+        """Expected spend of one generation in full evaluations: every child screened, the promoted scored
+        (``first``: generation 0, where every member is new)."""
+        children = population - (self.elite if self.selection == "tournament" and not first else 0)
         if self.screening >= 1.0:
             return float(children)
         return children * (self.screening / n_seeds + self.promote)
@@ -753,7 +754,9 @@ class Search:
                   f"time {format_duration(c.time_s)}" if c.time_s is not None else None]
         screen = (f"every new loss screened on 1 seed at {c.screening:g} of the training, the best {c.promote:g} "
                   "promoted to full scoring" if self.screen is not None else "every new loss scored in full")
-        expected = c.generation_cost(c.population, len(self.suite.seeds)) * c.generations + c.population
+        n_seeds = len(self.suite.seeds)
+        expected = c.generation_cost(c.population, n_seeds) * c.generations + c.generation_cost(c.population, n_seeds,
+                                                                                                 first=True)
         stop = ", ".join(x for x in limits if x) or f"about {expected:.0f} full evaluations"
         confirm = (f"; then the best {c.confirm_top} structures confirmed on {len(self.suite.confirm_seeds)} more "
                    "seeds" if self.suite.confirm_seeds and c.confirm_top else "")

@@ -115,3 +115,19 @@ def test_a_space_without_constants_searches_only_constant_free_losses(tmp_path: 
         trees = [c.tree for c in store.candidates()] + [m["tree"] for g in store.generations() for m in g.population]
         assert len(store.generations()) == 4 and store.best(1)
     assert trees and not any(isinstance(t, float) for tree in trees for t in tree)
+
+
+def test_the_start_line_estimates_the_spend_the_generations_were_derived_from(tmp_path: Path) -> None:
+    # the default search derives 27 generations from its 400 full evaluations, then said "about 425": it
+    # counted generation 0 as a full evaluation of every member, not screened like the rest
+    import re
+
+    from lossforge.engine import DEFAULT_BUDGET, Search, SearchConfig
+
+    search = Search.create(tmp_path / "r.db", SearchConfig(suite="regression", executor="serial"))
+    try:
+        config, seeds = search.config, len(search.suite.seeds)
+        expected = float(re.search(r"about (\d+) full evaluations", search.budget_line()).group(1))
+        assert abs(expected - DEFAULT_BUDGET) <= config.generation_cost(config.population, seeds)
+    finally:
+        search.close()
