@@ -112,7 +112,7 @@ class SearchSpace:
         if not 0 <= self.const_digits <= 8:
             raise SpaceError(f"{where}: terminals.constants.digits must be between 0 and 8")
         low, high = self.constant_bounds
-        if self.constants and low > high:  # every constant would have been rounded to the same value outside the range
+        if self.constants and low > high:  # every constant would be the same value, outside the range
             raise SpaceError(f"{where}: terminals.constants: no constant with {self.const_digits} decimal(s) lies in "
                              f"[{self.const_low:g}, {self.const_high:g}]; widen the range or raise digits")
         if not 0 <= self.init_min_depth <= self.init_max_depth:
