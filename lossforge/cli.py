@@ -504,7 +504,7 @@ def cmd_space(args: argparse.Namespace) -> int:
     from lossforge.space import load_space
 
     space = load_space(args.space)
-    print(f"{space.name}: {space.description}")
+    print(f"{_printable(space.name)}: {_printable(space.description)}")  # text from a file: shown, never obeyed
     constants = (f"constants uniform in [{space.const_low}, {space.const_high}], {space.const_digits} decimals"
                  if space.constants else "no constants")
     print(f"variables: {', '.join(space.variables)}; {constants}; max depth {space.max_depth}, max nodes "

@@ -150,3 +150,14 @@ def test_a_space_path_that_is_not_a_small_regular_file_is_refused_without_readin
     big.write_text(BODY.format(low=-1.0, high=1.0, digits=2) + "#" * (2 * 2**20) + "\n")
     with pytest.raises(SpaceError, match="larger than 1 MiB"):
         load_space(big)
+
+
+def test_the_space_command_shows_a_hostile_name_without_obeying_it(tmp_path: Path, capsys) -> None:
+    from lossforge.cli import main
+
+    path = _write(tmp_path, 'name = "\\u001b[2J\\u001b]0;owned\\u0007"\ndescription = "a\\nb"\n'
+                  + BODY.format(low=-1.0, high=1.0, digits=2))
+    assert main(["space", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b[2J" in out
+    assert out.splitlines()[0].endswith("a\\nb")  # the description stays on the name's line
