@@ -119,6 +119,8 @@ class SearchSpace:
             raise SpaceError(f"{where}: limits: need 0 <= init_min_depth <= init_max_depth")
         if not self.init_max_depth <= self.max_depth <= 17:
             raise SpaceError(f"{where}: limits: need init_max_depth <= max_depth <= 17")
+        if self.max_depth < 1:  # a tree of height 0 is one leaf: never both y_pred and y_real
+            raise SpaceError(f"{where}: limits.max_depth must be at least 1; a tree of height 0 is a single leaf")
         if not 3 <= self.max_nodes <= MAX_NODES:
             raise SpaceError(f"{where}: limits.max_nodes must be between 3 and {MAX_NODES}")
         arity = max(OPERATORS[name].arity for name in self.operators)

@@ -161,3 +161,11 @@ def test_the_space_command_shows_a_hostile_name_without_obeying_it(tmp_path: Pat
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "\\x1b[2J" in out
     assert out.splitlines()[0].endswith("a\\nb")  # the description stays on the name's line
+
+
+def test_a_space_whose_trees_are_single_leaves_is_refused(tmp_path: Path) -> None:
+    # max_depth 0 allows only a leaf, which never uses both variables: every loss of the search was rejected
+    text = BODY.format(low=-1.0, high=1.0, digits=2).replace("init_min_depth = 1", "init_min_depth = 0") \
+        .replace("init_max_depth = 3", "init_max_depth = 0").replace("max_depth = 4", "max_depth = 0")
+    with pytest.raises(SpaceError, match="max_depth"):
+        load_space(_write(tmp_path, text))
