@@ -490,8 +490,8 @@ class Search:
         """:meth:`evaluate` without screening; with it, successive halving over two rungs: every loss is screened at ``self.screen`` (one seed, a share of
         the training); the best ``promote`` share of the screened is scored at full fidelity. Only full
         scores reach the candidates table (so the hall of fame and the ranking); a loss left at the first
-        rung gets its screening fitness for selection, capped at the worst promoted loss's full fitness
-        (so it never outranks a loss that beat it on screening and was then measured in full)."""
+        rung gets its screening fitness for selection, capped at the worst full fitness of the promoted losses
+        that completed (so it never outranks a loss that beat it on screening and was then measured in full)."""
         if self.screen is None:
             return self.evaluate(individuals, generation)
         self._gen = generation
@@ -508,7 +508,8 @@ class Search:
         full_counts, _ = self.evaluator.evaluate(chosen, FULL)
         counts["failed"] += full_counts["failed"]
         counts["evaluated"] = full_counts["evaluated"]
-        full = [self.cache[k].fitness for k in promoted]
+        # a promoted loss that failed in full was not measured: its 0 would zero every first-rung loss
+        full = [self.cache[k].fitness for k in promoted if self.cache[k].status == CandidateState.COMPLETE]
         cap = min(full) if full else math.inf
         for ind, expr, ev in zip(individuals, exprs, screens):
             if expr.key in self.cache:  # scored in full (or rejected)

@@ -131,3 +131,55 @@ def test_the_start_line_estimates_the_spend_the_generations_were_derived_from(tm
         assert abs(expected - DEFAULT_BUDGET) <= config.generation_cost(config.population, seeds)
     finally:
         search.close()
+
+
+def test_a_promoted_loss_that_fails_in_full_does_not_zero_the_losses_left_at_the_first_rung(
+        tmp_path: Path, tiny_suite: str) -> None:
+    # the cap on a first-rung loss is the worst promoted loss's full fitness; a promoted loss that failed
+    # (fitness 0, no measurement) made it 0, so every loss left at the first rung lost its screening signal
+    from lossforge import gp
+    from lossforge.engine import Search, SearchConfig
+    from lossforge.runfile import CandidateState
+    from lossforge.scoring import ChunkResult, failed_chunk
+
+    search = Search.create(tmp_path / "r.db", SearchConfig(population=8, generations=1, suite=tiny_suite,
+                                                           executor="serial", screening=0.5, promote=0.5))
+
+    def raw(seeds, score):
+        n = len(seeds)
+        return {"seeds": list(seeds), "scores": [score] * n, "statuses": ["complete"] * n,
+                "reasons": [None] * n, "metrics": [{}] * n}
+
+    def score(specs, fidelity, timed=True):  # references -1; screenings -(1 + i/10); in full the first fails
+        seeds = fidelity.seeds or search.suite.seeds
+        out = []
+        for i, spec in enumerate(specs):
+            if isinstance(spec, str):
+                value = -1.0
+            elif not fidelity.is_full:
+                value = -(1 + i / 10)
+            elif i == 0:
+                out += failed_chunk(1, search.evaluator.suite_spec, seeds, "diverged")
+                continue
+            else:
+                value = -1.5
+            out.append(ChunkResult(raw={t.name: raw(seeds, value) for t in search.suite.tasks}))
+        return out
+
+    try:
+        search._score_specs = score
+        search.evaluator.score_references(search.evaluator.reference_names())
+        population, _ = search.initial_population()
+        population = [ind for ind in population if search.evaluator.rejection(gp.expression_of(ind))[0] is None]
+        for ind in population:
+            del ind.fitness.values
+        search.race(population, 1)
+        key = {id(ind): gp.expression_of(ind).key for ind in population}
+        promoted = [ind for ind in population if key[id(ind)] in search.cache]
+        failed = [ind for ind in promoted if search.cache[key[id(ind)]].status == CandidateState.FAILED]
+        complete = [ind.fitness.values[0] for ind in promoted if ind not in failed]
+        left = [ind.fitness.values[0] for ind in population if key[id(ind)] not in search.cache]
+        assert failed and complete and left
+        assert all(0 < f <= min(complete) for f in left), (left, complete)
+    finally:
+        search.close()
