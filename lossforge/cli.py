@@ -504,9 +504,11 @@ def cmd_space(args: argparse.Namespace) -> int:
     from lossforge.space import load_space
 
     space = load_space(args.space)
-    print(f"{space.name}: {space.description}")
-    print(f"variables: {', '.join(space.variables)}; constants uniform in [{space.const_low}, {space.const_high}], "
-          f"{space.const_digits} decimals; max depth {space.max_depth}, max nodes {space.max_nodes}")
+    print(f"{_printable(space.name)}: {_printable(space.description)}")  # text from a file: shown, never obeyed
+    constants = (f"constants uniform in [{space.const_low}, {space.const_high}], {space.const_digits} decimals"
+                 if space.constants else "no constants")
+    print(f"variables: {', '.join(space.variables)}; {constants}; max depth {space.max_depth}, max nodes "
+          f"{space.max_nodes}")
     rows = [[n, OPERATORS[n].arity, OPERATORS[n].description, OPERATORS[n].protected or "total"]
             for n in space.operators]
     print(_table(["operator", "arity", "meaning", "protected semantics"], rows))

@@ -18,6 +18,7 @@ import os
 import random
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
@@ -240,9 +241,10 @@ class SearchConfig:
         """The budget of a search that sets none: the suite's, else the engine's default."""
         return suite.budget if suite.budget is not None else DEFAULT_BUDGET
 
-    def generation_cost(self, population: int, n_seeds: int) -> float:
-        """Expected spend of one generation in full evaluations: every child screened, the promoted scored."""
-        children = population - (self.elite if self.selection == "tournament" else 0)
+    def generation_cost(self, population: int, n_seeds: int, first: bool = False) -> float:
+        """Expected spend of one generation in full evaluations: every child screened, the promoted scored
+        (``first``: generation 0, where every member is new)."""
+        children = population - (self.elite if self.selection == "tournament" and not first else 0)
         if self.screening >= 1.0:
             return float(children)
         return children * (self.screening / n_seeds + self.promote)
@@ -378,6 +380,11 @@ class Search:
         space = load_space(config.space)
         suite = load_suite(config.suite)
         suite.warn_notices()
+        if config.scale_twins and not suite.scale_free:  # the evaluator ignores it: say so, not silently
+            tasks = ", ".join(t.name for t in suite.tasks if not t.task.scale_free)
+            warnings.warn(f"lossforge: scale_twins has no effect on suite {suite.name!r}: task(s) {tasks} do not "
+                          "train with plain Adam (SGD, weight decay or a confidence penalty), so c*L is not L there",
+                          UserWarning, stacklevel=2)
         config = config.resolved(suite)
         document = {"search": config.to_dict(), "space": space.to_dict(), "suite": suite.spec()}
         store = RunStore.create(run_path, document, suite_hash=suite.hash, lease=True)
@@ -483,8 +490,8 @@ class Search:
         """:meth:`evaluate` without screening; with it, successive halving over two rungs: every loss is screened at ``self.screen`` (one seed, a share of
         the training); the best ``promote`` share of the screened is scored at full fidelity. Only full
         scores reach the candidates table (so the hall of fame and the ranking); a loss left at the first
-        rung gets its screening fitness for selection, capped at the worst promoted loss's full fitness
-        (so it never outranks a loss that beat it on screening and was then measured in full)."""
+        rung gets its screening fitness for selection, capped at the worst full fitness of the promoted losses
+        that completed (so it never outranks a loss that beat it on screening and was then measured in full)."""
         if self.screen is None:
             return self.evaluate(individuals, generation)
         self._gen = generation
@@ -501,7 +508,8 @@ class Search:
         full_counts, _ = self.evaluator.evaluate(chosen, FULL)
         counts["failed"] += full_counts["failed"]
         counts["evaluated"] = full_counts["evaluated"]
-        full = [self.cache[k].fitness for k in promoted]
+        # a promoted loss that failed in full was not measured: its 0 would zero every first-rung loss
+        full = [self.cache[k].fitness for k in promoted if self.cache[k].status == CandidateState.COMPLETE]
         cap = min(full) if full else math.inf
         for ind, expr, ev in zip(individuals, exprs, screens):
             if expr.key in self.cache:  # scored in full (or rejected)
@@ -575,29 +583,33 @@ class Search:
                 seeds.append(gp.from_tokens(tokens, self.pset, self.individual_class))
         return seeds[: self.config.population]
 
-    def initial_population(self) -> tuple[list[gp.Individual], int]:
+    def initial_population(self) -> tuple[list[gp.Individual], dict[str, int]]:
         """Generation 0: the seeded known losses (if asked), then ramped half-and-half trees with distinct
         canonical keys that satisfy the space's constraints and pass the early-rejection checks (random
-        trees mostly cannot train; drawing more is cheap next to training). Returns the population and how
-        many draws were rejected."""
+        trees mostly cannot train; drawing more is cheap next to training). Returns the population and the
+        counts of draws ``rejected`` and of slots ``exhausted`` (filled, once the draws ran out, with a
+        repeat or a tree that cannot train: the space holds too few viable losses)."""
         self._seed(0)
         population = self.seed_individuals() if self.config.seed_baselines else []
         seen: set[str] = {gp.expression_of(ind).key for ind in population}
-        rejected = 0
+        rejected = exhausted = 0
         budget = 200 * self.config.population  # bounded: a space that cannot make viable trees still runs
         while len(population) < self.config.population:
             ind = self.toolbox.individual()
             expr = gp.expression_of(ind)
             budget -= 1
-            if expr.key in seen and budget > 0:
+            repeat = expr.key in seen
+            if repeat and budget > 0:
                 continue
             seen.add(expr.key)
-            if budget > 0 and (self.space.violation(expr.tokens)
-                               or rejection_reason(expr, self.suite.problems, self.suite.probe_classes)):
+            unfit = repeat or bool(self.space.violation(expr.tokens)
+                                   or rejection_reason(expr, self.suite.problems, self.suite.probe_classes))
+            if budget > 0 and unfit:
                 rejected += 1
                 continue
+            exhausted += unfit
             population.append(ind)
-        return population, rejected
+        return population, {"rejected": rejected, "exhausted": exhausted}
 
     def _finish_generation(self, gen: int, population: list[gp.Individual], counts: dict[str, Any],
                            started: float) -> bool:
@@ -743,7 +755,9 @@ class Search:
                   f"time {format_duration(c.time_s)}" if c.time_s is not None else None]
         screen = (f"every new loss screened on 1 seed at {c.screening:g} of the training, the best {c.promote:g} "
                   "promoted to full scoring" if self.screen is not None else "every new loss scored in full")
-        expected = c.generation_cost(c.population, len(self.suite.seeds)) * c.generations + c.population
+        n_seeds = len(self.suite.seeds)
+        expected = c.generation_cost(c.population, n_seeds) * c.generations + c.generation_cost(c.population, n_seeds,
+                                                                                                 first=True)
         stop = ", ".join(x for x in limits if x) or f"about {expected:.0f} full evaluations"
         confirm = (f"; then the best {c.confirm_top} structures confirmed on {len(self.suite.confirm_seeds)} more "
                    "seeds" if self.suite.confirm_seeds and c.confirm_top else "")
@@ -773,8 +787,9 @@ class Search:
         per_gen = self.config.population
         if self.screen is not None:
             per_gen += math.ceil(self.config.promote * self.config.population)
+        time_left = None if self.config.time_s is None else self.config.time_s - self.store.summary().elapsed_s
         self.reporter = make_progress(max(1, self.config.generations + 1 - start_gen), per_gen,
-                                      quiet=self.quiet, stream=self.stream)
+                                      quiet=self.quiet, stream=self.stream, time_left_s=time_left)
         if self.chunk_size < self.config.chunk_size:
             self.reporter.message(
                 f"chunks of at most {self.chunk_size} losses instead of {self.config.chunk_size}: "
@@ -788,9 +803,10 @@ class Search:
             if last is None:
                 started = time.perf_counter()
                 self.reporter.generation_started(0)
-                population, rejected = self.initial_population()
+                population, drawn = self.initial_population()
                 counts = self.race(population, 0)
-                counts["rejected"] += rejected
+                counts["rejected"] += drawn["rejected"]
+                counts["exhausted"] = drawn["exhausted"]
                 stopped = self._finish_generation(0, population, counts, started)
                 start_gen = 1
             else:

@@ -19,7 +19,7 @@ from deap import base, gp, tools
 
 from lossforge.expression import LossExpression, Token
 from lossforge.operators import OPERATORS
-from lossforge.space import SearchSpace
+from lossforge.space import SearchSpace, constant_bounds
 
 
 class ScalarFitness(base.Fitness):
@@ -59,8 +59,11 @@ def derive_seed(*parts: object) -> int:
 @lru_cache(maxsize=None)
 def _constant_sampler(low: float, high: float, digits: int) -> Callable[[], float]:
     # DEAP requires the same function object for an ephemeral name within a process: cache it.
+    first, last = constant_bounds(low, high, digits)
+
     def sample() -> float:
-        return round(random.uniform(low, high), digits)
+        # rounding may step outside the range (0.12 .. 0.9 at 1 decimal gave 0.1): keep it inside
+        return min(max(round(random.uniform(low, high), digits), first), last)
 
     return sample
 
@@ -78,9 +81,10 @@ def primitive_set(space: SearchSpace) -> gp.PrimitiveSet:
     for name in space.operators:
         op = OPERATORS[name]
         pset.addPrimitive(op.torch_form, op.arity, name=op.name)
-    pset.addEphemeralConstant(
-        _ephemeral_name(space), _constant_sampler(space.const_low, space.const_high, space.const_digits)
-    )
+    if space.constants:
+        pset.addEphemeralConstant(
+            _ephemeral_name(space), _constant_sampler(space.const_low, space.const_high, space.const_digits)
+        )
     return pset
 
 
@@ -99,10 +103,12 @@ def to_tokens(individual: gp.PrimitiveTree) -> list[Token]:
 
 def from_tokens(tokens: Sequence[Token], pset: gp.PrimitiveSet, cls: type[Individual] = Individual) -> Individual:
     """Rebuild a DEAP individual from prefix tokens (constants become ephemerals, as in a grown tree)."""
-    eph_class = next(t for t in pset.terminals[pset.ret] if isinstance(t, type))
+    eph_class = next((t for t in pset.terminals[pset.ret] if isinstance(t, type)), None)
     nodes: list[gp.Primitive | gp.Terminal] = []
     for tok in tokens:
         if isinstance(tok, float):
+            if eph_class is None:
+                raise ValueError(f"constant {tok!r} in a search space without constants")
             node = eph_class.__new__(eph_class)  # not eph_class(): that would draw a random value
             node.value = tok
             nodes.append(node)

@@ -18,7 +18,8 @@ first generation and to the final validation and tuning after the last.
 Rate: losses trained in the generations per second since the first generation started; none is shown
 before the first loss of a generation has finished (set-up and baselines are not search throughput).
 ETA: the mean finished generation's time for each generation still to run; before the first generation
-has finished, a full generation at the current generation's pace; in other phases, the phase's pace.
+has finished, a full generation at the current generation's pace; never past the search's time limit; in
+other phases, the phase's pace.
 """
 
 from __future__ import annotations
@@ -129,10 +130,12 @@ class _Tracker:
     """Counts and timing shared by the reporters; subclasses decide what is shown and when."""
 
     def __init__(self, total_generations: int, population: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, time_left_s: float | None = None) -> None:
         self.total_generations = total_generations
         self.population = population
         self.clock = clock
+        # a time limit ends the generations by then, however many it allows (--time alone: 100000)
+        self.deadline = None if time_left_s is None else clock() + max(0.0, time_left_s)
         self.started: float | None = None  # the first generation's start: set-up time is not training
         self.gen: int | None = None
         self.gen_started = 0.0
@@ -206,9 +209,10 @@ class _Tracker:
         elif self.trained_in_gen:
             per_gen = in_gen / self.trained_in_gen * self.population
         else:
-            return None
+            return None if self.deadline is None else max(0.0, self.deadline - self.clock())
         remaining = self.total_generations - len(self.gen_seconds)
-        return max(0.0, per_gen * remaining - in_gen)
+        eta = max(0.0, per_gen * remaining - in_gen)
+        return eta if self.deadline is None else min(eta, max(0.0, self.deadline - self.clock()))
 
     def phase_eta(self) -> float | None:
         """Seconds left in the current non-generation phase at its pace so far (None until one loss is done)."""
@@ -396,22 +400,23 @@ def _is_terminal(stream: TextIO) -> bool:
 
 
 def make_progress(total_generations: int, population: int, quiet: bool = False,
-                  stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> Progress:
+                  stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
+                  time_left_s: float | None = None) -> Progress:
     """The progress reporter for ``stream`` (default ``sys.stdout``).
 
     ``total_generations`` is how many generations this session will finish (for a new run
     ``config.generations + 1``, as generation 0 counts; for a resumed one ``config.generations - last.gen``);
     ``population`` bounds the losses trained per generation. ``quiet`` reports nothing; a terminal gets a
     live line (rich if installed); other streams get one line per generation. ``clock`` (seconds) is
-    there for tests.
+    there for tests. ``time_left_s``: the search's time limit less the time spent (caps the ETA).
     """
     if quiet:
         return _Quiet()
     stream = sys.stdout if stream is None else stream
     if not _is_terminal(stream):
-        return _Lines(total_generations, population, stream, clock=clock)
+        return _Lines(total_generations, population, stream, clock=clock, time_left_s=time_left_s)
     try:
         import rich  # noqa: F401 - optional: a plain carriage-return line otherwise
     except ImportError:
-        return _CarriageReturn(total_generations, population, stream, clock=clock)
-    return _Rich(total_generations, population, stream, clock=clock)
+        return _CarriageReturn(total_generations, population, stream, clock=clock, time_left_s=time_left_s)
+    return _Rich(total_generations, population, stream, clock=clock, time_left_s=time_left_s)

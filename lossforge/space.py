@@ -6,12 +6,14 @@ A space is a TOML file (see ``search_spaces/survey.toml``). Loading validates ev
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from lossforge.errors import SpaceError
+from lossforge.expression import MAX_NODES
 from lossforge.operators import OPERATORS, VARIABLES
 
 #: Directory of the bundled spaces (``--space NAME`` looks here).
@@ -39,6 +41,16 @@ class SearchSpace:
     require_variables: tuple[str, ...] = ()
     forbid_nesting: tuple[tuple[str, str], ...] = ()
     max_nesting: tuple[tuple[str, int], ...] = ()
+    #: whether trees hold ephemeral constants (``constants = false`` in the file: none; the const_* fields
+    #: then keep placeholder values and are not used)
+    constants: bool = True
+
+    @property
+    def constant_bounds(self) -> tuple[float, float]:
+        """The smallest and largest values with ``const_digits`` decimals in [const_low, const_high]: the
+        range drawn constants are kept in (rounding alone would step outside, e.g. 0.12 .. 0.9 at 1 decimal
+        gave 0.1). Empty (low > high) when no such value exists, which :meth:`validate` refuses."""
+        return constant_bounds(self.const_low, self.const_high, self.const_digits)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for run files."""
@@ -59,10 +71,18 @@ class SearchSpace:
         return space
 
     def validate(self, where: str) -> None:
-        """Raise SpaceError if any field is out of range."""
+        """Raise SpaceError if any field is of the wrong type or out of range (a file's fields are typed by
+        :func:`load_space` first; a stored space's only here)."""
+        for field, kind, label in _FIELD_TYPES:
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise SpaceError(f"{where}: {label}, got {value!r}")
         for name in (*self.operators, *self.variables, *self.require_variables):
             if not isinstance(name, str):  # a nested list was an unhashable-type traceback
                 raise SpaceError(f"{where}: operators and variables are names (strings), got {name!r}")
+        for field, names in (("operators", self.operators), ("terminals.variables", self.variables)):
+            if len(set(names)) != len(names):  # a repeated name doubles its chance of being drawn
+                raise SpaceError(f"{where}: {field} lists a name twice ({list(names)}); list each once")
         for name in self.operators:
             if name not in OPERATORS:
                 raise SpaceError(
@@ -70,23 +90,44 @@ class SearchSpace:
                 )
         if not self.operators:
             raise SpaceError(f"{where}: operators: list at least one operator")
+        if all(OPERATORS[name].arity < 2 for name in self.operators):  # one leaf: never y_pred and y_real
+            binary = ", ".join(n for n, op in OPERATORS.items() if op.arity >= 2)
+            raise SpaceError(f"{where}: operators: list at least one operator of two arguments ({binary}); a tree "
+                             "of unary operators has one leaf, so it never uses both y_pred and y_real")
         for name in self.variables:
             if name not in VARIABLES:
                 raise SpaceError(f"{where}: terminals.variables: unknown variable {name!r}; use y_pred, y_real")
         if not self.variables:
             raise SpaceError(f"{where}: terminals.variables: list at least one of y_pred, y_real")
+        missing = [v for v in VARIABLES if v not in self.variables]
+        if missing:  # early rejection refuses every such loss: the search would find nothing
+            raise SpaceError(f"{where}: terminals.variables: list both y_pred and y_real (missing "
+                             f"{', '.join(missing)}); a loss that does not use both is always rejected")
+        if not isinstance(self.constants, bool):
+            raise SpaceError(f"{where}: terminals.constants must be a table or false, got {self.constants!r}")
         if not self.const_low < self.const_high:
             raise SpaceError(f"{where}: terminals.constants: low ({self.const_low}) must be below high ({self.const_high})")
         if max(abs(self.const_low), abs(self.const_high)) > 1e6:
             raise SpaceError(f"{where}: terminals.constants: keep low/high within ±1e6")
         if not 0 <= self.const_digits <= 8:
             raise SpaceError(f"{where}: terminals.constants.digits must be between 0 and 8")
+        low, high = self.constant_bounds
+        if self.constants and low > high:  # every constant would be the same value, outside the range
+            raise SpaceError(f"{where}: terminals.constants: no constant with {self.const_digits} decimal(s) lies in "
+                             f"[{self.const_low:g}, {self.const_high:g}]; widen the range or raise digits")
         if not 0 <= self.init_min_depth <= self.init_max_depth:
             raise SpaceError(f"{where}: limits: need 0 <= init_min_depth <= init_max_depth")
         if not self.init_max_depth <= self.max_depth <= 17:
             raise SpaceError(f"{where}: limits: need init_max_depth <= max_depth <= 17")
-        if not 3 <= self.max_nodes <= 512:
-            raise SpaceError(f"{where}: limits.max_nodes must be between 3 and 512")
+        if self.max_depth < 1:  # a tree of height 0 is one leaf: never both y_pred and y_real
+            raise SpaceError(f"{where}: limits.max_depth must be at least 1; a tree of height 0 is a single leaf")
+        if not 3 <= self.max_nodes <= MAX_NODES:
+            raise SpaceError(f"{where}: limits.max_nodes must be between 3 and {MAX_NODES}")
+        arity = max(OPERATORS[name].arity for name in self.operators)
+        largest = sum(arity**i for i in range(self.init_max_depth + 1))  # a full tree of that height
+        if largest > MAX_NODES:  # grown trees are not cut to max_nodes; the expression limit would refuse one
+            raise SpaceError(f"{where}: limits.init_max_depth {self.init_max_depth} grows first trees of up to "
+                             f"{largest} nodes, over the limit of {MAX_NODES}; lower it")
         for name in self.require_variables:
             if name not in self.variables:
                 raise SpaceError(f"{where}: constraints.require_variables: {name!r} is not one of the space's "
@@ -107,6 +148,8 @@ class SearchSpace:
         missing = [v for v in self.require_variables if v not in tokens]
         if missing:
             return f"constraint: must use {', '.join(missing)}"
+        if not self.constants and any(isinstance(tok, float) for tok in tokens):
+            return f"search space {self.name!r} has no constants"
         forbidden = dict.fromkeys(self.forbid_nesting)
         limits = dict(self.max_nesting)
         # Walk the prefix list keeping the chain of ancestors of each node.
@@ -131,6 +174,27 @@ class SearchSpace:
         return None
 
 
+#: (field, type, what the field must be) of a space, as a file names the field.
+_FIELD_TYPES = (
+    ("name", str, "name must be text"), ("description", str, "description must be text"),
+    ("const_low", (int, float), "terminals.constants.low must be a number"),
+    ("const_high", (int, float), "terminals.constants.high must be a number"),
+    ("const_digits", int, "terminals.constants.digits must be an integer"),
+    ("init_min_depth", int, "limits.init_min_depth must be an integer"),
+    ("init_max_depth", int, "limits.init_max_depth must be an integer"),
+    ("max_depth", int, "limits.max_depth must be an integer"),
+    ("max_nodes", int, "limits.max_nodes must be an integer"),
+)
+
+
+def constant_bounds(low: float, high: float, digits: int) -> tuple[float, float]:
+    """The smallest and largest values with ``digits`` decimals in [low, high] (low > high: none)."""
+    scale = 10**digits
+    # round first: 0.3 * 10 is 3.0000000000000004, whose ceiling would skip 0.3 itself
+    first, last = math.ceil(round(low * scale, 6)), math.floor(round(high * scale, 6))
+    return round(first / scale, digits), round(last / scale, digits)
+
+
 def _get(table: dict, key: str, kind: type | tuple[type, ...], where: str, field: str) -> Any:
     if key not in table:
         raise SpaceError(f"{where}: missing field {field!r}; see search_spaces/survey.toml for an example")
@@ -140,6 +204,9 @@ def _get(table: dict, key: str, kind: type | tuple[type, ...], where: str, field
         raise SpaceError(f"{where}: field {field!r} must be {names}, got {value!r}")
     return value
 
+
+#: Largest space file read (a space is a few lines; a huge file was read into memory whole).
+MAX_SPACE_BYTES = 2**20
 
 #: The fields of a space file, table by table (anything else is refused).
 FILE_KEYS = frozenset({"name", "description", "operators", "terminals", "limits", "constraints"})
@@ -160,8 +227,14 @@ def load_space(spec: str | Path = "survey") -> SearchSpace:
             known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.toml")))
             raise SpaceError(f"unknown search space {str(spec)!r}; bundled spaces: {known}, or give a .toml path")
     where = str(path)
+    if path.exists() and not path.is_file():  # a device or FIFO would be read forever (a directory: never)
+        raise SpaceError(f"{where}: not a regular file; give a .toml path or a bundled space name")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SPACE_BYTES + 1)
+        if len(raw) > MAX_SPACE_BYTES:
+            raise SpaceError(f"{where}: larger than {MAX_SPACE_BYTES // 2**20} MiB; a space file is a few lines")
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise SpaceError(f"{where}: no such file; give a .toml path or a bundled space name") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -169,7 +242,11 @@ def load_space(spec: str | Path = "survey") -> SearchSpace:
     except tomllib.TOMLDecodeError as exc:
         raise SpaceError(f"{where}: not valid TOML: {exc}") from None
     terminals = _get(data, "terminals", dict, where, "terminals")
-    consts = _get(terminals, "constants", dict, where, "terminals.constants")
+    if terminals.get("constants") is False:  # a space without constants: placeholders, never drawn
+        consts, has_constants = {"low": -1.0, "high": 1.0, "digits": 0}, False
+    else:
+        consts, has_constants = _get(terminals, "constants", dict, where, "terminals.constants (a table, or false "
+                                     "for a space without constants)"), True
     limits = _get(data, "limits", dict, where, "limits")
     for table, prefix, keys in ((data, "", FILE_KEYS), (terminals, "terminals.", TERMINAL_KEYS),
                                 (consts, "terminals.constants.", CONSTANT_KEYS), (limits, "limits.", LIMIT_KEYS)):
@@ -183,8 +260,8 @@ def load_space(spec: str | Path = "survey") -> SearchSpace:
             raise SpaceError(f"{where}: {field} lists a name twice ({names}); list each once")
     number = (int, float)
     space = SearchSpace(
-        name=str(data.get("name", path.stem)),
-        description=str(data.get("description", "")),
+        name=_get(data, "name", str, where, "name") if "name" in data else path.stem,
+        description=_get(data, "description", str, where, "description") if "description" in data else "",
         operators=tuple(_get(data, "operators", list, where, "operators")),
         variables=tuple(_get(terminals, "variables", list, where, "terminals.variables")),
         const_low=float(_get(consts, "low", number, where, "terminals.constants.low")),
@@ -195,6 +272,7 @@ def load_space(spec: str | Path = "survey") -> SearchSpace:
         max_depth=_get(limits, "max_depth", int, where, "limits.max_depth"),
         max_nodes=_get(limits, "max_nodes", int, where, "limits.max_nodes"),
         **_constraints(data, where),
+        constants=has_constants,
     )
     space.validate(where)
     return space

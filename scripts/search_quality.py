@@ -225,6 +225,7 @@ def compare(runs: list[dict[str, Any]], validation: dict[str, Any], transfer: di
     for key, table in tables.items():
         if key and table:
             out[key] = held_out(gp, table, baseline_labels, best_base)
+            out[key]["rank_agreement"] = rank_agreement(validation, table)
         versus = gp_vs_random(runs, table) if table else None
         if versus:
             out["gp_vs_random" + (f"_{key}" if key else "")] = versus
@@ -251,6 +252,27 @@ def held_out(gp: list[str], table: dict[str, Any], baseline_labels: list[str], b
             "mean_difference_to_validation_best": statistics.fmean(
                 v["difference_to_validation_best"] for v in per_task.values()),
             **transfer_bar(table, baseline_labels)}
+
+
+def rank_agreement(validation: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
+    """Spearman's rho between the validation fitness and a held-out table's fitness over every distinct loss
+    scored on both, for all of them and for the baselines alone: does the search suite's ranking carry over
+    to that data? Losses with the same per-seed scores on both tables (a baseline and the searches that
+    returned it) count once."""
+    from scipy.stats import spearmanr
+
+    out: dict[str, Any] = {}
+    for part, keep in (("all", lambda n: True), ("baselines", lambda n: not n.startswith(("gp s", "random s")))):
+        names: dict[str, str] = {}
+        for name in validation:
+            if name in table and keep(name):
+                key = (tuple(validation[name].get("per_seed", ())), tuple(table[name].get("per_seed", ())))
+                names.setdefault(key if any(key) else validation[name].get("formula", name), name)
+        if len(names) >= 3:
+            rho = spearmanr([validation[n]["fitness"] for n in names.values()],
+                            [table[n]["fitness"] for n in names.values()])
+            out[part] = {"rho": _safe(float(rho.statistic)), "p": _safe(float(rho.pvalue)), "losses": len(names)}
+    return out
 
 
 def _gap_to_best(transfer: dict[str, Any], name: str, rivals: list[str]) -> float:
@@ -329,6 +351,12 @@ def _held_out_lines(key: str, h: dict[str, Any]) -> list[str]:
         lines.append("The same bar for each baseline, built from the other baselines (mean over tasks): "
                      + ", ".join(f"{name} {gap:+.4f}" for name, gap in gaps)
                      + (": no single known loss clears it." if gaps[0][1] < 0 else "."))
+    if h.get("rank_agreement", {}).get("all"):
+        agree = h["rank_agreement"]
+        lines.append(f"Rank agreement with validation (Spearman over {agree['all']['losses']} distinct losses): "
+                     f"{_num(agree['all']['rho'])} (p = {agree['all']['p']:.2g})"
+                     + (f"; baselines alone ({agree['baselines']['losses']}): {_num(agree['baselines']['rho'])}"
+                        if "baselines" in agree else "") + ".")
     if "held_out_best" in h:
         per_task, held = h["per_task"], h["held_out_best"]
         lines.append(f"Chosen per task on the other {key} seeds and measured on the left-out one (no winner's "

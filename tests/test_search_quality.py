@@ -172,3 +172,22 @@ def test_the_transfer_bar_is_measured_for_each_baseline_and_without_the_winners_
     assert bar["held_out_best"]["t2"] == pytest.approx(0.8)  # b wins every split
     del transfer["c"]["tasks"]["t1"]["scores"]
     assert "held_out_best" not in quality.transfer_bar(transfer, ["a", "b", "c"])  # no per-seed scores, no figure
+
+
+def test_rank_agreement_counts_each_loss_once(quality) -> None:
+    def entry(fitness: float, formula: str) -> dict:
+        return {"fitness": fitness, "formula": formula}
+
+    validation = {"a": entry(1.0, "a"), "b": entry(1.1, "b"), "c": entry(1.2, "c"), "d": entry(1.3, "d"),
+                  "gp s0": entry(1.25, "x"), "random s0": entry(1.1, "b")}  # random s0 found b itself
+    same = {n: entry(e["fitness"], e["formula"]) for n, e in validation.items()}
+    reversed_ = {n: entry(-e["fitness"], e["formula"]) for n, e in validation.items()}
+    assert quality.rank_agreement(validation, same)["all"]["rho"] == pytest.approx(1.0)
+    agree = quality.rank_agreement(validation, reversed_)
+    assert agree["all"] == {"rho": pytest.approx(-1.0), "p": agree["all"]["p"], "losses": 5}  # b once
+    assert agree["baselines"]["losses"] == 4
+    assert quality.rank_agreement(validation, {"a": entry(1.0, "a")}) == {}  # too few to rank
+    # the same loss under another formula (a seeded baseline as a search returns it): the same scores
+    scored = {n: {"fitness": f, "per_seed": [f, f + 0.01]} for n, f in (("gce", 1.1), ("gp s1", 1.1), ("mae", 0.9),
+                                                                        ("ce", 1.0))}
+    assert quality.rank_agreement(scored, scored)["all"]["losses"] == 3
