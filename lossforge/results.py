@@ -63,7 +63,11 @@ class Loss:
         (:func:`lossforge.baselines.same_as_known`): then the search returned that loss, not a new one."""
         if self.problem is None:
             return None
-        known = same_as_known(self.expression(), self.problem, self.n_classes)
+        try:
+            expression = self.expression()
+        except LossforgeError:  # a hand-edited row: listed with the others, refused when built
+            return None
+        known = same_as_known(expression, self.problem, self.n_classes)
         return None if known is None else {"name": known[0], "scale": known[1]}
 
     def expression(self) -> LossExpression:
@@ -157,7 +161,7 @@ class Run:
         out = []
         for rank, item in enumerate(self._ranked[:n] if n is not None else self._ranked, 1):
             rec = item.record
-            out.append(Loss(rank, rec.formula or LossExpression(rec.tree).formula(), tuple(rec.tree),
+            out.append(Loss(rank, rec.formula or _formula(rec.tree), tuple(rec.tree),
                             rec.fitness, item.validation_fitness, rec.complexity, _task_scores(rec), rec.key,
                             rec.id, rec.generation, item.confirmed_fitness, self.problem, self.n_classes))
         return out
@@ -252,6 +256,15 @@ class Run:
                            "validation_fitness": _num(b["validation_fitness"]),
                            "tasks": {t: _num(v) for t, v in b["tasks"].items()}} for b in self._baselines],
         }
+
+
+def _formula(tree: tuple[Any, ...]) -> str:
+    """The formula of a stored tree, or its prefix tokens where they are invalid (a hand-edited row is listed
+    beside the others; building it names the problem)."""
+    try:
+        return LossExpression(tree).formula()
+    except LossforgeError:
+        return " ".join(map(str, tree))
 
 
 def _check_count(n: Any) -> None:

@@ -147,3 +147,20 @@ def test_a_tree_nested_too_deeply_is_one_line_not_a_recursion_error(run_file: Pa
 
     for fmt in FORMATS:
         assert render(LossExpression(["sin"] * (MAX_DEPTH - 1) + ["y_pred"]), fmt)
+
+
+def test_one_invalid_hand_edited_row_does_not_hide_the_others(run_file: Path, tmp_path: Path) -> None:
+    # Before: a row whose tokens fail validation (a constant of 1e300) made hall_of_fame() and to_dict() raise,
+    # so the valid losses of the run could not be listed; the bad row itself still cannot be built
+    path, rank = _with_candidate(run_file, tmp_path, ["multiply", 1e300, "minus", "y_pred", "y_real"],
+                                 fitness=5.0)
+    run = lossforge.open_run(path)
+    rows = run.hall_of_fame(None, as_frame=False)
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) >= 2
+    assert rows[rank - 1]["same_as"] is None
+    doc = _strict_json(json.dumps(run.to_dict(), allow_nan=False))
+    assert len(doc["hall_of_fame"]) == len(rows)
+    with pytest.raises(lossforge.errors.ExpressionError, match="1e\\+300"):
+        run.loss(rank).torch()
+    other = next(r["rank"] for r in rows if r["rank"] != rank)
+    assert isinstance(run.loss(other).torch(), torch.nn.Module)
