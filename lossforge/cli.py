@@ -57,7 +57,9 @@ def _fmt(value: float | None) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(c) for c in row] for row in rows]
+    # cells come from files (formulas, task names): shown, never obeyed by the terminal
+    cells = [[_printable(str(c)) for c in row] for row in rows]
+    headers = [_printable(str(h)) for h in headers]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
@@ -153,9 +155,13 @@ def _ranking_table(store: Any, n: int, pick: str) -> str:
     for rank, item in enumerate(ranked, 1):
         rec = item.record
         per_task = [_fmt(rec.task_scores.get(t, {}).get("normalized")) for t in task_names]
-        known = same_as_known(LossExpression(tuple(rec.tree)), problem, suite.probe_classes[0]) if problem else None
+        invalid = _invalid_tokens(rec.tree)
+        known = (same_as_known(LossExpression(tuple(rec.tree)), problem, suite.probe_classes[0])
+                 if problem and invalid is None else None)
         first_known = known if rank == 1 else first_known
-        formula = f"{rec.formula}  (= {known_loss_text(*known)})" if known else rec.formula
+        formula = rec.formula or " ".join(map(str, rec.tree))
+        formula = (f"{formula}  (= {known_loss_text(*known)})" if known
+                   else f"{formula}  (invalid: {invalid})" if invalid else formula)
         rows.append([rank, _fmt(rec.fitness), *([_fmt(item.confirmed_fitness)] if confirmed else []),
                      _fmt(item.validation_fitness), rec.complexity, *per_task, formula])
     table = _table(["rank", "fitness", *(["confirmed"] if confirmed else []), "validation", "complexity",
@@ -168,11 +174,23 @@ def _ranking_table(store: Any, n: int, pick: str) -> str:
     return table
 
 
+def _invalid_tokens(tokens: Any) -> str | None:
+    """Why stored prefix tokens are no valid loss (a hand-edited row: listed with the others, marked), or None."""
+    from lossforge.expression import LossExpression
+
+    try:
+        LossExpression(tuple(tokens))
+    except LossforgeError as exc:
+        return str(exc)
+    except TypeError:  # not even a sequence
+        return "the stored tokens are not a list"
+    return None
+
+
 def versus_line(versus: Any) -> str:
     """What rank 1's validation says against the best baseline's, and how far to trust it."""
     c, name = versus.comparison, versus.baseline
-    line = (f"rank 1 against {name}, the best baseline on the validation seeds: {c.mean_diff:+.4f} ± "
-            f"{c.ci_half_width:.4f} (95% CI, paired over {c.n} seeds, p = {c.p_value:.3g}); ")
+    line = f"rank 1 against {name}, the best baseline on the validation seeds: {c.summary()}; "
     if c.mean_diff > 0 and c.p_value < 0.05:
         return line + "these seeds also chose rank 1 among the validated losses, which flatters it"
     return line + (f"no clear gain over {name} (these seeds also chose rank 1, which flatters it): `lossforge "
@@ -210,7 +228,9 @@ def _show_rows(doc: dict[str, Any], raw: bool = False) -> tuple[list[str], list[
     rows = []
     for h in hof:
         same = known_loss_text(h["same_as"]["name"], h["same_as"]["scale"]) if h["same_as"] else None
-        formula = h["formula"] if raw or same is None else f"{h['formula']}  (= {same})"
+        invalid = None if raw else _invalid_tokens(h["tokens"])
+        formula = (h["formula"] if raw else f"{h['formula']}  (= {same})" if same
+                   else f"{h['formula']}  (invalid: {invalid})" if invalid else h["formula"])
         rows.append([h["rank"], fmt(h["fitness"]), *([fmt(h["confirmed_fitness"])] if confirmed else []),
                      fmt(h["validation_fitness"]), h["complexity"], *[fmt(h["tasks"].get(t)) for t in tasks],
                      formula, *([same or ""] if known and raw else [])])
@@ -289,12 +309,15 @@ def _score_table(rows: Sequence[Any], against: str | None) -> str:
 
     def ci(values: Sequence[float]) -> str:
         mean, half = mean_ci(values)
-        return f"{mean:.4f} ± {half:.4f}"
+        # one seed gives no interval (mean_ci's inf): say so rather than "± inf"
+        return f"{mean:.4f} ± {half:.4f}" if len(values) > 1 else f"{mean:.4f} (1 seed)"
 
     task_names = list(rows[0].tasks)
     table = [[r.name, ci(r.per_seed), *[ci(r.tasks[t]["scores"]) for t in task_names], r.formula] for r in rows]
     out = _table(["loss", "fitness", *[f"{t} score" for t in task_names], "formula"], table)
     out += "\n(fitness: relative to the reference loss, 1 = as good; scores: the tasks' own units, higher is better)"
+    if len(rows[0].per_seed) < 2:
+        out += "\n(one seed: no CI can be given; score on more seeds with --seeds N)"
     if against:
         ref = next(r for r in rows if r.name == against)
         lines = []

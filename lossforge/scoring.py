@@ -18,7 +18,6 @@ import json
 import math
 import os
 import time
-import tomllib
 import traceback
 import warnings
 import dataclasses
@@ -30,6 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from lossforge.errors import ConfigError
+from lossforge.space import read_toml_file
 from lossforge.tasks.base import Task
 from lossforge.tasks.registry import presets, resolve, type_name
 
@@ -199,12 +199,7 @@ def load_suite(spec: str | Path = "regression") -> Suite:
     """Load a suite by bundled name or TOML path; one ConfigError naming the file and field on bad input."""
     path = _suite_path(spec)
     where = str(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no such suite file") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{where}: cannot read suite: {exc}") from None
+    data = read_toml_file(path, where, ConfigError, "suite", "give a .toml path or a bundled suite name")
     data.setdefault("name", path.stem)
     suite = suite_from_spec(data, where)
     _check_suite_file(data, where)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from lossforge.errors import SpaceError
+from lossforge.errors import LossforgeError, SpaceError
 from lossforge.expression import MAX_NODES
 from lossforge.operators import OPERATORS, VARIABLES
 
@@ -205,7 +205,7 @@ def _get(table: dict, key: str, kind: type | tuple[type, ...], where: str, field
     return value
 
 
-#: Largest space file read (a space is a few lines; a huge file was read into memory whole).
+#: Largest space or suite file read (either is a few lines; a huge file was read into memory whole).
 MAX_SPACE_BYTES = 2**20
 
 #: The fields of a space file, table by table (anything else is refused).
@@ -213,6 +213,26 @@ FILE_KEYS = frozenset({"name", "description", "operators", "terminals", "limits"
 TERMINAL_KEYS = frozenset({"variables", "constants"})
 CONSTANT_KEYS = frozenset({"low", "high", "digits"})
 LIMIT_KEYS = frozenset({"init_min_depth", "init_max_depth", "max_depth", "max_nodes"})
+
+
+def read_toml_file(path: Path, where: str, error: type[LossforgeError], kind: str, fix: str) -> dict[str, Any]:
+    """The parsed TOML of a small configuration file (a space, a suite), or one ``error`` line naming ``where``:
+    a path that is no regular file (a device or FIFO was read forever) or one over :data:`MAX_SPACE_BYTES`
+    (read into memory whole) is refused; ``fix`` says what to give instead."""
+    if path.exists() and not path.is_file():
+        raise error(f"{where}: not a regular file; {fix}")
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SPACE_BYTES + 1)
+        if len(raw) > MAX_SPACE_BYTES:
+            raise error(f"{where}: larger than {MAX_SPACE_BYTES // 2**20} MiB; a {kind} file is a few lines")
+        return tomllib.loads(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise error(f"{where}: no such {kind} file; {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{where}: cannot read {kind}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{where}: cannot read {kind}: not valid TOML: {exc}") from None
 
 
 def load_space(spec: str | Path = "survey") -> SearchSpace:
@@ -227,20 +247,7 @@ def load_space(spec: str | Path = "survey") -> SearchSpace:
             known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.toml")))
             raise SpaceError(f"unknown search space {str(spec)!r}; bundled spaces: {known}, or give a .toml path")
     where = str(path)
-    if path.exists() and not path.is_file():  # a device or FIFO would be read forever (a directory: never)
-        raise SpaceError(f"{where}: not a regular file; give a .toml path or a bundled space name")
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_SPACE_BYTES + 1)
-        if len(raw) > MAX_SPACE_BYTES:
-            raise SpaceError(f"{where}: larger than {MAX_SPACE_BYTES // 2**20} MiB; a space file is a few lines")
-        data = tomllib.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise SpaceError(f"{where}: no such file; give a .toml path or a bundled space name") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpaceError(f"{where}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpaceError(f"{where}: not valid TOML: {exc}") from None
+    data = read_toml_file(path, where, SpaceError, "space", "give a .toml path or a bundled space name")
     terminals = _get(data, "terminals", dict, where, "terminals")
     if terminals.get("constants") is False:  # a space without constants: placeholders, never drawn
         consts, has_constants = {"low": -1.0, "high": 1.0, "digits": 0}, False

@@ -30,10 +30,16 @@ class PairedComparison:
     p_value: float
     n: int
 
+    def summary(self) -> str:
+        """The difference with its CI and p-value, or, on one seed (where neither exists), that it has none."""
+        if self.n < 2:
+            return f"{self.mean_diff:+.4f} (1 seed: no CI or p-value; use more seeds)"
+        return (f"{self.mean_diff:+.4f} ± {self.ci_half_width:.4f} (95% CI, paired over {self.n} seeds, "
+                f"p = {self.p_value:.3g})")
+
     def line(self, a: str, b: str) -> str:
         """One readable line."""
-        return (f"{a} - {b}: {self.mean_diff:+.4f} ± {self.ci_half_width:.4f} (95% CI, paired over "
-                f"{self.n} seeds, p = {self.p_value:.3g})")
+        return f"{a} - {b}: {self.summary()}"
 
 
 def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> PairedComparison:
