@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,15 @@ class Table:
 
 def file_hash(path: str | Path) -> str:
     """Content hash of a data file (16 hex digits): part of the task settings, so the cache key changes with it."""
+    from lossforge.atomic import special_kind
+
     digest = hashlib.sha256()
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):  # a FIFO was opened and waited on forever, a device read without end
+            kind = "a directory" if stat.S_ISDIR(mode) else special_kind(mode) or "not a regular file"
+            raise ConfigError(f"data file {str(path)!r} is {kind}, not a data file; give a .csv, .parquet, .npz "
+                              "or .npy file")
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
@@ -92,6 +100,9 @@ def _select(columns: Sequence[str], where: str, target: str, features: Sequence[
 
 
 def _features(values: Any, names: Sequence[str], where: str) -> np.ndarray:
+    if np.iscomplexobj(values):  # float64 of it dropped the imaginary part with a mere numpy warning
+        raise ConfigError(f"{where}: the features are complex numbers; give real ones (e.g. the real and "
+                          "imaginary parts as two columns)")
     try:
         x = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
@@ -112,6 +123,14 @@ def _features(values: Any, names: Sequence[str], where: str) -> np.ndarray:
         raise ConfigError(f"{where}: feature column {col!r} has values beyond float32's range (about ±3.4e38), "
                           "which training uses; rescale it")
     return x
+
+
+def _labels(y: np.ndarray, where: str, target: str) -> np.ndarray:
+    """``y``, refused when a numeric label is missing or infinite (in an array file nan became a class "nan",
+    as in a CSV ``inf`` did; an empty CSV cell was refused already)."""
+    if y.dtype.kind in "fc" and not np.isfinite(y).all():
+        raise ConfigError(f"{where}: target {target!r} has missing or non-finite values; drop those rows")
+    return y
 
 
 def _numeric(column: np.ndarray) -> bool:
@@ -141,7 +160,7 @@ def read_table(path: str | Path, target: str, features: Sequence[str] = (), trus
         if frame[target].isna().any():
             raise ConfigError(f"{where}: target column {target!r} has missing values; drop those rows")
         flags = _truthy(frame[trusted].to_numpy()) if trusted is not None else None
-        return Table(x.astype(np.float32), frame[target].to_numpy(), flags, tuple(names))
+        return Table(x.astype(np.float32), _labels(frame[target].to_numpy(), where, target), flags, tuple(names))
     try:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -157,7 +176,8 @@ def read_table(path: str | Path, target: str, features: Sequence[str] = (), trus
         column = -1 if target in ("", "y") else _index(target, array.shape[1], where)
         keep = [i for i in range(array.shape[1]) if i != column % array.shape[1]]
         names = [str(i) for i in keep]
-        return Table(_features(array[:, keep], names, where).astype(np.float32), array[:, column], None, tuple(names))
+        return Table(_features(array[:, keep], names, where).astype(np.float32),
+                     _labels(array[:, column], where, target or "y"), None, tuple(names))
     target = target or "y"
     for key in ("x", target):
         if key not in arrays:
@@ -186,7 +206,7 @@ def read_table(path: str | Path, target: str, features: Sequence[str] = (), trus
             raise ConfigError(f"{where}: {len(x)} inputs but {len(flags)} trusted flags in {trusted!r}; they must match")
     if len(y) != len(x):
         raise ConfigError(f"{where}: {len(x)} inputs but {len(y)} labels; they must match")
-    return Table(_features(x, names, where).astype(np.float32), y, flags, tuple(names))
+    return Table(_features(x, names, where).astype(np.float32), _labels(y, where, target), flags, tuple(names))
 
 
 def _index(value: str, width: int, where: str) -> int:

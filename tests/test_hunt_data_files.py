@@ -1,0 +1,55 @@
+"""Odd data files a user may hand to ``--data``: each is read as meant or refused in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lossforge.data_sources import file_hash, read_table
+from lossforge.data_suite import data_suite_spec
+from lossforge.errors import ConfigError
+
+
+def test_a_fifo_or_device_as_data_is_refused_instead_of_blocking(tmp_path: Path) -> None:
+    # Before: hashing the data opened a FIFO for reading and waited for a writer forever
+    fifo = tmp_path / "data.csv"
+    os.mkfifo(fifo)
+    code = ("import sys\nfrom lossforge.data_suite import data_suite_spec\nfrom lossforge.errors import ConfigError\n"
+            "try:\n    data_suite_spec(sys.argv[1], noise='symmetric:0.2')\n"
+            "except ConfigError as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert "a FIFO" in proc.stdout and "not a data file" in proc.stdout, proc.stdout + proc.stderr
+    with pytest.raises(ConfigError, match="a device"):
+        file_hash("/dev/zero")
+    with pytest.raises(ConfigError, match="a directory"):
+        file_hash(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_missing_or_infinite_label_in_an_array_file_is_refused_as_in_a_csv(tmp_path: Path, bad: float) -> None:
+    # Before: an .npz label of nan (or inf) became a class "nan"; a CSV's empty label cell was refused
+    y = (np.arange(40) % 2).astype(float)
+    y[3] = bad
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((40, 3)), y=y)
+    with pytest.raises(ConfigError, match="missing or non-finite"):
+        data_suite_spec(tmp_path / "d.npz", noise="symmetric:0.2")
+    np.save(tmp_path / "d.npy", np.column_stack([np.random.default_rng(0).random((40, 3)), y]))
+    with pytest.raises(ConfigError, match="missing or non-finite"):
+        read_table(tmp_path / "d.npy", "")
+    (tmp_path / "d.csv").write_text("a,y\n" + "\n".join(f"{i},{v}" for i, v in enumerate(y)) + "\n")
+    with pytest.raises(ConfigError, match="missing|non-finite"):
+        read_table(tmp_path / "d.csv", "y")
+
+
+def test_complex_features_are_refused_not_cut_to_their_real_part(tmp_path: Path) -> None:
+    # Before: the imaginary part was dropped with a numpy ComplexWarning, and the search ran on the rest
+    x = np.random.default_rng(0).random((40, 3)) * (1 + 1j)
+    np.savez(tmp_path / "c.npz", x=x, y=np.arange(40) % 2)
+    with pytest.raises(ConfigError, match="complex"):
+        read_table(tmp_path / "c.npz", "y")
