@@ -214,7 +214,12 @@ def _check_suite_file(data: dict[str, Any], where: str) -> None:
     seeds, val = data.get("seeds", [0]), data.get("validation_seeds", [])
     if not _int_list(val):
         raise ConfigError(f"{where}: 'validation_seeds' must be a list of integers")
-    for key, values in (("seeds", seeds), ("validation_seeds", val)):
+    for key, values in (("seeds", seeds), ("validation_seeds", val), ("confirm_seeds", data.get("confirm_seeds", []))):
+        # tasks draw from seed mod 2**63 (regression's streams) or 2**64: 2**63 trained as seed 0 and -1 as
+        # 2**63 - 1, a training counted twice under two names
+        if any(not 0 <= s <= MAX_SEED for s in values):
+            raise ConfigError(f"{where}: {key!r} must be seeds from 0 to {MAX_SEED} (2**63 - 1); got "
+                              f"{[s for s in values if not 0 <= s <= MAX_SEED][:3]}")
         if len(set(values)) != len(values):
             raise ConfigError(f"{where}: {key!r} repeats a seed ({sorted(values)}); list each seed once")
     shared = sorted(set(seeds) & set(val))
@@ -228,6 +233,10 @@ def _check_suite_file(data: dict[str, Any], where: str) -> None:
             raise ConfigError(f"{where}: tasks[{i}]: 'name' must be a non-empty string")
         if not math.isfinite(entry.get("weight", 1.0)):
             raise ConfigError(f"{where}: tasks[{i}]: 'weight' must be a positive, finite number")
+
+
+#: Largest seed a suite file may name (seeds are non-negative and kept within the tasks' generators).
+MAX_SEED = 2**63 - 1
 
 
 def _int_list(value: Any) -> bool:

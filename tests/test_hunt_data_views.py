@@ -122,3 +122,20 @@ def test_show_lists_every_row_and_marks_the_invalid_ones(edited: Path, capsys: p
     assert main(["show", str(edited), "--top", str(n), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == n
+
+
+@pytest.mark.parametrize("key, seeds", [("seeds", "[0, 9223372036854775808]"), ("seeds", "[-1]"),
+                                        ("validation_seeds", "[18446744073709551616]"),
+                                        ("confirm_seeds", "[-5]")])
+def test_a_seed_the_tasks_would_alias_to_another_is_refused(tmp_path: Path, key: str, seeds: str) -> None:
+    # Before: seed 2**64 (or 2**63) trained exactly as seed 0, and -1 as 2**63 - 1: one training counted twice
+    # under two names, as a repeated seed (which is refused) was
+    body = Path(TINY_SUITE).read_text().replace("seeds = [0]\n", "").replace("validation_seeds = [7]\n", "")
+    others = {"seeds": "[0]", "validation_seeds": "[7]", "confirm_seeds": "[3]"}
+    others[key] = seeds
+    path = tmp_path / "s.toml"
+    path.write_text("".join(f"{k} = {v}\n" for k, v in others.items()) + body)
+    with pytest.raises(ConfigError, match=f"'{key}' must be seeds from 0 to 9223372036854775807"):
+        load_suite(path)
+    path.write_text("".join(f"{k} = {v}\n" for k, v in {**others, key: "[9223372036854775807]"}.items()) + body)
+    assert load_suite(path)
