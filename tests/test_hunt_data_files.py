@@ -53,3 +53,15 @@ def test_complex_features_are_refused_not_cut_to_their_real_part(tmp_path: Path)
     np.savez(tmp_path / "c.npz", x=x, y=np.arange(40) % 2)
     with pytest.raises(ConfigError, match="complex"):
         read_table(tmp_path / "c.npz", "y")
+
+
+def test_classes_of_one_row_each_are_refused_as_leaving_nothing_to_test_on(tmp_path: Path) -> None:
+    # Before: accepted; the held-out split was empty and every loss, the reference too, scored 0
+    rng = np.random.default_rng(0)
+    path = tmp_path / "ids.csv"
+    path.write_text("a,b,y\n" + "\n".join(f"{rng.random()},{rng.random()},{i}" for i in range(30)) + "\n")
+    with pytest.raises(ConfigError, match="single row, so no row is held out"):
+        data_suite_spec(path, noise="symmetric:0.2")
+    test = tmp_path / "test.csv"
+    test.write_text(path.read_text())
+    assert data_suite_spec(path, noise="symmetric:0.2", test_data=str(test))["tasks"]

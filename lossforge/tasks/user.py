@@ -152,6 +152,11 @@ class UserData:
                 "asymmetric noise on your data needs flips = [[source, destination], ...] class names "
                 "(CLI: --noise asymmetric:0.3:cat>dog,dog>cat)")
         prepared = self.prepared()  # reads and checks every row once
+        if self.trusted is None and prepared.test is None:  # the split holds out rows of classes with two or more
+            counts = torch.bincount(prepared.y, minlength=self.n_classes)
+            require(bool((counts >= 2).any()),
+                    f"{self.dataset}: every class of {self.target!r} has a single row, so no row is held out to "
+                    "score on (every loss scored 0); give several rows a class or a test file (--test-data)")
         if self.image_shape is not None:
             c, h, w = self.image_layout()  # type: ignore[attr-defined]
             n = main.x.shape[1]
