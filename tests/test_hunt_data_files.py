@@ -65,3 +65,18 @@ def test_classes_of_one_row_each_are_refused_as_leaving_nothing_to_test_on(tmp_p
     test = tmp_path / "test.csv"
     test.write_text(path.read_text())
     assert data_suite_spec(path, noise="symmetric:0.2", test_data=str(test))["tasks"]
+
+
+def test_symmetric_noise_that_makes_a_wrong_label_the_majority_is_refused(tmp_path: Path) -> None:
+    # Before: two classes at symmetric:0.6 were accepted: 60 % of the training labels wrong, so the labels
+    # said the opposite of the truth (class-dependent noise was already capped below 0.5 for this reason)
+    rng = np.random.default_rng(0)
+    path = tmp_path / "two.csv"
+    path.write_text("a,b,y\n" + "\n".join(f"{rng.random()},{rng.random()},{i % 2}" for i in range(40)) + "\n")
+    for rate in (0.5, 0.6):
+        with pytest.raises(ConfigError, match="wrong label as likely as the right one"):
+            data_suite_spec(path, noise=f"symmetric:{rate}")
+    assert data_suite_spec(path, noise="symmetric:0.45")["tasks"]
+    three = tmp_path / "three.csv"
+    three.write_text("a,b,y\n" + "\n".join(f"{rng.random()},{rng.random()},{i % 3}" for i in range(60)) + "\n")
+    assert data_suite_spec(three, noise="symmetric:0.6")["tasks"]  # each wrong class gets 0.3 < 0.4

@@ -145,6 +145,11 @@ class UserData:
         require(len(self.classes) >= 2,
                 f"{self.dataset}: the target {self.target!r} has a single class {list(self.classes)}; "
                 "a classifier needs at least two")
+        if self.noise == "symmetric":  # each other class gets rate/(C-1): from (C-1)/C on, a wrong one is the majority
+            top = (len(self.classes) - 1) / len(self.classes)
+            require(self.noise_rate < top,
+                    f"noise_rate {self.noise_rate} with {len(self.classes)} classes makes a wrong label as likely as "
+                    f"the right one (from {top:.3g} on), which leaves nothing to learn; use a rate below {top:.3g}")
         self.flips = tuple((str(s), str(d)) for s, d in self.flips)
         unknown = sorted({c for pair in self.flips for c in pair} - set(self.classes))
         require(not unknown, f"flips name unknown class(es) {unknown}; classes are {list(self.classes)}")
