@@ -89,6 +89,10 @@ def _truthy(values: np.ndarray) -> np.ndarray:
 def _select(columns: Sequence[str], where: str, target: str, features: Sequence[str], trusted: str | None
             ) -> list[str]:
     columns = [str(c) for c in columns]
+    padded = [c for c in columns if c != c.strip() and c.strip() in (target, trusted, *features)]
+    if padded:  # "a, b, y" names its columns " b" and " y": the message showed them as b and y
+        raise ConfigError(f"{where}: the column names {padded} have spaces around them (a separator such as ', '); "
+                          "write the header without them or name the columns with the spaces")
     if target not in columns:
         raise ConfigError(f"{where}: no target column {target!r}; columns are {', '.join(columns)}")
     if trusted is not None and trusted not in columns:

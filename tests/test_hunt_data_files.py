@@ -80,3 +80,12 @@ def test_symmetric_noise_that_makes_a_wrong_label_the_majority_is_refused(tmp_pa
     three = tmp_path / "three.csv"
     three.write_text("a,b,y\n" + "\n".join(f"{rng.random()},{rng.random()},{i % 3}" for i in range(60)) + "\n")
     assert data_suite_spec(three, noise="symmetric:0.6")["tasks"]  # each wrong class gets 0.3 < 0.4
+
+
+def test_a_header_with_spaces_after_the_commas_says_so(tmp_path: Path) -> None:
+    # Before: "no target column 'y'; columns are a,  b,  y": the column ' y' read as y in the message
+    path = tmp_path / "spaced.csv"
+    path.write_text("a, b, y\n" + "\n".join(f"{i}, {i * 2}, {i % 2}" for i in range(20)) + "\n")
+    with pytest.raises(ConfigError, match=r"column names \[' y'\] have spaces around them"):
+        read_table(path, "y")
+    assert read_table(path, " y").features == ("a", " b")
