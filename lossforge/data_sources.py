@@ -97,6 +97,14 @@ def _select(columns: Sequence[str], where: str, target: str, features: Sequence[
         raise ConfigError(f"{where}: no target column {target!r}; columns are {', '.join(columns)}")
     if trusted is not None and trusted not in columns:
         raise ConfigError(f"{where}: no trusted column {trusted!r}; columns are {', '.join(columns)}")
+    if trusted == target:  # the labels were read as the trusted flags too
+        raise ConfigError(f"{where}: the trusted column {trusted!r} is the target; name a column of clean-row flags")
+    leaked = [f for f in features if f in (target, trusted)]
+    if leaked:  # the label (or which rows are clean) as an input: every loss scored as if the task were solved
+        raise ConfigError(f"{where}: feature column(s) {leaked} are the target or trusted column; leave them out of "
+                          "features")
+    if len(set(features)) != len(features):
+        raise ConfigError(f"{where}: features name a column twice ({list(features)}); list each once")
     missing = [f for f in features if f not in columns]
     if missing:
         raise ConfigError(f"{where}: no feature column(s) {missing}; columns are {', '.join(columns)}")

@@ -89,3 +89,20 @@ def test_a_header_with_spaces_after_the_commas_says_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"column names \[' y'\] have spaces around them"):
         read_table(path, "y")
     assert read_table(path, " y").features == ("a", " b")
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"features": ["a", "y"], "noise": "symmetric:0.2"}, "are the target or trusted column"),
+    ({"features": ["a", "ok"], "trusted": "ok"}, "are the target or trusted column"),
+    ({"trusted": "y"}, "is the target"),
+    ({"features": ["a", "a"], "noise": "symmetric:0.2"}, "name a column twice"),
+    ({"features": ["a", "y"], "noise": "gaussian:0.5", "problem": "regression"}, "are the target or trusted"),
+])
+def test_the_target_or_trusted_column_cannot_also_be_an_input(tmp_path: Path, options: dict, fragment: str) -> None:
+    # Before: accepted; with the label among the inputs every loss scored as if the task were solved
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,ok,y\n" + "\n".join(f"{rng.random()},{rng.random()},{int(i < 5)},{i % 2}"
+                                            for i in range(40)) + "\n")
+    with pytest.raises(ConfigError, match=fragment):
+        data_suite_spec(path, **options)
