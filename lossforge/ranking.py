@@ -215,8 +215,11 @@ def suite_of(store: RunStore) -> Suite:
     cached = _SUITES.get(store)
     if cached is not None and cached[0] == text:
         return cached[1]
+    from lossforge.tasks.user import stored_settings_only
+
     try:
-        suite = suite_from_spec(spec, f"{store.path} (stored suite)")
+        with stored_settings_only():  # the views read stored scores: a moved data file must not hide them
+            suite = suite_from_spec(spec, f"{store.path} (stored suite)")
         _SUITES[store] = (text, suite)
         return suite
     except LossforgeError as exc:

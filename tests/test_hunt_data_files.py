@@ -106,3 +106,31 @@ def test_the_target_or_trusted_column_cannot_also_be_an_input(tmp_path: Path, op
                                             for i in range(40)) + "\n")
     with pytest.raises(ConfigError, match=fragment):
         data_suite_spec(path, **options)
+
+
+def test_the_result_views_of_an_own_data_run_need_not_its_data_file(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    # Before: once the data file moved (or changed), `show`, `show --json`, `runs` and open_run() all failed:
+    # rebuilding the stored suite read and hashed the data, though the views read only the stored scores
+    import lossforge
+    from lossforge.cli import main
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "mine.csv"
+    data.write_text("a,b,y\n" + "\n".join(f"{rng.random()},{rng.random()},{i % 2}" for i in range(40)) + "\n")
+    runs = tmp_path / "runs"
+    assert main(["--runs-dir", str(runs), "search", "--data", str(data), "--noise", "symmetric:0.2", "--epochs", "1",
+                 "--population", "4", "--generations", "1", "--executor", "serial", "--jobs", "1", "--run", "own",
+                 "--quiet"]) == 0
+    before = lossforge.open_run(runs / "own.db").to_dict()
+    data.rename(tmp_path / "moved.csv")
+    capsys.readouterr()
+    assert main(["--runs-dir", str(runs), "show", "own"]) == 0
+    assert "cross_entropy" in capsys.readouterr().out
+    assert main(["--runs-dir", str(runs), "runs"]) == 0
+    out, err = capsys.readouterr()
+    assert "own" in out and "skipped" not in err
+    assert lossforge.open_run(runs / "own.db").to_dict() == before
+    # resuming trains, so it still needs the data and says so in one line
+    assert main(["--runs-dir", str(runs), "resume", "own", "--quiet"]) == 2
+    assert "mine.csv" in capsys.readouterr().err

@@ -25,10 +25,12 @@ never shape the training inputs. Test values outside that range are clipped.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +44,22 @@ from lossforge.tasks.classification import Classifier, ClassificationTask, chann
 from lossforge.tasks.data import Split, add_label_noise, generator, stratified_split
 from lossforge.tasks.regularize import RegularizeTask
 from lossforge.tasks.torchfunc import StackedModule, build_one, is_factory_path
+
+
+_STORED_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("lossforge_stored_only", default=False)
+
+
+@contextlib.contextmanager
+def stored_settings_only() -> Iterator[None]:
+    """Within it, own-data tasks rebuilt from settings that hold their classes and data hash (a run's stored
+    suite) do not read their data files: a run's result views (``show``, ``runs``, ``open_run``) need only the
+    stored scores, and the run stays readable after its data file moved or changed. Such tasks are for viewing,
+    not training (the engine rebuilds a resumed run's suite outside it, so the data is checked there)."""
+    token = _STORED_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _STORED_ONLY.reset(token)
 
 
 #: Most channels an ``image_shape`` may give (a larger first number is most likely a channel-last shape).
@@ -129,6 +147,10 @@ class UserData:
         self.features = tuple(self.features)
         if self.image_shape is not None:
             self.image_shape = check_image_shape(self.image_shape)
+        if _STORED_ONLY.get() and self.data_hash and self.classes:  # a run's stored task, for its results
+            self.classes = tuple(str(c) for c in self.classes)
+            self.flips = tuple((str(s), str(d)) for s, d in self.flips)
+            return
         # settings are checked before the files are read, so a bad setting is named, not a file error
         digest = self._hash_files()
         require(not self.data_hash or self.data_hash == digest,
@@ -475,6 +497,8 @@ class UserRegressionTask(Task):
                 "gaussian:0.5) or name a trusted clean subset (trusted = COLUMN or FILE; CLI --trusted)")
         require(self.noise == "none" or self.trusted is None,
                 "choose one: injected noise (noise) for clean targets, or a trusted subset (trusted) for noisy ones")
+        if _STORED_ONLY.get() and self.data_hash and isinstance(self.purify, bool):  # a run's stored task
+            return
         files = [self.dataset] + ([self._other()] if self._other() else [])
         digest = hashlib.sha256("+".join(data_sources.file_hash(f) for f in files).encode()).hexdigest()[:16]
         require(not self.data_hash or self.data_hash == digest,
