@@ -233,7 +233,15 @@ def _check_suite_file(data: dict[str, Any], where: str) -> None:
             raise ConfigError(f"{where}: tasks[{i}]: 'name' must be a non-empty string")
         if not math.isfinite(entry.get("weight", 1.0)):
             raise ConfigError(f"{where}: tasks[{i}]: 'weight' must be a positive, finite number")
+        if not MIN_WEIGHT <= entry.get("weight", 1.0) <= MAX_WEIGHT:
+            # weights are relative: two of 1e308 summed to inf and one of 1e-320 lost log(score) to underflow,
+            # and either way every loss got fitness 1.0
+            raise ConfigError(f"{where}: tasks[{i}]: 'weight' must be between {MIN_WEIGHT:g} and {MAX_WEIGHT:g} "
+                              "(weights are relative: 2 counts a task twice)")
 
+
+#: Range of a task's weight in a suite file (weights are relative; outside it the fitness over- or underflows).
+MIN_WEIGHT, MAX_WEIGHT = 1e-6, 1e6
 
 #: Largest seed a suite file may name (seeds are non-negative and kept within the tasks' generators).
 MAX_SEED = 2**63 - 1

@@ -139,3 +139,17 @@ def test_a_seed_the_tasks_would_alias_to_another_is_refused(tmp_path: Path, key:
         load_suite(path)
     path.write_text("".join(f"{k} = {v}\n" for k, v in {**others, key: "[9223372036854775807]"}.items()) + body)
     assert load_suite(path)
+
+
+@pytest.mark.parametrize("weight", ["1e308", "1e-320"])
+def test_a_weight_that_over_or_underflows_the_fitness_is_refused(tmp_path: Path, weight: str) -> None:
+    # Before: two tasks of weight 1e308 (sum inf) or one of 1e-320 (log score underflowing) gave every loss,
+    # mae and mse alike, fitness 1.0000
+    task = Path(TINY_SUITE).read_text().split("[[tasks]]")[1]
+    path = tmp_path / "w.toml"
+    path.write_text("seeds = [0]\n" + "".join(f"[[tasks]]{task.replace('outliers', n, 1)}weight = {weight}\n"
+                                              for n in ("a", "b")))
+    with pytest.raises(ConfigError, match="'weight' must be between 1e-06 and 1e\\+06"):
+        load_suite(path)
+    path.write_text(path.read_text().replace(f"weight = {weight}", "weight = 1000000.0"))
+    assert [t.weight for t in load_suite(path).tasks] == [1e6, 1e6]
