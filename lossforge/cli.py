@@ -592,7 +592,14 @@ def _data_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _noise_report(spec: dict[str, Any]) -> str | None:
-    """The estimated transition matrix of the first task, when the labels are declared noisy."""
+    """The estimated transition matrix of the first task, when the labels are declared noisy; each line with
+    control characters escaped (class names come from the data: shown, never obeyed by the terminal, and the
+    report also goes into the suite file's comment, where TOML allows no control characters)."""
+    report = _raw_noise_report(spec)
+    return None if report is None else "\n".join(_printable(line) for line in report.splitlines())
+
+
+def _raw_noise_report(spec: dict[str, Any]) -> str | None:
     from lossforge.tasks.registry import make_task
     from lossforge.tasks.user import format_transition
 

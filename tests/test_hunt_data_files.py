@@ -134,3 +134,23 @@ def test_the_result_views_of_an_own_data_run_need_not_its_data_file(tmp_path: Pa
     # resuming trains, so it still needs the data and says so in one line
     assert main(["--runs-dir", str(runs), "resume", "own", "--quiet"]) == 2
     assert "mine.csv" in capsys.readouterr().err
+
+
+def test_a_class_name_with_control_characters_is_shown_escaped_and_the_suite_file_stays_valid(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Before: the noise report printed the class name's escape sequence raw to the terminal and wrote it into
+    # the suite file's header comment, which TOML then refused to read
+    from lossforge.cli import main
+    from lossforge.scoring import load_suite
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.csv"
+    names = ["ok", "bad\x1b[2J"]
+    path.write_text("a,b,clean,y\n" + "\n".join(f"{rng.random()},{rng.random()},{int(i % 3 == 0)},{names[i % 2]}"
+                                                for i in range(60)) + "\n")
+    out = tmp_path / "s.toml"
+    assert main(["suite", "init", "--data", str(path), "--trusted", "clean", "--epochs", "1", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "bad\\x1b[2J" in printed
+    suite = load_suite(out)
+    assert suite.tasks[0].task.classes == ("bad\x1b[2J", "ok")
