@@ -78,7 +78,8 @@ def _whole(run: Any, config: dict[str, Any], key: str) -> int:
 
 def _progress(run: Any, config: dict[str, Any]) -> dict[str, Any]:
     """Which phase the run is in, generations done of how many, and an ETA from the finished generations'
-    mean time (none before the first has finished: a guess from set-up time would mislead)."""
+    mean time (none before the first has finished: a guess from set-up time would mislead), never past the
+    run's time limit."""
     gens = run.generations(as_frame=False)
     total = _whole(run, config, "generations") + 1  # generation 0 counts
     done = len(gens)
@@ -94,6 +95,9 @@ def _progress(run: Any, config: dict[str, Any]) -> dict[str, Any]:
     elif done < total:
         phase = f"generation {current} of {total - 1}"
         eta = sum(seconds) / len(seconds) * (total - done) if seconds else None
+        limit = config.get("time_s")  # --time: no generation starts that would end past it
+        if eta is not None and isinstance(limit, (int, float)) and not isinstance(limit, bool) and math.isfinite(limit):
+            eta = min(eta, max(0.0, float(limit) - float(run.elapsed_s or 0.0)))
     else:
         phase, eta = "validation and tuning", None
     return {"phase": phase, "done": done, "total": total, "population": population,

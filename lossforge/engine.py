@@ -652,14 +652,18 @@ class Search:
         # the best losses of the search itself: after a resume the variants tuned before the stop rank among
         # them, and tuning those again (in place of the losses they push out) would change the run
         searched = [r for r in self.store.best(10**9) if not (r.reason or "").startswith("tuned from")]
-        for rec in searched[: self.config.tune_top]:
+        top = searched[: self.config.tune_top]
+        outcome = {"without constants": 0, "tuned before": 0, "not improved": 0, "improved": 0}
+        for rec in top:
             expr = LossExpression(rec.tree)
             if not expr.constants or any(rec.key in r for r in tuned_from):
+                outcome["without constants" if not expr.constants else "tuned before"] += 1
                 continue
             result = tune_constants(expr, self.suite, self._reference_raw(), self.config.tune_iterations,
                                     seed=gp.derive_seed("tune", self.config.seed, rec.key), device=self.config.device,
                                     evaluator=self.evaluator)
             tuned = result.tuned
+            outcome["improved" if result.improved and tuned.key not in self.cache else "not improved"] += 1
             if not result.improved or tuned.key in self.cache:
                 continue
             res = self._score_specs([list(tuned.tokens)])[0]
@@ -670,6 +674,9 @@ class Search:
             self.cache[tuned.key] = ev
             self._record(tuned, generation, ev, res.duration_s)
             self.reporter.message(f"tuned {rec.formula}  ->  {tuned.formula()}  fitness {rec.fitness:.4f} -> {fitness:.4f}")
+        # a loss without constants has nothing to tune: say so, or "--tune-top 3" reads as a silent no-op
+        self.reporter.message(f"tuning the best {len(top)} loss(es): "
+                              + ", ".join(f"{n} {what}" for what, n in outcome.items() if n))
 
     def confirm(self) -> None:
         """Re-score the best loss of each of the ``confirm_top`` best structures, and the reference losses,

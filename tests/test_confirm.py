@@ -3,6 +3,7 @@ their seeds, resumable; the suite key that names the seeds; the default seeding 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from lossforge.errors import ConfigError
 from lossforge.expression import LossExpression
 from lossforge.ranking import confirmed_fitness, ranking
 from lossforge.runfile import RunStore
+from tests.conftest import TINY_SUITE
 from lossforge.scoring import join_seeds, load_suite, suite_from_spec
 
 TINY = (Path(__file__).parent / "data" / "tiny_classification.toml").read_text()
@@ -151,6 +153,19 @@ def test_the_budget_line_names_the_confirm_rung(tmp_path: Path) -> None:
             engine.close()
     assert lines[0].endswith("then the best 10 structures confirmed on 2 more seeds")
     assert "confirmed" not in lines[1]
+
+
+def test_tuning_says_what_it_did_with_each_of_the_best(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # a space without constants: none of the best losses has anything to tune, and the run says so
+    space = tmp_path / "plain.toml"
+    space.write_text('name = "plain"\noperators = ["plus", "minus", "multiply", "sqrt"]\n'
+                     '[terminals]\nvariables = ["y_pred", "y_real"]\nconstants = false\n'
+                     '[limits]\ninit_min_depth = 1\ninit_max_depth = 3\nmax_depth = 5\nmax_nodes = 20\n')
+    lossforge.search(run=tmp_path / "p.db", suite=TINY_SUITE, space=str(space), population=4, generations=1,
+                     jobs=1, executor="serial", validate_top=0, tune_top=3, seed=2)
+    out = capsys.readouterr()
+    said = re.search(r"tuning the best (\d) loss\(es\): (.*)", out.out + out.err)
+    assert said and int(said.group(1)) >= 2 and said.group(2) == f"{said.group(1)} without constants"
 
 
 def test_tuned_variants_are_confirmed(tmp_path: Path) -> None:

@@ -78,6 +78,20 @@ def test_run_data_carries_the_run_as_the_run_file_has_it(finished_run: Path) -> 
     assert sum(r["count"] for r in doc["rejections"]) == doc["counts"]["rejected"] + doc["counts"]["failed"]
 
 
+def test_the_eta_of_a_time_limited_run_is_never_past_its_limit() -> None:
+    from types import SimpleNamespace
+
+    from lossforge.dashboard import _progress
+
+    # --time alone allows 100000 generations: 10 s each would read as an ETA of 11 days
+    run = SimpleNamespace(status="running", elapsed_s=50.0, generations=lambda as_frame: [{"seconds": 10.0}] * 3,
+                          candidates=lambda as_frame: [], losses=lambda k: [1], baselines=lambda as_frame: [1])
+    config = {"generations": 100000, "population": 8}
+    assert _progress(run, config)["eta_s"] == pytest.approx(10.0 * (100001 - 3))
+    assert _progress(run, {**config, "time_s": 120.0})["eta_s"] == pytest.approx(70.0)
+    assert _progress(run, {**config, "time_s": 30.0})["eta_s"] == 0.0  # past the limit: the last generation
+
+
 def test_run_data_before_the_run_file_exists(tmp_path: Path) -> None:
     assert run_data(tmp_path / "later.db")["status"] == "waiting"
 
