@@ -157,6 +157,16 @@ def test_asymmetric_noise_is_refused_where_no_digit_look_alike_exists() -> None:
     ClassificationTask(dataset="synthetic", noise="asymmetric")  # ten classes: the digit map applies
 
 
+def test_symmetric_noise_that_makes_a_wrong_label_the_majority_is_refused() -> None:
+    # two classes: at 0.6 symmetric noise 60 % of the labels are the other class
+    with pytest.raises(ConfigError, match="noise_rate 0.6 with 2 classes makes a wrong label as likely"):
+        ClassificationTask(dataset="breast_cancer", noise_rate=0.6)
+    with pytest.raises(ConfigError, match="use a rate below 0.667"):
+        ClassificationTask(dataset="iris", noise_rate=0.7)
+    ClassificationTask(dataset="breast_cancer", noise_rate=0.4)
+    ClassificationTask(dataset="digits", noise_rate=0.8)  # ten classes: each wrong one gets 8.9 %
+
+
 def test_noise_touches_training_labels_only() -> None:
     task = ClassificationTask()
     clean, noisy = load_split("digits", 5), task.data(5)

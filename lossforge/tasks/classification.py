@@ -52,6 +52,14 @@ from lossforge.tasks.data import (
 MODELS = ("mlp", "cnn")
 
 
+def check_symmetric_rate(rate: float, n_classes: int) -> None:
+    """Symmetric noise gives each other class ``rate / (C - 1)``: from ``(C - 1) / C`` on a wrong label is as
+    likely as the right one (two classes at 0.6: the wrong one is the majority) and nothing is left to learn."""
+    top = (n_classes - 1) / n_classes
+    require(rate < top, f"noise_rate {rate} with {n_classes} classes makes a wrong label as likely as the right "
+                        f"one (from {top:.3g} on), which leaves nothing to learn; use a rate below {top:.3g}")
+
+
 def channel_major_advice(channel_last: Sequence[int]) -> str:
     """How to give rows that are ``[H, W, C]`` images: the ``image_shape`` lossforge reads, and the layout."""
     h, w, c = channel_last
@@ -205,6 +213,8 @@ class ClassificationTask(Task):
         """Validate the data settings (own-data tasks check theirs instead)."""
         check_dataset(self.dataset)
         # asymmetric noise flips digit look-alikes; a data set without those classes would train noise-free
+        if self.noise == "symmetric" and isinstance(self.noise_rate, (int, float)):  # the range is checked later
+            check_symmetric_rate(self.noise_rate, self.n_classes)
         require(self.noise != "asymmetric" or bool(flip_map("asymmetric", self.n_classes)),
                 f"noise 'asymmetric' flips digit look-alikes ({', '.join(f'{s}->{d}' for s, d in DIGIT_FLIPS.items())}"
                 f"), and dataset {self.dataset!r} has {self.n_classes} classes, so no label would change; "

@@ -40,7 +40,13 @@ from lossforge.errors import ConfigError
 from lossforge.tasks.adversarial import AdversarialTask
 from lossforge.tasks.augment import AugmentTask
 from lossforge.tasks.base import LossLike, Task, TaskResult, check_int_list, check_range, require
-from lossforge.tasks.classification import Classifier, ClassificationTask, channel_last_hint, channel_major_advice
+from lossforge.tasks.classification import (
+    Classifier,
+    ClassificationTask,
+    channel_last_hint,
+    channel_major_advice,
+    check_symmetric_rate,
+)
 from lossforge.tasks.data import Split, add_label_noise, generator, stratified_split
 from lossforge.tasks.regularize import RegularizeTask
 from lossforge.tasks.torchfunc import StackedModule, build_one, is_factory_path
@@ -167,11 +173,8 @@ class UserData:
         require(len(self.classes) >= 2,
                 f"{self.dataset}: the target {self.target!r} has a single class {list(self.classes)}; "
                 "a classifier needs at least two")
-        if self.noise == "symmetric":  # each other class gets rate/(C-1): from (C-1)/C on, a wrong one is the majority
-            top = (len(self.classes) - 1) / len(self.classes)
-            require(self.noise_rate < top,
-                    f"noise_rate {self.noise_rate} with {len(self.classes)} classes makes a wrong label as likely as "
-                    f"the right one (from {top:.3g} on), which leaves nothing to learn; use a rate below {top:.3g}")
+        if self.noise == "symmetric":
+            check_symmetric_rate(self.noise_rate, len(self.classes))
         self.flips = tuple((str(s), str(d)) for s, d in self.flips)
         unknown = sorted({c for pair in self.flips for c in pair} - set(self.classes))
         require(not unknown, f"flips name unknown class(es) {unknown}; classes are {list(self.classes)}")
