@@ -60,6 +60,29 @@ def tiny_suite() -> str:
     return TINY_SUITE
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny search on the tiny suite (its ranking has validated losses first), one per module."""
+    import lossforge
+
+    path = tmp_path_factory.mktemp("runs") / "found.db"
+    lossforge.search(run=path, suite=TINY_SUITE, population=4, generations=1, jobs=1, executor="serial",
+                     quiet=True)
+    return path
+
+
+def exported_class(tmp_path: Path, expression: object, name: str = "Exported") -> type:
+    """The class of ``expression``'s ``.py`` export, written into ``tmp_path`` and imported."""
+    from lossforge.export import to_python
+
+    path = tmp_path / f"loss_{expression.key}.py"
+    path.write_text(to_python(expression, name=name))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
 @pytest.fixture
 def device(request: pytest.FixtureRequest) -> str:
     """The device of the device tests (``--device``)."""

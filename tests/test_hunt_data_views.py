@@ -20,12 +20,6 @@ from lossforge.scoring import load_suite
 from tests.conftest import TINY_SUITE
 
 
-@pytest.fixture(scope="module")
-def run_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("runs") / "found.db"
-    lossforge.search(run=path, suite=TINY_SUITE, population=4, generations=1, jobs=1, executor="serial",
-                     quiet=True)
-    return path
 
 
 def _strict_json(text: str):
@@ -96,9 +90,9 @@ def test_rank_one_against_a_baseline_on_one_validation_seed_gives_no_infinite_in
 
 
 @pytest.fixture()
-def edited(run_file: Path, tmp_path: Path) -> Path:
+def edited(tiny_run: Path, tmp_path: Path) -> Path:
     path = tmp_path / "edited.db"
-    shutil.copy(run_file, path)
+    shutil.copy(tiny_run, path)
     with RunStore.open(path) as store:
         store.record_candidate(1, ["multiply", 1e300, "minus", "y_pred", "y_real"], status="complete",
                                key="big", complexity=3, fitness=5.0)

@@ -12,17 +12,11 @@ import torch
 from lossforge.export import to_python
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
+from tests.conftest import exported_class
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 
-def _exported(tmp_path: Path, expression: LossExpression) -> type:
-    path = tmp_path / f"loss_{expression.key}.py"
-    path.write_text(to_python(expression, name="Exported"))
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.Exported
 
 
 def _value_and_grad(module, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +37,7 @@ def test_a_constant_numerator_keeps_the_input_dtype_in_the_export(tmp_path: Path
     # Before: the export passed the numerator to protected_div as a Python float, which torch.as_tensor made
     # a float32 tensor: in float64 the export computed with 0.7 rounded to 0.69999999 (SymbolicLoss did not)
     expression = LossExpression.parse(text)
-    exported = _exported(tmp_path, expression)
+    exported = exported_class(tmp_path, expression)
     regression = (torch.tensor([0.3, 1.7, -2.1, 1e-9], dtype=dtype), torch.tensor([1.0, -0.5, 2.0, 3.0], dtype=dtype))
     logits = torch.tensor([[2.0, -1.0, 0.5], [30.0, -30.0, 0.0]], dtype=dtype)
     for x, target in (regression, (logits, torch.tensor([0, 2]))):
@@ -59,7 +53,7 @@ def test_an_export_with_a_constant_numerator_compiles_with_jit_script(tmp_path: 
     # Before: torch.jit.script refused the module ("Expected a value of type 'Tensor' for argument 'a' but
     # instead found type 'float'"), though the export promises it compiles
     expression = LossExpression.parse(text)
-    exported = _exported(tmp_path, expression)
+    exported = exported_class(tmp_path, expression)
     scripted = torch.jit.script(exported(reduction="none"))
     x, target = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]]), torch.tensor([1, 0])
     assert torch.equal(scripted(x, target), SymbolicLoss(expression, reduction="none")(x, target))
@@ -94,7 +88,7 @@ CE = "-y_real*log(y_pred)"
 
 @pytest.fixture(scope="module")
 def exported_ce(tmp_path_factory: pytest.TempPathFactory) -> type:
-    return _exported(tmp_path_factory.mktemp("ce"), LossExpression.parse(CE))
+    return exported_class(tmp_path_factory.mktemp("ce"), LossExpression.parse(CE))
 
 
 @pytest.mark.parametrize("maker", ["symbolic", "export"])
@@ -145,7 +139,7 @@ def test_integer_predictions_are_refused_not_computed_with_truncated_constants(t
     # Before: loss(torch.tensor([1, 2]), torch.tensor([1, 3])) cast the constants to int64: 2.5*(...)**2 gave
     # [0, 2] for [0, 2.5] and "+ 0.5" vanished, silently (torch's own losses refuse integer inputs)
     expression = LossExpression.parse("2.5*(y_pred - y_real)**2 + 0.5")
-    cls = (lambda **kw: SymbolicLoss(expression, **kw)) if maker == "symbolic" else _exported(tmp_path, expression)
+    cls = (lambda **kw: SymbolicLoss(expression, **kw)) if maker == "symbolic" else exported_class(tmp_path, expression)
 
     def make():
         return cls(reduction="none")

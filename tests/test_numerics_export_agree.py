@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -10,20 +9,13 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from lossforge.export import to_python
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
+from tests.conftest import exported_class
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 
-def _exported(tmp_path: Path, expression: LossExpression) -> type:
-    path = tmp_path / f"loss_{expression.key}.py"
-    path.write_text(to_python(expression, name="Exported"))
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.Exported
 
 
 _CONSTANTS = st.floats(min_value=-50.0, max_value=50.0, allow_nan=False, allow_infinity=False, width=64)
@@ -36,7 +28,7 @@ def test_symbolic_loss_and_export_agree_in_float64_with_exact_constants(tmp_path
     # 0.10000000149 while the export's literals are the exact doubles (a difference of about 1e-8).
     expression = LossExpression(["plus", "multiply", c0, "multiply", "y_pred", "y_real",
                                  "multiply", "minus", "y_pred", c1, "minus", "y_pred", c1])
-    exported = _exported(tmp_path_factory.mktemp("x"), expression)
+    exported = exported_class(tmp_path_factory.mktemp("x"), expression)
     p = torch.tensor([0.3, 1.7, -2.1, 1e-9], dtype=torch.float64)
     r = torch.tensor([1.0, -0.5, 2.0, 3.0], dtype=torch.float64)
     for dtype in (torch.float64, torch.float32):
@@ -85,7 +77,7 @@ def test_log_of_a_scaled_probability_is_exact_at_extreme_logits(tmp_path: Path, 
     power = 2.0 if offset is None else 1.0  # -y_real*log(c*y_pred**k) = k*CE - log|c|
     want = power * ce - (math.log(3.0) if offset is None else offset)
     (want_grad,) = torch.autograd.grad(want.sum(), x)
-    exported = _exported(tmp_path, expression)(reduction="none")
+    exported = exported_class(tmp_path, expression)(reduction="none")
     for module in (SymbolicLoss(expression, reduction="none"), exported):
         x, target = _ce_case(logits, dtype)
         value = module(x, target)
@@ -107,7 +99,7 @@ def test_the_scaled_log_keeps_constants_in_order_and_its_constant_trainable() ->
 
 def test_the_scaled_log_export_compiles_with_jit_script(tmp_path: Path) -> None:
     expression = LossExpression.parse("-y_real*log(0.5*y_pred) + 0.25*y_pred")
-    module = _exported(tmp_path, expression)()
+    module = exported_class(tmp_path, expression)()
     scripted = torch.jit.script(module)
     x, target = torch.tensor([[0.0, 100.0], [1.0, -2.0]]), torch.tensor([0, 1])
     assert torch.equal(scripted(x, target), module(x, target))
