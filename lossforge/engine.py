@@ -663,8 +663,9 @@ class Search:
                                     seed=gp.derive_seed("tune", self.config.seed, rec.key), device=self.config.device,
                                     evaluator=self.evaluator)
             tuned = result.tuned
-            outcome["improved" if result.improved and tuned.key not in self.cache else "not improved"] += 1
-            if not result.improved or tuned.key in self.cache:
+            improved = result.improved and tuned.key not in self.cache
+            outcome["improved" if improved else "not improved"] += 1
+            if not improved:
                 continue
             res = self._score_specs([list(tuned.tokens)])[0]
             fitness, summary = self.suite.fitness(res.raw, self._reference_raw())
