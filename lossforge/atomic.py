@@ -4,7 +4,9 @@
 moves it into place with one ``os.replace`` (or ``os.link`` when an existing file must not be replaced), so
 a reader, a crash or a full disk sees either the old file intact or the new one complete: never a
 truncated or 0-byte file. :func:`check_output` refuses destinations that would destroy data: a run file
-(whatever ``force`` says), the command's own input, or an existing file unless ``force``.
+(whatever ``force`` says), the command's own input, or an existing file unless ``force``. On the reading
+side, :func:`read_bounded` reads a small file lossforge is given (a suite, a space, a loss export) without
+hanging on a FIFO or reading ``/dev/zero`` forever.
 """
 
 from __future__ import annotations
@@ -52,6 +54,45 @@ def special_kind(mode: int) -> str | None:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     return None
+
+
+class NotRegularFile(ValueError):
+    """:func:`read_bounded` was given a directory, FIFO, socket or device; ``kind`` says which."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class FileTooLarge(ValueError):
+    """:func:`read_bounded` read more than its limit."""
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``limit`` of them.
+
+    Opened non-blocking (a FIFO cannot hang the open) and checked with ``fstat`` on the open descriptor
+    (no race with a file swapped after a check); the limit counts bytes actually read, not ``st_size``
+    (``/dev/zero`` or a growing file report 0 or less than they hold). Raises :class:`NotRegularFile`,
+    :class:`FileTooLarge`, and ``FileNotFoundError`` / ``OSError`` as opening and reading do; callers turn
+    them into their own one-line errors."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile("a directory" if stat.S_ISDIR(mode) else special_kind(mode) or "not a regular file")
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    if total > limit:
+        raise FileTooLarge(f"more than {limit} bytes")
+    return b"".join(chunks)
 
 
 def _special_kind(path: Path) -> str | None:

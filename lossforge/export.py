@@ -36,7 +36,7 @@ from typing import Any
 import sympy
 
 from lossforge import operators
-from lossforge.atomic import special_kind
+from lossforge import atomic
 from lossforge.backends.python_source import python_source
 from lossforge.backends.sympy_plain import plain_sympy
 from lossforge.errors import ExportError, ExpressionError, LossforgeError
@@ -222,41 +222,20 @@ def render(expression: LossExpression, fmt: str, metadata: dict[str, Any] | None
 MAX_INT_DIGITS = 30
 
 
-def _file_kind(mode: int) -> str:
-    return "a directory" if stat.S_ISDIR(mode) else special_kind(mode) or "not a regular file"
-
-
 def read_bounded(path: str | Path, limit: int = MAX_JSON_BYTES) -> bytes:
-    """The bytes of the regular file at ``path``, at most ``limit`` of them, or ExportError.
-
-    Opened non-blocking (a FIFO cannot hang the open) and checked with ``fstat`` on the open descriptor
-    (no race with a swapped file); the limit counts bytes actually read, not ``st_size`` (``/dev/zero`` or a
-    growing file report 0 or less than they hold)."""
+    """The bytes of the regular file at ``path``, at most ``limit`` of them (:func:`lossforge.atomic.read_bounded`),
+    or ExportError."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        return atomic.read_bounded(path, limit)
     except FileNotFoundError:
         raise ExportError(f"no such file: {path}") from None
+    except atomic.NotRegularFile as exc:
+        raise ExportError(f"{path} is {exc.kind}, not a loss export file") from None
+    except atomic.FileTooLarge:
+        raise ExportError(f"{path}: more than {limit} bytes exceeds the {limit}-byte limit of a loss export") from None
     except OSError as exc:
         raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise ExportError(f"{path} is {_file_kind(mode)}, not a loss export file")
-        chunks, total = [], 0
-        while total <= limit:
-            chunk = os.read(fd, min(1 << 16, limit + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-    except OSError as exc:
-        raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if total > limit:
-        raise ExportError(f"{path}: more than {limit} bytes exceeds the {limit}-byte limit of a loss export")
-    return b"".join(chunks)
 
 
 def _parse_int(text: str) -> int:

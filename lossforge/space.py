@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from lossforge.atomic import FileTooLarge, NotRegularFile, read_bounded
 from lossforge.errors import LossforgeError, SpaceError
 from lossforge.expression import MAX_NODES
 from lossforge.operators import OPERATORS, VARIABLES
@@ -219,17 +220,19 @@ def read_toml_file(path: Path, where: str, error: type[LossforgeError], kind: st
     """The parsed TOML of a small configuration file (a space, a suite), or one ``error`` line naming ``where``:
     a path that is no regular file (a device or FIFO was read forever) or one over :data:`MAX_SPACE_BYTES`
     (read into memory whole) is refused; ``fix`` says what to give instead."""
-    if path.exists() and not path.is_file():
-        raise error(f"{where}: not a regular file; {fix}")
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_SPACE_BYTES + 1)
-        if len(raw) > MAX_SPACE_BYTES:
-            raise error(f"{where}: larger than {MAX_SPACE_BYTES // 2**20} MiB; a {kind} file is a few lines")
-        return tomllib.loads(raw.decode("utf-8"))
+        raw = read_bounded(path, MAX_SPACE_BYTES)
+    except NotRegularFile:
+        raise error(f"{where}: not a regular file; {fix}") from None
+    except FileTooLarge:
+        raise error(f"{where}: larger than {MAX_SPACE_BYTES // 2**20} MiB; a {kind} file is a few lines") from None
     except FileNotFoundError:
         raise error(f"{where}: no such {kind} file; {fix}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise error(f"{where}: cannot read {kind}: {exc}") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         raise error(f"{where}: cannot read {kind}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{where}: cannot read {kind}: not valid TOML: {exc}") from None
