@@ -37,6 +37,18 @@ def _raw(seeds, score: float) -> dict:
             "metrics": [{}] * n}
 
 
+def _race_generation0(search, score) -> list:
+    """Generation 0's viable losses raced once, with ``score`` standing in for training; returns them."""
+    search._score_specs = score
+    search.evaluator.score_references(search.evaluator.reference_names())
+    population, _ = search.initial_population()
+    population = [ind for ind in population if search.evaluator.rejection(gp.expression_of(ind))[0] is None]
+    for ind in population:
+        del ind.fitness.values
+    search.race(population, 1)
+    return population
+
+
 def test_a_loss_left_at_the_screening_rung_never_outranks_a_promoted_loss(tmp_path, tiny_suite: str) -> None:
     from lossforge.scoring import ChunkResult
 
@@ -48,19 +60,51 @@ def test_a_loss_left_at_the_screening_rung_never_outranks_a_promoted_loss(tmp_pa
                                               (-10.0 if fidelity.is_full else -(1 + i / 10)))
                                  for t in search.suite.tasks}) for i, s in enumerate(specs)]
 
-    search._score_specs = score
-    search.evaluator.score_references(search.evaluator.reference_names())
-    population, _ = search.initial_population()
-    population = [ind for ind in population if search.evaluator.rejection(gp.expression_of(ind))[0] is None]
-    for ind in population:
-        del ind.fitness.values
-    search.race(population, 1)
+    population = _race_generation0(search, score)
     keys = {id(ind): gp.expression_of(ind).key for ind in population}
     full = [ind.fitness.values[0] for ind in population if keys[id(ind)] in search.cache]
     left = [ind.fitness.values[0] for ind in population if keys[id(ind)] not in search.cache]
     assert full and left  # some promoted, some left at the first rung
     assert max(left) <= min(full)  # capped at the worst promoted loss's full fitness
     search.close()
+
+
+def test_a_promoted_loss_that_fails_in_full_does_not_zero_the_losses_left_at_the_first_rung(
+        tmp_path, tiny_suite: str) -> None:
+    # the cap on a first-rung loss is the worst promoted loss's full fitness; a promoted loss that failed
+    # (fitness 0, no measurement) made it 0, so every loss left at the first rung lost its screening signal
+    from lossforge.runfile import CandidateState
+    from lossforge.scoring import ChunkResult, failed_chunk
+
+    search = _search(tmp_path, tiny_suite, screening=0.5, promote=0.5)
+
+    def score(specs, fidelity, timed=True):  # references -1; screenings -(1 + i/10); in full the first fails
+        seeds = fidelity.seeds or search.suite.seeds
+        out = []
+        for i, spec in enumerate(specs):
+            if isinstance(spec, str):
+                value = -1.0
+            elif not fidelity.is_full:
+                value = -(1 + i / 10)
+            elif i == 0:
+                out += failed_chunk(1, search.evaluator.suite_spec, seeds, "diverged")
+                continue
+            else:
+                value = -1.5
+            out.append(ChunkResult(raw={t.name: _raw(seeds, value) for t in search.suite.tasks}))
+        return out
+
+    try:
+        population = _race_generation0(search, score)
+        key = {id(ind): gp.expression_of(ind).key for ind in population}
+        promoted = [ind for ind in population if key[id(ind)] in search.cache]
+        failed = [ind for ind in promoted if search.cache[key[id(ind)]].status == CandidateState.FAILED]
+        complete = [ind.fitness.values[0] for ind in promoted if ind not in failed]
+        left = [ind.fitness.values[0] for ind in population if key[id(ind)] not in search.cache]
+        assert failed and complete and left
+        assert all(0 < f <= min(complete) for f in left), (left, complete)
+    finally:
+        search.close()
 
 
 def test_two_gradient_twins_never_share_one_generation(tmp_path, tiny_suite: str) -> None:
