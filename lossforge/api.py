@@ -80,7 +80,7 @@ def search(run: str | Path | None = None, *,
     settings["runs_dir"] = runs_dir
     config = SearchConfig(**_data_suite(data, settings))
     # a run name lives in runs_dir, as with the CLI's --runs-dir (it went to runs/ whatever runs_dir said)
-    path = resolve_run_path(run or default_run_name(), runs_dir)
+    path = resolve_run_path(default_run_name() if run is None else run, runs_dir)  # run='' is refused
     engine = Search.create(path, config, quiet=quiet, stream=stream, callbacks=callbacks)
     engine.import_cache([resolve_run_path(p, runs_dir) for p in cache_from])
     try:

@@ -78,7 +78,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.scheduler or args.dask_workers:  # a cluster's address or size implies dask
         settings["executor"] = "dask"
     config = SearchConfig(**settings)
-    path = resolve_run_path(args.run or default_run_name(), args.runs_dir)
+    # an empty --run is refused as a name, not replaced by a fresh one (the user named no run there)
+    path = resolve_run_path(default_run_name() if args.run is None else args.run, args.runs_dir)
     cache_from = [resolve_run_path(r, args.runs_dir) for r in args.cache_from]
     for other in cache_from:  # check before creating anything
         if not other.exists():
@@ -285,6 +286,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lossforge.export import ranked_from_run, render
     from lossforge.runfile import RunStore, resolve_run_path
 
+    if args.output == "":  # -o '' wrote to stdout, as if no file was named
+        raise LossforgeError("-o names no file; give a file name, or leave -o out to print the export")
     path = resolve_run_path(args.run, args.runs_dir)
     item, expression = ranked_from_run(path, args.rank, args.pick)
     with RunStore.open(path, readonly=True) as store:
@@ -379,7 +382,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         names = _baseline_names(args.baselines)
     else:
         names = [n for p in sorted(suite.problems) for n in DISPLAY_BASELINES[p]]
-    if args.against:
+    if args.against is not None:  # --against '' compared with nothing, silently
+        if not args.against.strip():
+            raise LossforgeError("--against names no baseline; give one, e.g. --against mse, or leave it out")
         names.append(args.against)
     for name in names:
         get_baseline(name)  # an unknown name fails before any training
@@ -785,9 +790,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_positive_int, default=10)
     p.add_argument("--pick", choices=["best", "knee", "ratio"], default="best",
                    help="rank 1: best fitness, knee of the complexity/fitness front, or best gain per complexity")
-    p.add_argument("--format", choices=SHOW_FORMATS, default="table",
+    g = p.add_mutually_exclusive_group()  # given both, --json silently won over --format csv
+    g.add_argument("--format", choices=SHOW_FORMATS, default="table",
                    help="table (default), csv, markdown, or json (the run's counts, hall of fame and baselines)")
-    p.add_argument("--json", action="store_true", help="same as --format json")
+    g.add_argument("--json", action="store_true", help="same as --format json")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("export", help="export a loss of a run")

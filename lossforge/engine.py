@@ -233,7 +233,8 @@ class SearchConfig:
             return dataclasses.replace(self, population=population, generations=MAX_GENERATIONS)
         budget = self.default_budget(suite) if self.budget is None else self.budget
         per_gen = self.generation_cost(population, len(suite.seeds))
-        generations = max(1, round((budget - per_gen) / per_gen))  # generation 0 is a generation too
+        # generation 0 is a generation too; a budget beyond MAX_GENERATIONS' worth (1e300) still ends at the budget
+        generations = min(MAX_GENERATIONS, max(1, round((budget - per_gen) / per_gen)))
         return dataclasses.replace(self, population=population, generations=generations)
 
     @staticmethod

@@ -181,7 +181,8 @@ class {cls}(nn.Module):
             out = {body}
         else:  # log_y_pred = log_softmax(logits): log(y_pred) stays exact below the protected log's clamp
             out = {exact_body}
-        return out + torch.zeros_like(y_pred)
+        # "- zeros", not "+ zeros": x - 0.0 is x for every x, so a -0.0 stays -0.0 as in SymbolicLoss
+        return out - torch.zeros_like(y_pred)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if is_classification_problem(self.problem, input, target):

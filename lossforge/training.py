@@ -43,6 +43,8 @@ def check_device(device: str, here: bool = True) -> None:
         parsed = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise ConfigError(f"device {device!r} is not a torch device; use e.g. cpu, cuda, cuda:1 or mps") from None
+    if parsed.type == "meta":  # meta tensors hold no values: the reference loss "failed", the run was left behind
+        raise ConfigError(f"device {device!r} holds no values and cannot train; use e.g. cpu, cuda, cuda:1 or mps")
     if not here:
         return
     if parsed.type == "cuda":
