@@ -1,0 +1,146 @@
+"""Bad values on the command line and in the API, and the loss's numerics at the protected operators'
+guard boundaries: one clear line (exit 2) or a typed error, nothing created or changed; the torch closure,
+SymbolicLoss and the exported ``.py`` agree bit for bit, signed zeros included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lossforge
+from lossforge.cli import main
+from lossforge.engine import MAX_GENERATIONS, SearchConfig
+from lossforge.errors import ConfigError, RunError
+from lossforge.expression import LossExpression
+from lossforge.loss import SymbolicLoss
+from lossforge.scoring import load_suite
+from tests.conftest import TINY_SUITE, exported_class
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
+TINY_SEARCH = ["--suite", TINY_SUITE, "--population", "4", "--generations", "1", "--quiet", "--executor", "serial"]
+
+
+def _cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def _one_line(err: str, fragment: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in err, err
+
+
+def test_an_empty_run_name_is_refused_not_replaced_by_a_fresh_one(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    # Before: --run '' (a script's unset variable) started a search under search-<time>, as if no name was given
+    code, err = _cli(capsys, "--runs-dir", str(tmp_path), "search", "--run", "", *TINY_SEARCH)
+    assert code == 2
+    _one_line(err, "invalid run name ''")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RunError, match="invalid run name"):
+        lossforge.search(run="", runs_dir=tmp_path, suite=TINY_SUITE, population=4, generations=1, quiet=True,
+                         executor="serial")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["score", "y_pred", "--suite", TINY_SUITE, "--against", ""], "--against names no baseline"),  # was ignored
+    (["score", "y_pred", "--suite", TINY_SUITE, "--against", "  "], "--against names no baseline"),
+    (["show", "found", "--format", "csv", "--json"], "not allowed with argument --format"),  # --json won silently
+    (["export", "found", "--format", "py", "-o", ""], "-o names no file"),  # printed to stdout instead
+    (["search", "--device", "meta", *TINY_SEARCH], "'meta' holds no values"),  # a run left, a long reference error
+])
+def test_empty_or_conflicting_values_get_one_line_and_exit_2(tiny_run: Path, capsys: pytest.CaptureFixture,
+                                                             args: list[str], fragment: str) -> None:
+    before = {p.name: p.read_bytes() for p in tiny_run.parent.iterdir() if p.suffix == ".db"}
+    code, err = _cli(capsys, "--runs-dir", str(tiny_run.parent), *args)
+    assert code == 2
+    _one_line(err, fragment)
+    assert {p.name: p.read_bytes() for p in tiny_run.parent.iterdir() if p.suffix == ".db"} == before
+
+
+def test_device_meta_is_a_config_error_in_the_api(tiny_suite: str) -> None:
+    with pytest.raises(ConfigError, match="meta"):
+        SearchConfig(device="meta")
+    with pytest.raises(ConfigError, match="meta"):
+        lossforge.score(["(y_pred - y_real)**2"], tiny_suite, baselines=[], device="meta", jobs=1)
+
+
+@pytest.mark.parametrize("budget", [1e300, 1e30])
+def test_a_huge_budget_buys_at_most_max_generations(budget: float) -> None:
+    # Before: --budget 1e300 stopped with "generations must be at most 9223372036854775807 in size, got
+    # 5263...(300 digits)", naming a setting the user never gave; 1e30 was accepted with 1e28 generations
+    config = SearchConfig(budget=budget, population=4).resolved(load_suite(TINY_SUITE))
+    assert config.generations == MAX_GENERATIONS and config.budget == budget
+
+
+def test_a_modest_budget_still_buys_its_generations() -> None:
+    suite = load_suite(TINY_SUITE)
+    config = SearchConfig(budget=50, population=4)
+    per_gen = config.generation_cost(4, len(suite.seeds))
+    assert config.resolved(suite).generations == max(1, round((50 - per_gen) / per_gen)) < MAX_GENERATIONS
+
+
+def _boundaries(dtype: torch.dtype) -> torch.Tensor:
+    """The guards' epsilons and cap with their neighbours in ``dtype``, signed zeros, subnormals, extremes."""
+    finfo = torch.finfo(dtype)
+    points = []
+    for x in (1e-6, -1e-6, 1e-12, -1e-12, 30.0):
+        v = torch.tensor(x, dtype=dtype)
+        points += [torch.nextafter(v, torch.tensor(-float("inf"), dtype=dtype)), v,
+                   torch.nextafter(v, torch.tensor(float("inf"), dtype=dtype))]
+    points = torch.stack(points).tolist()
+    return torch.tensor(points + [0.0, -0.0, finfo.smallest_normal / 4, -finfo.smallest_normal / 4, 1.0, -3.5,
+                                  1e30, -1e30, float("inf"), -float("inf")], dtype=dtype)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return bool(torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+                and torch.equal(torch.signbit(a) | torch.isnan(a), torch.signbit(b) | torch.isnan(b)))
+
+
+@pytest.mark.parametrize("text", ["y_pred**3", "div(y_pred, 0.0)", "div(y_pred, -1e-6)", "-y_pred*exp(y_real)",
+                                  "div(y_real, y_pred)", "sqrt(y_pred)*y_real", "log(y_pred)*y_real",
+                                  "exp(y_pred)*y_real", "sin(y_pred)*cos(y_real)", "div(y_pred - y_real, y_pred)"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_export_and_symbolic_loss_agree_bit_for_bit_at_the_guard_boundaries(tmp_path: Path, text: str,
+                                                                             dtype: torch.dtype) -> None:
+    # Before: the export ended its loss with "out + zeros", which turns a -0.0 into 0.0 (y_pred**3 at -0.0 or
+    # at a tiny negative, div(y_pred, 0.0) at -0.0); SymbolicLoss kept the sign
+    expression = LossExpression.parse(text)
+    exported = exported_class(tmp_path, expression)(reduction="none", problem="regression")
+    symbolic = SymbolicLoss(expression, reduction="none", problem="regression")
+    x = _boundaries(dtype)
+    for real in (0.5, -0.0, 1e-6):
+        target = torch.full_like(x, real)
+        values, grads = [], []
+        for module in (symbolic, exported):
+            pred = x.clone().requires_grad_(True)
+            value = module(pred, target)
+            value.sum().backward()
+            values.append(value.detach())
+            grads.append(pred.grad)
+        assert _same(values[0], values[1]), (real, values)
+        assert _same(grads[0], grads[1]), (real, grads)
+
+
+def test_the_numpy_kernel_cuts_the_gradient_where_torch_does_at_the_guards() -> None:
+    """At exactly the epsilons and the cap (and one float32 step either side) the fast trainer's kernel and
+    autograd agree on where the gradient is cut (zero) and where it passes."""
+    from lossforge.compile import compile_expr, compile_value_and_grad
+
+    x = _boundaries(torch.float32)[:-4]  # finite points (the kernel's inf/nan are numpy's)
+    for text in ("div(y_real, y_pred)", "sqrt(y_pred)", "log(y_pred)", "exp(y_pred)"):
+        expr = LossExpression.parse(text).sympy
+        _, kernel_grad = compile_value_and_grad(expr)(x.numpy().copy(), np.full(len(x), 0.5, dtype=np.float32))
+        pred = x.clone().requires_grad_(True)
+        compile_expr(expr)(pred, torch.full_like(x, 0.5)).sum().backward()
+        assert np.array_equal(kernel_grad == 0, pred.grad.numpy() == 0), text
+        np.testing.assert_allclose(kernel_grad, pred.grad.numpy(), rtol=1e-6)
