@@ -367,8 +367,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     from lossforge.expression import LossExpression
     from lossforge.scoring import load_suite
 
-    if args.expression.endswith(".json"):  # a file name, even when the file is missing
+    suffix = Path(args.expression.strip()).suffix.lower()
+    if suffix == ".json":  # a file name, even when the file is missing (LOSS.JSON too, not "unknown name")
         expr, _ = read_json_export(args.expression)
+    elif suffix == ".py":  # was "cannot parse expression" or "unsupported syntax (Attribute)"
+        raise LossforgeError(f"{args.expression}: score reads expression text or a .json export, never a .py "
+                             "module (no file's code is run); export the loss with --format json and score that")
     else:
         expr = LossExpression.parse(args.expression)
     args.suite = _data_suite(args) or args.suite

@@ -144,3 +144,24 @@ def test_the_numpy_kernel_cuts_the_gradient_where_torch_does_at_the_guards() -> 
         compile_expr(expr)(pred, torch.full_like(x, 0.5)).sum().backward()
         assert np.array_equal(kernel_grad == 0, pred.grad.numpy() == 0), text
         np.testing.assert_allclose(kernel_grad, pred.grad.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["loss.py", "exports/Loss.PY"])
+def test_score_of_a_py_export_names_the_json_export_instead(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            name: str) -> None:
+    # Before: "unsupported syntax (Attribute) at column 1" or "cannot parse expression", the file read as text
+    code, err = _cli(capsys, "score", str(tmp_path / name), "--suite", TINY_SUITE)
+    assert code == 2
+    _one_line(err, "--format json")
+
+
+def test_score_reads_a_json_export_whatever_the_suffix_case(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Before: LOSS.JSON was parsed as an expression: "unknown name 'LOSS'"
+    from lossforge.export import render
+
+    expression = LossExpression.parse("div((y_pred - y_real)**2, 0.123456789 + sqrt(y_real*y_real))")
+    path = tmp_path / "LOSS.JSON"
+    path.write_text(render(expression, "json", {}, None))
+    code = main(["score", str(path), "--suite", TINY_SUITE, "--baselines", "", "--json"])
+    row = __import__("json").loads(capsys.readouterr().out)["rows"][0]
+    assert code == 0 and row["formula"] == expression.formula() and row["status"] == "complete"
