@@ -5,13 +5,15 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import numbers
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from lossforge.baselines import DISPLAY_BASELINES, get_baseline
 from lossforge.engine import Callback, Search, SearchConfig
-from lossforge.errors import ConfigError
+from lossforge.errors import ConfigError, ExpressionError
 from lossforge.evaluator import FULL, Evaluator, rejected_result
 from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
@@ -81,8 +83,11 @@ def search(run: str | Path | None = None, *,
     config = SearchConfig(**_data_suite(data, settings))
     # a run name lives in runs_dir, as with the CLI's --runs-dir (it went to runs/ whatever runs_dir said)
     path = resolve_run_path(default_run_name() if run is None else run, runs_dir)  # run='' is refused
+    if isinstance(cache_from, (str, os.PathLike)):  # one run, not its name's characters (runs/n.db for "nosuch")
+        cache_from = [cache_from]
+    cache_paths = [resolve_run_path(p, runs_dir) for p in cache_from]
     engine = Search.create(path, config, quiet=quiet, stream=stream, callbacks=callbacks)
-    engine.import_cache([resolve_run_path(p, runs_dir) for p in cache_from])
+    engine.import_cache(cache_paths)
     try:
         return engine.run()
     finally:
@@ -160,6 +165,8 @@ def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite
     ``data`` and ``data_options``: your own data instead of ``suite`` (see :func:`_data_suite`).
     """
     check_device(device)
+    if isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral) or not (jobs == -1 or jobs >= 1):
+        raise ConfigError(f"jobs must be -1 (all cores) or a positive number of workers, got {jobs!r}")
     if data is not None:
         suite = _data_suite(data, {"suite": suite, **data_options})["suite"]
     elif data_options:
@@ -168,6 +175,9 @@ def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite
         suite = load_suite(suite)
         suite.warn_notices()
     if seeds is not None:
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):  # seeds=3 was a TypeError
+            raise ConfigError(f"seeds must be a list of integers, e.g. range(3), got {seeds!r}")
+        seeds = list(seeds)
         if not seeds:
             raise ConfigError("seeds must not be empty")
         if len(set(seeds)) != len(seeds):  # one training counted twice shrank the CI to ± 0
@@ -176,6 +186,9 @@ def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite
     # one expression or baseline name alone is one, not a sequence of characters (baselines="mse" scored m, s, e)
     if isinstance(expressions, (str, LossExpression)):
         expressions = [expressions]
+    elif not isinstance(expressions, Iterable):  # score(3) was a TypeError
+        raise ExpressionError(f"expressions must be expression text, a LossExpression or a list of them, "
+                              f"got {type(expressions).__name__}")
     if isinstance(baselines, str):
         baselines = [baselines]
     exprs = [LossExpression.coerce(e) for e in expressions]

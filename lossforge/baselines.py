@@ -261,6 +261,8 @@ def get_baseline(name: str) -> Baseline:
 
     ``name(k=v, ...)`` (a :attr:`BaselineSetting.spec`) is a factory baseline at other hyper-parameters.
     """
+    if not isinstance(name, str):  # was an AttributeError ('int' object has no attribute 'strip')
+        raise ConfigError(f"a baseline is named by a string, got {name!r}; known: {', '.join(BASELINES)}")
     match = _SETTING.match(name.strip())
     if match is None:
         if name not in BASELINES:

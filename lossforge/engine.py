@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from lossforge import gp
 from lossforge.baselines import DISPLAY_BASELINES
@@ -322,6 +322,21 @@ def stored_setup(store: RunStore, scheduler: str | None = None, dask_workers: in
 Callback = Callable[[GenerationStats, list[CandidateRecord]], "bool | None"]
 
 
+def _checked_callbacks(callbacks: Any) -> list[Callback]:
+    """``callbacks`` as a list of callables (one callable alone is one); a ConfigError before anything runs,
+    where a non-callable failed after generation 0 with a TypeError."""
+    if callable(callbacks):
+        return [callbacks]
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Iterable):
+        raise ConfigError(f"callbacks must be a list of callables, got {type(callbacks).__name__}")
+    out = list(callbacks)
+    for callback in out:
+        if not callable(callback):
+            raise ConfigError(f"callbacks must be callables (called as callback(stats, hall_of_fame)), got "
+                              f"{callback!r}")
+    return out
+
+
 class Search:
     """A search bound to a run file. Build with :meth:`create` (new run) or :meth:`resume`."""
 
@@ -332,7 +347,10 @@ class Search:
         self.space = space
         self.suite = suite
         self.quiet, self.stream = quiet, stream
-        self.callbacks = list(callbacks)
+        self.callbacks = _checked_callbacks(callbacks)
+        if stream is not None and not callable(getattr(stream, "write", None)):  # failed at the first progress line
+            raise ConfigError(f"stream must be a text stream with a write() method (e.g. sys.stdout), got "
+                              f"{type(stream).__name__}")
         self.reporter: Progress = make_progress(1, config.population, quiet=True)
         self.selection = make_selection(config)
         self.variation = make_variation(config)

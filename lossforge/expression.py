@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import math
+import numbers
 from functools import cached_property
 from typing import Iterable, Sequence, Union
 
@@ -51,6 +52,13 @@ def _check_constant(value: object, where: str) -> float:
     if not math.isfinite(v) or abs(v) > MAX_CONSTANT:
         raise ExpressionError(f"{where}: constant {value!r} is outside [-{MAX_CONSTANT:g}, {MAX_CONSTANT:g}]")
     return v
+
+
+def _as_float(value: object) -> float:
+    """A new constant's value (numpy numbers too); never a token: "y_pred" in its place would change the tree."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ExpressionError(f"constant {value!r} is not a number")
+    return float(value)
 
 
 def validate_tokens(tokens: Sequence[object], where: str = "expression") -> tuple[Token, ...]:
@@ -324,8 +332,12 @@ class LossExpression:
 
     def with_constants(self, values: Sequence[float]) -> "LossExpression":
         """The same tree with its float constants replaced, in prefix order (e.g. after tuning)."""
+        values = list(values)
+        if len(values) != len(self.constants):  # too few was a StopIteration, too many silently dropped
+            raise ExpressionError(f"{len(self.constants)} constant(s) needed in prefix order, got {len(values)}")
         it = iter(values)
-        tokens = [float(next(it)) if isinstance(t, float) else t for t in self.tokens]
+        # numpy numbers become floats; anything else is refused by name (was float()'s ValueError)
+        tokens = [_as_float(next(it)) if isinstance(t, float) else t for t in self.tokens]
         return LossExpression(tokens)
 
     def simplified(self) -> sympy.Expr:

@@ -123,8 +123,13 @@ class Suite:
 
     def with_seeds(self, seeds: Sequence[int]) -> "Suite":
         """The same suite scored on other seeds (validation re-scoring, ``--seeds``); it confirms on none
-        (its seeds may be the confirm seeds)."""
-        return dataclasses.replace(self, seeds=tuple(seeds), confirm_seeds=())
+        (its seeds may be the confirm seeds). Seeds from 0 to MAX_SEED, as a suite file's (-1 trained as
+        2**63 - 1: one training under two names)."""
+        seeds = tuple(seeds)
+        out = [s for s in seeds if not (isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED)]
+        if out:
+            raise ConfigError(f"seeds must be integers from 0 to {MAX_SEED} (2**63 - 1); got {out[:3]}")
+        return dataclasses.replace(self, seeds=seeds, confirm_seeds=())
 
     def fitness(self, raw: dict[str, Any], reference: dict[str, Any]) -> tuple[float, dict[str, Any]]:
         """Fitness and per-task summary of one loss's raw results, normalised against ``reference``.
@@ -183,6 +188,8 @@ def join_seeds(*raws: dict[str, Any]) -> dict[str, Any]:
 
 
 def _suite_path(spec: str | Path) -> Path:
+    if not isinstance(spec, (str, os.PathLike)):  # was a TypeError from Path()
+        raise ConfigError(f"a suite is a bundled name, a .toml path or a Suite, got {type(spec).__name__}")
     if not str(spec).strip():  # Path("") is the current directory: "cannot read suite: Is a directory: '.'"
         raise ConfigError("no suite given (an empty name); give a bundled suite name such as regression or a .toml path")
     path = Path(spec)

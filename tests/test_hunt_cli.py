@@ -4,6 +4,7 @@ SymbolicLoss and the exported ``.py`` agree bit for bit, signed zeros included."
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,66 @@ def test_score_reads_a_json_export_whatever_the_suffix_case(tmp_path: Path, caps
     code = main(["score", str(path), "--suite", TINY_SUITE, "--baselines", "", "--json"])
     row = __import__("json").loads(capsys.readouterr().out)["rows"][0]
     assert code == 0 and row["formula"] == expression.formula() and row["status"] == "complete"
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda s: lossforge.score(123, s, baselines=[], jobs=1), "ExpressionError", "expressions must be"),
+    (lambda s: lossforge.score(None, s, baselines=[], jobs=1), "ExpressionError", "expressions must be"),
+    (lambda s: lossforge.score(["y_pred"], s, seeds=3, baselines=[], jobs=1), "ConfigError", "range(3)"),
+    (lambda s: lossforge.score(["y_pred"], s, baselines=[1], jobs=1), "ConfigError", "named by a string"),
+    (lambda s: lossforge.score(["y_pred"], s, baselines=[], jobs="2"), "ConfigError", "jobs must be"),
+    (lambda s: lossforge.score(["y_pred"], s, baselines=[], jobs=0), "ConfigError", "jobs must be"),
+    (lambda s: lossforge.score(["y_pred"], 3, baselines=[], jobs=1), "ConfigError", "a suite is"),
+    (lambda s: lossforge.score(["y_pred"], None, baselines=[], jobs=1), "ConfigError", "a suite is"),
+    (lambda s: lossforge.resume(None), "RunError", "a run is a name or a path"),
+    (lambda s: lossforge.resume(3), "RunError", "a run is a name or a path"),
+    (lambda s: LossExpression.parse("y_pred*y_real + 0.5").with_constants([]), "ExpressionError", "1 constant"),
+    (lambda s: LossExpression.parse("y_pred*y_real + 0.5").with_constants([1.0, 2.0]), "ExpressionError",
+     "1 constant"),
+    (lambda s: LossExpression.parse("y_pred*y_real + 0.5").with_constants(["x"]), "ExpressionError",
+     "not a number"),
+])
+def test_api_bad_values_are_typed_errors(tiny_suite: str, call, error: str, fragment: str) -> None:
+    # Before: TypeError ('int' object is not iterable, expected str ... not NoneType, '<' not supported),
+    # AttributeError (no attribute 'strip'), StopIteration and ValueError (could not convert string to float)
+    with pytest.raises(getattr(lossforge, error)) as caught:
+        call(tiny_suite)
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize("seeds", [[-1], [2**63], [0, 1.0]])
+def test_api_score_refuses_seeds_a_suite_file_refuses(tiny_suite: str, seeds: list) -> None:
+    # Before: accepted; -1 trains as 2**63 - 1 (one training counted under two names), 1.0 as 1
+    with pytest.raises(ConfigError, match="from 0 to"):
+        lossforge.score(["(y_pred - y_real)**2"], tiny_suite, seeds=seeds, baselines=[], jobs=1)
+
+
+def test_with_constants_takes_numpy_numbers() -> None:
+    tuned = LossExpression.parse("y_pred*y_real + 0.5").with_constants([np.float32(0.25)])
+    assert tuned.constants == [0.25]
+
+
+@pytest.mark.parametrize("options, fragment", [
+    (dict(callbacks=[3]), "callbacks must be callables"),  # was a TypeError after generation 0
+    (dict(callbacks=3), "callbacks must be a list"),
+    (dict(stream=3, quiet=False), "stream must be a text stream"),  # was an AttributeError
+])
+def test_bad_hooks_are_refused_before_a_run_is_left_behind(tmp_path: Path, options: dict, fragment: str) -> None:
+    # Before: the run file stayed, so the corrected call was refused with "a run already exists"
+    with pytest.raises(ConfigError, match=fragment):
+        lossforge.search(run=tmp_path / "hooks.db", suite=TINY_SUITE, population=4, generations=1, executor="serial",
+                         **{"quiet": True, **options})
+    assert not (tmp_path / "hooks.db").exists()
+
+
+def test_api_cache_from_takes_one_run_name(tmp_path: Path, tiny_run: Path) -> None:
+    # Before: cache_from="found" was read as the runs f, o, u, n, d ("no run at runs/f.db")
+    shutil.copy(tiny_run, tmp_path / "found.db")
+    seen = []
+    lossforge.search(run="again", runs_dir=tmp_path, suite=TINY_SUITE, population=4, generations=1, quiet=True,
+                     executor="serial", cache_from="found", validate_top=0, confirm_top=0,
+                     callbacks=lambda stats, hof: seen.append(stats) and False)
+    assert (tmp_path / "again.db").exists() and seen  # one callable alone is one callback
+    with pytest.raises(RunError, match="no run at .*nosuch.db"):
+        lossforge.search(run="third", runs_dir=tmp_path, suite=TINY_SUITE, population=4, generations=1, quiet=True,
+                         executor="serial", cache_from="nosuch")

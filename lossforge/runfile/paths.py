@@ -48,6 +48,8 @@ def resolve_run_path(name_or_path: str | os.PathLike[str], runs_dir: str | os.Pa
     may not exist yet, e.g. for a new run); anything else is a run name mapped to ``runs_dir/NAME.db``. A
     name must match ``[A-Za-z0-9_][A-Za-z0-9._-]*``.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):  # was a TypeError from Path()
+        raise RunError(f"a run is a name or a path, got {type(name_or_path).__name__}")
     path = Path(name_or_path)
     text = os.fspath(name_or_path)
     if path.is_file() or path.suffix == ".db" or os.sep in text or (os.altsep and os.altsep in text):
