@@ -110,6 +110,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _callbacks(args: argparse.Namespace) -> list[Any]:
     """The per-generation callbacks the command line asks for (``--tensorboard DIR``)."""
+    if args.tensorboard is not None and not args.tensorboard.strip():  # was silently no TensorBoard at all
+        raise LossforgeError("--tensorboard names no directory; give one, e.g. --tensorboard runs/tb, or leave it out")
     if not args.tensorboard:
         return []
     from lossforge.tensorboard import TensorBoardCallback
@@ -468,6 +470,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from lossforge.runfile import RunStore, resolve_run_path
 
     target = args.target
+    if args.plot is not None and not args.plot.strip():  # was silently no plot
+        raise LossforgeError("--plot names no file; give a .png path, e.g. --plot curves.png, or leave it out")
     if target.endswith(".db") or "/" in target or (Path(args.runs_dir) / f"{target}.db").exists():
         path = resolve_run_path(target, args.runs_dir)
         with RunStore.open(path, readonly=True) as store:

@@ -239,6 +239,9 @@ def make_server(target: str | os.PathLike[str], port: int = 8765, host: str = "1
     """A dashboard server for a run file (which may not exist yet: a search about to start) or a directory
     of runs; ``port=0`` picks a free port (see ``server.url``)."""
     target = Path(target)
+    if isinstance(host, str) and not host.strip():  # "" binds every interface: an unset variable exposed the page
+        raise ConfigError("--host '' would listen on every network interface, and the page has no login; give "
+                          "127.0.0.1 (this machine only), or 0.0.0.0 if you mean every interface")
     if not (0 <= port <= 65535):
         raise ConfigError(f"port {port} is out of range; use 1-65535 (0: any free port)")
     if not target.exists() and target.suffix != ".db":

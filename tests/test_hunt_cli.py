@@ -57,6 +57,8 @@ def test_an_empty_run_name_is_refused_not_replaced_by_a_fresh_one(tmp_path: Path
     (["show", "found", "--format", "csv", "--json"], "not allowed with argument --format"),  # --json won silently
     (["export", "found", "--format", "py", "-o", ""], "-o names no file"),  # printed to stdout instead
     (["search", "--device", "meta", *TINY_SEARCH], "'meta' holds no values"),  # a run left, a long reference error
+    (["search", "--tensorboard", "", "--run", "tb", *TINY_SEARCH], "--tensorboard names no directory"),  # ignored
+    (["diagnose", "(y_pred - y_real)**2", "--plot", ""], "--plot names no file"),  # was silently no plot
 ])
 def test_empty_or_conflicting_values_get_one_line_and_exit_2(tiny_run: Path, capsys: pytest.CaptureFixture,
                                                              args: list[str], fragment: str) -> None:
@@ -229,3 +231,16 @@ def test_api_cache_from_takes_one_run_name(tmp_path: Path, tiny_run: Path) -> No
     with pytest.raises(RunError, match="no run at .*nosuch.db"):
         lossforge.search(run="third", runs_dir=tmp_path, suite=TINY_SUITE, population=4, generations=1, quiet=True,
                          executor="serial", cache_from="nosuch")
+
+
+def test_an_empty_dashboard_host_is_refused_not_every_interface(tiny_run: Path) -> None:
+    # Before: --host '' (an unset variable) bound 0.0.0.0, serving the login-less page to the whole network
+    from lossforge.dashboard import make_server
+
+    try:
+        server = make_server(tiny_run, port=0, host="")
+    except ConfigError as exc:
+        assert "every network interface" in str(exc)
+    else:
+        server.server_close()
+        pytest.fail(f"listening on {server.server_address}")
