@@ -177,6 +177,10 @@ class {cls}(nn.Module):
     @staticmethod
     def elementwise(y_pred: torch.Tensor, y_real: torch.Tensor,
                     log_y_pred: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if y_pred.dtype == torch.float16 or y_pred.dtype == torch.bfloat16:  # float32, as autocast computes losses
+            y_pred, y_real = y_pred.float(), y_real.float()  # (in float16 the guards' 1e-12 is 0, exp(30) inf)
+            if log_y_pred is not None:
+                log_y_pred = log_y_pred.float()
         if log_y_pred is None:
             out = {body}
         else:  # log_y_pred = log_softmax(logits): log(y_pred) stays exact below the protected log's clamp

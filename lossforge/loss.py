@@ -209,7 +209,12 @@ class SymbolicLoss(nn.Module):
                     log_y_pred: torch.Tensor | None = None) -> torch.Tensor:
         """The expression applied elementwise to ``y_pred`` and ``y_real`` (no reduction, no softmax).
         ``log_y_pred``: ``log_softmax`` of the logits, from which ``log(y_pred)`` is then read (exact
-        cross-entropy where the protected log would clamp a probability below 1e-12)."""
+        cross-entropy where the protected log would clamp a probability below 1e-12). Half-precision inputs are
+        computed in float32, as torch's autocast computes losses: in float16 the guards' 1e-12 is 0 and
+        exp(30) is inf, so the protected log gave -inf, sqrt a NaN gradient and exp inf."""
+        if y_pred.dtype in (torch.float16, torch.bfloat16):
+            y_pred, y_real = y_pred.float(), y_real.float()
+            log_y_pred = None if log_y_pred is None else log_y_pred.float()
         constants = self.constants.to(y_pred.dtype)
         if y_pred.dtype == torch.float64 and not self.constants.requires_grad:
             constants = self._exact_constants(constants)

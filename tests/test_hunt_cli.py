@@ -244,3 +244,28 @@ def test_an_empty_dashboard_host_is_refused_not_every_interface(tiny_run: Path) 
     else:
         server.server_close()
         pytest.fail(f"listening on {server.server_address}")
+
+
+@pytest.mark.parametrize("text", ["-y_real*log(y_pred)", "sqrt(y_pred)*y_real", "exp(y_pred)*y_real",
+                                  "div(y_real, y_pred)"])
+def test_half_precision_keeps_the_guards_and_matches_float32(tmp_path: Path, text: str) -> None:
+    # Before: in float16 LOG_EPS and SQRT_EPS round to 0 and exp(30) overflows: the protected log gave -inf,
+    # sqrt a NaN gradient, exp and div inf; now computed in float32 as torch's autocast computes losses
+    expression = LossExpression.parse(text)
+    modules = [SymbolicLoss(expression, reduction="none", problem="regression"),
+               exported_class(tmp_path, expression)(reduction="none", problem="regression")]
+    x32 = torch.tensor([0.0, -0.0, 1e-9, 40.0, 1.0, -2.5])
+    target = torch.tensor([1.0, 0.5, 1.0, 1.0, -1.0, 2.0])
+    for module in modules:
+        for dtype in (torch.float16, torch.bfloat16):
+            reference = module(x32.to(dtype).float(), target.to(dtype).float())  # the inputs as rounded
+            pred = x32.to(dtype).requires_grad_(True)
+            value = module(pred, target.to(dtype))
+            value.sum().backward()
+            assert torch.isfinite(value).all() and torch.isfinite(pred.grad).all(), (dtype, value, pred.grad)
+            assert pred.grad.dtype == dtype
+            assert torch.equal(value, reference), (value, reference)
+    logits = torch.tensor([[0.0, 30.0, -30.0]], dtype=torch.float16)
+    values = [module(logits, torch.tensor([2])) for module in
+              (SymbolicLoss(expression), exported_class(tmp_path, expression)())]
+    assert torch.isfinite(values[0]) and torch.equal(values[0], values[1])
