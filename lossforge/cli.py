@@ -468,6 +468,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from lossforge.expression import LossExpression
     from lossforge.ranking import ranking, suite_of
     from lossforge.runfile import RunStore, resolve_run_path
+    from lossforge.runfile.paths import _RUN_NAME
 
     target = args.target
     if args.plot is not None and not args.plot.strip():  # was silently no plot
@@ -480,7 +481,14 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     else:
         from lossforge.scoring import load_suite
 
-        losses = [("loss", LossExpression.parse(target))]
+        try:
+            losses = [("loss", LossExpression.parse(target))]
+        except LossforgeError as exc:
+            if not _RUN_NAME.fullmatch(target) or target in ("y_pred", "y_real"):
+                raise
+            # a mistyped run name read as an expression: "unknown name 'my'" for my-run named neither
+            raise LossforgeError(f"no run {target!r} in {args.runs_dir} (list them with `lossforge runs`), and as "
+                                 f"an expression: {exc}") from None
         # by default the convention of the default suite, as `search` and `score` use it
         problems = [args.problem] if args.problem else sorted(load_suite(DEFAULT_SUITE).problems)
     references = {"classification": ["cross_entropy", "mae", "gce"], "regression": ["mse", "mae"]}

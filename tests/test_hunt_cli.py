@@ -59,6 +59,8 @@ def test_an_empty_run_name_is_refused_not_replaced_by_a_fresh_one(tmp_path: Path
     (["search", "--device", "meta", *TINY_SEARCH], "'meta' holds no values"),  # a run left, a long reference error
     (["search", "--tensorboard", "", "--run", "tb", *TINY_SEARCH], "--tensorboard names no directory"),  # ignored
     (["diagnose", "(y_pred - y_real)**2", "--plot", ""], "--plot names no file"),  # was silently no plot
+    (["diagnose", "my-run"], "no run 'my-run' in"),  # was "unknown name 'my' at column 1" alone
+    (["diagnose", "y_pred + x"], "unknown name 'x' at column 10"),  # an expression's error stays as it was
 ])
 def test_empty_or_conflicting_values_get_one_line_and_exit_2(tiny_run: Path, capsys: pytest.CaptureFixture,
                                                              args: list[str], fragment: str) -> None:
