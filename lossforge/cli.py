@@ -492,14 +492,20 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         # by default the convention of the default suite, as `search` and `score` use it
         problems = [args.problem] if args.problem else sorted(load_suite(DEFAULT_SUITE).problems)
     references = {"classification": ["cross_entropy", "mae", "gce"], "regression": ["mse", "mae"]}
+    plots = {}
+    if args.plot:
+        from lossforge.atomic import check_output
+
+        for problem in problems:  # all checked before any is drawn: an existing file was replaced silently
+            out = Path(args.plot)
+            out = out.with_name(f"{out.stem}-{problem}{out.suffix or '.png'}") if len(problems) > 1 else out
+            plots[problem] = check_output(out, force=args.force)
     rows = []
     for problem in problems:
         items = losses + [(n, LossExpression.parse(get_baseline(n).expression)) for n in references[problem]]
         rows += [[label, *diagnose(expr, problem).row()[1:], expr.formula()] for label, expr in items]
-        if args.plot:
-            out = Path(args.plot)
-            out = out.with_name(f"{out.stem}-{problem}{out.suffix or '.png'}") if len(problems) > 1 else out
-            print(f"wrote {plot_curves([(label, e) for label, e in items[:1] + items[len(losses):]], problem, out)}")
+        if problem in plots:
+            print(f"wrote {plot_curves([(label, e) for label, e in items[:1] + items[len(losses):]], problem, plots[problem])}")
     print(_table(["loss", "problem", "bounded", "symmetric", "monotone", "formula"], rows))
     return 0
 
@@ -858,6 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for an expression: which convention to check (default: the default suite's, "
                         "regression, as for search and score)")
     p.add_argument("--plot", help="write the value and gradient curves of the best loss and references here")
+    p.add_argument("--force", action="store_true", help="replace an existing plot file")
     p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("dashboard", help="a local web page that follows a run (running or finished)")

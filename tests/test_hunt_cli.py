@@ -271,3 +271,15 @@ def test_half_precision_keeps_the_guards_and_matches_float32(tmp_path: Path, tex
     values = [module(logits, torch.tensor([2])) for module in
               (SymbolicLoss(expression), exported_class(tmp_path, expression)())]
     assert torch.isfinite(values[0]) and torch.equal(values[0], values[1])
+
+
+def test_diagnose_plot_keeps_an_existing_file_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Before: --plot replaced an existing file silently, where export, report and suite init ask for --force
+    out = tmp_path / "figure.png"
+    out.write_bytes(b"someone's figure")
+    code, err = _cli(capsys, "diagnose", "(y_pred - y_real)**2", "--plot", str(out))
+    assert code == 2
+    _one_line(err, "pass --force")
+    assert out.read_bytes() == b"someone's figure"
+    code, _ = _cli(capsys, "diagnose", "(y_pred - y_real)**2", "--plot", str(out), "--force")
+    assert code == 0 and out.read_bytes().startswith(b"\x89PNG")
