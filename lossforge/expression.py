@@ -19,6 +19,7 @@ import ast
 import hashlib
 import math
 import numbers
+import warnings
 from functools import cached_property
 from typing import Iterable, Sequence, Union
 
@@ -110,7 +111,9 @@ def parse(text: str) -> tuple[Token, ...]:
     if len(text) > MAX_TEXT_LENGTH:
         raise ExpressionError(f"expression of {len(text)} characters exceeds the limit of {MAX_TEXT_LENGTH}")
     try:
-        node = ast.parse(text.strip(), mode="eval").body
+        with warnings.catch_warnings():  # "1if ..." or "y_pred is 1": Python's SyntaxWarning was a second line
+            warnings.simplefilter("ignore", SyntaxWarning)
+            node = ast.parse(text.strip(), mode="eval").body
     except SyntaxError as exc:
         raise ExpressionError(f"cannot parse expression: {exc.msg} at column {exc.offset}") from None
     except (RecursionError, MemoryError, ValueError):

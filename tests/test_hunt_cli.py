@@ -283,3 +283,16 @@ def test_diagnose_plot_keeps_an_existing_file_unless_forced(tmp_path: Path, caps
     assert out.read_bytes() == b"someone's figure"
     code, _ = _cli(capsys, "diagnose", "(y_pred - y_real)**2", "--plot", str(out), "--force")
     assert code == 0 and out.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("text", ["1if y_pred else y_real", "y_pred is 1"])
+def test_python_syntax_warnings_never_make_a_second_line(capsys: pytest.CaptureFixture, text: str) -> None:
+    # Before: "<unknown>:1: SyntaxWarning: invalid decimal literal" (or "is" with a literal) came first
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # a fresh interpreter prints each on stderr
+        code, err = _cli(capsys, "diagnose", text)
+    assert code == 2
+    _one_line(err, "unsupported syntax")
+    assert [str(w.message) for w in caught if issubclass(w.category, SyntaxWarning)] == []
