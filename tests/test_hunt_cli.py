@@ -296,3 +296,13 @@ def test_python_syntax_warnings_never_make_a_second_line(capsys: pytest.CaptureF
     assert code == 2
     _one_line(err, "unsupported syntax")
     assert [str(w.message) for w in caught if issubclass(w.category, SyntaxWarning)] == []
+
+
+def test_a_new_run_over_a_file_that_is_no_run_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Before: "a run already exists at data.csv; continue it with `lossforge resume data.csv`", which fails too
+    data = tmp_path / "data.csv"
+    data.write_text("a,y\n1,0\n")
+    code, err = _cli(capsys, "search", "--run", str(data), *TINY_SEARCH)
+    assert code == 2
+    _one_line(err, "already exists and is no run file")
+    assert "resume" not in err and data.read_text() == "a,y\n1,0\n"

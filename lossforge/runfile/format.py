@@ -217,6 +217,12 @@ def validate(path: Path) -> None:
 
 
 def _exists_error(path: Path) -> RunError:
+    from lossforge.atomic import _is_sqlite
+
+    if not _is_sqlite(path):  # a data file or a directory: `lossforge resume` it would only fail in turn
+        kind = "a directory" if path.is_dir() else "no run file"
+        return RunError(f"{path} already exists and is {kind}; a new run never replaces it: choose another --run "
+                        "name or path")
     return RunError(f"a run already exists at {path}; continue it with `lossforge resume {path}` or choose "
                     "another name")
 
