@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -313,6 +314,9 @@ def _score_table(rows: Sequence[Any], against: str | None) -> str:
     from lossforge.stats import mean_ci, paired_comparison
 
     def ci(values: Sequence[float]) -> str:
+        failed = sum(1 for v in values if not math.isfinite(v))
+        if failed:  # a failed training scores -inf: "-inf ± nan" said nothing of how many seeds failed
+            return f"failed ({failed} of {len(values)} seed(s))"
         mean, half = mean_ci(values)
         # one seed gives no interval (mean_ci's inf): say so rather than "± inf"
         return f"{mean:.4f} ± {half:.4f}" if len(values) > 1 else f"{mean:.4f} (1 seed)"

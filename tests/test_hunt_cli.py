@@ -306,3 +306,16 @@ def test_a_new_run_over_a_file_that_is_no_run_says_so(tmp_path: Path, capsys: py
     assert code == 2
     _one_line(err, "already exists and is no run file")
     assert "resume" not in err and data.read_text() == "a,y\n1,0\n"
+
+
+def test_score_table_says_a_task_failed_rather_than_minus_inf_plus_minus_nan() -> None:
+    # Before: a loss whose training failed on every seed showed "-inf ± nan" in its task's column
+    from lossforge.api import ScoreRow
+    from lossforge.cli import _score_table
+
+    tasks = {"outliers": {"scores": [float("-inf"), float("-inf")], "normalized": 0.0}}
+    good = {"outliers": {"scores": [-0.5, -0.7], "normalized": 1.0}}
+    table = _score_table([ScoreRow("loss 1", "y_real*exp(y_pred)", 0.0, tasks, "failed", "x", [0.0, 0.0]),
+                          ScoreRow("mse", "mse", 1.0, good, "complete", None, [1.0, 1.0])], None)
+    assert "failed (2 of 2 seed(s))" in table and "nan" not in table
+    assert "-0.6000 ± " in table
