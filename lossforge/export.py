@@ -11,7 +11,7 @@
   name, any metadata) enters it only as ``repr`` string literals, and a class name only as an ASCII
   identifier, so no file or name can put code into it.
 * **latex**, **sympy**: the formula as LaTeX (guards shown), or as ``sympy.srepr`` text of plain sympy
-  (Piecewise/Max/Min/Abs with the protected operators' values, see :mod:`lossforge.backends.sympy_plain`).
+  (sign/Max/Min/Abs with the protected operators' values, see :mod:`lossforge.backends.sympy_plain`).
 
 :func:`load` never executes anything from the file: JSON is read with a bounded read (regular files only,
 at most ``MAX_JSON_BYTES`` bytes actually read), parsed with ``json`` and its tokens are validated against
