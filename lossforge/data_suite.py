@@ -233,7 +233,11 @@ def write_text_atomic(path: str | Path, text: str, overwrite: bool = False) -> P
     path = Path(path)
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} exists; choose another -o or remove it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path.parent} for {path.name}: {exc.strerror or exc}; "
+                          "choose a writable directory") from None
     return write_atomic(path, text)
 
 
