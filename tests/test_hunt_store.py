@@ -174,3 +174,47 @@ def test_a_reader_through_a_symlink_sees_the_live_writer(tmp_path: Path) -> None
             assert reader.summary().candidates == 5
             assert [c.key for c in reader.candidates()] == [f"k{i}" for i in range(5)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.db", "real.db"]
+
+
+# ---------------------------------------------------------------------------------- lease settings
+def test_a_typo_in_the_lease_timeout_breaks_no_reader_and_refuses_a_writer_in_one_line(
+        tiny_run: Path, tmp_path: Path) -> None:
+    """LOSSFORGE_LEASE_TIMEOUT_S=2m broke every command (even `--version`) with a ValueError at import."""
+    import os
+
+    run = tmp_path / "r.db"
+    shutil.copy(tiny_run, run)
+    before = run.read_bytes()
+    env = {**os.environ, "LOSSFORGE_LEASE_TIMEOUT_S": "2m"}
+    script = ("import sys; from lossforge.cli import main; print(main(['show', sys.argv[1]]), file=sys.stderr); "
+              "sys.exit(main(['resume', sys.argv[1]]))")
+    out = subprocess.run([sys.executable, "-c", script, str(run)], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert "Traceback" not in out.stderr and out.returncode == 2, out.stderr
+    assert out.stderr.splitlines() == ["0", "lossforge: error: LOSSFORGE_LEASE_TIMEOUT_S='2m' is not a number of "
+                                       "seconds > 0; unset it or set e.g. LOSSFORGE_LEASE_TIMEOUT_S=60"]
+    assert run.read_bytes() == before
+
+
+@pytest.mark.parametrize("heartbeat, timeout, message", [
+    (float("nan"), 60.0, "is not a number of seconds > 0"),
+    (5.0, 0.0, "is not a number of seconds > 0"),
+    (5.0, 3.0, "must be at least twice the heartbeat"),  # a live writer would be taken over between beats
+])
+def test_bad_lease_timings_refuse_a_writer_and_leave_no_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            heartbeat: float, timeout: float, message: str) -> None:
+    from lossforge.runfile import lease as lease_module
+
+    path = tmp_path / "r.db"
+    with RunStore.create(path, {"search": {}}, suite_hash="s"):
+        pass
+    before = path.read_bytes()
+    monkeypatch.setattr(lease_module, "HEARTBEAT_S", heartbeat)
+    monkeypatch.setattr(lease_module, "STALE_AFTER_S", timeout)
+    with pytest.raises(RunError, match=message):
+        RunStore.open(path, lease=True)
+    with pytest.raises(RunError, match=message):
+        RunStore.create(tmp_path / "new.db", {"search": {}}, suite_hash="s", lease=True)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.db"]
+    with RunStore.open(path, readonly=True) as store:  # readers never need the lease
+        assert store.lease_holder() is None
