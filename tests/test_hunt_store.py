@@ -218,3 +218,28 @@ def test_bad_lease_timings_refuse_a_writer_and_leave_no_run(tmp_path: Path, monk
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.db"]
     with RunStore.open(path, readonly=True) as store:  # readers never need the lease
         assert store.lease_holder() is None
+
+
+# ------------------------------------------------------------------------------------------ dashboard
+def test_the_dashboard_of_a_runs_directory_skips_a_dangling_run_link(tiny_run: Path, tmp_path: Path) -> None:
+    """The listing stat()ed every *.db: one dangling symlink (a run moved away) or a file removed between the
+    listing and the stat failed every request of the page with a traceback and a dropped connection."""
+    import json
+    import threading
+    import urllib.request
+
+    from lossforge.dashboard import make_server
+
+    shutil.copy(tiny_run, tmp_path / "good.db")
+    (tmp_path / "moved.db").symlink_to(tmp_path / "elsewhere" / "moved.db")
+    server = make_server(tmp_path, port=0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        with urllib.request.urlopen(server.url + "api/runs.json", timeout=30) as response:
+            assert json.loads(response.read()) == {"runs": ["good"]}
+        with urllib.request.urlopen(server.url + "api/run.json", timeout=30) as response:
+            assert json.loads(response.read())["run"].endswith("good.db")
+    finally:
+        server.shutdown()
+        server.server_close()
