@@ -249,7 +249,9 @@ def suite_file_for(spec: dict[str, Any], directory: str | Path) -> Path:
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     path = Path(directory) / f"{spec['name']}-{digest}.toml"
     if not path.exists():
-        write_text_atomic(path, text)
+        # another search on the same data may write it between the check and the write: same name, same
+        # text, so replacing it is harmless, and refusing would fail that search
+        write_text_atomic(path, text, overwrite=True)
     return path.resolve()
 
 

@@ -243,3 +243,25 @@ def test_the_dashboard_of_a_runs_directory_skips_a_dangling_run_link(tiny_run: P
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_two_searches_on_the_same_data_both_get_its_suite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite file of own data is named by its content; a second search that checked for it just before
+    the first wrote it was refused with '... exists; choose another -o or remove it' (an -o it never gave)."""
+    from lossforge import data_suite
+
+    spec = {"name": "d", "tasks": [{"name": "t", "type": "regression", "preset": "outliers"}]}
+    first = data_suite.suite_file_for(spec, tmp_path)
+    real_exists = Path.exists
+    seen: list[Path] = []
+
+    def exists_before_the_other_wrote(self: Path) -> bool:  # the check ran before the other search's write
+        if not seen and self.name == first.name:
+            seen.append(self)
+            return False
+        return real_exists(self)
+
+    monkeypatch.setattr(Path, "exists", exists_before_the_other_wrote)
+    assert data_suite.suite_file_for(spec, tmp_path) == first and seen
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]
