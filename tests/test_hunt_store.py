@@ -265,3 +265,42 @@ def test_two_searches_on_the_same_data_both_get_its_suite_file(tmp_path: Path, m
     assert data_suite.suite_file_for(spec, tmp_path) == first and seen
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == [first.name]
+
+
+# ---------------------------------------------------------------------------------- read-only run files
+@contextlib.contextmanager
+def _read_only(target: Path):
+    """``target`` made unwritable for this process: chmod for a user, the immutable attribute for root."""
+    import os
+
+    mode = target.stat().st_mode
+    target.chmod(mode & 0o555)
+    immutable = False
+    if os.access(target, os.W_OK) and shutil.which("chattr"):
+        immutable = subprocess.run(["chattr", "+i", str(target)], capture_output=True).returncode == 0
+    try:
+        if os.access(target, os.W_OK):
+            pytest.skip("cannot make a file read-only for this user here")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(target)], check=True)
+        target.chmod(mode)
+
+
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_resuming_a_read_only_run_says_so_and_leaves_nothing_beside_it(tiny_run: Path, tmp_path: Path,
+                                                                       what: str) -> None:
+    """SQLite's 'unable to open database file' / 'attempt to write a readonly database' named neither the
+    cause nor the fix, and a read-only run file in a writable directory was left with -wal/-shm files."""
+    directory = tmp_path / "runs"
+    directory.mkdir()
+    run = directory / "r.db"
+    shutil.copy(tiny_run, run)
+    before = run.read_bytes()
+    with _read_only(run if what == "file" else directory):
+        err = _one_line_error(*_cli("resume", str(run)))
+        shown, _ = _cli("show", str(run))
+    assert f"{'the run file' if what == 'file' else 'its directory'} " in err and "is read-only" in err, err
+    assert "copy the run to a writable directory" in err and shown == 0
+    assert run.read_bytes() == before and sorted(p.name for p in directory.iterdir()) == ["r.db"]

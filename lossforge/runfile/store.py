@@ -59,6 +59,18 @@ def _stamp(path: Path) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _check_writable(path: Path) -> None:
+    """RunError before anything is opened unless the run file and its directory (where SQLite puts -wal and
+    -shm) can be written: SQLite's own error ('unable to open database file', 'attempt to write a readonly
+    database') names neither the cause nor the fix, and its side files were left beside a read-only file."""
+    real = path.resolve()
+    for target, what in ((real, "the run file"), (real.parent, "its directory")):
+        if not os.access(target, os.W_OK):
+            raise RunError(f"cannot write run file {path}: {what} {target} is read-only (a search or resume writes the "
+                           "file and -wal/-shm files beside it); make both writable, or copy the run to a writable "
+                           "directory and resume the copy")
+
+
 def _reader(path: Path, immutable: bool) -> sqlite3.Connection:
     conn = connect(path, readonly=True, immutable=immutable)
     conn.execute("PRAGMA foreign_keys = ON")
@@ -133,6 +145,8 @@ class RunStore:
         """
         path = Path(path)
         validate(path)
+        if not readonly:
+            _check_writable(path)
         try:
             stamp = _stamp(path) if readonly and not in_use(path) else None
             conn = _reader(path, immutable=stamp is not None) if readonly else connect(path, readonly=False)
