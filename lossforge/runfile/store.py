@@ -97,7 +97,7 @@ class RunStore:
       :mod:`lossforge.runfile.lease`) until it is closed; a second one is refused while the holder lives,
       and every write checks the lease is still this store's.
     * **Readers beside the writer.** Any number of processes may read while one writes; each query reads
-      one consistent snapshot.
+      one consistent snapshot, including the commits of a writer that started after the reader opened.
     * **Hostile content is refused, not trusted.** Every value read is checked for its type and every JSON
       document for size and depth; a bad one raises RunError naming the row and column. JSON only, never
       pickle; the non-standard ``Infinity`` token is allowed (a failed task's score is ``-inf``).
