@@ -16,7 +16,7 @@ import pytest
 
 from lossforge.atomic import write_atomic
 from lossforge.cli import main
-from lossforge.errors import ConfigError, ExportError, LossforgeError, RunError
+from lossforge.errors import ConfigError, ExportError, RunError
 from lossforge.runfile import RunStore, resolve_run_path
 
 
