@@ -175,7 +175,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, replace: bo
     if kind is not None:
         raise _special_error(path, kind)
     directory = path.parent
-    tmp = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    # a short prefix of the name: the temporary name must fit where the target's own name (up to 255) fits
+    tmp = directory / f".{path.name[:64]}.{secrets.token_hex(4)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:

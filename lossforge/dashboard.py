@@ -145,7 +145,15 @@ def _finite(value: Any) -> Any:
 
 
 def _runs_in(directory: Path) -> list[Path]:
-    return sorted(directory.glob("*.db"), key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+    """The run files of ``directory``, newest first; one that vanished since the listing (a failed start
+    removes its file) or a dangling symlink is left out, not an error of every request."""
+    found = []
+    for path in directory.glob("*.db"):
+        try:
+            found.append((path.stat().st_mtime, path.name, path))
+        except OSError:
+            continue
+    return [path for *_, path in sorted(found, reverse=True)]
 
 
 class _Handler(BaseHTTPRequestHandler):

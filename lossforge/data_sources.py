@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -322,15 +322,18 @@ def materialize(data: Any, directory: str | Path, target: str | None = None, tru
         digest.update(key.encode() + str(arrays[key].dtype).encode() + str(arrays[key].shape).encode())
         digest.update(np.ascontiguousarray(arrays[key]).tobytes())
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {directory} for the data: {exc.strerror or exc}; "
+                          "choose a writable runs directory") from None
     path = (directory / f"{digest.hexdigest()[:16]}.npz").resolve()
     if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # fsynced before it takes its name (write_atomic): the name is reused as proof of the content, so a
+        # crash must never leave a short file there; a full disk is one line, not a traceback
+        from lossforge.atomic import write_atomic
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_atomic(path, buffer.getvalue())
     return path, "y", ("trusted" if "trusted" in arrays else None)

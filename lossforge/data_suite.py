@@ -233,7 +233,11 @@ def write_text_atomic(path: str | Path, text: str, overwrite: bool = False) -> P
     path = Path(path)
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} exists; choose another -o or remove it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path.parent} for {path.name}: {exc.strerror or exc}; "
+                          "choose a writable directory") from None
     return write_atomic(path, text)
 
 
@@ -245,7 +249,9 @@ def suite_file_for(spec: dict[str, Any], directory: str | Path) -> Path:
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     path = Path(directory) / f"{spec['name']}-{digest}.toml"
     if not path.exists():
-        write_text_atomic(path, text)
+        # another search on the same data may write it between the check and the write: same name, same
+        # text, so replacing it is harmless, and refusing would fail that search
+        write_text_atomic(path, text, overwrite=True)
     return path.resolve()
 
 

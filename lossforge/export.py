@@ -11,7 +11,7 @@
   name, any metadata) enters it only as ``repr`` string literals, and a class name only as an ASCII
   identifier, so no file or name can put code into it.
 * **latex**, **sympy**: the formula as LaTeX (guards shown), or as ``sympy.srepr`` text of plain sympy
-  (Piecewise/Max/Min/Abs with the protected operators' values, see :mod:`lossforge.backends.sympy_plain`).
+  (sign/Max/Min/Abs with the protected operators' values, see :mod:`lossforge.backends.sympy_plain`).
 
 :func:`load` never executes anything from the file: JSON is read with a bounded read (regular files only,
 at most ``MAX_JSON_BYTES`` bytes actually read), parsed with ``json`` and its tokens are validated against
@@ -41,7 +41,10 @@ from lossforge.backends.python_source import python_source
 from lossforge.backends.sympy_plain import plain_sympy
 from lossforge.errors import ExportError, ExpressionError, LossforgeError
 from lossforge.expression import LossExpression
-from lossforge.loss import SymbolicLoss, class_targets, classification_loss, is_classification_problem, reduce_loss
+from lossforge.loss import (
+    SymbolicLoss, check_options, check_regression, class_targets, classification_loss, is_classification_problem,
+    reduce_loss,
+)
 from lossforge.operators import OPERATORS
 
 FORMATS = ("py", "json", "latex", "sympy")
@@ -88,10 +91,12 @@ def class_name(expression: LossExpression, name: str | None = None) -> str:
     return f"EvolvedLoss_{expression.key[:8]}"
 
 
-#: The classification convention, copied verbatim from :mod:`lossforge.loss` into every module.
-_CONVENTION = (is_classification_problem, class_targets, reduce_loss, classification_loss)
+#: The classification convention and the option checks, copied verbatim from :mod:`lossforge.loss` into
+#: every module.
+_CONVENTION = (check_options, check_regression, is_classification_problem, class_targets, reduce_loss,
+               classification_loss)
 #: Names a generated module defines itself; a class must not shadow them.
-_RESERVED_NAMES = frozenset({"torch", "nn", "List", "Optional", "DIV_EPS", "SQRT_EPS", "LOG_EPS", "EXP_MAX"}
+_RESERVED_NAMES = frozenset({"torch", "nn", "numbers", "List", "Optional", "DIV_EPS", "SQRT_EPS", "LOG_EPS", "EXP_MAX"}
                             | {fn.__name__ for fn in _CONVENTION}
                             | {op.torch_form.__name__ for op in OPERATORS.values()})
 
@@ -144,6 +149,7 @@ def to_python(expression: LossExpression, metadata: dict[str, Any] | None = None
     cls = class_name(expression, name)
     return f'''{_docstring(module_doc)}
 
+import numbers
 from typing import List, Optional
 
 import torch
@@ -160,14 +166,7 @@ class {cls}(nn.Module):
     def __init__(self, reduction: str = "mean", problem: str = "auto", weight: Optional[torch.Tensor] = None,
                  ignore_index: int = -100, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError("reduction must be 'mean', 'sum' or 'none', not " + repr(reduction))
-        if problem not in ("auto", "regression", "classification"):
-            raise ValueError("problem must be 'auto', 'regression' or 'classification', not " + repr(problem))
-        if isinstance(label_smoothing, (bool, str)) or not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError("label_smoothing must be a number in [0, 1], not " + repr(label_smoothing))
-        if isinstance(ignore_index, (bool, str)) or int(ignore_index) != ignore_index:  # 1.5 is no class
-            raise ValueError("ignore_index must be a whole number (a class index), not " + repr(ignore_index))
+        check_options(reduction, problem, weight, label_smoothing, ignore_index)
         self.reduction = reduction
         self.problem = problem
         self.ignore_index = int(ignore_index)
@@ -198,12 +197,7 @@ class {cls}(nn.Module):
             terms = self.elementwise(y_pred, y_real, torch.log_softmax(input, dim=1))
             loss = classification_loss(terms, target, self.weight, self.ignore_index, self.reduction)
             return loss.squeeze(0) if one and self.reduction == "none" else loss
-        if self.weight is not None:
-            raise ValueError("weight is per class and applies to classification only")
-        if self.label_smoothing > 0.0:  # silently unsmoothed targets would train another loss than asked
-            raise ValueError("label_smoothing smooths class targets and applies to classification only")
-        if input.shape != target.shape:
-            raise ValueError("regression input and target must have the same shape (reshape one of them)")
+        check_regression(input, target, self.weight, self.label_smoothing)
         return reduce_loss(self.elementwise(input, target.to(input.dtype)), self.reduction)
 '''
 

@@ -23,9 +23,9 @@ Conventions (as torch's own losses):
   is an integer target of that shape (``F.one_hot`` labels, which are int64). Integer targets are class
   indices of shape ``[N, d1, ...]`` under any ``problem`` but ``'regression'``.
 
-The functions below hold the convention once. They are written in the subset of Python that
-``torch.jit.script`` compiles and are copied verbatim into ``.py`` exports, so an exported loss reduces
-exactly as this module does.
+The functions below hold the convention and the option checks once. They are copied verbatim into ``.py``
+exports, so an exported loss checks and reduces exactly as this module does; all but ``check_options`` (run
+in ``__init__``) are written in the subset of Python that ``torch.jit.script`` compiles.
 """
 
 from __future__ import annotations
@@ -136,20 +136,36 @@ def class_probabilities(
     return y_pred, class_targets(y_pred, target)
 
 
-def _check_options(reduction: str, problem: str, weight: torch.Tensor | None, label_smoothing: float,
-                   ignore_index: int = -100) -> None:
+def check_options(reduction: str, problem: str, weight: Optional[torch.Tensor], label_smoothing: float,
+                  ignore_index: int = -100) -> None:
+    """ValueError naming the option when one of the loss module's options is not one torch's losses take.
+    Run once in ``__init__`` (plain Python, not scripted; no f-strings, as the exports' code is checked to
+    hold only plain constructs)."""
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):  # 1.5 must not become class 1
-        raise ValueError(f"ignore_index must be a whole number (a class index, default -100), not {ignore_index!r}")
+        raise ValueError("ignore_index must be a whole number (a class index, default -100), not " + repr(ignore_index))
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+        raise ValueError("reduction must be 'mean', 'sum' or 'none', not " + repr(reduction))
     if problem not in ("auto", "regression", "classification"):
-        raise ValueError(f"problem must be 'auto', 'regression' or 'classification', not {problem!r}")
+        raise ValueError("problem must be 'auto', 'regression' or 'classification', not " + repr(problem))
     if weight is not None and (not isinstance(weight, torch.Tensor) or weight.dim() != 1):
         raise ValueError("weight must be a 1-D tensor of one weight per class (as nn.CrossEntropyLoss's)")
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
-        raise ValueError(f"label_smoothing must be a number in [0, 1], not {label_smoothing!r}")
+        raise ValueError("label_smoothing must be a number in [0, 1], not " + repr(label_smoothing))
     if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], not {label_smoothing!r}")
+        raise ValueError("label_smoothing must be in [0, 1], not " + repr(label_smoothing))
+
+
+def check_regression(input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
+                     label_smoothing: float) -> None:
+    """ValueError when ``(input, target)`` read as regression meets an option that applies to classes only,
+    or the two shapes differ."""
+    if weight is not None:
+        raise ValueError("weight is per class and applies to classification only")
+    if label_smoothing > 0.0:  # silently unsmoothed targets would train another loss than asked
+        raise ValueError("label_smoothing smooths class targets and applies to classification only")
+    if input.shape != target.shape:
+        raise ValueError("regression input " + str(list(input.shape)) + " and target " + str(list(target.shape))
+                         + " must have the same shape (reshape one of them)")
 
 
 class SymbolicLoss(nn.Module):
@@ -174,7 +190,7 @@ class SymbolicLoss(nn.Module):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_options(reduction, problem, weight, label_smoothing, ignore_index)
+        check_options(reduction, problem, weight, label_smoothing, ignore_index)
         self.expression = LossExpression.coerce(expression)
         self.reduction = reduction
         self.problem = problem
@@ -251,15 +267,7 @@ class SymbolicLoss(nn.Module):
             loss = classification_loss(self.class_terms(input, target), target, self.weight, self.ignore_index,
                                        self.reduction)
             return loss.squeeze(0) if one and self.reduction == "none" else loss
-        if self.weight is not None:
-            raise ValueError("weight is per class and applies to classification only")
-        if self.label_smoothing > 0.0:  # silently unsmoothed targets would train another loss than asked
-            raise ValueError("label_smoothing smooths class targets and applies to classification only")
-        if input.shape != target.shape:
-            raise ValueError(
-                f"regression input {tuple(input.shape)} and target {tuple(target.shape)} must have "
-                "the same shape (reshape one of them)"
-            )
+        check_regression(input, target, self.weight, self.label_smoothing)
         return self.reduce(self.elementwise(input, target.to(input.dtype)))
 
     def from_class_probabilities(self, y_pred: torch.Tensor, y_real: torch.Tensor,

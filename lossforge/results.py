@@ -75,7 +75,7 @@ class Loss:
         return LossExpression(self.tokens, where=f"rank {self.rank}")
 
     def sympy(self) -> Any:
-        """The loss as plain sympy (``Piecewise``/``Max``/``Min`` with the protected operators' values, the
+        """The loss as plain sympy (``sign``/``Max``/``Min`` with the protected operators' values, the
         ``sympy`` export's form): ``sympy.lambdify`` and any sympy code evaluate it. lossforge's own form,
         with its protected functions, is ``expression().sympy``."""
         from lossforge.backends.sympy_plain import plain_sympy

@@ -238,6 +238,12 @@ def _check_suite_file(data: dict[str, Any], where: str) -> None:
     for i, entry in enumerate(data["tasks"]):
         if "name" in entry and (not isinstance(entry["name"], str) or not entry["name"].strip()):
             raise ConfigError(f"{where}: tasks[{i}]: 'name' must be a non-empty string")
+        if "name" in entry and (entry["name"][0] in "=+-@" or any(ord(ch) < 32 or ord(ch) == 127
+                                                                  for ch in entry["name"])):
+            # a task name heads a column of `show --format csv`: a spreadsheet runs a cell starting with
+            # = + - @ as a formula, and a control character breaks the tables
+            raise ConfigError(f"{where}: tasks[{i}]: 'name' {entry['name']!r} must not start with = + - @ or "
+                              "hold control characters; rename the task")
         if not math.isfinite(entry.get("weight", 1.0)):
             raise ConfigError(f"{where}: tasks[{i}]: 'weight' must be a positive, finite number")
         if not MIN_WEIGHT <= entry.get("weight", 1.0) <= MAX_WEIGHT:

@@ -259,6 +259,10 @@ def test_api_errors_are_typed(tmp_path: Path) -> None:
         ('seeds = [0]\n[[tasks]]\nname = "a"\ntype = "regression"\nweight = inf\n', "finite"),
         ('name = 3\nseeds = [0]\n[[tasks]]\nname = "a"\ntype = "regression"\n', "'name' must be a non-empty string"),
         ('seeds = [0]\n[[tasks]]\nname = ""\ntype = "regression"\n', r"tasks\[0\]: 'name' must be"),
+        # a task name heads a column of `show --format csv`, which a spreadsheet would run as a formula
+        ('seeds = [0]\n[[tasks]]\nname = "=HYPERLINK(1)"\ntype = "regression"\n', "must not start with = "),
+        ('seeds = [0]\n[[tasks]]\nname = "@SUM(1)"\ntype = "regression"\n', "must not start with = "),
+        ('seeds = [0]\n[[tasks]]\nname = "a\\u001b[2J"\ntype = "regression"\n', "control characters"),
     ],
 )
 def test_bad_suite_files(tmp_path: Path, body: str, fragment: str) -> None:

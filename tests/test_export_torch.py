@@ -173,6 +173,22 @@ def test_bad_torch_options_are_refused_with_one_line(exported_ce: type, maker: s
                                F.cross_entropy(logits, labels, ignore_index=3))
 
 
+def test_export_refuses_options_and_shapes_as_symbolic_loss_does(exported_ce: type) -> None:
+    # one copy of the checks: the export had its own, which took ignore_index=2.0 and a 2-D weight
+    def message(make, **options) -> str:
+        with pytest.raises(ValueError) as info:
+            loss = make(**options)
+            loss(torch.zeros(3, 2), torch.zeros(3, 3))  # regression of mismatched shapes
+        return str(info.value)
+
+    makers = _makers(exported_ce)
+    for options in ({"ignore_index": 2.0}, {"weight": torch.ones(2, 2)}, {"reduction": "avg"},
+                    {"problem": "ranking"}, {"label_smoothing": 1.5}, {"label_smoothing": "0.1"},
+                    {"problem": "regression"}, {"problem": "regression", "weight": torch.ones(2)},
+                    {"problem": "regression", "label_smoothing": 0.1}):
+        assert message(makers["export"], **options) == message(makers["SymbolicLoss"], **options), options
+
+
 @pytest.mark.parametrize("maker", ["SymbolicLoss", "export"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_one_unbatched_sample_as_torch_takes_it(exported_ce: type, maker: str, reduction: str) -> None:

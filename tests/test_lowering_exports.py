@@ -67,4 +67,25 @@ def test_plain_sympy_of_expressions_at_random_and_protected_points(text: str) ->
 
 def test_the_sympy_export_is_plain_sympy() -> None:
     text = render(LossExpression.parse("y_pred/y_pred + sqrt(y_real)*log(exp(y_pred))"), "sympy")
-    assert "Protected" not in text and "Piecewise" in text and "Max" in text and "Min" in text
+    assert "Protected" not in text and "sign" in text and "Max" in text and "Min" in text
+
+
+def test_plain_sympy_of_nested_denominators_stays_small_and_lambdifies() -> None:
+    # a Piecewise guard was folded into nested conditions (~18x per level) that lambdify printed as
+    # numpy.select calls numpy refuses; each guard now names its argument twice
+    text = "y_pred"
+    for i in range(4):
+        text = f"div(y_real, {text} + {i + 1}.5)"
+    expression = LossExpression.parse(text)
+    plain = plain_sympy(expression.sympy)
+    nodes = lambda e: sum(1 for _ in sympy.preorder_traversal(e))  # noqa: E731
+    assert nodes(plain) <= 2 ** 4 * nodes(expression.sympy)
+    fn = compile_expr(expression.sympy)
+    rng = np.random.default_rng(1)
+    p = np.concatenate([rng.normal(0, 2, 40), [0.0, 1e-9, -1e-9, -1.5, -2.5]])
+    r = np.concatenate([rng.normal(0, 2, 40), [0.0, 0.0, 1e-9, 1.0, -1.0]])
+    numeric = sympy.lambdify([SYMBOLS["y_pred"], SYMBOLS["y_real"]], plain, "numpy")
+    with np.errstate(all="ignore"):
+        got = np.broadcast_to(numeric(p, r), p.shape)
+    want = fn(torch.tensor(p), torch.tensor(r), torch.tensor(fn.constants, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)

@@ -132,7 +132,7 @@ def test_export_formats_and_load_agree(finished_run: Path, tmp_path: Path) -> No
         torch.testing.assert_close(g, grads[0])
     latex = render(expr, "latex")
     assert latex == expr.latex() + "\n" and "y_{pred}" in latex and "y_{real}" in latex
-    # plain sympy (Piecewise/Max/Abs for the protected operators) that evaluates to what the search scored
+    # plain sympy (sign/Max/Abs for the protected operators) that evaluates to what the search scored
     assert render(expr, "sympy") == sympy.srepr(plain_sympy(expr.sympy)) + "\n"
     assert "Symbol('y_pred'" in render(expr, "sympy") and "Symbol('y_real'" in render(expr, "sympy")
 

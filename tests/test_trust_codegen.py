@@ -41,8 +41,8 @@ ALLOWED_NODES = {
     ast.Pow, ast.USub, ast.UAdd, ast.Not, ast.And, ast.Or, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt,
     ast.GtE, ast.In, ast.NotIn, ast.Is, ast.IsNot,
 }
-ALLOWED_IMPORTS = {("torch", None), ("typing", "List"), ("typing", "Optional"), ("torch", "nn")}
-SAFE_BUILTINS = {"super", "ValueError", "repr", "int", "float", "staticmethod", "bool", "str", "len",
+ALLOWED_IMPORTS = {("torch", None), ("numbers", None), ("typing", "List"), ("typing", "Optional"), ("torch", "nn")}
+SAFE_BUILTINS = {"super", "ValueError", "repr", "int", "float", "staticmethod", "bool", "str", "len", "list",
                  "isinstance", "None", "True", "False"}
 
 
@@ -57,11 +57,11 @@ def check_generated_module(source: str) -> ast.Module:
     for node in ast.walk(tree):
         assert type(node) in ALLOWED_NODES, f"unexpected {type(node).__name__} at line {getattr(node, 'lineno', '?')}"
         if isinstance(node, ast.Import):
-            assert [(a.name, None) for a in node.names] == [("torch", None)]
+            assert all((a.name, None) in ALLOWED_IMPORTS for a in node.names), ast.dump(node)
         if isinstance(node, ast.ImportFrom):
             assert all((node.module, a.name) in ALLOWED_IMPORTS for a in node.names), ast.dump(node)
         if isinstance(node, ast.Name):
-            assert node.id in defined | SAFE_BUILTINS | {"torch", "nn", "List", "Optional"}, node.id
+            assert node.id in defined | SAFE_BUILTINS | {"torch", "nn", "numbers", "List", "Optional"}, node.id
             assert node.id in defined or node.id not in {"eval", "exec", "open", "__import__", "compile"}
         if isinstance(node, ast.Attribute):
             assert not node.attr.startswith("__") or node.attr == "__init__", node.attr

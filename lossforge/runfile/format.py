@@ -50,6 +50,9 @@ SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+#: The longest run file name (bytes): SQLite's side files add up to 8 (``-journal``) to the 255 that
+#: file systems allow in a name, and a run whose side file cannot be created cannot be written.
+MAX_NAME_BYTES = 255 - len("-journal")
 
 SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -148,8 +151,10 @@ def connect(path: Path, *, readonly: bool, immutable: bool = False) -> sqlite3.C
 
 
 def in_use(path: Path) -> bool:
-    """True while -wal/-shm files exist beside ``path``: some connection has it open (or a writer died)."""
-    return Path(f"{path}-wal").exists() or Path(f"{path}-shm").exists()
+    """True while -wal/-shm files exist beside ``path``: some connection has it open (or a writer died).
+    SQLite names them after the file a symlink points to, so that is where they are looked for."""
+    real = path.resolve()
+    return Path(f"{real}-wal").exists() or Path(f"{real}-shm").exists()
 
 
 def check_ids(path: Path, application_id: int, version: int) -> None:
@@ -174,9 +179,13 @@ def check_ids(path: Path, application_id: int, version: int) -> None:
 
 def validate(path: Path) -> None:
     """Raise RunError unless ``path`` is an intact lossforge run file of this schema. Never modifies it."""
-    if not path.exists():
+    try:
+        exists, regular = path.exists(), path.is_file()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise RunError(f"cannot read run file {path}: {exc.strerror}") from None
+    if not exists:
         raise RunError(f"no run at {path}; list runs with `lossforge runs`")
-    if not path.is_file():
+    if not regular:
         raise RunError(f"{path} is not a run file (it is not a regular file)")
     try:
         with path.open("rb") as handle:
@@ -233,8 +242,14 @@ def create_file(path: Path, config: Mapping[str, Any], suite_hash: str | None) -
     Refuses if ``path`` exists; a crash never leaves a half-built run at ``path``, and of two concurrent
     creators only one succeeds (``os.link`` fails on an existing name, unlike ``rename``).
     """
-    if path.exists():
-        raise _exists_error(path)
+    if len(os.fsencode(path.name)) > MAX_NAME_BYTES:
+        raise RunError(f"run file name {path.name[:40]}... is too long ({len(os.fsencode(path.name))} bytes): "
+                       f"SQLite's side files need a name of at most {MAX_NAME_BYTES}; choose a shorter name")
+    try:
+        if path.exists():
+            raise _exists_error(path)
+    except OSError as exc:
+        raise RunError(f"cannot create run file {path}: {exc.strerror}") from None
     # a journal left by a removed run file (a killed writer, then `rm RUN.db`) would be applied by SQLite
     # to the new file under the same name, mixing the dead run's pages into the new run
     stale = [p for p in (Path(f"{path}-wal"), Path(f"{path}-journal")) if p.exists() and p.stat().st_size > 0]
@@ -251,7 +266,8 @@ def create_file(path: Path, config: Mapping[str, Any], suite_hash: str | None) -
         meta["suite_hash"] = suite_hash
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.creating")
+        # a short temporary name: the final name may be as long as MAX_NAME_BYTES
+        tmp = path.with_name(f".{path.name[:64]}.{secrets.token_hex(4)}.creating")
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except OSError as exc:
         raise RunError(f"cannot create run file {path}: {exc.strerror}") from exc

@@ -10,6 +10,7 @@ its heartbeat is older than :data:`STALE_AFTER_S` (a holder on another host, or 
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
@@ -23,10 +24,37 @@ from lossforge.executor import pid_alive
 from lossforge.runfile.format import connect
 from lossforge.runfile.records import LeaseRecord, number, want
 
+
+def _seconds(name: str, default: float) -> float:
+    """The environment's value of ``name`` as seconds (NaN when it is not a number): checked where a lease is
+    taken, so a typo refuses a writer with one line instead of breaking every command at import."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 #: Seconds between heartbeats.
-HEARTBEAT_S = float(os.environ.get("LOSSFORGE_HEARTBEAT_S", "5"))
+HEARTBEAT_S = _seconds("LOSSFORGE_HEARTBEAT_S", 5.0)
 #: A heartbeat older than this (seconds) marks the holder as gone.
-STALE_AFTER_S = float(os.environ.get("LOSSFORGE_LEASE_TIMEOUT_S", "60"))
+STALE_AFTER_S = _seconds("LOSSFORGE_LEASE_TIMEOUT_S", 60.0)
+
+
+def check_timing() -> None:
+    """RunError unless the heartbeat and the lease timeout are positive numbers of seconds and a live holder
+    beats well within the timeout (else a second writer would take over a live one)."""
+    for name, value, default in (("LOSSFORGE_HEARTBEAT_S", HEARTBEAT_S, 5),
+                                 ("LOSSFORGE_LEASE_TIMEOUT_S", STALE_AFTER_S, 60)):
+        if not (math.isfinite(value) and value > 0):
+            raise RunError(f"{name}={os.environ.get(name, value)!r} is not a number of seconds > 0; unset it "
+                           f"or set e.g. {name}={default}")
+    if 2 * HEARTBEAT_S > STALE_AFTER_S:
+        raise RunError(f"the lease timeout (LOSSFORGE_LEASE_TIMEOUT_S, {STALE_AFTER_S:g} s) must be at least twice "
+                       f"the heartbeat (LOSSFORGE_HEARTBEAT_S, {HEARTBEAT_S:g} s), or a live writer is taken over; "
+                       "raise the timeout or lower the heartbeat")
 
 
 def process_start(pid: int) -> str:
@@ -37,9 +65,6 @@ def process_start(pid: int) -> str:
         return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"
     except (OSError, IndexError):
         return ""
-
-
-    return True
 
 
 def read_lease(row: sqlite3.Row | None, where: str) -> LeaseRecord | None:
@@ -85,6 +110,7 @@ class Lease:
     def acquire(self, conn: sqlite3.Connection) -> None:
         """Take the lease in one write transaction through ``conn``; RunError naming the holder if it is
         held by a live process. A refused attempt writes nothing."""
+        check_timing()
         now = time.time()
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from lossforge.errors import RunError
+from lossforge.runfile.format import MAX_NAME_BYTES
 from lossforge.runfile.records import RunSummary
 from lossforge.runfile.store import RunStore
 
@@ -52,9 +53,16 @@ def resolve_run_path(name_or_path: str | os.PathLike[str], runs_dir: str | os.Pa
         raise RunError(f"a run is a name or a path, got {type(name_or_path).__name__}")
     path = Path(name_or_path)
     text = os.fspath(name_or_path)
-    if path.is_file() or path.suffix == ".db" or os.sep in text or (os.altsep and os.altsep in text):
+    try:
+        is_file = path.is_file()
+    except OSError:  # a name too long for the file system: not an existing file
+        is_file = False
+    if is_file or path.suffix == ".db" or os.sep in text or (os.altsep and os.altsep in text):
         return path
     if not _RUN_NAME.fullmatch(text):
         raise RunError(f"invalid run name {text!r}: use letters, digits, '.', '_' and '-', not starting with "
                        "'.' or '-' (or give a path to a .db file)")
+    longest = MAX_NAME_BYTES - len(".db")
+    if len(text) > longest:
+        raise RunError(f"run name {text[:40]}... is too long ({len(text)} characters): use at most {longest}")
     return Path(runs_dir) / f"{text}.db"

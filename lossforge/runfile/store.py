@@ -53,6 +53,30 @@ def _check_result(state: CandidateState, fitness: float | None) -> None:
         raise ValueError(f"only complete candidates have a fitness; this one is {state.value}")
 
 
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What changes when a writer rewrites the file: inode, size, modification time."""
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _check_writable(path: Path) -> None:
+    """RunError before anything is opened unless the run file and its directory (where SQLite puts -wal and
+    -shm) can be written: SQLite's own error ('unable to open database file', 'attempt to write a readonly
+    database') names neither the cause nor the fix, and its side files were left beside a read-only file."""
+    real = path.resolve()
+    for target, what in ((real, "the run file"), (real.parent, "its directory")):
+        if not os.access(target, os.W_OK):
+            raise RunError(f"cannot write run file {path}: {what} {target} is read-only (a search or resume writes the "
+                           "file and -wal/-shm files beside it); make both writable, or copy the run to a writable "
+                           "directory and resume the copy")
+
+
+def _reader(path: Path, immutable: bool) -> sqlite3.Connection:
+    conn = connect(path, readonly=True, immutable=immutable)
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
 class RunStore:
     """A run file opened for reading or writing. Build with :meth:`create` or :meth:`open`.
 
@@ -73,7 +97,7 @@ class RunStore:
       :mod:`lossforge.runfile.lease`) until it is closed; a second one is refused while the holder lives,
       and every write checks the lease is still this store's.
     * **Readers beside the writer.** Any number of processes may read while one writes; each query reads
-      one consistent snapshot.
+      one consistent snapshot, including the commits of a writer that started after the reader opened.
     * **Hostile content is refused, not trusted.** Every value read is checked for its type and every JSON
       document for size and depth; a bad one raises RunError naming the row and column. JSON only, never
       pickle; the non-standard ``Infinity`` token is allowed (a failed task's score is ``-inf``).
@@ -86,6 +110,8 @@ class RunStore:
         self._conn: sqlite3.Connection | None = conn
         self._lease: Lease | None = None
         self._created = False
+        # set while the connection is immutable (no writer had the file open): the file's identity then
+        self._immutable_stamp: tuple[int, int, int] | None = None
         # Wall-clock accounting of time spent 'running' in this session, added to the stored elapsed_s.
         self._running_since: float | None = None
         self._elapsed_base = 0.0
@@ -119,17 +145,19 @@ class RunStore:
         """
         path = Path(path)
         validate(path)
+        if not readonly:
+            _check_writable(path)
         try:
-            if readonly:
-                conn = connect(path, readonly=True, immutable=not in_use(path))
-            else:
-                conn = connect(path, readonly=False)
+            stamp = _stamp(path) if readonly and not in_use(path) else None
+            conn = _reader(path, immutable=stamp is not None) if readonly else connect(path, readonly=False)
+            if not readonly:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
-            raise RunError(f"cannot open run file {path}: {exc}") from exc
+                conn.execute("PRAGMA foreign_keys = ON")
+        except (OSError, sqlite3.Error) as exc:
+            raise RunError(f"cannot open run file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
         store = cls(path, conn, readonly)
+        store._immutable_stamp = stamp
         if lease:
             if readonly:
                 conn.close()
@@ -210,6 +238,7 @@ class RunStore:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction (a consistent snapshot while another process writes)."""
+        self._follow_writer()
         conn = self._db
         try:
             conn.execute("BEGIN")
@@ -219,6 +248,22 @@ class RunStore:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise RunError(f"cannot read run file {self.path}: {exc}") from exc
+
+    def _follow_writer(self) -> None:
+        """Leave an immutable connection once a writer has opened the file or changed it: SQLite trusts an
+        immutable file never to change, so reading on after a writer's checkpoint mixes old cached pages
+        with new ones ('database disk image is malformed') or shows a stale run."""
+        if self._immutable_stamp is None or self._conn is None:
+            return
+        try:
+            if not in_use(self.path) and _stamp(self.path) == self._immutable_stamp:
+                return
+            stamp = None if in_use(self.path) else _stamp(self.path)
+            conn = _reader(self.path, immutable=stamp is not None)
+        except (OSError, sqlite3.Error) as exc:
+            raise RunError(f"cannot read run file {self.path}: {getattr(exc, 'strerror', None) or exc}") from exc
+        self._conn.close()
+        self._conn, self._immutable_stamp = conn, stamp
 
     def _elapsed(self) -> float | None:
         if self._running_since is None:
