@@ -192,6 +192,8 @@ class {cls}(nn.Module):
             one = input.dim() == 1 and (target.dim() == 0 or target.shape == input.shape)
             if one:  # one sample's logits [C], as torch's losses take it: a batch of one
                 input, target = input.unsqueeze(0), target.unsqueeze(0)
+            if input.dtype == torch.float16 or input.dtype == torch.bfloat16:  # softmax in float32, as autocast
+                input = input.float()
             y_pred = torch.softmax(input, dim=1)
             y_real = class_targets(input, target, self.ignore_index, self.label_smoothing)
             terms = self.elementwise(y_pred, y_real, torch.log_softmax(input, dim=1))

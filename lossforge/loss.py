@@ -253,7 +253,10 @@ class SymbolicLoss(nn.Module):
 
     def class_terms(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The expression's value for each class ``[N, C, ...]`` from logits and targets: the one place the
-        classification convention turns logits into ``y_pred``."""
+        classification convention turns logits into ``y_pred``. Half-precision logits are taken to float32
+        first, as autocast runs softmax: in float16 a probability below ~6e-8 is 0."""
+        if input.dtype == torch.float16 or input.dtype == torch.bfloat16:
+            input = input.float()
         y_pred = torch.softmax(input, dim=1)
         log_p = torch.log_softmax(input, dim=1) if self.uses_log_probabilities else None
         y_real = class_targets(input, target, self.ignore_index, self.label_smoothing)

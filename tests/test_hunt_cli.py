@@ -271,6 +271,15 @@ def test_half_precision_keeps_the_guards_and_matches_float32(tmp_path: Path, tex
     values = [module(logits, torch.tensor([2])) for module in
               (SymbolicLoss(expression), exported_class(tmp_path, expression)())]
     assert torch.isfinite(values[0]) and torch.equal(values[0], values[1])
+    # the softmax too runs in float32 (as autocast's): in float16 a probability below ~6e-8 was 0
+    half = torch.tensor([[0.0, -20.0, 3.0], [1.0, 2.0, -25.0]], dtype=torch.float16, requires_grad=True)
+    labels = torch.tensor([1, 2])
+    for module in (SymbolicLoss(expression), exported_class(tmp_path, expression)()):
+        value = module(half, labels)
+        assert torch.equal(value, module(half.detach().float(), labels)), (text, value)
+        value.backward()
+        assert torch.isfinite(half.grad).all() and half.grad.dtype == torch.float16
+        half.grad = None
 
 
 def test_diagnose_plot_keeps_an_existing_file_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
