@@ -394,8 +394,16 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _baseline_names(text: str) -> list[str]:
-    """``--baselines a, b,`` as names (empty entries dropped): one reading for ``score`` and ``baselines``."""
-    return [n.strip() for n in text.split(",") if n.strip()]
+    """``--baselines a, b,`` as names (empty entries dropped): one reading for ``score`` and ``baselines``.
+    Commas inside parentheses belong to a spec (``anl_ce(alpha=1.2, beta=0.9),gce`` is two baselines)."""
+    names, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth <= 0:
+            names.append(text[start:i].strip())
+            start, depth = i + 1, 0
+    names.append(text[start:].strip())  # an unclosed spec stays one (wrong) name, refused by get_baseline
+    return [n for n in names if n]
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:

@@ -1,0 +1,43 @@
+"""What the README and docs/*.md promise, checked as a new user would run it: each test is a documented
+command or snippet that did not work as written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lossforge.cli import main
+
+TINY_CLASSIFICATION = str(Path(__file__).parent / "data" / "tiny_classification.toml")
+
+
+def test_a_baseline_spec_with_several_settings_is_one_baseline_of_baselines_option(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # README/docs/baselines.md: a torch baseline at other settings is the spec "anl_ce(alpha=1.2, beta=0.9)".
+    # Before: --baselines split it at its comma into 'anl_ce(alpha=1.2' and 'beta=0.9)' and refused both
+    rc = main(["baselines", "--suite", TINY_CLASSIFICATION, "--baselines",
+               "anl_ce(alpha=1.2, beta=0.9), cross_entropy,", "--json"])
+    assert rc == 0
+    names = [row["name"] for row in json.loads(capsys.readouterr().out)["rows"]]
+    assert names == ["anl_ce(alpha=1.2, beta=0.9)", "cross_entropy"]
+
+
+def test_an_unclosed_baseline_spec_is_refused_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["baselines", "--suite", TINY_CLASSIFICATION, "--baselines", "cross_entropy,anl_ce(alpha=1.2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "anl_ce(alpha=1.2" in err
+
+
+@pytest.mark.parametrize("problem", ["regression", "classification"])
+def test_diagnose_of_a_loss_free_of_y_pred_reports_instead_of_a_traceback(
+        tmp_path: Path, problem: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # docs/safety.md: `lossforge diagnose "-y_real"` needs no `--`. Before: a RuntimeError traceback from
+    # autograd (the loss has no graph to y_pred), in the table and in --plot
+    plot = tmp_path / "curves.png"
+    assert main(["diagnose", "-y_real", "--problem", problem, "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("loss ") and "problem" not in line)
+    assert problem in row and row.split()[-1] == "-y_real"
+    assert plot.read_bytes().startswith(b"\x89PNG")
