@@ -444,7 +444,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
             row.name, row.formula = f"{t.name} (tuned)", t.formula
     print(_score_json(rows) if args.json else _score_table(rows, None))
     for t in attempts:
-        outcome = t.formula if t in tuned else "kept the authors' setting"
+        kept = "kept the given setting" if "(" in t.name else "kept the authors' setting"  # a spec is the user's
+        outcome = t.formula if t in tuned else kept
         print(f"tuned {t.name}: {outcome}  (tuning seeds: fitness {t.fitness_before:.4f} -> {t.fitness_after:.4f})", file=info)
     return 0
 

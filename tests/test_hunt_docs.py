@@ -41,3 +41,20 @@ def test_diagnose_of_a_loss_free_of_y_pred_reports_instead_of_a_traceback(
     row = next(line for line in out.splitlines() if line.startswith("loss ") and "problem" not in line)
     assert problem in row and row.split()[-1] == "-y_real"
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+
+def test_tuning_a_baseline_spec_that_does_not_improve_says_it_kept_the_given_setting(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: "tuned anl_ce(alpha=1.2, beta=0.9): kept the authors' setting", though the tuning starts from
+    # (and kept) the user's alpha and beta, not the authors' 1 and 1
+    import lossforge.tuning
+    from lossforge.tuning import TunedBaseline
+
+    spec = "anl_ce(alpha=1.2, beta=0.9)"
+    monkeypatch.setattr(lossforge.tuning, "tune_baselines", lambda names, *a, **k: [
+        TunedBaseline(name=n, spec=n, formula=n, fitness_before=0.7, fitness_after=0.7) for n in names])
+    assert main(["baselines", "--suite", TINY_CLASSIFICATION, "--baselines", f"{spec},cross_entropy", "--tune"]) == 0
+    out = capsys.readouterr().out
+    assert f"tuned {spec}: kept the given setting  (tuning seeds" in out
+    assert "tuned cross_entropy: kept the authors' setting" in out
