@@ -58,3 +58,20 @@ def test_tuning_a_baseline_spec_that_does_not_improve_says_it_kept_the_given_set
     out = capsys.readouterr().out
     assert f"tuned {spec}: kept the given setting  (tuning seeds" in out
     assert "tuned cross_entropy: kept the authors' setting" in out
+
+
+def test_an_npy_file_with_a_trusted_column_is_refused_with_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # docs/own-data.md: an .npy file is features and a last label column. Before: `--trusted 4` on one got a
+    # TypeError traceback (the task split rows on trusted flags the reader never gave it)
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 4))
+    data = tmp_path / "d.npy"
+    np.save(data, np.column_stack([x, rng.random(60) < 0.3, x[:, 0] > 0.5]).astype(float))
+    out = tmp_path / "s.toml"
+    assert main(["suite", "init", "--data", str(data), "--trusted", "4", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no trusted flags" in err and "--trusted FILE" in err
+    assert not out.exists()
