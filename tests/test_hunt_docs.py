@@ -75,3 +75,25 @@ def test_an_npy_file_with_a_trusted_column_is_refused_with_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no trusted flags" in err and "--trusted FILE" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["data file", "directory"])
+def test_a_new_run_at_a_path_that_holds_no_run_says_so_instead_of_offering_resume(
+        tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # README: an existing run name is one line, exit 2. Before: `--run data.csv` (or a folder) said "a run
+    # already exists at data.csv; continue it with `lossforge resume data.csv`", which then fails: no run there
+    from tests.conftest import TINY_SUITE
+
+    target = tmp_path / "data.csv"
+    if kind == "directory":
+        target.mkdir()
+    else:
+        target.write_text("a,b\n1,2\n")
+    before = target.read_text() if kind == "data file" else None
+    assert main(["search", "--suite", TINY_SUITE, "--population", "6", "--generations", "1", "--quiet",
+                 "--run", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no run to resume" in err and "choose another name" in err
+    assert "lossforge resume" not in err
+    if before is not None:
+        assert target.read_text() == before

@@ -217,6 +217,11 @@ def validate(path: Path) -> None:
 
 
 def _exists_error(path: Path) -> RunError:
+    try:
+        validate(path)
+    except RunError as exc:  # a data file or a folder is no run to resume, as the message said of any path
+        return RunError(f"{path} already exists and is no run to resume ({exc}); a new run never replaces it: "
+                        "choose another name")
     return RunError(f"a run already exists at {path}; continue it with `lossforge resume {path}` or choose "
                     "another name")
 
