@@ -409,8 +409,16 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _baseline_names(text: str) -> list[str]:
-    """``--baselines a, b,`` as names (empty entries dropped): one reading for ``score`` and ``baselines``."""
-    return [n.strip() for n in text.split(",") if n.strip()]
+    """``--baselines a, b,`` as names (empty entries dropped): one reading for ``score`` and ``baselines``.
+    Commas inside parentheses belong to a spec (``anl_ce(alpha=1.2, beta=0.9),gce`` is two baselines)."""
+    names, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth <= 0:
+            names.append(text[start:i].strip())
+            start, depth = i + 1, 0
+    names.append(text[start:].strip())  # an unclosed spec stays one (wrong) name, refused by get_baseline
+    return [n for n in names if n]
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:
@@ -451,7 +459,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
             row.name, row.formula = f"{t.name} (tuned)", t.formula
     print(_score_json(rows) if args.json else _score_table(rows, None))
     for t in attempts:
-        outcome = t.formula if t in tuned else "kept the authors' setting"
+        kept = "kept the given setting" if "(" in t.name else "kept the authors' setting"  # a spec is the user's
+        outcome = t.formula if t in tuned else kept
         print(f"tuned {t.name}: {outcome}  (tuning seeds: fitness {t.fitness_before:.4f} -> {t.fitness_after:.4f})", file=info)
     return 0
 

@@ -182,6 +182,10 @@ def read_table(path: str | Path, target: str, features: Sequence[str] = (), trus
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{where}: cannot read it as {suffix[1:]} without pickle: {str(exc).splitlines()[0]}") from None
     if suffix == ".npy":
+        if trusted is not None:  # was a TypeError traceback when the task split rows on flags it never got
+            raise ConfigError(f"{where}: an .npy file holds feature columns and a label column, no trusted flags "
+                              f"(got trusted {trusted!r}); give the checked rows as a second file (--trusted FILE), "
+                              "or use an .npz with a flags array or a CSV with a flags column")
         array = arrays["array"]
         if array.ndim != 2 or array.shape[1] < 2:
             raise ConfigError(f"{where}: an .npy file must be a 2-D array of feature columns and a label column")

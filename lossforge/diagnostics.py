@@ -104,8 +104,15 @@ def curves(expression: LossExpression | str, problem: str, n_classes: int = CLAS
         values = _class_loss_of_prob(loss, x, n_classes)
     else:
         values = loss.elementwise(x, torch.zeros_like(x))
-    (grad,) = torch.autograd.grad(values.sum(), x)
-    return x.detach(), values.detach(), grad
+    return x.detach(), values.detach(), _gradient(values, x)
+
+
+def _gradient(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d(values.sum())/dx; zero for a loss free of ``y_pred`` (``-y_real``), whose values have no graph to x."""
+    if not values.requires_grad:
+        return torch.zeros_like(x.detach())
+    (grad,) = torch.autograd.grad(values.sum(), x, allow_unused=True)
+    return torch.zeros_like(x.detach()) if grad is None else grad
 
 
 def diagnose(expression: LossExpression | str, problem: str, name: str | None = None,
@@ -184,7 +191,7 @@ def curves_figure(items: Sequence[tuple[str, LossExpression | str]], problem: st
         else:
             x = torch.linspace(-5, 5, 241, dtype=torch.float64).requires_grad_(True)
             v, low, high = residual_band(lambda a, b: loss.elementwise(a, b), x)
-        (g,) = torch.autograd.grad(v.sum(), x)
+        g = _gradient(v, x)
         x, v, g = x.detach(), v.detach(), g.detach()
         keep = torch.isfinite(v) & torch.isfinite(g)
         if not bool(keep.any()):

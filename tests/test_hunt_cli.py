@@ -307,16 +307,6 @@ def test_python_syntax_warnings_never_make_a_second_line(capsys: pytest.CaptureF
     assert [str(w.message) for w in caught if issubclass(w.category, SyntaxWarning)] == []
 
 
-def test_a_new_run_over_a_file_that_is_no_run_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    # Before: "a run already exists at data.csv; continue it with `lossforge resume data.csv`", which fails too
-    data = tmp_path / "data.csv"
-    data.write_text("a,y\n1,0\n")
-    code, err = _cli(capsys, "search", "--run", str(data), *TINY_SEARCH)
-    assert code == 2
-    _one_line(err, "already exists and is no run file")
-    assert "resume" not in err and data.read_text() == "a,y\n1,0\n"
-
-
 def test_score_table_says_a_task_failed_rather_than_minus_inf_plus_minus_nan() -> None:
     # Before: a loss whose training failed on every seed showed "-inf ± nan" in its task's column
     from lossforge.api import ScoreRow
