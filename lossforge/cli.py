@@ -341,12 +341,22 @@ def _score_table(rows: Sequence[Any], against: str | None) -> str:
     return out
 
 
-def _score_json(rows: Sequence[Any]) -> str:
-    """``{"rows": [{name, baseline, formula, fitness, ci, tasks: {task: {score, ci, normalized}}, ...}]}``:
-    ``fitness`` is the mean over seeds and ``ci`` its 95 % half-width (as in the table)."""
+def _score_json(rows: Sequence[Any], against: str | None = None) -> str:
+    """``{"rows": [{name, baseline, formula, fitness, ci, tasks: {task: {score, ci, normalized}}, against,
+    ...}]}``: ``fitness`` is the mean over seeds and ``ci`` its 95 % half-width (as in the table);
+    ``against``: with ``--against NAME``, the paired comparison the table prints (``{"baseline", "mean_diff",
+    "ci", "p", "seeds", "tasks": {task: {...}}}``), null for NAME's own row or without ``--against``."""
     import json
 
-    from lossforge.stats import mean_ci
+    from lossforge.stats import mean_ci, paired_comparison
+
+    ref = next((r for r in rows if r.name == against), None) if against else None
+
+    def versus(r: Any) -> dict[str, Any] | None:
+        if ref is None or r is ref:
+            return None
+        tasks = {t: paired_comparison(r.tasks[t]["scores"], ref.tasks[t]["scores"]).record() for t in r.tasks}
+        return {"baseline": against, **paired_comparison(r.per_seed, ref.per_seed).record(), "tasks": tasks}
 
     def num(value: Any) -> float | None:
         return None if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)
@@ -361,7 +371,7 @@ def _score_json(rows: Sequence[Any]) -> str:
                            "scores": [num(v) for v in t["scores"]]}
         out.append({"name": r.name, "baseline": not r.name.startswith("loss "), "formula": r.formula,
                     "fitness": num(mean), "ci": num(half), "status": r.status, "reason": r.reason,
-                    "per_seed": [num(v) for v in r.per_seed], "tasks": tasks})
+                    "per_seed": [num(v) for v in r.per_seed], "tasks": tasks, "against": versus(r)})
     return json.dumps({"rows": out}, indent=2)
 
 
@@ -400,7 +410,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         get_baseline(name)  # an unknown name fails before any training
     rows = score([expr], suite, seeds=seeds, baselines=list(dict.fromkeys(names)))
     if args.json:
-        print(_score_json(rows))
+        print(_score_json(rows, args.against))
         return 0
     print(_score_table(rows, args.against))
     if rows[0].reason:

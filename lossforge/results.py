@@ -275,9 +275,7 @@ def _check_count(n: Any) -> None:
 
 
 def _versus_record(versus: Versus) -> dict[str, Any]:
-    c = versus.comparison
-    return {"baseline": versus.baseline, "mean_diff": _num(c.mean_diff), "ci": _num(c.ci_half_width),
-            "p": _num(c.p_value), "seeds": c.n}
+    return {"baseline": versus.baseline, **versus.comparison.record()}
 
 
 def open_run(path: str | os.PathLike[str], pick: str = "best") -> Run:

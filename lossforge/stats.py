@@ -41,6 +41,15 @@ class PairedComparison:
         """One readable line."""
         return f"{a} - {b}: {self.summary()}"
 
+    def record(self) -> dict[str, float | int | None]:
+        """``{"mean_diff", "ci", "p", "seeds"}`` for JSON: a number that is not finite (one seed's CI and p)
+        is None."""
+        def finite(value: float) -> float | None:
+            return float(value) if math.isfinite(value) else None
+
+        return {"mean_diff": finite(self.mean_diff), "ci": finite(self.ci_half_width), "p": finite(self.p_value),
+                "seeds": self.n}
+
 
 def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> PairedComparison:
     """Paired comparison of two score lists measured on the same seeds."""

@@ -149,6 +149,27 @@ def test_score_and_baselines_json(capsys: pytest.CaptureFixture) -> None:
     assert base and all(r["baseline"] for r in base) and "mse" in {r["name"] for r in base}
 
 
+def test_score_json_carries_the_paired_comparison_the_table_prints(capsys: pytest.CaptureFixture) -> None:
+    # `score --json --against NAME` left out the comparison the table prints under it
+    from lossforge.stats import paired_comparison
+
+    args = ["score", "(y_pred - y_real)**2 + 0.3*sqrt((y_pred - y_real)**2)", "--suite", TINY, "--baselines", "",
+            "--seeds", "3", "--against", "mae"]
+    assert main(args + ["--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    loss, mae = rows["loss 1"], rows["mae"]
+    assert mae["against"] is None
+    want = paired_comparison(loss["per_seed"], mae["per_seed"])
+    got = loss["against"]
+    assert got["baseline"] == "mae" and got["seeds"] == 3
+    assert got["mean_diff"] == pytest.approx(want.mean_diff) and got["ci"] == pytest.approx(want.ci_half_width)
+    assert got["p"] == pytest.approx(want.p_value)
+    task = paired_comparison(loss["tasks"]["outliers"]["scores"], mae["tasks"]["outliers"]["scores"])
+    assert got["tasks"]["outliers"]["mean_diff"] == pytest.approx(task.mean_diff)
+    assert main(args) == 0  # the table prints the same difference
+    assert f"loss 1 fitness - mae: {want.summary()}" in capsys.readouterr().out
+
+
 def test_show_says_when_the_search_returned_a_known_loss(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # population 3 on the one-task regression suite: generation 0 is the 3 seeded known losses (MSE, MAE,
     # Huber-like), so every ranked loss is one of them, and rank 1 is said to be it
