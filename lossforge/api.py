@@ -7,6 +7,7 @@ import functools
 import inspect
 import numbers
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
@@ -87,7 +88,10 @@ def search(run: str | Path | None = None, *,
         cache_from = [cache_from]
     cache_paths = [resolve_run_path(p, runs_dir) for p in cache_from]
     engine = Search.create(path, config, quiet=quiet, stream=stream, callbacks=callbacks)
-    engine.import_cache(cache_paths)
+    for other, count in engine.import_cache(cache_paths).items():
+        if not count:  # as the CLI's note: a cache that gave nothing must not look like one that worked
+            warnings.warn(f"{other} has no evaluations on this suite (its tasks, settings or seeds differ): "
+                          "nothing reused from it", stacklevel=2)
     try:
         return engine.run()
     finally:

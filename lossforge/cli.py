@@ -90,7 +90,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     imported = engine.import_cache(cache_from)
     if not args.quiet:
         if cache_from:
-            print(f"reusing {imported} evaluation(s) from {len(cache_from)} earlier run(s) on the same suite")
+            print(f"reusing {sum(imported.values())} evaluation(s) from {len(cache_from)} earlier run(s) on the "
+                  "same suite")
+            for other, count in imported.items():
+                if not count:  # silently reusing nothing looked like a cache that worked
+                    print(f"note: {_printable(str(other))} has no evaluations on this suite (its tasks, settings "
+                          "or seeds differ): nothing reused from it")
         config = engine.config  # population and generations resolved from the budget
         print(f"run {_printable(str(path))}: population {config.population}, {config.generations} generations, "
               f"suite {_printable(engine.suite.name)} ({len(engine.suite.tasks)} tasks x {len(engine.suite.seeds)} seeds), "

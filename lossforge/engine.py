@@ -413,10 +413,11 @@ class Search:
             store.discard()  # a failed start leaves no run behind, so a retry is not refused
             raise
 
-    def import_cache(self, run_paths: Sequence[str | Path]) -> int:
-        """Reuse the evaluations of earlier runs on the same suite (same tasks, settings and seeds)."""
+    def import_cache(self, run_paths: Sequence[str | Path]) -> dict[Path, int]:
+        """Reuse the evaluations of earlier runs on the same suite (same tasks, settings and seeds): how many
+        each run gave (0 from a run on another suite, whose scores mean something else)."""
         try:
-            return sum(self.store.import_cache(path, self.suite.hash) for path in run_paths)
+            return {Path(path): self.store.import_cache(path, self.suite.hash) for path in run_paths}
         except BaseException:
             self.executor.close()
             self.store.discard()  # a refused --cache-from leaves no half-made run behind

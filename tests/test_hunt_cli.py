@@ -318,3 +318,28 @@ def test_score_table_says_a_task_failed_rather_than_minus_inf_plus_minus_nan() -
                           ScoreRow("mse", "mse", 1.0, good, "complete", None, [1.0, 1.0])], None)
     assert "failed (2 of 2 seed(s))" in table and "nan" not in table
     assert "-0.6000 ± " in table
+
+
+def test_cache_from_a_run_on_another_suite_says_it_reused_nothing(tmp_path: Path, tiny_run: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    # Before: "reusing 0 evaluation(s) from 1 earlier run(s) on the same suite", and nothing more
+    other = tmp_path / "other.toml"
+    other.write_text(Path(TINY_SUITE).read_text().replace("seeds = [0]", "seeds = [3]"))
+    base = ["search", "--population", "4", "--generations", "1", "--executor", "serial", "--validate-top", "0",
+            "--confirm-top", "0", "--cache-from", str(tiny_run)]
+    assert main(base + ["--suite", str(other), "--run", str(tmp_path / "a.db")]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {tiny_run} has no evaluations on this suite" in out
+    assert main(base + ["--suite", TINY_SUITE, "--run", str(tmp_path / "b.db")]) == 0
+    out = capsys.readouterr().out
+    assert "note:" not in out and "reusing 0 " not in out
+
+
+def test_api_cache_from_a_run_on_another_suite_warns(tmp_path: Path, tiny_run: Path) -> None:
+    import lossforge
+
+    other = tmp_path / "other.toml"
+    other.write_text(Path(TINY_SUITE).read_text().replace("seeds = [0]", "seeds = [3]"))
+    with pytest.warns(UserWarning, match="has no evaluations on this suite"):
+        lossforge.search(run=tmp_path / "a.db", suite=other, population=4, generations=1, jobs=1,
+                         executor="serial", cache_from=tiny_run, validate_top=0, confirm_top=0, quiet=True)
