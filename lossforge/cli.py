@@ -280,7 +280,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     with RunStore.open(path, readonly=True) as store:
         summary = store.summary()
-        print(f"{path}: {summary.status.value}, {summary.generations} generation(s), "
+        print(f"{path}: {store.shown_status(summary.status)}, {summary.generations} generation(s), "
               f"{summary.candidates} candidate(s), {summary.elapsed_s:.0f}s "
               "(fitness: relative to the suite's reference losses, 1 = as good, on the search seeds; confirmed: on the "
               "search and confirm seeds; validation: on held-out seeds)")
@@ -561,12 +561,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
         try:
             with RunStore.open(r.path, readonly=True) as store:
                 top = ranking(store, 1)
+                status = store.shown_status(r.status)
         except LossforgeError as exc:
             skipped.append(f"{r.path}: {exc}")
             continue
         fitness = top[0].record.fitness if top else None
         validation = top[0].validation_fitness if top else None
-        rows.append([_printable(r.name), r.status.value, r.generations, r.candidates, _fmt(fitness), _fmt(validation),
+        rows.append([_printable(r.name), status, r.generations, r.candidates, _fmt(fitness), _fmt(validation),
                      f"{r.elapsed_s:.0f}s"])
     print(_table(["run", "status", "generations", "candidates", "fitness", "validation", "time"], rows) if rows
           else f"no runs in {args.runs_dir}")

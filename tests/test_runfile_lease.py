@@ -129,7 +129,12 @@ def _last_gen(path: Path) -> int:
     return -1 if last is None else last.gen
 
 
-def test_two_resumes_at_once_one_is_refused_and_kill_9_is_taken_over(tmp_path, tiny_suite):
+def _shown(path: Path) -> str:
+    with RunStore.open(path, readonly=True) as store:
+        return store.shown_status(store.summary().status)
+
+
+def test_two_resumes_at_once_one_is_refused_and_kill_9_is_taken_over(tmp_path, tiny_suite, capsys):
     run = tmp_path / "r.db"
     search = _cli("search", "--run", "r", "--suite", tiny_suite, "--population", "6", "--generations", "1000",
                   "--jobs", "1", "--chunk-size", "2", "--validate-top", "0", runs_dir=tmp_path)
@@ -144,10 +149,17 @@ def test_two_resumes_at_once_one_is_refused_and_kill_9_is_taken_over(tmp_path, t
     assert second.returncode == 2 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and f"pid {first.pid}" in err and "in use by" in err
 
+    assert _shown(run) == "running"  # a live writer
     reached = _last_gen(run)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
     first.stderr.close()
+    # the killed writer left 'running' in the file: the views say no process is behind it
+    assert _shown(run) == "running (writer gone: resume it)"
+    from lossforge.cli import main
+
+    assert main(["--runs-dir", str(tmp_path), "runs"]) == 0
+    assert "running (writer gone: resume it)" in capsys.readouterr().out
     third = _cli("resume", "r", runs_dir=tmp_path)
     _wait(lambda: _holder(run) == third.pid and _last_gen(run) > reached, third, "the take-over's progress")
     third.send_signal(signal.SIGINT)

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 from lossforge.errors import RunError
 from lossforge.runfile import records as rec
 from lossforge.runfile.format import connect, create_file, in_use, now_iso, validate
-from lossforge.runfile.lease import Lease, read_lease
+from lossforge.runfile.lease import Lease, is_stale, read_lease
 from lossforge.runfile.records import (
     CONFIRM_FIDELITY,
     FULL_FIDELITY,
@@ -303,6 +303,15 @@ class RunStore:
         with self._read() as conn:
             return read_lease(conn.execute("SELECT * FROM lease WHERE id = 1").fetchone(),
                               f"run file {self.path}: lease")
+
+    def shown_status(self, status: RunStatus) -> str:
+        """``status`` as the views print it: a run that says ``running`` while no live process holds its lease
+        (its writer was killed) says so, where it looked like a search still going."""
+        if status is RunStatus.RUNNING:
+            holder = self.lease_holder()
+            if holder is None or is_stale(holder, time.time()):
+                return "running (writer gone: resume it)"
+        return status.value
 
     def set_status(self, status: RunStatus | str) -> None:
         """Set the run's status. ``running`` starts this session's elapsed-time clock; others stop it."""
