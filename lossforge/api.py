@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
-from lossforge.baselines import DISPLAY_BASELINES, get_baseline
+from lossforge.baselines import DISPLAY_BASELINES, baselines_for, get_baseline
 from lossforge.engine import Callback, Search, SearchConfig
 from lossforge.errors import ConfigError, ExpressionError
 from lossforge.evaluator import FULL, Evaluator, rejected_result
@@ -147,6 +147,17 @@ def default_run_name() -> str:
     return time.strftime("search-%Y%m%d-%H%M%S")
 
 
+def check_baselines(names: Sequence[str], suite: Suite) -> None:
+    """ConfigError before any training for an unknown baseline (it was a row of fitness 0.0) or a torch-only
+    baseline of a problem the suite has no task of (it cannot compute there: every seed failed)."""
+    for name in names:
+        baseline = get_baseline(name)
+        if baseline.factory is not None and baseline.problem != "any" and baseline.problem not in suite.problems:
+            known = sorted({b.name for p in suite.problems for b in baselines_for(p)})
+            raise ConfigError(f"baseline {name!r} is a {baseline.problem} loss and suite {suite.name!r} has "
+                              f"{' and '.join(sorted(suite.problems))} tasks only; choose from {', '.join(known)}")
+
+
 @dataclass
 class ScoreRow:
     """One loss's scores on a suite."""
@@ -197,8 +208,7 @@ def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite
         baselines = [baselines]
     exprs = [LossExpression.coerce(e) for e in expressions]
     names = list(baselines) if baselines is not None else []
-    for name in names:
-        get_baseline(name)  # an unknown name fails before any training (was a row of fitness 0.0)
+    check_baselines(names, suite)
     if baselines is None:
         for problem in sorted(suite.problems):
             names += [n for n in DISPLAY_BASELINES[problem] if n not in names]

@@ -437,8 +437,8 @@ def _baseline_names(text: str) -> list[str]:
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:
-    from lossforge.api import score
-    from lossforge.baselines import baselines_for, get_baseline
+    from lossforge.api import check_baselines, score
+    from lossforge.baselines import baselines_for
     from lossforge.tuning import tune_baselines
     from lossforge.errors import ConfigError
     from lossforge.expression import LossExpression
@@ -450,8 +450,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         if not names:
             raise ConfigError("--baselines names no baseline; give some, e.g. --baselines gce,sce, or leave it out "
                               "for every one")
-        for name in names:
-            get_baseline(name)  # an unknown name fails before any training
+        check_baselines(names, suite)  # before any tuning or training
     else:
         names = [b.name for p in sorted(suite.problems) for b in baselines_for(p)]
     names = list(dict.fromkeys(names))

@@ -343,3 +343,17 @@ def test_api_cache_from_a_run_on_another_suite_warns(tmp_path: Path, tiny_run: P
     with pytest.warns(UserWarning, match="has no evaluations on this suite"):
         lossforge.search(run=tmp_path / "a.db", suite=other, population=4, generations=1, jobs=1,
                          executor="serial", cache_from=tiny_run, validate_top=0, confirm_top=0, quiet=True)
+
+
+def test_a_torch_baseline_of_another_problem_is_refused_before_training(capsys: pytest.CaptureFixture) -> None:
+    # Before: anl_ce on a regression suite trained and failed on every seed ("failed (2 of 2 seed(s))",
+    # fitness 0.0, the reason only in --json)
+    import lossforge
+
+    for args in (["score", "(y_pred - y_real)**2", "--suite", TINY_SUITE, "--baselines", "anl_ce"],
+                 ["baselines", "--suite", TINY_SUITE, "--baselines", "mae,nce_rce(alpha=2)", "--tune"]):
+        code, err = _cli(capsys, *args)
+        assert code == 2
+        _one_line(err, "is a classification loss and suite 'tiny' has regression tasks only; choose from")
+    with pytest.raises(ConfigError, match="choose from .*mae"):
+        lossforge.score(["(y_pred - y_real)**2"], TINY_SUITE, baselines=["anl_ce"])
