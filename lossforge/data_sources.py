@@ -189,9 +189,10 @@ def read_table(path: str | Path, target: str, features: Sequence[str] = (), trus
         array = arrays["array"]
         if array.ndim != 2 or array.shape[1] < 2:
             raise ConfigError(f"{where}: an .npy file must be a 2-D array of feature columns and a label column")
-        column = -1 if target in ("", "y") else _index(target, array.shape[1], where)
-        keep = [i for i in range(array.shape[1]) if i != column % array.shape[1]]
-        names = [str(i) for i in keep]
+        column = (-1 if target in ("", "y") else _index(target, array.shape[1], where)) % array.shape[1]
+        # columns are named by index; features=[...] picks some of them, as for a CSV (they were ignored)
+        names = _select([str(i) for i in range(array.shape[1])], where, str(column), features, None)
+        keep = [int(n) for n in names]
         return Table(_features(array[:, keep], names, where).astype(np.float32),
                      _labels(array[:, column], where, target or "y"), None, tuple(names))
     target = target or "y"
@@ -213,6 +214,14 @@ def read_table(path: str | Path, target: str, features: Sequence[str] = (), trus
     if len(names) != x.shape[1]:
         raise ConfigError(f"{where}: array 'features' names {len(names)} column(s) but 'x' has {x.shape[1]}; they "
                           "must match")
+    if features:  # the columns of x that features=[...] names (they were ignored)
+        if len(set(features)) != len(features):
+            raise ConfigError(f"{where}: features name a column twice ({list(features)}); list each once")
+        missing = [f for f in features if f not in names]
+        if missing:
+            raise ConfigError(f"{where}: no feature column(s) {missing} in 'x'; its columns are "
+                              f"{', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
+        x, names = x[:, [names.index(f) for f in features]], list(features)
     flags = None
     if trusted is not None:
         if trusted not in arrays:

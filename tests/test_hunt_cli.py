@@ -357,3 +357,26 @@ def test_a_torch_baseline_of_another_problem_is_refused_before_training(capsys: 
         _one_line(err, "is a classification loss and suite 'tiny' has regression tasks only; choose from")
     with pytest.raises(ConfigError, match="choose from .*mae"):
         lossforge.score(["(y_pred - y_real)**2"], TINY_SUITE, baselines=["anl_ce"])
+
+
+def test_features_pick_columns_of_npy_and_npz_files_as_of_a_csv(tmp_path: Path) -> None:
+    # Before: features=[...] was ignored for .npy and .npz data: every column was an input
+    import numpy as np
+
+    from lossforge.data_sources import read_table
+
+    rng = np.random.default_rng(0)
+    x = rng.random((30, 4))
+    y = np.arange(30) % 3
+    np.save(tmp_path / "d.npy", np.column_stack([x, y]))
+    np.savez(tmp_path / "d.npz", x=x, y=y, features=np.array(["a", "b", "c", "d"]))
+    npy = read_table(tmp_path / "d.npy", "", features=["2", "0"])
+    assert npy.features == ("2", "0") and npy.x.shape == (30, 2)
+    np.testing.assert_allclose(npy.x, read_table(tmp_path / "d.npy", "").x[:, [2, 0]])
+    npz = read_table(tmp_path / "d.npz", "y", features=["d", "b"])
+    assert npz.features == ("d", "b") and npz.x.shape == (30, 2)
+    np.testing.assert_allclose(npz.x, read_table(tmp_path / "d.npz", "y").x[:, [3, 1]])
+    with pytest.raises(ConfigError, match="are the target"):  # the label column as an input
+        read_table(tmp_path / "d.npy", "", features=["0", "4"])
+    with pytest.raises(ConfigError, match=r"no feature column\(s\) \['e'\]"):
+        read_table(tmp_path / "d.npz", "y", features=["a", "e"])
