@@ -582,7 +582,9 @@ def cmd_space(args: argparse.Namespace) -> int:
     from lossforge.space import load_space
 
     space = load_space(args.space)
-    print(f"{_printable(space.name)}: {_printable(space.description)}")  # text from a file: shown, never obeyed
+    # text from a file: shown, never obeyed; a space without a description is its name alone, not "name: "
+    print(f"{_printable(space.name)}: {_printable(space.description)}" if space.description.strip()
+          else _printable(space.name))
     constants = (f"constants uniform in [{space.const_low}, {space.const_high}], {space.const_digits} decimals"
                  if space.constants else "no constants")
     print(f"variables: {', '.join(space.variables)}; {constants}; max depth {space.max_depth}, max nodes "

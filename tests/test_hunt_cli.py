@@ -380,3 +380,13 @@ def test_features_pick_columns_of_npy_and_npz_files_as_of_a_csv(tmp_path: Path) 
         read_table(tmp_path / "d.npy", "", features=["0", "4"])
     with pytest.raises(ConfigError, match=r"no feature column\(s\) \['e'\]"):
         read_table(tmp_path / "d.npz", "y", features=["a", "e"])
+
+
+def test_a_space_without_description_prints_its_name_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Before: "small: " with nothing after the colon
+    path = tmp_path / "small.toml"
+    path.write_text('name = "small"\noperators = ["plus", "multiply"]\n[terminals]\nvariables = ["y_pred", "y_real"]\n'
+                    "constants = false\n[limits]\ninit_min_depth = 1\ninit_max_depth = 2\nmax_depth = 4\n"
+                    "max_nodes = 20\n")
+    assert main(["space", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "small"
