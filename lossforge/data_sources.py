@@ -103,12 +103,18 @@ def _select(columns: Sequence[str], where: str, target: str, features: Sequence[
     if leaked:  # the label (or which rows are clean) as an input: every loss scored as if the task were solved
         raise ConfigError(f"{where}: feature column(s) {leaked} are the target or trusted column; leave them out of "
                           "features")
+    _check_features(columns, features, where)
+    return list(features) or [c for c in columns if c not in (target, trusted)]
+
+
+def _check_features(columns: Sequence[str], features: Sequence[str], where: str) -> None:
+    """ConfigError when ``features`` names a column twice or one ``columns`` lacks."""
     if len(set(features)) != len(features):
         raise ConfigError(f"{where}: features name a column twice ({list(features)}); list each once")
     missing = [f for f in features if f not in columns]
     if missing:
-        raise ConfigError(f"{where}: no feature column(s) {missing}; columns are {', '.join(columns)}")
-    return list(features) or [c for c in columns if c not in (target, trusted)]
+        shown = ", ".join(columns[:20]) + (" ..." if len(columns) > 20 else "")
+        raise ConfigError(f"{where}: no feature column(s) {missing}; columns are {shown}")
 
 
 def _features(values: Any, names: Sequence[str], where: str) -> np.ndarray:
@@ -215,12 +221,7 @@ def read_table(path: str | Path, target: str, features: Sequence[str] = (), trus
         raise ConfigError(f"{where}: array 'features' names {len(names)} column(s) but 'x' has {x.shape[1]}; they "
                           "must match")
     if features:  # the columns of x that features=[...] names (they were ignored)
-        if len(set(features)) != len(features):
-            raise ConfigError(f"{where}: features name a column twice ({list(features)}); list each once")
-        missing = [f for f in features if f not in names]
-        if missing:
-            raise ConfigError(f"{where}: no feature column(s) {missing} in 'x'; its columns are "
-                              f"{', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
+        _check_features(names, features, where)
         x, names = x[:, [names.index(f) for f in features]], list(features)
     flags = None
     if trusted is not None:
