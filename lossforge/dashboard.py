@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from lossforge.errors import ConfigError, LossforgeError, RunError, printable
+from lossforge.runfile.format import validate
 
 __all__ = ["run_data", "make_server", "serve", "latex_svg"]
 
@@ -156,6 +157,14 @@ def _runs_in(directory: Path) -> list[Path]:
     return [path for *_, path in sorted(found, reverse=True)]
 
 
+def _intact(path: Path) -> bool:
+    try:
+        validate(path)
+    except RunError:
+        return False
+    return True
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: "DashboardServer"
 
@@ -231,7 +240,8 @@ class DashboardServer(ThreadingHTTPServer):
         if name is None:
             if not runs:
                 raise RunError(f"no runs in {self.target} yet")
-            return runs[0]
+            # the newest run that is intact: a damaged newest file made the page open on an error
+            return next((path for path in runs if _intact(path)), runs[0])
         for path in runs:
             if path.stem == name:
                 return path

@@ -304,3 +304,22 @@ def test_resuming_a_read_only_run_says_so_and_leaves_nothing_beside_it(tiny_run:
     assert f"{'the run file' if what == 'file' else 'its directory'} " in err and "is read-only" in err, err
     assert "copy the run to a writable directory" in err and shown == 0
     assert run.read_bytes() == before and sorted(p.name for p in directory.iterdir()) == ["r.db"]
+
+
+def test_the_dashboard_of_a_runs_directory_opens_on_the_newest_intact_run(tmp_path: Path, tiny_run: Path) -> None:
+    # Before: a damaged newest file made the page open on an error, though an intact run sat beside it
+    import os
+    import shutil
+
+    from lossforge.dashboard import make_server
+
+    shutil.copy(tiny_run, tmp_path / "good.db")
+    (tmp_path / "broken.db").write_bytes(b"not a run file at all")
+    os.utime(tmp_path / "good.db", (1_000_000, 1_000_000))  # the damaged file is the newest
+    server = make_server(tmp_path, port=0)
+    try:
+        assert [p.name for p in server.runs()][0] == "broken.db"
+        assert server.pick(None).name == "good.db"
+        assert server.pick("broken").name == "broken.db"  # asked for by name, it is still shown (as an error)
+    finally:
+        server.server_close()
