@@ -66,6 +66,13 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
+def _check_named(value: str | None, flag: str, what: str, example: str) -> None:
+    """One line when an option is given an empty value: a script's unset variable named nothing, and the
+    option was silently ignored."""
+    if value is not None and not value.strip():
+        raise LossforgeError(f"{flag} names no {what}; give one, e.g. {flag} {example}, or leave it out")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
@@ -116,8 +123,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _callbacks(args: argparse.Namespace) -> list[Any]:
     """The per-generation callbacks the command line asks for (``--tensorboard DIR``)."""
-    if args.tensorboard is not None and not args.tensorboard.strip():  # was silently no TensorBoard at all
-        raise LossforgeError("--tensorboard names no directory; give one, e.g. --tensorboard runs/tb, or leave it out")
+    _check_named(args.tensorboard, "--tensorboard", "directory", "runs/tb")  # was silently no TensorBoard at all
     if not args.tensorboard:
         return []
     from lossforge.tensorboard import TensorBoardCallback
@@ -406,9 +412,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         names = _baseline_names(args.baselines)
     else:
         names = [n for p in sorted(suite.problems) for n in DISPLAY_BASELINES[p]]
-    if args.against is not None:  # --against '' compared with nothing, silently
-        if not args.against.strip():
-            raise LossforgeError("--against names no baseline; give one, e.g. --against mse, or leave it out")
+    _check_named(args.against, "--against", "baseline", "mse")  # --against '' compared with nothing, silently
+    if args.against is not None:
         names.append(args.against)
     rows = score([expr], suite, seeds=seeds, baselines=list(dict.fromkeys(names)))  # names checked first
     if args.json:
@@ -492,11 +497,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from lossforge.expression import LossExpression
     from lossforge.ranking import ranking, suite_of
     from lossforge.runfile import RunStore, resolve_run_path
-    from lossforge.runfile.paths import _RUN_NAME
+    from lossforge.runfile.paths import is_run_name
 
     target = args.target
-    if args.plot is not None and not args.plot.strip():  # was silently no plot
-        raise LossforgeError("--plot names no file; give a .png path, e.g. --plot curves.png, or leave it out")
+    _check_named(args.plot, "--plot", "file", "curves.png")  # was silently no plot
     if target.endswith(".db") or "/" in target or (Path(args.runs_dir) / f"{target}.db").exists():
         path = resolve_run_path(target, args.runs_dir)
         with RunStore.open(path, readonly=True) as store:
@@ -508,7 +512,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         try:
             losses = [("loss", LossExpression.parse(target))]
         except LossforgeError as exc:
-            if not _RUN_NAME.fullmatch(target) or target in ("y_pred", "y_real"):
+            if not is_run_name(target) or target in ("y_pred", "y_real"):
                 raise
             # a mistyped run name read as an expression: "unknown name 'my'" for my-run named neither
             raise LossforgeError(f"no run {target!r} in {args.runs_dir} (list them with `lossforge runs`), and as "

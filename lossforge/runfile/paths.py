@@ -17,6 +17,11 @@ _RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _log = logging.getLogger("lossforge.runfile")
 
 
+def is_run_name(text: str) -> bool:
+    """Whether ``text`` has the form of a run name (``runs/NAME.db``), not of a path."""
+    return bool(_RUN_NAME.fullmatch(text))
+
+
 def list_runs(directory: str | os.PathLike[str],
               on_skip: Callable[[Path, RunError], None] | None = None) -> list[RunSummary]:
     """Summaries of the run files (``*.db``) in ``directory``, by file name; [] if it does not exist.
@@ -59,7 +64,7 @@ def resolve_run_path(name_or_path: str | os.PathLike[str], runs_dir: str | os.Pa
         is_file = False
     if is_file or path.suffix == ".db" or os.sep in text or (os.altsep and os.altsep in text):
         return path
-    if not _RUN_NAME.fullmatch(text):
+    if not is_run_name(text):
         raise RunError(f"invalid run name {text!r}: use letters, digits, '.', '_' and '-', not starting with "
                        "'.' or '-' (or give a path to a .db file)")
     longest = MAX_NAME_BYTES - len(".db")
