@@ -126,7 +126,7 @@ class Suite:
         (its seeds may be the confirm seeds). Seeds from 0 to MAX_SEED, as a suite file's (-1 trained as
         2**63 - 1: one training under two names)."""
         seeds = tuple(seeds)
-        out = [s for s in seeds if not (isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED)]
+        out = _bad_seeds(seeds)
         if out:
             raise ConfigError(f"seeds must be integers from 0 to {MAX_SEED} (2**63 - 1); got {out[:3]}")
         return dataclasses.replace(self, seeds=seeds, confirm_seeds=())
@@ -224,9 +224,9 @@ def _check_suite_file(data: dict[str, Any], where: str) -> None:
     for key, values in (("seeds", seeds), ("validation_seeds", val), ("confirm_seeds", data.get("confirm_seeds", []))):
         # tasks draw from seed mod 2**63 (regression's streams) or 2**64: 2**63 trained as seed 0 and -1 as
         # 2**63 - 1, a training counted twice under two names
-        if any(not 0 <= s <= MAX_SEED for s in values):
+        if _bad_seeds(values):
             raise ConfigError(f"{where}: {key!r} must be seeds from 0 to {MAX_SEED} (2**63 - 1); got "
-                              f"{[s for s in values if not 0 <= s <= MAX_SEED][:3]}")
+                              f"{_bad_seeds(values)[:3]}")
         if len(set(values)) != len(values):
             raise ConfigError(f"{where}: {key!r} repeats a seed ({sorted(values)}); list each seed once")
     shared = sorted(set(seeds) & set(val))
@@ -258,6 +258,11 @@ MIN_WEIGHT, MAX_WEIGHT = 1e-6, 1e6
 
 #: Largest seed a suite file may name (seeds are non-negative and kept within the tasks' generators).
 MAX_SEED = 2**63 - 1
+
+
+def _bad_seeds(values: Sequence[Any]) -> list[Any]:
+    """The entries of ``values`` that are no seed: an integer (not a boolean) from 0 to MAX_SEED."""
+    return [s for s in values if not (isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED)]
 
 
 def _int_list(value: Any) -> bool:
