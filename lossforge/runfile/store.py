@@ -71,10 +71,13 @@ def _check_writable(path: Path) -> None:
                            "directory and resume the copy")
 
 
-def _reader(path: Path, immutable: bool) -> sqlite3.Connection:
-    conn = connect(path, readonly=True, immutable=immutable)
+def _reader(path: Path) -> tuple[sqlite3.Connection, tuple[int, int, int] | None]:
+    """A read-only connection to ``path`` and, when no writer has it open, the file's stamp: the connection
+    is then immutable (no -wal/-shm left behind) for as long as the stamp holds."""
+    stamp = None if in_use(path) else _stamp(path)
+    conn = connect(path, readonly=True, immutable=stamp is not None)
     conn.execute("PRAGMA foreign_keys = ON")
-    return conn
+    return conn, stamp
 
 
 class RunStore:
@@ -148,8 +151,7 @@ class RunStore:
         if not readonly:
             _check_writable(path)
         try:
-            stamp = _stamp(path) if readonly and not in_use(path) else None
-            conn = _reader(path, immutable=stamp is not None) if readonly else connect(path, readonly=False)
+            conn, stamp = _reader(path) if readonly else (connect(path, readonly=False), None)
             if not readonly:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
@@ -258,8 +260,7 @@ class RunStore:
         try:
             if not in_use(self.path) and _stamp(self.path) == self._immutable_stamp:
                 return
-            stamp = None if in_use(self.path) else _stamp(self.path)
-            conn = _reader(self.path, immutable=stamp is not None)
+            conn, stamp = _reader(self.path)
         except (OSError, sqlite3.Error) as exc:
             raise RunError(f"cannot read run file {self.path}: {getattr(exc, 'strerror', None) or exc}") from exc
         self._conn.close()
