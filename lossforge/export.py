@@ -43,7 +43,7 @@ from lossforge.errors import ExportError, ExpressionError, LossforgeError
 from lossforge.expression import LossExpression
 from lossforge.loss import (
     SymbolicLoss, check_options, check_regression, class_targets, classification_loss, is_classification_problem,
-    reduce_loss,
+    loss_precision, reduce_loss,
 )
 from lossforge.operators import OPERATORS
 
@@ -93,8 +93,8 @@ def class_name(expression: LossExpression, name: str | None = None) -> str:
 
 #: The classification convention and the option checks, copied verbatim from :mod:`lossforge.loss` into
 #: every module.
-_CONVENTION = (check_options, check_regression, is_classification_problem, class_targets, reduce_loss,
-               classification_loss)
+_CONVENTION = (check_options, check_regression, loss_precision, is_classification_problem, class_targets,
+               reduce_loss, classification_loss)
 #: Names a generated module defines itself; a class must not shadow them.
 _RESERVED_NAMES = frozenset({"torch", "nn", "numbers", "List", "Optional", "DIV_EPS", "SQRT_EPS", "LOG_EPS", "EXP_MAX"}
                             | {fn.__name__ for fn in _CONVENTION}
@@ -176,10 +176,9 @@ class {cls}(nn.Module):
     @staticmethod
     def elementwise(y_pred: torch.Tensor, y_real: torch.Tensor,
                     log_y_pred: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if y_pred.dtype == torch.float16 or y_pred.dtype == torch.bfloat16:  # float32, as autocast computes losses
-            y_pred, y_real = y_pred.float(), y_real.float()  # (in float16 the guards' 1e-12 is 0, exp(30) inf)
-            if log_y_pred is not None:
-                log_y_pred = log_y_pred.float()
+        y_pred, y_real = loss_precision(y_pred), loss_precision(y_real)  # float32 for half precision
+        if log_y_pred is not None:
+            log_y_pred = loss_precision(log_y_pred)
         if log_y_pred is None:
             out = {body}
         else:  # log_y_pred = log_softmax(logits): log(y_pred) stays exact below the protected log's clamp
@@ -192,8 +191,7 @@ class {cls}(nn.Module):
             one = input.dim() == 1 and (target.dim() == 0 or target.shape == input.shape)
             if one:  # one sample's logits [C], as torch's losses take it: a batch of one
                 input, target = input.unsqueeze(0), target.unsqueeze(0)
-            if input.dtype == torch.float16 or input.dtype == torch.bfloat16:  # softmax in float32, as autocast
-                input = input.float()
+            input = loss_precision(input)  # softmax in float32 for half precision, as autocast
             y_pred = torch.softmax(input, dim=1)
             y_real = class_targets(input, target, self.ignore_index, self.label_smoothing)
             terms = self.elementwise(y_pred, y_real, torch.log_softmax(input, dim=1))

@@ -136,6 +136,15 @@ def class_probabilities(
     return y_pred, class_targets(y_pred, target)
 
 
+def loss_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is float16 or bfloat16, as torch's autocast computes softmax and losses: in
+    float16 the guards' 1e-12 is 0 and exp(30) inf (the protected log gave -inf, sqrt a NaN gradient), and a
+    softmax probability below ~6e-8 is 0. Other dtypes as they are."""
+    if x.dtype == torch.float16 or x.dtype == torch.bfloat16:
+        return x.float()
+    return x
+
+
 def check_options(reduction: str, problem: str, weight: Optional[torch.Tensor], label_smoothing: float,
                   ignore_index: int = -100) -> None:
     """ValueError naming the option when one of the loss module's options is not one torch's losses take.
@@ -228,9 +237,8 @@ class SymbolicLoss(nn.Module):
         cross-entropy where the protected log would clamp a probability below 1e-12). Half-precision inputs are
         computed in float32, as torch's autocast computes losses: in float16 the guards' 1e-12 is 0 and
         exp(30) is inf, so the protected log gave -inf, sqrt a NaN gradient and exp inf."""
-        if y_pred.dtype in (torch.float16, torch.bfloat16):
-            y_pred, y_real = y_pred.float(), y_real.float()
-            log_y_pred = None if log_y_pred is None else log_y_pred.float()
+        y_pred, y_real = loss_precision(y_pred), loss_precision(y_real)
+        log_y_pred = None if log_y_pred is None else loss_precision(log_y_pred)
         constants = self.constants.to(y_pred.dtype)
         if y_pred.dtype == torch.float64 and not self.constants.requires_grad:
             constants = self._exact_constants(constants)
@@ -255,8 +263,7 @@ class SymbolicLoss(nn.Module):
         """The expression's value for each class ``[N, C, ...]`` from logits and targets: the one place the
         classification convention turns logits into ``y_pred``. Half-precision logits are taken to float32
         first, as autocast runs softmax: in float16 a probability below ~6e-8 is 0."""
-        if input.dtype == torch.float16 or input.dtype == torch.bfloat16:
-            input = input.float()
+        input = loss_precision(input)
         y_pred = torch.softmax(input, dim=1)
         log_p = torch.log_softmax(input, dim=1) if self.uses_log_probabilities else None
         y_real = class_targets(input, target, self.ignore_index, self.label_smoothing)
