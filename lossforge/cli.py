@@ -943,6 +943,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # e.g. Ctrl-C while a run is being opened, before anything new is scored
+        sys.stderr.write("lossforge: interrupted\n")
+        return 130
 
 
 if __name__ == "__main__":

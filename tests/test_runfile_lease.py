@@ -150,10 +150,10 @@ def test_two_resumes_at_once_one_is_refused_and_kill_9_is_taken_over(tmp_path, t
     assert len(err.strip().splitlines()) == 1 and f"pid {first.pid}" in err and "in use by" in err
 
     assert _shown(run) == "running"  # a live writer
-    reached = _last_gen(run)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
     first.stderr.close()
+    reached = _last_gen(run)  # after the kill: the first resume may have ended another generation meanwhile
     # the killed writer left 'running' in the file: the views say no process is behind it
     assert _shown(run) == "running (writer gone: resume it)"
     from lossforge.cli import main
@@ -172,3 +172,26 @@ def test_two_resumes_at_once_one_is_refused_and_kill_9_is_taken_over(tmp_path, t
         assert store.lease_holder() is None
     assert keys and max(keys.values()) == 1  # no loss recorded twice, whoever wrote it
     assert gens == list(range(len(gens)))
+
+
+def test_ctrl_c_while_a_resume_opens_the_run_is_one_line_and_releases_the_lease(tmp_path, tiny_suite, capsys,
+                                                                               monkeypatch):
+    """A Ctrl-C before the first new generation (the run still loading) was a traceback and exit -2."""
+    from lossforge import engine
+    from lossforge.cli import main
+
+    base = ["--runs-dir", str(tmp_path)]
+    assert main([*base, "search", "--run", "r", "--suite", tiny_suite, "--population", "4", "--generations", "1",
+                 "--jobs", "1", "--validate-top", "0", "--quiet"]) == 0
+    capsys.readouterr()
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine.Search, "__init__", interrupted)
+        assert main([*base, "resume", "r"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["lossforge: interrupted"]
+    assert _holder(tmp_path / "r.db") is None  # released: the next resume is not refused
+    assert main([*base, "resume", "r", "--quiet"]) == 0
