@@ -9,6 +9,7 @@ runs are compared only for well-behaved losses.
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -261,6 +262,17 @@ def rounding_sensitivity(task: RegressionTask, losses: list) -> np.ndarray:
         return np.nan_to_num(change / np.abs(grads[0]).max(axis=1), nan=0.0, posinf=0.0)
 
 
+def _kind(reason: str | None) -> str | None:
+    """A failure reason without the gradient norm it may carry: 'exploding gradient (norm 2.25e+07) at step
+    0' -> 'exploding gradient at step 0'."""
+    return None if reason is None else re.sub(r" \(norm [^)]*\)", "", reason)
+
+
+def _norm(reason: str | None) -> float | None:
+    found = re.search(r"\(norm ([^)]*)\)", reason or "")
+    return float(found.group(1)) if found else None
+
+
 NETWORKS = [(1, "tanh"), (2, "tanh"), (1, "relu"), (2, "relu")]
 
 
@@ -273,7 +285,12 @@ def test_first_step_matches_the_autograd_trainer(drawn_candidates, layers: int, 
     losses = [sym(t) for t in drawn_candidates] + well_conditioned_losses() + [sym(s) for s in FAILING_AT_STEP_0]
     tolerance = 1e-5 + 4 * rounding_sensitivity(task, losses)
     trainer, reference, ref_values, fast, model, values = next(run_both(task, losses, 1))
-    assert fast.failures == trainer.failures
+    # the same reasons; a norm in a reason agrees as far as the loss's own rounding sensitivity allows
+    # (cos(div(y_real, y_pred)) near y_pred = 0 reports 2.3e7 or 3.6e7 depending on the CPU's kernels)
+    assert [_kind(r) for r in fast.failures] == [_kind(r) for r in trainer.failures]
+    for ours, theirs, tol in zip(fast.failures, trainer.failures, tolerance):
+        if _norm(theirs) is not None:
+            assert abs(_norm(ours) - _norm(theirs)) <= tol * _norm(theirs) + 0.01 * _norm(theirs), (ours, theirs)
     for reason, expected in zip(fast.failures[-len(FAILING_AT_STEP_0):], FAILING_AT_STEP_0.values()):
         assert reason == expected or (reason.startswith(expected + " (norm ") and reason.endswith(") at step 0"))
     ref_grad = flat(reference, grads=True)
