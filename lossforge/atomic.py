@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import stat
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -161,6 +163,38 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+#: A temporary file older than this is left from a killed process: the writes that use one (exports,
+#: reports, plots, a new run file) take seconds, so no live writer holds one this long.
+STALE_AFTER_S = 3600.0
+_TEMP_TOKEN = re.compile(r"[0-9a-f]{8}")
+
+
+def temporary_path(path: Path, suffix: str) -> Path:
+    """A new temporary name beside ``path`` (``.NAME.TOKEN.SUFFIX``), after removing the ones a killed
+    process left there for the same target (older than :data:`STALE_AFTER_S`, with their SQLite side
+    files): a kill -9 mid-write left them behind for good. A short prefix of the name: the temporary name
+    must fit where the target's own name (up to 255 bytes) fits."""
+    prefix = f".{path.name[:64]}."
+    now = time.time()
+    try:
+        siblings = list(os.scandir(path.parent))
+    except OSError:
+        siblings = []
+    for entry in siblings:
+        name = entry.name
+        if not name.startswith(prefix):
+            continue
+        token, _, rest = name[len(prefix):].partition(".")
+        if not _TEMP_TOKEN.fullmatch(token) or rest not in {suffix, *(suffix + side for side in _SIDE_SUFFIXES)}:
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S:
+                os.unlink(entry.path)
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove: the new write does not depend on it
+    return path.parent / f"{prefix}{secrets.token_hex(4)}.{suffix}"
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, replace: bool = True) -> Path:
     """Write ``data`` (str as UTF-8) to ``path`` atomically; returns ``path``.
 
@@ -175,8 +209,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, replace: bo
     if kind is not None:
         raise _special_error(path, kind)
     directory = path.parent
-    # a short prefix of the name: the temporary name must fit where the target's own name (up to 255) fits
-    tmp = directory / f".{path.name[:64]}.{secrets.token_hex(4)}.tmp"
+    tmp = temporary_path(path, "tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:

@@ -160,3 +160,42 @@ def test_report_refuses_to_overwrite_unless_forced_and_fails_atomically(
     monkeypatch.undo()
     assert write_report(runs / "other.db", out, force=True) == out / "report.md"
     assert (out / "report.md").read_bytes() != first["report.md"]
+
+
+def _leftovers(folder: Path, target: str, suffix: str, age_s: float, tokens=("0a1b2c3d", "9f8e7d6c")) -> list[Path]:
+    """Temporary files (one with a SQLite side file) as a killed write leaves them beside ``folder/target``,
+    ``age_s`` old."""
+    made = []
+    for token, extra in ((tokens[0], ""), (tokens[1], "-wal"), (tokens[1], "")):
+        leftover = folder / f".{target}.{token}.{suffix}{extra}"
+        leftover.write_bytes(b"half")
+        os.utime(leftover, (os.path.getmtime(leftover) - age_s,) * 2)
+        made.append(leftover)
+    return made
+
+
+def test_temporary_files_a_killed_write_left_are_swept_by_the_next_write(tmp_path: Path) -> None:
+    """kill -9 between creating the temporary file and renaming it left '.NAME.TOKEN.tmp' for good; the next
+    write of the same target removes the stale ones, and nothing a live writer could hold or that is not
+    lossforge's own."""
+    stale = _leftovers(tmp_path, "loss.py", "tmp", lossforge.atomic.STALE_AFTER_S + 60)
+    keep = [*_leftovers(tmp_path, "loss.py", "tmp", 5, ("12345678", "abcdef01")),  # a live writer's
+            *_leftovers(tmp_path, "other.py", "tmp", 10**6)]
+    for name in (".loss.py.notatoken.tmp", ".loss.py.0a1b2c3d.tmp.bak", "loss.py.0a1b2c3d.tmp"):
+        (tmp_path / name).write_bytes(b"user's")
+        os.utime(tmp_path / name, (0, 0))
+        keep.append(tmp_path / name)
+    write_atomic(tmp_path / "loss.py", "x = 1\n")
+    assert (tmp_path / "loss.py").read_text() == "x = 1\n"
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["loss.py", *(p.name for p in keep)])
+
+
+def test_a_new_run_file_sweeps_what_a_killed_creation_left(tmp_path: Path) -> None:
+    from lossforge.runfile import RunStore
+
+    stale = _leftovers(tmp_path, "r.db", "creating", lossforge.atomic.STALE_AFTER_S + 60)
+    fresh = _leftovers(tmp_path, "r.db", "creating", 1, ("12345678", "abcdef01"))
+    RunStore.create(tmp_path / "r.db", {"x": 1}, suite_hash="s").close()
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in fresh)

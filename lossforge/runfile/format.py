@@ -32,13 +32,13 @@ Version 1 files (lossforge before the run-file package) are refused with
 from __future__ import annotations
 
 import os
-import secrets
 import sqlite3
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
+from lossforge.atomic import temporary_path
 from lossforge.errors import RunError
 from lossforge.runfile.records import dumps
 
@@ -266,8 +266,7 @@ def create_file(path: Path, config: Mapping[str, Any], suite_hash: str | None) -
         meta["suite_hash"] = suite_hash
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # a short temporary name: the final name may be as long as MAX_NAME_BYTES
-        tmp = path.with_name(f".{path.name[:64]}.{secrets.token_hex(4)}.creating")
+        tmp = temporary_path(path, "creating")  # a short name: the final one may be MAX_NAME_BYTES long
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except OSError as exc:
         raise RunError(f"cannot create run file {path}: {exc.strerror}") from exc
