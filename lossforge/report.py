@@ -21,6 +21,7 @@ import io
 import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -403,7 +404,8 @@ def write_report(run_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     three). Plots without data yet (e.g. no finished generation) are left out and the Markdown says so.
     Raises :class:`~lossforge.errors.RunError` for a missing or unreadable run and
     :class:`~lossforge.errors.ExportError` when ``out_dir`` cannot be created or written, or already holds
-    a report and ``force`` is false. Every file is written atomically (an old one stays intact on failure);
+    a report and ``force`` is false. Nothing is written until every figure has rendered, and every file is
+    written atomically (an old one stays intact on failure);
     a plot left out this time removes the old report's one of that name, once the new report.md is written.
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
@@ -424,13 +426,20 @@ def write_report(run_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         "shapes": (_plot_shapes, True),
         "tasks": (_plot_tasks, bool(_task_series(run))),
     }
-    images = {}
-    for key, (plot, has_data) in plots.items():
-        if has_data:
-            plot(run, out / f"report_{key}.png")
-            images[key] = f"report_{key}.png"
+    images, rendered = {}, {}
+    # every figure and the Markdown are rendered before the first is written: a plot failing midway (a
+    # --force over an old report) left new figures beside the old report.md
+    with tempfile.TemporaryDirectory(prefix="lossforge-report-") as scratch:
+        for key, (plot, has_data) in plots.items():
+            if has_data:
+                plot(run, Path(scratch) / f"report_{key}.png")
+                images[key] = f"report_{key}.png"
+                rendered[key] = (Path(scratch) / images[key]).read_bytes()
+    markdown = _markdown(run, images, front)
+    for key, png in rendered.items():
+        write_atomic(out / images[key], png)
     report = out / "report.md"
-    write_atomic(report, _markdown(run, images, front))
+    write_atomic(report, markdown)
     for key in plots.keys() - images.keys():  # a figure of the report replaced (force) would describe another run
         (out / f"report_{key}.png").unlink(missing_ok=True)
     return report

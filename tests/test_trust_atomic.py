@@ -162,6 +162,30 @@ def test_report_refuses_to_overwrite_unless_forced_and_fails_atomically(
     assert (out / "report.md").read_bytes() != first["report.md"]
 
 
+def test_a_report_whose_figure_fails_midway_leaves_the_old_report_whole(
+        runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--force over an old report: the fitness figure was written before the task figure failed, so the
+    old report.md stood beside a new run's figure."""
+    import lossforge.report
+
+    out = tmp_path / "report"
+    write_report(runs / "victim.db", out)
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"report.md", "report_fitness.png", "report_tasks.png"} <= first.keys()
+
+    def broken(run, path):
+        raise ExportError("the task figure failed")
+
+    from tests.conftest import TINY_SUITE
+
+    lossforge.search(run=tmp_path / "new.db", suite=TINY_SUITE, population=4, generations=2, jobs=1, seed=7,
+                     executor="serial", quiet=True, validate_top=0)  # another run: other figures
+    monkeypatch.setattr(lossforge.report, "_plot_tasks", broken)
+    with pytest.raises(ExportError, match="task figure"):
+        write_report(tmp_path / "new.db", out, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+
+
 def _leftovers(folder: Path, target: str, suffix: str, age_s: float, tokens=("0a1b2c3d", "9f8e7d6c")) -> list[Path]:
     """Temporary files (one with a SQLite side file) as a killed write leaves them beside ``folder/target``,
     ``age_s`` old."""
