@@ -63,6 +63,26 @@ def test_a_reader_opened_before_a_writer_reads_its_writes_not_a_corrupted_file(t
     assert not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()
 
 
+def test_a_writer_changing_the_file_during_one_immutable_read_is_said_not_returned(tmp_path: Path) -> None:
+    """The read in progress when a writer starts and checkpoints may mix old and new pages (SQLite does not
+    lock an immutable file): it was returned as data, or as 'database disk image is malformed'. Now it is
+    one line saying to read again, and the next read sees the writer's rows."""
+    path = tmp_path / "r.db"
+    with RunStore.create(path, {"search": {}}, suite_hash="s") as store:
+        _add(store, 0, 50, "x")
+    with RunStore.open(path, readonly=True) as reader:
+        assert reader._immutable_stamp is not None  # no writer: read immutable
+        with pytest.raises(RunError, match="changed while it was read .* read it again"):
+            with reader._read() as conn:
+                first = conn.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
+                with RunStore.open(path, lease=True) as writer:  # starts, writes, checkpoints on close
+                    _add(writer, 50, 400, "y")
+        assert first == 50
+        assert reader.summary().candidates == 400  # the next read follows the writer
+        with reader._read() as conn:  # and a read no writer overlaps is not refused
+            assert conn.execute("SELECT COUNT(*) FROM candidates").fetchone()[0] == 400
+
+
 def test_a_reader_beside_a_live_writer_sees_each_commit(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     with RunStore.create(path, {"search": {}}, suite_hash="s") as store:

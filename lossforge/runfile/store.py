@@ -241,7 +241,7 @@ class RunStore:
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction (a consistent snapshot while another process writes)."""
         self._follow_writer()
-        conn = self._db
+        conn, stamp = self._db, self._immutable_stamp
         try:
             conn.execute("BEGIN")
             try:
@@ -249,7 +249,23 @@ class RunStore:
             finally:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            self._check_unchanged(stamp)  # a writer's checkpoint mid-query reads as 'malformed': say what it was
             raise RunError(f"cannot read run file {self.path}: {exc}") from exc
+        self._check_unchanged(stamp)
+
+    def _check_unchanged(self, stamp: tuple[int, int, int] | None) -> None:
+        """RunError when an immutable read overlapped a writer's change to the file: SQLite does not lock an
+        immutable file, so what was read may mix pages from before and after. The next read follows the
+        writer."""
+        if stamp is None:
+            return
+        try:
+            changed = _stamp(self.path) != stamp
+        except OSError:
+            changed = True
+        if changed:
+            raise RunError(f"run file {self.path} changed while it was read (a writer started on it); read it "
+                           "again")
 
     def _follow_writer(self) -> None:
         """Leave an immutable connection once a writer has opened the file or changed it: SQLite trusts an
