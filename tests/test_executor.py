@@ -41,6 +41,27 @@ def environment_variable(name: str) -> str | None:
     return os.environ.get(name)
 
 
+def meet(folder: str, count: int) -> int:
+    """Wait (up to 300 s) until ``count`` processes have called this with the same ``folder``; return the pid.
+    A chunk waiting here holds its worker, so ``count`` such chunks in flight run on ``count`` workers."""
+    Path(folder, str(os.getpid())).touch()
+    deadline = time.monotonic() + 300
+    while len(list(Path(folder).iterdir())) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def _every_worker_ready(executor, folder: Path, count: int = 2) -> None:
+    """Every one of ``count`` workers has run a chunk of this module, so that no fresh worker's start-up
+    (importing torch and this module to unpickle a chunk's function) is charged to a later time limit: a
+    warm-up of short chunks can all land on one worker while the other is still starting."""
+    if isinstance(executor, DaskExecutor):
+        executor._client.wait_for_workers(count, timeout=300)  # one may still restart after a kill
+    folder.mkdir()
+    pids = _collect(executor, meet, [(str(folder), count)] * count)
+    assert len(set(pids.values())) == count, pids
+
+
 #: Whether the test run itself set the variable dask's nannies would otherwise set everywhere.
 MALLOC_SET_BEFORE = "MALLOC_TRIM_THRESHOLD_" in os.environ
 
@@ -99,16 +120,20 @@ def test_killed_dask_worker_chunk_is_rescheduled(dask_executor: DaskExecutor, tm
 
 
 @pytest.mark.parametrize("kind", ["serial", "joblib", "dask"])
-def test_chunk_past_time_limit_yields_timeout(kind: str, dask_executor: DaskExecutor) -> None:
+def test_chunk_past_time_limit_yields_timeout(kind: str, dask_executor: DaskExecutor, tmp_path: Path) -> None:
     executor = {"serial": SerialExecutor, "joblib": lambda: JoblibExecutor(2)}.get(kind, lambda: dask_executor)()
-    results = _collect(executor, nap, [(0.05,), (60.0,), (0.05,), (0.05,)], timeout_s=2.0)
-    assert results[1] == ChunkTimeout(2.0)
+    if kind != "serial":
+        _every_worker_ready(executor, tmp_path / "ready")
+    # dask's limit is watched from here and includes the round trip through the scheduler
+    results = _collect(executor, nap, [(0.05,), (60.0,), (0.05,), (0.05,)], timeout_s=5.0)
+    assert results[1] == ChunkTimeout(5.0)
     assert [results[i] for i in (0, 2, 3)] == [0.05] * 3
 
 
-def test_hung_joblib_chunk_is_killed() -> None:
-    executor = JoblibExecutor(2, kill_after_s=1.0)
-    _collect(executor, nap, [(0.5,), (0.5,)])  # both workers started, so start-up is not charged to the limit
+def test_hung_joblib_chunk_is_killed(tmp_path: Path) -> None:
+    # a fast chunk is reported as timed out once it runs kill_after_s past the limit, as seen from here
+    executor = JoblibExecutor(2, kill_after_s=4.0)
+    _every_worker_ready(executor, tmp_path / "ready")  # so start-up is not charged to the limit
     results = _collect(executor, nap, [(0.05,), (0.05,), (0.05,), (60.0, True)], timeout_s=1.0)
     assert results[3] == ChunkTimeout(1.0)
     assert [results[i] for i in range(3)] == [0.05] * 3
