@@ -5,10 +5,10 @@ a serial run of the same seed. Only the lossforge process touches the run file; 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,12 +26,6 @@ pytestmark = pytest.mark.skipif(DASK is None, reason="the dask command line (`da
 SETTINGS = ["--population", "6", "--generations", "2", "--chunk-size", "2", "--validate-top", "0", "--seed", "3"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
 
@@ -47,6 +41,19 @@ def _worker(address: str, name: str) -> subprocess.Popen:
                   "--no-dashboard", "--preload", "lossforge.scoring")
 
 
+def _scheduler_address(scheduler: subprocess.Popen, info: Path) -> str:
+    """The address the scheduler bound (it picks a free port itself: a port picked here and handed over could
+    be taken by another process in between), read from its ``--scheduler-file`` once written."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert scheduler.poll() is None, "the dask scheduler ended at start-up"
+        try:
+            return json.loads(info.read_text())["address"]
+        except (OSError, ValueError, KeyError):  # not written yet, or half written
+            time.sleep(0.1)
+    raise AssertionError("the dask scheduler wrote no --scheduler-file in 300 s")
+
+
 def _kill(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -58,21 +65,22 @@ def _kill(proc: subprocess.Popen) -> None:
 def test_search_on_a_real_cluster_survives_losing_a_worker(tmp_path: Path, tiny_suite: str) -> None:
     from distributed import Client
 
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    port = address.rsplit(":", 1)[1]
-    procs = [_start("scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard", "--no-show")]
+    scheduler_file = tmp_path / "scheduler.json"
+    procs = [_start("scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(scheduler_file),
+                    "--no-dashboard", "--no-show")]
     search = None
     try:
+        address = _scheduler_address(procs[0], scheduler_file)
         workers = {"w0": _worker(address, "w0"), "w1": _worker(address, "w1")}
         procs += workers.values()
-        with Client(address, timeout=120) as client:
-            client.wait_for_workers(2, timeout=180)
+        with Client(address, timeout=300) as client:
+            client.wait_for_workers(2, timeout=300)  # each imports torch (--preload)
             search = subprocess.Popen(
                 [sys.executable, "-m", "lossforge.cli", "--runs-dir", str(tmp_path), "search", "--run", "cluster",
                  "--suite", tiny_suite, "--executor", "dask", "--scheduler", address, "--quiet", *SETTINGS],
                 env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             victim = None
-            deadline = time.monotonic() + 240
+            deadline = time.monotonic() + 300
             while victim is None and time.monotonic() < deadline and search.poll() is None:
                 busy = [addr for addr, tasks in client.processing().items() if tasks]
                 names = {addr: info.get("name") for addr, info in client.scheduler_info()["workers"].items()}
@@ -81,7 +89,7 @@ def test_search_on_a_real_cluster_survives_losing_a_worker(tmp_path: Path, tiny_
             assert victim is not None, "no worker ever held a chunk"
             _kill(workers[victim])  # mid-generation: its chunk is rescheduled by the scheduler
             procs.append(_worker(address, "w2"))
-            code = search.wait(timeout=300)
+            code = search.wait(timeout=600)  # w2 imports torch before it helps
             assert code == 0, search.stderr.read().decode()[-3000:]
     finally:
         for proc in ([search] if search and search.poll() is None else []):
