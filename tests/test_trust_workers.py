@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from lossforge.errors import RunError
+from lossforge.runfile import RunStore
+
 psutil = pytest.importorskip("psutil")
 
 #: How long the workers of a killed search may take to exit (their watchdog polls twice a second).
@@ -27,6 +30,17 @@ def _alive(procs: list) -> list:
         except psutil.NoSuchProcess:
             pass
     return out
+
+
+def _scored(run: Path) -> bool:
+    """Whether the run file holds a loss trained by a worker: the workers are past their start-up, at work."""
+    if not run.exists():
+        return False
+    try:
+        with RunStore.open(run, readonly=True) as store:
+            return any(c.duration_s and c.status.value in ("complete", "failed") for c in store.candidates())
+    except RunError:  # the file is being created
+        return False
 
 
 def _workers(parent: "psutil.Process", marker: str) -> list:
@@ -55,7 +69,7 @@ def test_kill_9_of_a_search_ends_its_workers(tmp_path: Path, tiny_suite: str, ex
          *executor], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     parent = psutil.Process(proc.pid)
     workers: list = []
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             workers = _workers(parent, marker)
@@ -63,7 +77,10 @@ def test_kill_9_of_a_search_ends_its_workers(tmp_path: Path, tiny_suite: str, ex
                 break
             time.sleep(0.2)
         assert len(workers) >= 2, f"no workers seen; stderr: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else ''}"
-        time.sleep(1.0)  # let them take work
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and not _scored(tmp_path / "orphans.db"):
+            time.sleep(0.2)  # let them take work
+        assert proc.poll() is None and _scored(tmp_path / "orphans.db"), "the workers scored nothing"
         everything = parent.children(recursive=True)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
