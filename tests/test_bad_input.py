@@ -313,23 +313,27 @@ def test_an_empty_space_or_suite_name_says_so(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_ctrl_c_stops_cleanly_keeps_everything_and_says_how_to_resume(tmp_path: Path, tiny_suite: str) -> None:
-    args = ["--suite", tiny_suite, "--population", "6", "--generations", "30", "--jobs", "1", "--chunk-size", "2"]
+    # more generations than it can finish before the Ctrl-C (one takes ~0.1 s here)
+    args = ["--suite", tiny_suite, "--population", "6", "--generations", "1000", "--jobs", "1", "--chunk-size", "2"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "lossforge.cli", "--runs-dir", str(tmp_path), "search", "--run", "ctrlc", *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     run = tmp_path / "ctrlc.db"
     deadline = time.time() + 300
+    started = False  # generation 0 recorded: past start-up, searching
     while time.time() < deadline and proc.poll() is None:
         if run.exists():
             try:
                 with RunStore.open(run, readonly=True) as store:
-                    if store.last_generation() is not None:
-                        break
+                    started = store.last_generation() is not None
             except RunError:
                 pass
+        if started:
+            break
         time.sleep(0.05)
     assert proc.poll() is None, "search ended before Ctrl-C"
+    assert started, "no generation recorded in 300 s"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
