@@ -65,7 +65,7 @@ def test_kill_9_of_a_search_ends_its_workers(tmp_path: Path, tiny_suite: str, ex
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lossforge.cli", "--runs-dir", str(tmp_path), "search", "--run", "orphans",
-         "--suite", tiny_suite, "--population", "8", "--generations", "50", "--chunk-size", "2", "--quiet",
+         "--suite", tiny_suite, "--population", "8", "--generations", "1000", "--chunk-size", "2", "--quiet",
          *executor], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     parent = psutil.Process(proc.pid)
     workers: list = []
