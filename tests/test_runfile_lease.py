@@ -129,6 +129,11 @@ def _last_gen(path: Path) -> int:
     return -1 if last is None else last.gen
 
 
+def _status(path: Path) -> str:
+    with RunStore.open(path, readonly=True) as store:
+        return store.summary().status.value
+
+
 def _shown(path: Path) -> str:
     with RunStore.open(path, readonly=True) as store:
         return store.shown_status(store.summary().status)
@@ -149,6 +154,8 @@ def test_two_resumes_at_once_one_is_refused_and_kill_9_is_taken_over(tmp_path, t
     assert second.returncode == 2 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and f"pid {first.pid}" in err and "in use by" in err
 
+    # the lease is taken before the run is loaded; 'running' is written after, which can outlast the refusal
+    _wait(lambda: _status(run) == "running", first, "the first resume's status 'running'")
     assert _shown(run) == "running"  # a live writer
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
