@@ -71,6 +71,29 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def wait_for_generation(proc, run: Path, gen: int, timeout_s: float = 300.0) -> None:
+    """Wait until the search process ``proc`` has recorded generation ``gen`` in ``run``; fail with a message
+    if it ends first or the wait runs out, so a signal is never sent at an unknown point."""
+    import time
+
+    from lossforge.errors import RunError
+    from lossforge.runfile import RunStore
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if run.exists():
+            try:
+                with RunStore.open(run, readonly=True) as store:
+                    last = store.last_generation()
+                if last is not None and last.gen >= gen:
+                    return
+            except RunError:  # the file is being created
+                pass
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the search ended before generation {gen} was seen"
+    raise AssertionError(f"generation {gen} not recorded in {timeout_s:.0f} s")
+
+
 def exported_class(tmp_path: Path, expression: object, name: str = "Exported") -> type:
     """The class of ``expression``'s ``.py`` export, written into ``tmp_path`` and imported."""
     from lossforge.export import to_python

@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from lossforge.export import load
 from lossforge.scoring import load_suite
 from lossforge.space import load_space
 from lossforge.runfile import RunStore
+from tests.conftest import wait_for_generation
 
 
 @pytest.fixture(scope="module")
@@ -320,20 +320,7 @@ def test_ctrl_c_stops_cleanly_keeps_everything_and_says_how_to_resume(tmp_path: 
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     run = tmp_path / "ctrlc.db"
-    deadline = time.time() + 300
-    started = False  # generation 0 recorded: past start-up, searching
-    while time.time() < deadline and proc.poll() is None:
-        if run.exists():
-            try:
-                with RunStore.open(run, readonly=True) as store:
-                    started = store.last_generation() is not None
-            except RunError:
-                pass
-        if started:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "search ended before Ctrl-C"
-    assert started, "no generation recorded in 300 s"
+    wait_for_generation(proc, run, 0)  # past start-up, searching
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130

@@ -14,10 +14,10 @@ from lossforge.backends.sympy_plain import plain_sympy
 import torch
 
 import lossforge
-from lossforge.errors import RunError
 from lossforge.export import load, render
 from lossforge.expression import LossExpression
 from lossforge.runfile import RunStore
+from tests.conftest import wait_for_generation
 
 SMALL = dict(population=6, generations=2, chunk_size=4)
 
@@ -69,31 +69,16 @@ def test_other_seed_other_run(finished_run: Path, tmp_path: Path, tiny_suite: st
 def test_kill_9_mid_search_then_resume_gives_the_uninterrupted_result(tmp_path: Path, tiny_suite: str) -> None:
     import os
     import signal
-    import time
 
     # generations after the first take ~0.1 s here: with only a few left, the search could end between the
-    # check below and the kill
+    # wait below and the kill
     generations = 40
     args = ["--suite", tiny_suite, "--population", "6", "--generations", str(generations), "--jobs", "1",
             "--chunk-size", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "lossforge.cli", "--runs-dir", str(tmp_path), "search",
                              "--run", "killed", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     killed = tmp_path / "killed.db"
-    deadline = time.time() + 300
-    reached = False
-    while time.time() < deadline and proc.poll() is None:  # kill once generation 1 is recorded
-        if killed.exists():
-            try:
-                with RunStore.open(killed, readonly=True) as store:
-                    last = store.last_generation()
-                    reached = last is not None and last.gen >= 1
-            except RunError:
-                pass
-        if reached:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "search ended before it could be killed"
-    assert reached, "generation 1 not recorded in 300 s"
+    wait_for_generation(proc, killed, 1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     with RunStore.open(killed, readonly=True) as store:
