@@ -16,6 +16,8 @@ compares GP with random search paired over the search seeds (paired t-test and s
 
     python scripts/search_quality.py --out runs/quality              # the study: hours on 2 cores
     python scripts/search_quality.py --dry-run --seeds 2 --out /tmp/q # a smoke test: tiny suites, a minute
+    python scripts/search_quality.py --out runs/quality --phase holdout --holdout shapes
+        # one more held-out suite's scores added to a written report, beside those it has (nothing rescored)
 
 Where this lossforge has no ``variation="random"``, the control is skipped and the report says so.
 """
@@ -200,9 +202,10 @@ def _safe(x: float) -> float | None:
 
 def compare(runs: list[dict[str, Any]], validation: dict[str, Any], transfer: dict[str, Any],
             baseline_labels: list[str], ce_task: str = "label_noise",
-            holdout: dict[str, Any] | None = None) -> dict[str, Any]:
+            holdouts: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The study's verdicts: found loss against the best baseline, against cross-entropy, and GP against random,
-    on the validation seeds and on each held-out suite's table (``transfer``, and ``holdout`` when scored)."""
+    on the validation seeds and on each held-out suite's table (``transfer``, and each of ``holdouts``, by
+    suite name, when scored)."""
     gp = [f"gp s{r['seed']}" for r in runs if r["arm"] == "gp" and f"gp s{r['seed']}" in validation]
     best_base = max(baseline_labels, key=lambda b: validation[b]["fitness"])
     out: dict[str, Any] = {"best_baseline_validation": best_base,
@@ -221,7 +224,7 @@ def compare(runs: list[dict[str, Any]], validation: dict[str, Any], transfer: di
         gains = {g: validation[g]["tasks"][ce_task]["mean"] - ce for g in gp}
         out["accuracy_gain_over_ce"] = {"task": ce_task, "gains": gains,
                                         "at_least_5_points": sum(v >= 0.05 for v in gains.values()), "of": len(gp)}
-    tables = {"": validation, "transfer": transfer, "holdout": holdout or {}}
+    tables = {"": validation, "transfer": transfer, **(holdouts or {})}
     for key, table in tables.items():
         if key and table:
             out[key] = held_out(gp, table, baseline_labels, best_base)
@@ -377,11 +380,11 @@ def _held_out_lines(key: str, h: dict[str, Any]) -> list[str]:
 def markdown(result: dict[str, Any]) -> str:
     """The study as Markdown: settings, the loss table and the verdicts."""
     v, t, c = result["validation"], result["transfer"], result["comparison"]
-    ho = result.get("holdout") or {}
+    hos = holdouts_of(result)
     lines = [f"# Search quality: `{result['suite']}` suite, search seeds {result['seeds']}", "",
              f"Settings: {json.dumps(result['search_settings']) if result['search_settings'] else 'defaults'}; "
              f"validation seeds {result['validation_seeds']}; transfer suite `{result['transfer_suite']}`"
-             + (f", holdout suite `{result['holdout_suite']}`" if ho else "") + "; "
+             + "".join(f", held-out suite `{name}`" for name in hos) + "; "
              f"the searches took {sum(r['elapsed_s'] for r in result['runs']) / 60:.1f} min in all, tuning and "
              f"scoring {result['report_s'] / 60:.1f} min.", ""]
     if result["random_control"] is not None:
@@ -393,11 +396,12 @@ def markdown(result: dict[str, Any]) -> str:
               f"{' (trains as ' + r['seeded_baseline'] + ')' if r.get('seeded_baseline') else ''} |"
               for r in result["runs"]]
     lines += ["", "Fitness relative to cross-entropy (1 = as good), mean ± 95 % CI over seeds:", "",
-              "| loss | validation fitness | transfer fitness |" + (" holdout fitness |" if ho else "") + " formula |",
-              "|---|---|---|" + ("---|" if ho else "") + "---|"]
+              "| loss | validation fitness | transfer fitness |" + "".join(f" {h} fitness |" for h in hos)
+              + " formula |", "|---|---|---|" + "---|" * len(hos) + "---|"]
     for name in sorted(v, key=lambda n: -v[n]["fitness"]):
         lines.append(f"| {name} | {_cell(v[name])} | {_cell(t[name]) if name in t else ''} |"
-                     + (f" {_cell(ho[name]) if name in ho else ''} |" if ho else "") + f" `{v[name]['formula']}` |")
+                     + "".join(f" {_cell(h[name]) if name in h else ''} |" for h in hos.values())
+                     + f" `{v[name]['formula']}` |")
     lines += ["", f"Best baseline on validation: **{c['best_baseline_validation']}** "
               f"({c['best_baseline_validation_fitness']:.4f})."]
     if "median_gp_validation_fitness" in c:
@@ -407,17 +411,25 @@ def markdown(result: dict[str, Any]) -> str:
         g = c["accuracy_gain_over_ce"]
         lines.append(f"Beat cross-entropy by ≥ 5 accuracy points on `{g['task']}`: {g['at_least_5_points']} of {g['of']}.")
     for key, where in (("gp_vs_random", "validation"), ("gp_vs_random_transfer", "transfer"),
-                       ("gp_vs_random_holdout", "holdout")):
+                       *((f"gp_vs_random_{h}", h) for h in hos)):
         if key in c:
             r = c[key]
             lines.append(f"GP vs random search over {r['search_seeds']} search seeds ({where} fitness): GP better "
                          f"on {r['gp_wins']}, random on {r['random_wins']}; mean difference {r['mean_diff']:+.4f} "
                          f"± {_num(r['ci'])} (t-test p = {_num(r['t_test_p'])}, sign test p = "
                          f"{_num(r['sign_test_p'])}).")
-    for key in ("transfer", "holdout"):
+    for key in ("transfer", *hos):
         if key in c:
             lines += _held_out_lines(key, c[key])
     return "\n".join(lines) + "\n"
+
+
+def holdouts_of(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A report's held-out tables beyond ``transfer``, by suite name, in the order they were added (a report
+    written before there could be several holds one, as ``holdout`` and ``holdout_suite``)."""
+    if "holdouts" in result:
+        return result["holdouts"]
+    return {result["holdout_suite"]: result["holdout"]} if result.get("holdout") else {}
 
 
 #: Baselines scored beside the found losses: the search's display set (the strongest robust losses at their
@@ -448,10 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--transfer", default="transfer", help="held-out suite (default transfer)")
     parser.add_argument("--jobs", type=int, default=-1, help="workers for tuning and scoring (default: all cores)")
     parser.add_argument("--holdout", default="holdout",
-                        help="a second held-out suite, scored like transfer ('' for none; default holdout)")
+                        help="one more held-out suite, scored like transfer ('' for none; default holdout)")
     parser.add_argument("--phase", choices=("all", "searches", "report", "holdout"), default="all",
                         help="searches: only the searches; report: tune, score and report the searches recorded "
-                             "so far; holdout: add the holdout suite's scores to a written report (default all)")
+                             "so far; holdout: add the --holdout suite's scores to a written report, beside "
+                             "the held-out suites it has (default all)")
     parser.add_argument("--dry-run", action="store_true", help="tiny suites and searches: a smoke test")
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -495,13 +508,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "suite": suite.name, "transfer_suite": load_suite(transfer_name).name, "seeds": seeds, "dry_run": args.dry_run,
         "search_settings": settings, "validation_seeds": list(suite.validation_seeds),
         "random_control": missing, "runs": runs,
-        "tuned_baselines": [{"name": t.name, "formula": t.formula, "tuning_fitness_before": t.fitness_before,
-                             "tuning_fitness_after": t.fitness_after} for t in tuned],
+        "tuned_baselines": [{"name": t.name, "formula": t.formula, "spec": t.spec,
+                             "tuning_fitness_before": t.fitness_before, "tuning_fitness_after": t.fitness_after}
+                            for t in tuned],
         "validation": validation, "transfer": transfer,
-        "comparison": compare(runs, validation, transfer, baseline_labels, holdout=holdout),
+        "holdouts": {load_suite(holdout_name).name: holdout} if holdout_name else {},
     }
-    if holdout:
-        result.update(holdout=holdout, holdout_suite=load_suite(holdout_name).name)
+    result["comparison"] = compare(runs, validation, transfer, baseline_labels, holdouts=result["holdouts"])
     result["elapsed_s"] = time.perf_counter() - start  # this invocation: searches run now, tuning, scoring
     result["report_s"] = time.perf_counter() - report_start  # tuning and scoring
     return _write(out, result)
@@ -516,17 +529,46 @@ def _baselines(suite: Any, out: Path, dry_run: bool, jobs: int) -> tuple[list[st
 
 
 def add_holdout(out: Path, suite: Any, holdout_name: str, dry_run: bool, jobs: int, start: float) -> int:
-    """Score a written report's losses (its runs' picks, its baselines, its tuned baselines) on the holdout
-    suite and add that table and its verdicts to the report; nothing else is scored again."""
+    """Score a written report's losses (its runs' picks, its baselines, its tuned baselines) on one more
+    held-out suite and add that table and its verdicts to the report, beside the held-out suites it has (the
+    same suite again replaces its own table); nothing else is scored again."""
     result = json.loads((out / "search_quality.json").read_text())
-    names, tuned, baseline_labels = _baselines(suite, out, dry_run, jobs)
-    print(f"scoring on the holdout suite {holdout_name}", flush=True)
-    holdout = score_all(result["runs"], names, tuned, load_suite(holdout_name), None, jobs)
-    result.update(holdout=holdout, holdout_suite=load_suite(holdout_name).name)
+    holdouts = holdouts_of(result)
+    times = result.get("holdout_s", {})
+    if not isinstance(times, dict):  # an older report: one held-out table, stored under fixed keys
+        times = {result["holdout_suite"]: times}
+    for key in ("holdout", "holdout_suite"):
+        result.pop(key, None)
+    names = DRY_BASELINES if dry_run else STUDY_BASELINES
+    tuned = report_tuned(result)
+    baseline_labels = names + [f"{t.name} (tuned)" for t in tuned]
+    held = load_suite(holdout_name)
+    print(f"scoring on the held-out suite {held.name}", flush=True)
+    holdouts[held.name] = score_all(result["runs"], names, tuned, held, None, jobs)
+    result["holdouts"] = holdouts
     result["comparison"] = compare(result["runs"], result["validation"], result["transfer"], baseline_labels,
-                                   holdout=holdout)
-    result["holdout_s"] = time.perf_counter() - start
+                                   holdouts=holdouts)
+    result["holdout_s"] = {**times, held.name: time.perf_counter() - start}  # seconds each suite's scoring took
     return _write(out, result)
+
+
+def report_tuned(result: dict[str, Any]) -> list[Any]:
+    """The tuned baselines a written report scored, as it scored them: tuning again at a later version of
+    lossforge need not give the same ones (nor the same set that tuning improved), and a held-out table must
+    score the losses its validation table scored. A report written before it stored each one's ``spec`` has
+    its formula: a torch baseline's is its spec, an expression's is parsed (safely, nothing evaluated) with
+    the constants as printed, to 4 significant digits."""
+    from lossforge.expression import parse
+    from lossforge.tuning import TunedBaseline
+
+    tuned = []
+    for t in result["tuned_baselines"]:
+        spec = t.get("spec")
+        if spec is None:
+            spec = t["formula"] if t["formula"].startswith(f"{t['name']}(") else list(parse(t["formula"]))
+        tuned.append(TunedBaseline(name=t["name"], spec=spec, formula=t["formula"],
+                                   fitness_before=t["tuning_fitness_before"], fitness_after=t["tuning_fitness_after"]))
+    return tuned
 
 
 def _write(out: Path, result: dict[str, Any]) -> int:

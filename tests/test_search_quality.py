@@ -77,9 +77,9 @@ def test_transfer_is_also_compared_with_the_baseline_a_user_would_pick(quality) 
 
     transfer = {"mae": two_tasks(0.90, 0.50), "anl_ce": two_tasks(0.70, 0.80),
                 "gp s0": two_tasks(0.60, 0.70), "gp s1": two_tasks(0.80, 0.90), "gp s2": two_tasks(0.75, 0.60)}
-    c = quality.compare(runs, validation, transfer, ["mae", "anl_ce"], holdout=transfer)
+    c = quality.compare(runs, validation, transfer, ["mae", "anl_ce"], holdouts={"holdout": transfer})
     t = c["transfer"]
-    assert c["holdout"] == t  # the holdout suite's verdict is computed the same way
+    assert c["holdout"] == t  # a further held-out suite's verdict is computed the same way
     assert t["validation_best_baseline"] == "anl_ce"
     assert t["per_task"]["t1"]["best_baseline"] == "mae" and t["per_task"]["t2"]["best_baseline"] == "anl_ce"
     assert t["mean_difference"] == pytest.approx(((0.75 - 0.90) + (0.70 - 0.80)) / 2)
@@ -95,19 +95,19 @@ def test_dry_run_writes_the_table_and_every_number(quality, tmp_path: Path, caps
         assert {("random", 0), ("random", 1)} <= arms and "gp_vs_random" in result["comparison"]
     else:
         assert "random-search control skipped" in capsys.readouterr().out
-    for table in ("validation", "transfer", "holdout"):
-        assert {"gp s0", "gp s1", "cross_entropy", "anl_ce"} <= set(result[table])
-        assert len(result[table]["gp s0"]["per_seed"]) == 2  # the dry suites' validation / held-out seeds
+    for table in (result["validation"], result["transfer"], result["holdouts"]["quality_dry_holdout"]):
+        assert {"gp s0", "gp s1", "cross_entropy", "anl_ce"} <= set(table)
+        assert len(table["gp s0"]["per_seed"]) == 2  # the dry suites' validation / held-out seeds
     assert result["comparison"]["best_baseline_validation"] in result["validation"]
-    assert set(result["comparison"]["holdout"]["per_task"]) == {"wine_sym40"}
+    assert set(result["comparison"]["quality_dry_holdout"]["per_task"]) == {"wine_sym40"}
     text = (tmp_path / "search_quality.md").read_text()
-    assert "| gp s0 |" in text and "Best baseline on validation" in text and "**Holdout**" in text
+    assert "| gp s0 |" in text and "Best baseline on validation" in text and "**Quality_dry_holdout**" in text
 
 
 def test_the_holdout_phase_adds_its_table_and_scores_nothing_else(quality, tmp_path: Path, monkeypatch) -> None:
     assert quality.main(["--dry-run", "--seeds", "1", "--out", str(tmp_path), "--jobs", "1", "--holdout", ""]) == 0
     before = json.loads((tmp_path / "search_quality.json").read_text())
-    assert "holdout" not in before and "holdout" not in before["comparison"]
+    assert before["holdouts"] == {} and "quality_dry_holdout" not in before["comparison"]
     scored = []
     real_score_all = quality.score_all
     monkeypatch.setattr(quality, "score_all", lambda runs, names, tuned, suite, seeds, jobs: scored.append(
@@ -117,9 +117,34 @@ def test_the_holdout_phase_adds_its_table_and_scores_nothing_else(quality, tmp_p
     after = json.loads((tmp_path / "search_quality.json").read_text())
     assert scored == ["quality_dry_holdout"]  # validation and transfer are kept as written
     assert after["validation"] == before["validation"] and after["transfer"] == before["transfer"]
-    assert set(after["holdout"]) == set(before["transfer"]) and after["holdout_suite"] == "quality_dry_holdout"
+    assert list(after["holdouts"]) == ["quality_dry_holdout"]
+    assert set(after["holdouts"]["quality_dry_holdout"]) == set(before["transfer"])
     assert after["comparison"]["transfer"] == before["comparison"]["transfer"]
-    assert "**Holdout**" in (tmp_path / "search_quality.md").read_text()
+    assert "**Quality_dry_holdout**" in (tmp_path / "search_quality.md").read_text()
+
+
+def test_a_further_held_out_suite_is_kept_beside_those_a_report_has(quality, tmp_path: Path, monkeypatch) -> None:
+    # a report written when it could hold one held-out table (``holdout``, ``holdout_suite``, ``holdout_s``)
+    assert quality.main(["--dry-run", "--seeds", "1", "--out", str(tmp_path), "--jobs", "1"]) == 0
+    path = tmp_path / "search_quality.json"
+    written = json.loads(path.read_text())
+    old = dict(written, holdout=written["holdouts"]["quality_dry_holdout"], holdout_suite="quality_dry_holdout",
+               holdout_s=12.5)
+    del old["holdouts"]
+    path.write_text(json.dumps(old))
+    other = tmp_path / "other.toml"
+    other.write_text(quality.DRY_HOLDOUT.replace('name = "quality_dry_holdout"', 'name = "other_holdout"'))
+    monkeypatch.setattr(quality, "DRY_HOLDOUT", other.read_text())  # the dry run writes its suite each time
+    assert quality.main(["--dry-run", "--seeds", "1", "--out", str(tmp_path), "--jobs", "1",
+                         "--phase", "holdout"]) == 0
+    after = json.loads(path.read_text())
+    assert "holdout" not in after and list(after["holdouts"]) == ["quality_dry_holdout", "other_holdout"]
+    assert after["holdouts"]["quality_dry_holdout"] == old["holdout"]  # the older table is kept as it was
+    assert after["holdout_s"]["quality_dry_holdout"] == 12.5 and after["holdout_s"]["other_holdout"] > 0
+    assert {"quality_dry_holdout", "other_holdout"} <= set(after["comparison"])
+    text = (tmp_path / "search_quality.md").read_text()
+    assert "quality_dry_holdout fitness | other_holdout fitness |" in text
+    assert "**Quality_dry_holdout**" in text and "**Other_holdout**" in text
 
 
 def test_the_holdout_phase_needs_a_report_and_a_suite(quality, tmp_path: Path) -> None:
@@ -191,3 +216,22 @@ def test_rank_agreement_counts_each_loss_once(quality) -> None:
     scored = {n: {"fitness": f, "per_seed": [f, f + 0.01]} for n, f in (("gce", 1.1), ("gp s1", 1.1), ("mae", 0.9),
                                                                         ("ce", 1.0))}
     assert quality.rank_agreement(scored, scored)["all"]["losses"] == 3
+
+
+def test_a_held_out_suite_scores_the_reports_own_tuned_baselines(quality) -> None:
+    # tuning again at a later version need not give the same losses: the report's are scored, by their spec,
+    # or (a report written before specs were stored) by their formula, parsed without evaluating anything
+    report = {"tuned_baselines": [
+        {"name": "gce", "formula": "1.681*y_real*(0.85 - exp(0.595*log(y_pred)))",
+         "tuning_fitness_before": 1.03, "tuning_fitness_after": 1.05},
+        {"name": "nce_rce", "formula": "nce_rce(alpha=1.17, beta=8.212)",
+         "tuning_fitness_before": 0.88, "tuning_fitness_after": 0.89},
+        {"name": "sce", "formula": "9.4*y_real", "spec": ["multiply", 9.377, "y_real"],
+         "tuning_fitness_before": 0.99, "tuning_fitness_after": 1.05}]}
+    gce, nce_rce, sce = quality.report_tuned(report)
+    assert gce.spec == ["multiply", "multiply", 1.681, "y_real", "minus", 0.85, "exp", "multiply", 0.595, "log",
+                        "y_pred"]
+    assert nce_rce.spec == "nce_rce(alpha=1.17, beta=8.212)" and sce.spec == ["multiply", 9.377, "y_real"]
+    report["tuned_baselines"][0]["formula"] = "__import__('os').system('true')"
+    with pytest.raises(Exception, match="(?i)not|unknown|allowed"):
+        quality.report_tuned(report)
