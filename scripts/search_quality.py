@@ -490,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"random-search control skipped: {missing}", flush=True)
     seeds = list(range(args.seeds))
     if args.phase == "holdout":
-        return add_holdout(out, suite, holdout_name, args.dry_run, args.jobs, start)
+        return add_holdout(out, holdout_name, args.dry_run, args.jobs, start)
     if args.phase == "report":
         recorded = _load_json(out / "runs.json", [])
         runs = [{**r, "seeded_baseline": _known(r["tokens"], suite)} for r in recorded if r["seed"] in seeds]
@@ -528,7 +528,7 @@ def _baselines(suite: Any, out: Path, dry_run: bool, jobs: int) -> tuple[list[st
     return names, tuned, names + [f"{t.name} (tuned)" for t in tuned]
 
 
-def add_holdout(out: Path, suite: Any, holdout_name: str, dry_run: bool, jobs: int, start: float) -> int:
+def add_holdout(out: Path, holdout_name: str, dry_run: bool, jobs: int, start: float) -> int:
     """Score a written report's losses (its runs' picks, its baselines, its tuned baselines) on one more
     held-out suite and add that table and its verdicts to the report, beside the held-out suites it has (the
     same suite again replaces its own table); nothing else is scored again."""
