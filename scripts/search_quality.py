@@ -503,7 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("scoring on the validation seeds and the held-out suites", flush=True)
     validation = score_all(runs, names, tuned, suite, list(suite.validation_seeds) or None, args.jobs)
     transfer = score_all(runs, names, tuned, load_suite(transfer_name), None, args.jobs)
-    holdout = score_all(runs, names, tuned, load_suite(holdout_name), None, args.jobs) if holdout_name else {}
+    held = load_suite(holdout_name) if holdout_name else None
+    holdout = score_all(runs, names, tuned, held, None, args.jobs) if held else {}
     result = {
         "suite": suite.name, "transfer_suite": load_suite(transfer_name).name, "seeds": seeds, "dry_run": args.dry_run,
         "search_settings": settings, "validation_seeds": list(suite.validation_seeds),
@@ -512,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "tuning_fitness_before": t.fitness_before, "tuning_fitness_after": t.fitness_after}
                             for t in tuned],
         "validation": validation, "transfer": transfer,
-        "holdouts": {load_suite(holdout_name).name: holdout} if holdout_name else {},
+        "holdouts": {held.name: holdout} if held else {},
     }
     result["comparison"] = compare(runs, validation, transfer, baseline_labels, holdouts=result["holdouts"])
     result["elapsed_s"] = time.perf_counter() - start  # this invocation: searches run now, tuning, scoring
@@ -520,9 +521,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _write(out, result)
 
 
+def _baseline_names(dry_run: bool) -> list[str]:
+    """The baselines a study scores at their authors' settings."""
+    return DRY_BASELINES if dry_run else STUDY_BASELINES
+
+
 def _baselines(suite: Any, out: Path, dry_run: bool, jobs: int) -> tuple[list[str], list[Any], list[str]]:
     """The baselines at their authors' settings, the tuned ones that tuning improved, and the labels of both."""
-    names = DRY_BASELINES if dry_run else STUDY_BASELINES
+    names = _baseline_names(dry_run)
     to_tune = DRY_BASELINES[1:] if dry_run else TUNED_BASELINES
     tuned = [t for t in tune(to_tune, suite, out, 1 if dry_run else 4, jobs) if t.fitness_after > t.fitness_before]
     return names, tuned, names + [f"{t.name} (tuned)" for t in tuned]
@@ -539,7 +545,7 @@ def add_holdout(out: Path, holdout_name: str, dry_run: bool, jobs: int, start: f
         times = {result["holdout_suite"]: times}
     for key in ("holdout", "holdout_suite"):
         result.pop(key, None)
-    names = DRY_BASELINES if dry_run else STUDY_BASELINES
+    names = _baseline_names(dry_run)
     tuned = report_tuned(result)
     baseline_labels = names + [f"{t.name} (tuned)" for t in tuned]
     held = load_suite(holdout_name)
