@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from lossforge.compile import compile_expr
+from lossforge.errors import ExportError
 from lossforge.expression import LossExpression, Token
 
 Reduction = Literal["mean", "sum", "none"]
@@ -225,6 +226,16 @@ class SymbolicLoss(nn.Module):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self._compiled = compile_expr(self.expression.sympy)
+
+    def __prepare_scriptable__(self) -> "SymbolicLoss":
+        # torch.jit.script calls this first, also for a model holding the loss: the compiled expression is a
+        # Python closure TorchScript cannot read, and its own error ("failed to convert Python type") says
+        # nothing of what does compile
+        raise ExportError(
+            "torch.jit.script cannot compile SymbolicLoss (its expression is a Python function); script the .py "
+            "export instead (`lossforge export RUN --format py`, or write "
+            "lossforge.export.to_python(loss.expression) to a file and import its class), or use "
+            "torch.compile(loss, fullgraph=True), which compiles SymbolicLoss as it is")
 
     def is_classification(self, input: torch.Tensor, target: torch.Tensor) -> bool:
         """Whether ``(input, target)`` is read as classification under this module's ``problem``."""

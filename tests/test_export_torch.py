@@ -120,14 +120,45 @@ def test_torch_jit_script_of_the_export(tmp_path: Path, text: str) -> None:
     torch.testing.assert_close(torch.jit.load(str(path))(logits, labels), exported()(logits, labels))
 
 
-def test_torch_compile_of_the_export_traces_as_one_graph(exported_ce: type) -> None:
+def test_jit_script_of_symbolic_loss_says_what_scripts_instead(tmp_path: Path) -> None:
+    """Before, torch.jit.script(SymbolicLoss(...)) failed deep in TorchScript ("failed to convert Python type
+    'CompiledExpression'"), also for a model holding the loss. Now one typed error names the routes that
+    work; the first of them (the .py source of the same expression) is checked to script here."""
+    from lossforge.errors import ExportError
+    from lossforge.export import to_python
+
+    loss = SymbolicLoss(CE)
+    with pytest.raises(ExportError, match=r"lossforge export RUN --format py.*torch\.compile"):
+        torch.jit.script(loss)
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear, self.criterion = torch.nn.Linear(4, 3), loss
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.criterion(self.linear(x), y)
+
+    with pytest.raises(ExportError, match="torch.jit.script cannot compile SymbolicLoss"):
+        torch.jit.script(Model())
+    path = tmp_path / "from_api.py"
+    path.write_text(to_python(loss.expression, name="FromApi"))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    logits, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
+    torch.testing.assert_close(torch.jit.script(module.FromApi())(logits, labels), loss(logits, labels))
+
+
+@pytest.mark.parametrize("maker", ["SymbolicLoss", "export"])
+def test_torch_compile_traces_as_one_graph(exported_ce: type, maker: str) -> None:
     """fullgraph=True fails on any graph break. The aot_eager backend runs dynamo and AOTAutograd (forward
     and backward graphs) without generating C++: inductor compiled the same module in 52 s on a loaded
     2-core machine, which is too slow for the suite (run it by hand with backend="inductor")."""
     logits = torch.randn(8, 3, requires_grad=True)
     labels = torch.tensor([0, 1, 2, -100, 1, 0, 2, 1])
     weight = torch.tensor([1.0, 2.0, 0.5])
-    module = exported_ce(weight=weight)
+    module = _makers(exported_ce)[maker](weight=weight)
     torch._dynamo.reset()
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     value = compiled(logits, labels)
