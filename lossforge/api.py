@@ -25,18 +25,23 @@ from lossforge.training import check_device
 _D = SearchConfig  # the defaults below are SearchConfig's own (its fields are the one place they are written)
 
 
-def _named_keywords(func: Callable) -> Callable:
+def _check_keywords(name: str, given: Iterable[str], valid: Sequence[str]) -> None:
     """A TypeError that names the valid keywords (and the closest one) for a misspelt keyword argument."""
+    unknown = [k for k in given if k not in valid]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise TypeError(f"{name}() got an unexpected keyword argument {unknown[0]!r}{hint} "
+                        f"(valid: {', '.join(valid)})")
+
+
+def _named_keywords(func: Callable) -> Callable:
+    """:func:`_check_keywords` on every call of ``func``."""
     valid = [name for name in inspect.signature(func).parameters]
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        unknown = [k for k in kwargs if k not in valid]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TypeError(f"{func.__name__}() got an unexpected keyword argument {unknown[0]!r}{hint} "
-                            f"(valid: {', '.join(valid)})")
+        _check_keywords(func.__name__, kwargs, valid)
         return func(*args, **kwargs)
 
     return wrapper
@@ -179,6 +184,11 @@ def score(expressions: Sequence[str | LossExpression], suite: str | Path | Suite
     Returns one row per loss, then one per baseline; fitness is relative to each task's reference loss.
     ``data`` and ``data_options``: your own data instead of ``suite`` (see :func:`_data_suite`).
     """
+    from lossforge.data_suite import DATA_OPTIONS
+
+    # **data_options took any name: score(data=..., epoch=50) trained with the default epochs without a word
+    named = [n for n, p in inspect.signature(score).parameters.items() if p.kind is not p.VAR_KEYWORD]
+    _check_keywords("score", data_options, named + [*DATA_OPTIONS, "runs_dir"])
     check_device(device)
     if isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral) or not (jobs == -1 or jobs >= 1):
         raise ConfigError(f"jobs must be -1 (all cores) or a positive number of workers, got {jobs!r}")

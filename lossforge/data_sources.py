@@ -16,8 +16,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +31,8 @@ from lossforge.errors import ConfigError
 #: File formats by suffix.
 FORMATS = (".csv", ".parquet", ".npz", ".npy")
 _TRUE = {"1", "true", "yes", "y", "t", "1.0"}
+#: Flags of an unchecked row (an empty cell, read as nan, is one too).
+_FALSE = {"0", "false", "no", "n", "f", "0.0", "", "nan", "none"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,16 @@ def file_hash(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def files_digest(files: Sequence[str]) -> str:
+    """One hash of a data file and its second file (test or trusted rows), refusing a second file with the data
+    file's own bytes (the file itself or a copy): every loss would be scored on the rows it trained on."""
+    hashes = [file_hash(f) for f in files]
+    if len(hashes) == 2 and hashes[0] == hashes[1]:
+        raise ConfigError(f"{files[1]}: it holds the same rows as the data file {files[0]}, so every loss would be "
+                          "scored on the rows it trained on; give a file of other rows")
+    return hashlib.sha256("+".join(hashes).encode()).hexdigest()[:16]
+
+
 def is_data_path(value: str) -> bool:
     """Whether ``value`` names a data file by its suffix (a trusted *file* rather than a column)."""
     return Path(value).suffix.lower() in FORMATS
@@ -73,22 +87,38 @@ def _frame(path: Path) -> Any:
     except ImportError:
         raise ConfigError(f"{path}: reading CSV/Parquet needs pandas: pip install 'lossforge[data]'") from None
     try:
-        if path.suffix.lower() == ".csv":
-            return pd.read_csv(path)
-        return pd.read_parquet(path)
+        if path.suffix.lower() != ".csv":
+            return pd.read_parquet(path)
+        frame = pd.read_csv(path)
+        # pandas renames a repeated name ("y", "y.1"): the header's own names, so _select can refuse them
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
+        if len(header) == len(frame.columns) and len(set(header)) < len(header):
+            frame.columns = header
+        return frame
     except ImportError:
         raise ConfigError(f"{path}: reading Parquet needs pyarrow: pip install 'lossforge[parquet]'") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read it as {path.suffix[1:]}: {str(exc).splitlines()[0]}") from None
 
 
-def _truthy(values: np.ndarray) -> np.ndarray:
-    return np.array([str(v).strip().lower() in _TRUE for v in values], dtype=bool)
+def _truthy(values: np.ndarray, where: str, name: str) -> np.ndarray:
+    """Trusted flags: 1/true/yes (a checked row) or 0/false/no/empty (unchecked); any other value is refused
+    (a 1/2 coding or "maybe" read as unchecked without a word)."""
+    words = [str(v).strip().lower() for v in values]
+    odd = sorted({str(v).strip() for v, w in zip(values, words) if w not in _TRUE and w not in _FALSE})
+    if odd:
+        raise ConfigError(f"{where}: the trusted column {name!r} holds {odd[:5]}; mark checked rows 1/true/yes and "
+                          "the others 0/false/no")
+    return np.array([w in _TRUE for w in words], dtype=bool)
 
 
 def _select(columns: Sequence[str], where: str, target: str, features: Sequence[str], trusted: str | None
             ) -> list[str]:
     columns = [str(c) for c in columns]
+    used = {target, trusted, *features} if features else set(columns)
+    repeated = sorted({c for c in columns if columns.count(c) > 1 and c in used})
+    if repeated:  # a CSV's second "y" became the input "y.1": the label leaked into the features
+        raise ConfigError(f"{where}: column name(s) {repeated} appear more than once; give each column its own name")
     padded = [c for c in columns if c != c.strip() and c.strip() in (target, trusted, *features)]
     if padded:  # "a, b, y" names its columns " b" and " y": the message showed them as b and y
         raise ConfigError(f"{where}: the column names {padded} have spaces around them (a separator such as ', '); "
@@ -144,11 +174,23 @@ def _features(values: Any, names: Sequence[str], where: str) -> np.ndarray:
 
 
 def _labels(y: np.ndarray, where: str, target: str) -> np.ndarray:
-    """``y``, refused when a numeric label is missing or infinite (in an array file nan became a class "nan",
-    as in a CSV ``inf`` did; an empty CSV cell was refused already)."""
-    if y.dtype.kind in "fc" and not np.isfinite(y).all():
+    """``y``, refused when a label is missing or infinite (in an array file nan became a class "nan", as in a
+    CSV ``inf`` did, and a None among text labels a class "None"; an empty CSV cell was refused already)."""
+    if y.dtype.kind in "fc":
+        missing = not np.isfinite(y).all()
+    else:
+        missing = y.dtype == object and any(v is None or (isinstance(v, float) and not math.isfinite(v))
+                                            for v in y.tolist())
+    if missing:
         raise ConfigError(f"{where}: target {target!r} has missing or non-finite values; drop those rows")
     return y
+
+
+def _frame_labels(frame: Any, target: str, where: str) -> np.ndarray:
+    """The target column of a DataFrame (read from a file or given), refused with a missing value."""
+    if frame[target].isna().any():
+        raise ConfigError(f"{where}: target column {target!r} has missing values; drop those rows")
+    return _labels(frame[target].to_numpy(), where, target)
 
 
 def _numeric(column: np.ndarray) -> bool:
@@ -175,10 +217,9 @@ def read_table(path: str | Path, target: str, features: Sequence[str] = (), trus
         frame = _frame(path)
         names = _select(frame.columns, where, target, features, trusted)
         x = _features(frame[names].to_numpy(), names, where)
-        if frame[target].isna().any():
-            raise ConfigError(f"{where}: target column {target!r} has missing values; drop those rows")
-        flags = _truthy(frame[trusted].to_numpy()) if trusted is not None else None
-        return Table(x.astype(np.float32), _labels(frame[target].to_numpy(), where, target), flags, tuple(names))
+        y = _frame_labels(frame, target, where)
+        flags = _truthy(frame[trusted].to_numpy(), where, trusted) if trusted is not None else None
+        return Table(x.astype(np.float32), y, flags, tuple(names))
     try:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -227,7 +268,7 @@ def read_table(path: str | Path, target: str, features: Sequence[str] = (), trus
     if trusted is not None:
         if trusted not in arrays:
             raise ConfigError(f"{where}: no trusted array {trusted!r}; arrays are {', '.join(arrays)}")
-        flags = _truthy(arrays[trusted].ravel())
+        flags = _truthy(arrays[trusted].ravel(), where, trusted)
         if len(flags) != len(x):  # was a ValueError traceback later, splitting the rows
             raise ConfigError(f"{where}: {len(x)} inputs but {len(flags)} trusted flags in {trusted!r}; they must match")
     if len(y) != len(x):
@@ -294,26 +335,42 @@ def scale_unit(x: np.ndarray) -> np.ndarray:
 def _to_arrays(data: Any, target: str | None, trusted: str | None) -> dict[str, np.ndarray]:
     if isinstance(data, tuple) and len(data) in (2, 3):
         arrays = {"x": np.asarray(data[0]), "y": np.asarray(data[1])}
-        if len(data) == 3:
-            arrays["trusted"] = np.asarray(data[2], dtype=bool)
+        if len(data) == 3:  # read as a file's flags: bool() made "no", "false" and nan trusted
+            arrays["trusted"] = _truthy(np.asarray(data[2]).ravel(), "data", "trusted")
         return arrays
     if hasattr(data, "columns") and hasattr(data, "to_numpy"):  # a pandas DataFrame
         if target is None:
             raise ConfigError("a DataFrame needs target='COLUMN' naming its label column")
+        # columns are named as text, as in a file (pd.DataFrame(x) has 0, 1, ...: looking up "0" was a KeyError)
+        data = data.set_axis([str(c) for c in data.columns], axis=1)
+        target, trusted = str(target), None if trusted is None else str(trusted)
         names = _select(list(data.columns), "DataFrame", target, (), trusted)
-        arrays = {"x": _features(data[names].to_numpy(), names, "DataFrame"), "y": data[target].to_numpy(),
-                  "features": np.array(names, dtype=str)}
+        arrays = {"x": _features(data[names].to_numpy(), names, "DataFrame"),
+                  "y": _frame_labels(data, target, "DataFrame"), "features": np.array(names, dtype=str)}
         if trusted is not None:
-            arrays["trusted"] = _truthy(data[trusted].to_numpy())
+            arrays["trusted"] = _truthy(data[trusted].to_numpy(), "DataFrame", trusted)
         return arrays
+    if isinstance(data, Mapping):  # it has __getitem__ and __len__ too: data[0] was a KeyError
+        raise ConfigError(f"data must be a file path, (x, y) arrays, a DataFrame or a torch Dataset; got "
+                          f"{type(data).__name__} (for arrays under keys pass data=(d['x'], d['y']))")
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):  # a map-style torch Dataset of (x, y)
         xs, ys = [], []
         for i in range(len(data)):
             item = data[i]
             if not (isinstance(item, (tuple, list)) and len(item) >= 2):
                 raise ConfigError("a Dataset must yield (input, label) pairs")
-            xs.append(np.asarray(item[0], dtype=np.float32))
-            ys.append(np.asarray(item[1]).item())
+            try:
+                xs.append(np.asarray(item[0], dtype=np.float32))
+            except (TypeError, ValueError):
+                raise ConfigError(f"the Dataset's item {i} has an input that is not numeric") from None
+            if xs[-1].shape != xs[0].shape:
+                raise ConfigError(f"the Dataset has inputs of different shapes ({xs[0].shape} at item 0, "
+                                  f"{xs[-1].shape} at item {i}); give every input one shape")
+            label = np.asarray(item[1])
+            if label.size != 1:  # was a ValueError from .item()
+                raise ConfigError(f"the Dataset's item {i} has a label of shape {label.shape}; give one class index "
+                                  "or target per item (for one-hot rows, their argmax)")
+            ys.append(label.item())
         if not xs:
             raise ConfigError("the Dataset is empty")
         return {"x": np.stack(xs), "y": np.asarray(ys)}
@@ -326,7 +383,7 @@ def materialize(data: Any, directory: str | Path, target: str | None = None, tru
     return ``(path, target key, trusted key)`` for the task settings. Labels are stored as numbers or text
     (never objects), so reading them back needs no pickle."""
     arrays = _to_arrays(data, target, trusted)
-    y = arrays["y"]
+    y = _labels(arrays["y"], "data", "y")
     if y.dtype == object or y.dtype.kind in "SU":
         arrays["y"] = np.array([_label_key(v) for v in y.tolist()], dtype=str)
     if arrays["x"].dtype == object:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from lossforge.errors import ConfigError
 
@@ -106,13 +107,15 @@ def data_suite_spec(data: str | Path, target: str = "y", *, problem: str = "clas
     from lossforge.tasks.user import PROCEDURES as TYPES
     from lossforge.tasks.registry import make_task
 
+    if isinstance(features, str):  # list("a,b") named the columns "a", ",", "b"
+        raise ConfigError(f"features must be a list of column names, e.g. ['a', 'b']; got {features!r}")
     if problem == "regression":
         return _regression_spec(data, target, noise, trusted, test_data, features, model, procedures, seeds,
                                 validation_seeds, epochs, name)
     if problem != "classification":
         raise ConfigError(f"problem must be 'classification' or 'regression'; got {problem!r}")
     base: dict[str, Any] = {"dataset": str(Path(data).expanduser().resolve()), "target": target}
-    base.update(parse_noise(noise) if isinstance(noise, (str, type(None))) else dict(noise))
+    base.update(_noise_settings(noise, parse_noise))
     base.update(parse_model(model))
     image_shape = parse_image_shape(image_shape)
     for key, value in (("trusted", trusted), ("test_data", test_data), ("image_shape", image_shape)):
@@ -133,6 +136,16 @@ def data_suite_spec(data: str | Path, target: str = "y", *, problem: str = "clas
     stem = name or Path(data).stem
     return {"name": f"data-{stem}", "description": f"your data {Path(data).name}: {', '.join(t['name'] for t in tasks)}",
             "seeds": list(seeds), "validation_seeds": list(validation_seeds), "tasks": tasks}
+
+
+def _noise_settings(noise: Any, parse: Callable[[str | None], dict[str, Any]]) -> dict[str, Any]:
+    """Task settings of ``noise``: text for ``parse`` (``symmetric:0.4``, ``gaussian:0.5``), or settings as a dict."""
+    if noise is None or isinstance(noise, str):
+        return parse(noise)
+    if isinstance(noise, Mapping):
+        return dict(noise)
+    # noise=3 was a TypeError traceback ("'int' object is not iterable")
+    raise ConfigError(f"noise must be text such as 'symmetric:0.4' or a dict of task settings; got {noise!r}")
 
 
 def parse_regression_noise(text: str | None) -> dict[str, Any]:
@@ -163,7 +176,7 @@ def _regression_spec(data: str | Path, target: str, noise: Any, trusted: str | N
     if parse_procedures(procedures) != ["plain"]:
         raise ConfigError("regression on your data has the plain procedure only; drop --procedures")
     settings: dict[str, Any] = {"dataset": str(Path(data).expanduser().resolve()), "target": target}
-    settings.update(parse_regression_noise(noise) if isinstance(noise, (str, type(None))) else dict(noise))
+    settings.update(_noise_settings(noise, parse_regression_noise))
     model_settings = parse_model(model)
     if model_settings.get("model", "mlp") == "cnn":
         raise ConfigError("regression on your data takes the built-in MLP or your factory: --model mlp, "

@@ -62,8 +62,8 @@ def test_classes_of_one_row_each_are_refused_as_leaving_nothing_to_test_on(tmp_p
     path.write_text("a,b,y\n" + "\n".join(f"{rng.random()},{rng.random()},{i}" for i in range(30)) + "\n")
     with pytest.raises(ConfigError, match="single row, so no row is held out"):
         data_suite_spec(path, noise="symmetric:0.2")
-    test = tmp_path / "test.csv"
-    test.write_text(path.read_text())
+    test = tmp_path / "test.csv"  # other rows of the same classes
+    test.write_text("a,b,y\n" + "\n".join(f"{rng.random()},{rng.random()},{i}" for i in range(30)) + "\n")
     assert data_suite_spec(path, noise="symmetric:0.2", test_data=str(test))["tasks"]
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
@@ -169,15 +168,29 @@ class UserData:
         if not self.classes:
             labels = [main.y] + ([other.y] if other is not None else [])
             self.classes = data_sources.infer_classes(np.concatenate([np.asarray(v, dtype=object) for v in labels]))
+        # a repeated name left an index no label had; a string was read as its characters
+        require(isinstance(self.classes, (list, tuple)) and len(set(map(str, self.classes))) == len(self.classes),
+                f"classes must be a list of distinct class names in index order; got {self.classes!r}")
         self.classes = tuple(str(c) for c in self.classes)
         require(len(self.classes) >= 2,
                 f"{self.dataset}: the target {self.target!r} has a single class {list(self.classes)}; "
                 "a classifier needs at least two")
         if self.noise == "symmetric":
             check_symmetric_rate(self.noise_rate, len(self.classes))
+        require(isinstance(self.flips, (list, tuple))
+                and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in self.flips),
+                f"flips must be [[source, destination], ...] class names; got {self.flips!r}")
         self.flips = tuple((str(s), str(d)) for s, d in self.flips)
         unknown = sorted({c for pair in self.flips for c in pair} - set(self.classes))
         require(not unknown, f"flips name unknown class(es) {unknown}; classes are {list(self.classes)}")
+        targets: dict[str, set[str]] = {}
+        for source, dest in self.flips:
+            targets.setdefault(source, set()).add(dest)
+        twice = sorted(s for s, dests in targets.items() if len(dests) > 1)  # only the last one was kept
+        require(not twice, f"flips class {twice[0]!r} to {sorted(targets[twice[0]])}; give each source class one "
+                           "destination" if twice else "")
+        same = [s for s, d in self.flips if s == d]  # changes no label: the run trained noise-free
+        require(not same, f"flips class {same[0]!r} to itself; name another class" if same else "")
         require(self.noise != "asymmetric" or bool(self.flips),
                 "asymmetric noise on your data needs flips = [[source, destination], ...] class names "
                 "(CLI: --noise asymmetric:0.3:cat>dog,dog>cat)")
@@ -201,6 +214,12 @@ class UserData:
             n = int(prepared.trusted.sum())
             require(n > 0, f"{self.dataset}: the trusted column {self.trusted!r} marks no rows; mark clean rows 1/true")
             require(n < len(prepared.y), f"{self.dataset}: every row is trusted; nothing noisy is left to train on")
+        pool = prepared.y if prepared.trusted is None else prepared.y[~prepared.trusted]
+        if prepared.trusted is not None or prepared.test is not None:  # a held-out split keeps every class
+            # every model would learn one answer (and the noise estimate's classifier failed in a traceback)
+            only = torch.unique(pool)
+            require(len(only) > 1, f"{self.dataset}: the rows trained on all have class "
+                                   f"{self.classes[int(only[0])]!r}; a classifier needs rows of two classes or more")
 
     def _check_noise_mode(self) -> None:
         # a rate of nan or -0.1 counted as "no noise" and got "say how the labels are noisy": name the rate
@@ -220,9 +239,7 @@ class UserData:
         return self.test_data
 
     def _hash_files(self) -> str:
-        files = [self.dataset] + ([self._other_file()] if self._other_file() else [])
-        hashes = "+".join(data_sources.file_hash(f) for f in files)
-        return hashlib.sha256(hashes.encode()).hexdigest()[:16]
+        return data_sources.files_digest([self.dataset] + ([self._other_file()] if self._other_file() else []))
 
     def _tables(self) -> tuple[data_sources.Table, data_sources.Table | None]:
         flag = self.trusted if self.trusted is not None and not data_sources.is_data_path(self.trusted) else None
@@ -502,8 +519,7 @@ class UserRegressionTask(Task):
                 "choose one: injected noise (noise) for clean targets, or a trusted subset (trusted) for noisy ones")
         if _STORED_ONLY.get() and self.data_hash and isinstance(self.purify, bool):  # a run's stored task
             return
-        files = [self.dataset] + ([self._other()] if self._other() else [])
-        digest = hashlib.sha256("+".join(data_sources.file_hash(f) for f in files).encode()).hexdigest()[:16]
+        digest = data_sources.files_digest([self.dataset] + ([self._other()] if self._other() else []))
         require(not self.data_hash or self.data_hash == digest,
                 f"{self.dataset}: the data changed since this task was set up (hash {digest}, stored "
                 f"{self.data_hash}); restore the file or start a new run")
