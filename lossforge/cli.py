@@ -273,7 +273,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if fmt != "table":
         doc = open_run(path, pick=args.pick).to_dict(top=args.top)
         if fmt == "json":
-            print(json.dumps(doc, indent=2))
+            print(json.dumps(doc, indent=2, allow_nan=False))
             return 0
         headers, rows = _show_rows(doc, raw=fmt == "csv")
         if fmt == "csv":

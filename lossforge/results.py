@@ -38,6 +38,18 @@ def _num(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite, however deep, as None: strict JSON. A run file's
+    elapsed time or a hand-edited tree's constant may be one, which ``json`` would write as ``Infinity``/``NaN``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class Loss:
     """One loss of a run's final ranking."""
@@ -244,9 +256,9 @@ class Run:
         hall_of_fame (rank, formula, tokens, fitness, validation_fitness, confirmed_fitness, complexity, same_as,
         tasks), rank1_vs_best_baseline (baseline, mean_diff, ci, p, seeds: rank 1's validation fitness paired
         with the best baseline's; null when not validated) and baselines (name, fitness, validation_fitness,
-        tasks)."""
+        tasks). Every NaN or infinity in it is None."""
         counts = self.counts()
-        return {
+        return _finite({
             "run": str(self.path), "status": self.status, "elapsed_s": round(self.elapsed_s, 3),
             "suite": self.suite, "generations": len(self._generations),
             "proposed": counts["proposed"], "screened": counts["screened"], "trained": counts["trained"],
@@ -255,7 +267,7 @@ class Run:
             "baselines": [{"name": b["name"], "fitness": _num(b["fitness"]),
                            "validation_fitness": _num(b["validation_fitness"]),
                            "tasks": {t: _num(v) for t, v in b["tasks"].items()}} for b in self._baselines],
-        }
+        })
 
 
 def _formula(tree: tuple[Any, ...]) -> str:

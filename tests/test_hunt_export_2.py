@@ -1,0 +1,44 @@
+"""A found loss exported, plugged into a trainer and read as data: what a user checks after a search.
+Hand-edited run contents go in through SQLite, as a tool or an editor would."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from lossforge.cli import main
+
+
+def _strict_json(text: str):
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _edited(tiny_run: Path, tmp_path: Path, *statements: str) -> Path:
+    path = tmp_path / "edited.db"
+    shutil.copy(tiny_run, path)
+    with sqlite3.connect(path) as conn:
+        for sql in statements:
+            conn.execute(sql)
+    return path
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE run_state SET elapsed_s = 9e999",
+    """UPDATE candidates SET tree = '["multiply", NaN, "minus", "y_pred", "y_real"]'""",
+])
+def test_show_json_is_strict_json_whatever_the_run_holds(tiny_run: Path, tmp_path: Path, capsys,
+                                                         statement: str) -> None:
+    """Before: an infinite elapsed time or a NaN constant in a stored tree reached `show --json` as
+    `Infinity`/`NaN`, which is not JSON (jq and strict parsers refuse the whole document); the dashboard's
+    copy of the same document already wrote null there, as docs/dashboard.md promises."""
+    path = _edited(tiny_run, tmp_path, statement)
+    assert main(["show", str(path), "--json"]) == 0
+    doc = _strict_json(capsys.readouterr().out)
+    assert doc["hall_of_fame"] and doc["status"] == "finished"
