@@ -399,8 +399,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     elif suffix == ".py":  # was "cannot parse expression" or "unsupported syntax (Attribute)"
         raise LossforgeError(f"{args.expression}: score reads expression text or a .json export, never a .py "
                              "module (no file's code is run); export the loss with --format json and score that")
+    elif suffix in (".db", ".sqlite", ".sqlite3"):  # a run file, even when missing: was "unsupported syntax"
+        raise LossforgeError(f"{args.expression}: score reads expression text or a .json export, not a run file; "
+                             "export the loss with `lossforge export RUN --rank K --format json -o loss.json` and "
+                             "score that")
     else:
-        expr = LossExpression.parse(args.expression)
+        try:
+            expr = LossExpression.parse(args.expression)
+        except LossforgeError:
+            if not Path(args.expression).is_file():
+                raise
+            # e.g. the LaTeX or sympy export, which only the .json export stands for
+            raise LossforgeError(f"{args.expression}: a file, not expression text; score reads expression text or "
+                                 "a .json export (`lossforge export RUN --format json -o loss.json`)") from None
     args.suite = _data_suite(args) or args.suite
     suite = load_suite(args.suite)
     seeds = list(range(args.seeds)) if args.seeds else None

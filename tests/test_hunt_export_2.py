@@ -42,3 +42,26 @@ def test_show_json_is_strict_json_whatever_the_run_holds(tiny_run: Path, tmp_pat
     assert main(["show", str(path), "--json"]) == 0
     doc = _strict_json(capsys.readouterr().out)
     assert doc["hall_of_fame"] and doc["status"] == "finished"
+
+
+def _one_line(err: str, fragment: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("name", ["run", "missing.db", "loss.tex", "loss.sympy"])
+def test_score_of_a_run_file_or_another_export_names_the_json_export(tiny_run: Path, tmp_path: Path, capsys,
+                                                                     tiny_suite: str, name: str) -> None:
+    """Before: `score runs/x.db` (to score a run's best loss elsewhere) and `score` of the LaTeX or sympy
+    export read the file name as expression text: "unsupported syntax (Attribute) at column 1", which names
+    neither the file nor what to give instead (a `.py` export already got that line)."""
+    if name == "run":
+        path = tiny_run
+    else:
+        path = tmp_path / name
+        if name != "missing.db":
+            assert main(["export", str(tiny_run), "--format", name.split(".")[1].replace("tex", "latex"),
+                         "-o", str(path)]) == 0
+            capsys.readouterr()
+    assert main(["score", str(path), "--suite", tiny_suite, "--baselines", ""]) == 2
+    _one_line(capsys.readouterr().err, "--format json")
