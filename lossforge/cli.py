@@ -302,6 +302,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.output == "":  # -o '' wrote to stdout, as if no file was named
         raise LossforgeError("-o names no file; give a file name, or leave -o out to print the export")
+    _check_named(args.name, "--name", "class name", "RobustLoss")  # was the default class name, silently
     path = resolve_run_path(args.run, args.runs_dir)
     item, expression = ranked_from_run(path, args.rank, args.pick)
     with RunStore.open(path, readonly=True) as store:

@@ -65,3 +65,15 @@ def test_score_of_a_run_file_or_another_export_names_the_json_export(tiny_run: P
             capsys.readouterr()
     assert main(["score", str(path), "--suite", tiny_suite, "--baselines", ""]) == 2
     _one_line(capsys.readouterr().err, "--format json")
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_class_name_is_refused_not_replaced_by_the_default(tiny_run: Path, tmp_path: Path, capsys,
+                                                                    name: str) -> None:
+    """Before: `export --format py --name ''` (a script's unset variable) wrote class EvolvedLoss_<key>, and
+    `--name '  '` class Loss, so the trainer's `from my_loss import RobustLoss` failed later; the other
+    options refuse an empty value in one line."""
+    out = tmp_path / "my_loss.py"
+    assert main(["export", str(tiny_run), "--format", "py", "--name", name, "-o", str(out)]) == 2
+    _one_line(capsys.readouterr().err, "--name names no class name")
+    assert not out.exists()
