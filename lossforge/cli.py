@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
+from lossforge import strict_json
 from lossforge.errors import LossforgeError, printable as _printable
 
 
@@ -273,7 +274,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if fmt != "table":
         doc = open_run(path, pick=args.pick).to_dict(top=args.top)
         if fmt == "json":
-            print(json.dumps(doc, indent=2, allow_nan=False))
+            print(strict_json.dumps(doc, indent=2))
             return 0
         headers, rows = _show_rows(doc, raw=fmt == "csv")
         if fmt == "csv":
@@ -384,7 +385,7 @@ def _score_json(rows: Sequence[Any], against: str | None = None) -> str:
         out.append({"name": r.name, "baseline": not r.name.startswith("loss "), "formula": r.formula,
                     "fitness": num(mean), "ci": num(half), "status": r.status, "reason": r.reason,
                     "per_seed": [num(v) for v in r.per_seed], "tasks": tasks, "against": versus(r)})
-    return json.dumps({"rows": out}, indent=2)
+    return strict_json.dumps({"rows": out}, indent=2)
 
 
 def cmd_score(args: argparse.Namespace) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import math
 import os
 import socket
@@ -31,6 +30,7 @@ from urllib.parse import parse_qs, urlparse
 
 from lossforge.errors import ConfigError, LossforgeError, RunError, printable
 from lossforge.runfile.format import validate
+from lossforge.strict_json import dumps, finite
 
 __all__ = ["run_data", "make_server", "serve", "latex_svg"]
 
@@ -130,19 +130,7 @@ def run_data(path: str | os.PathLike[str], top: int = 10) -> dict[str, Any]:
     doc["rejections"] = run.rejection_reasons()
     doc["counts"] = run.counts()
     doc["tasks"] = run.tasks
-    return _finite(doc)
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinity, however deep, as None: strict JSON, as ``show --json`` writes
-    it (a run file's config or statistics may hold them, and one must not blank the whole page)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return finite(doc)
 
 
 def _runs_in(directory: Path) -> list[Path]:
@@ -180,7 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _json(self, doc: Any, status: int = HTTPStatus.OK) -> None:
-        self._send(status, json.dumps(doc, allow_nan=False).encode("utf-8"), "application/json")
+        self._send(status, dumps(doc).encode("utf-8"), "application/json")
 
     def _host_allowed(self) -> bool:
         """On a loopback address only a request naming this machine (localhost, 127.x, ::1) is served: a web

@@ -26,7 +26,6 @@ import builtins
 import inspect
 import json
 import keyword
-import math
 import os
 import re
 import stat
@@ -46,6 +45,7 @@ from lossforge.loss import (
     loss_precision, reduce_loss,
 )
 from lossforge.operators import OPERATORS
+from lossforge.strict_json import finite
 
 FORMATS = ("py", "json", "latex", "sympy")
 JSON_FORMAT = "lossforge-loss"
@@ -61,21 +61,9 @@ def to_json(expression: LossExpression, metadata: dict[str, Any] | None = None) 
         "tokens": expression.to_json(),
         "formula": expression.formula(),
         "latex": expression.latex(),
-        "metadata": _finite(metadata or {}),
+        "metadata": finite(metadata or {}),
     }
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinity (a run's fitness may be one) as None: json would write
-    ``Infinity``, which is not JSON (``show --json`` writes null too)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def class_name(expression: LossExpression, name: str | None = None) -> str:

@@ -29,6 +29,7 @@ from lossforge.errors import ConfigError, LossforgeError, RunError
 from lossforge.expression import LossExpression
 from lossforge.ranking import Ranked, Versus, against_best_baseline, baseline_rows, pareto_front, ranking, suite_of
 from lossforge.runfile import CandidateRecord, CandidateState, RunStore
+from lossforge.strict_json import finite
 
 __all__ = ["Loss", "Run", "open_run"]
 
@@ -36,18 +37,6 @@ __all__ = ["Loss", "Run", "open_run"]
 def _num(value: float | None) -> float | None:
     """JSON-safe number: NaN and infinities become None."""
     return None if value is None or not math.isfinite(float(value)) else float(value)
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with every float that is NaN or infinite, however deep, as None: strict JSON. A run file's
-    elapsed time or a hand-edited tree's constant may be one, which ``json`` would write as ``Infinity``/``NaN``."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 @dataclass(frozen=True)
@@ -258,7 +247,7 @@ class Run:
         with the best baseline's; null when not validated) and baselines (name, fitness, validation_fitness,
         tasks). Every NaN or infinity in it is None."""
         counts = self.counts()
-        return _finite({
+        return finite({
             "run": str(self.path), "status": self.status, "elapsed_s": round(self.elapsed_s, 3),
             "suite": self.suite, "generations": len(self._generations),
             "proposed": counts["proposed"], "screened": counts["screened"], "trained": counts["trained"],
