@@ -154,6 +154,8 @@ class Run:
     n_classes: int = 10
     #: rank 1 against the best baseline on the validation seeds (None: not validated)
     versus: Versus | None = None
+    #: the status says running but no live process holds the run (its writer was killed: resume it)
+    writer_gone: bool = False
 
     # ------------------------------------------------------------------------------------------ losses
     def losses(self, n: int | None = None) -> list[Loss]:
@@ -241,14 +243,14 @@ class Run:
                 for i in front]
 
     def to_dict(self, top: int = 10) -> dict[str, Any]:
-        """The document of ``lossforge show --json``: run, status, elapsed_s, proposed, screened, trained,
+        """The document of ``lossforge show --json``: run, status, writer_gone, elapsed_s, proposed, screened, trained,
         hall_of_fame (rank, formula, tokens, fitness, validation_fitness, confirmed_fitness, complexity, same_as,
         tasks), rank1_vs_best_baseline (baseline, mean_diff, ci, p, seeds: rank 1's validation fitness paired
         with the best baseline's; null when not validated) and baselines (name, fitness, validation_fitness,
         tasks). Every NaN or infinity in it is None."""
         counts = self.counts()
         return finite({
-            "run": str(self.path), "status": self.status, "elapsed_s": round(self.elapsed_s, 3),
+            "run": str(self.path), "status": self.status, "writer_gone": self.writer_gone, "elapsed_s": round(self.elapsed_s, 3),
             "suite": self.suite, "generations": len(self._generations),
             "proposed": counts["proposed"], "screened": counts["screened"], "trained": counts["trained"],
             "hall_of_fame": [loss.record() for loss in self.losses(top)],
@@ -300,6 +302,7 @@ def open_run(path: str | os.PathLike[str], pick: str = "best") -> Run:
         config = dict(store.config().get("search", {}))
         screened = frozenset(s["key"] for s in store.screenings())
         versus = against_best_baseline(store, ranked[0].record.key) if ranked else None
+        writer_gone = store.writer_gone(summary.status)
     return Run(path, summary.status.value, float(summary.elapsed_s), suite.name, [t.name for t in suite.tasks],
                config, ranked, candidates, generations, baselines, screened, suite.problem, suite.probe_classes[0],
-               versus)
+               versus, writer_gone)

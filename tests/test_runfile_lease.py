@@ -157,12 +157,18 @@ def test_two_resumes_at_once_one_is_refused_and_kill_9_is_taken_over(tmp_path, t
     # the lease is taken before the run is loaded; 'running' is written after, which can outlast the refusal
     _wait(lambda: _status(run) == "running", first, "the first resume's status 'running'")
     assert _shown(run) == "running"  # a live writer
+    from lossforge.results import open_run
+
+    assert open_run(run).to_dict()["writer_gone"] is False
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
     first.stderr.close()
     reached = _last_gen(run)  # after the kill: the first resume may have ended another generation meanwhile
     # the killed writer left 'running' in the file: the views say no process is behind it
     assert _shown(run) == "running (writer gone: resume it)"
+    # show --json kept "running" alone, and a script waiting for the status to change waited for ever
+    doc = open_run(run).to_dict()
+    assert (doc["status"], doc["writer_gone"]) == ("running", True)
     from lossforge.cli import main
 
     assert main(["--runs-dir", str(tmp_path), "runs"]) == 0

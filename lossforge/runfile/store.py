@@ -321,14 +321,18 @@ class RunStore:
             return read_lease(conn.execute("SELECT * FROM lease WHERE id = 1").fetchone(),
                               f"run file {self.path}: lease")
 
+    def writer_gone(self, status: RunStatus) -> bool:
+        """Whether a run whose status is ``status`` says ``running`` while no live process holds its lease
+        (its writer was killed): it will not move on until resumed."""
+        if status is not RunStatus.RUNNING:
+            return False
+        holder = self.lease_holder()
+        return holder is None or is_stale(holder, time.time())
+
     def shown_status(self, status: RunStatus) -> str:
-        """``status`` as the views print it: a run that says ``running`` while no live process holds its lease
-        (its writer was killed) says so, where it looked like a search still going."""
-        if status is RunStatus.RUNNING:
-            holder = self.lease_holder()
-            if holder is None or is_stale(holder, time.time()):
-                return "running (writer gone: resume it)"
-        return status.value
+        """``status`` as the views print it: a killed writer's run says so, where it looked like a search still
+        going."""
+        return "running (writer gone: resume it)" if self.writer_gone(status) else status.value
 
     def set_status(self, status: RunStatus | str) -> None:
         """Set the run's status. ``running`` starts this session's elapsed-time clock; others stop it."""
