@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import numbers
@@ -14,7 +13,7 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from lossforge.baselines import DISPLAY_BASELINES, baselines_for, get_baseline
 from lossforge.engine import Callback, Search, SearchConfig
-from lossforge.errors import ConfigError, ExpressionError
+from lossforge.errors import ConfigError, ExpressionError, did_you_mean
 from lossforge.evaluator import FULL, Evaluator, rejected_result
 from lossforge.executor import make_executor
 from lossforge.expression import LossExpression
@@ -29,10 +28,8 @@ def _check_keywords(name: str, given: Iterable[str], valid: Sequence[str]) -> No
     """A TypeError that names the valid keywords (and the closest one) for a misspelt keyword argument."""
     unknown = [k for k in given if k not in valid]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], valid, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise TypeError(f"{name}() got an unexpected keyword argument {unknown[0]!r}{hint} "
-                        f"(valid: {', '.join(valid)})")
+        raise TypeError(f"{name}() got an unexpected keyword argument {unknown[0]!r}"
+                        f"{did_you_mean(unknown[0], valid)} (valid: {', '.join(valid)})")
 
 
 def _named_keywords(func: Callable) -> Callable:

@@ -18,6 +18,7 @@ import hashlib
 import io
 import math
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -97,6 +98,9 @@ def _frame(path: Path) -> Any:
         return frame
     except ImportError:
         raise ConfigError(f"{path}: reading Parquet needs pyarrow: pip install 'lossforge[parquet]'") from None
+    except UnicodeDecodeError as exc:  # pandas' "'utf-8' codec can't decode byte 0xe9" named no fix
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} is no UTF-8; Latin-1 or "
+                          "Windows-1252, perhaps); save it as UTF-8 (a spreadsheet's \"CSV UTF-8\")") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read it as {path.suffix[1:]}: {str(exc).splitlines()[0]}") from None
 
@@ -135,6 +139,19 @@ def _select(columns: Sequence[str], where: str, target: str, features: Sequence[
                           "features")
     _check_features(columns, features, where)
     return list(features) or [c for c in columns if c not in (target, trusted)]
+
+
+def _check_separator(columns: Sequence[str], where: str, target: str) -> None:
+    """ConfigError when a CSV header read as one column holds ';', a tab or the target among other text: the
+    file is separated by something else than commas, and was read as one column named "a;b;y"."""
+    name = str(columns[0]) if len(columns) == 1 else ""
+    word = bool(target) and re.search(rf"(^|\W){re.escape(target)}(\W|$)", name) is not None
+    if name == target or not (";" in name or "\t" in name or word):
+        return
+    sep = "';'" if ";" in name else "tabs" if "\t" in name else "something other than commas"
+    raise ConfigError(f"{where}: no target column {target!r}; the header is the single column {name!r}: the file "
+                      f"seems to be separated by {sep}, and lossforge reads comma-separated CSV; save it with "
+                      "commas (or as .npz or .parquet)")
 
 
 def _check_features(columns: Sequence[str], features: Sequence[str], where: str) -> None:
@@ -215,6 +232,8 @@ def read_table(path: str | Path, target: str, features: Sequence[str] = (), trus
         raise ConfigError(f"{where}: no such data file")
     if suffix in (".csv", ".parquet"):
         frame = _frame(path)
+        if suffix == ".csv":
+            _check_separator(frame.columns, where, target)
         names = _select(frame.columns, where, target, features, trusted)
         x = _features(frame[names].to_numpy(), names, where)
         y = _frame_labels(frame, target, where)

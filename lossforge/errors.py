@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 def printable(text: str) -> str:
     """``text`` with control and other unprintable characters escaped (``\\x1b``, ``\\n``): a file or run
@@ -9,6 +12,13 @@ def printable(text: str) -> str:
     # isprintable: false for control, format and surrogate characters and for separators but the space
     # (a line separator U+2028 would break the line too)
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def did_you_mean(word: str, valid: Iterable[str]) -> str:
+    """``"; did you mean 'NAME'?"`` for the name in ``valid`` closest to a misspelt ``word``, or ``""``: the
+    suggestion every unknown keyword or setting gets."""
+    close = difflib.get_close_matches(word, list(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class LossforgeError(Exception):

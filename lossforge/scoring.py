@@ -31,7 +31,7 @@ import torch
 from lossforge.errors import ConfigError
 from lossforge.space import read_toml_file
 from lossforge.tasks.base import Task
-from lossforge.tasks.registry import presets, resolve, type_name
+from lossforge.tasks.registry import check_settings, presets, resolve, type_name
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
@@ -319,6 +319,7 @@ def suite_from_spec(data: dict[str, Any], where: str = "suite") -> Suite:
             raise ConfigError(f"{at}: 'settings' must be a table")
         settings.update(extra)
         try:
+            check_settings(cls, kind, settings)
             task = cls(**settings)
         except TypeError as exc:
             raise ConfigError(f"{at}: bad settings for {kind}: {exc}") from None

@@ -217,7 +217,8 @@ LIMIT_KEYS = frozenset({"init_min_depth", "init_max_depth", "max_depth", "max_no
 
 
 def read_toml_file(path: Path, where: str, error: type[LossforgeError], kind: str, fix: str) -> dict[str, Any]:
-    """The parsed TOML of a small configuration file (a space, a suite), or one ``error`` line naming ``where``:
+    """The parsed TOML of a small configuration file (a space, a suite; UTF-8, with or without a byte-order
+    mark), or one ``error`` line naming ``where``:
     a path that is no regular file (a device or FIFO was read forever) or one over :data:`MAX_SPACE_BYTES`
     (read into memory whole) is refused; ``fix`` says what to give instead."""
     try:
@@ -231,9 +232,11 @@ def read_toml_file(path: Path, where: str, error: type[LossforgeError], kind: st
     except OSError as exc:
         raise error(f"{where}: cannot read {kind}: {exc}") from None
     try:
-        return tomllib.loads(raw.decode("utf-8"))
+        # utf-8-sig: a leading byte-order mark (as Windows editors save UTF-8) was "Invalid statement"
+        return tomllib.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
-        raise error(f"{where}: cannot read {kind}: {exc}") from None
+        raise error(f"{where}: cannot read {kind}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} is no UTF-8); "
+                    "save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{where}: cannot read {kind}: not valid TOML: {exc}") from None
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import re
 from importlib import metadata
 from typing import Any
 
-from lossforge.errors import ConfigError
+from lossforge.errors import ConfigError, did_you_mean
 from lossforge.tasks.base import Task
 
 #: Entry-point group through which installed packages publish task types.
@@ -197,11 +198,21 @@ def presets(kind: str) -> dict[str, dict[str, Any]]:
 def make_task(type_name: str, **settings: Any) -> Task:
     """The task of type ``type_name`` with ``settings`` (unknown names raise :class:`ConfigError`)."""
     cls = resolve(type_name)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {unknown} for task type {type_name!r}; known: {sorted(known)}")
+    check_settings(cls, type_name, settings)
     return cls(**settings)
+
+
+def check_settings(cls: type, type_name: str, settings: Any) -> None:
+    """ConfigError naming the settings ``cls`` (a task class) does not take, with the closest known name (a
+    class whose constructor takes ``**kwargs`` accepts any)."""
+    parameters = inspect.signature(cls).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    known = sorted(p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown} for task type {type_name!r}"
+                          f"{did_you_mean(unknown[0], known)} (known: {', '.join(known)})")
 
 
 def preset_task(name: str, **overrides: Any) -> Task:

@@ -165,6 +165,13 @@ class UserData:
         self._check_noise_mode()
         main, other = self._tables()
         self.features = main.features  # inferred ones are stored, so the run says what was used
+        if other is not None:  # classes were the union: test rows of a class no model was trained on were scored
+            seen = set(data_sources.infer_classes(main.y))
+            unseen = [c for c in data_sources.infer_classes(other.y) if c not in seen]
+            require(not unseen, f"{self._other_file()}: label(s) {unseen[:5]} of {self.target!r} never occur in the "
+                                f"training data {self.dataset}; a model cannot predict a class it never saw "
+                                "labelled, so scoring on them means nothing; drop those rows or add labelled rows "
+                                "of them to the training data")
         if not self.classes:
             labels = [main.y] + ([other.y] if other is not None else [])
             self.classes = data_sources.infer_classes(np.concatenate([np.asarray(v, dtype=object) for v in labels]))
