@@ -301,6 +301,9 @@ def load(path: str | Path, rank: int = 1, reduction: str = "mean", problem: str 
         raise ExportError(f"no such file: {path}")
     if _is_run_file(path):
         expression = expression_from_run(path, rank, pick)
+    elif path.suffix.lower() == ".py":  # was "not a JSON loss export (invalid JSON at line 1 ...)"
+        raise ExportError(f"{path}: a .py export is imported, not loaded (`from {path.stem} import ...`; no file's "
+                          "code is run here); load takes the .json export or the run file")
     else:
         if rank != 1 or pick != "best":  # else the file's one loss would stand for the rank asked for
             raise ExportError(f"{path}: a JSON export holds one loss, so rank and pick apply to run files only; "

@@ -77,3 +77,18 @@ def test_an_empty_class_name_is_refused_not_replaced_by_the_default(tiny_run: Pa
     assert main(["export", str(tiny_run), "--format", "py", "--name", name, "-o", str(out)]) == 2
     _one_line(capsys.readouterr().err, "--name names no class name")
     assert not out.exists()
+
+
+def test_load_of_a_py_export_says_to_import_it_or_load_the_json(tmp_path: Path) -> None:
+    """Before, lossforge.load("my_loss.py") said "not a JSON loss export (invalid JSON at line 1 ...)",
+    which named neither what the file is nor what load takes; nothing in the file may run either way."""
+    from lossforge.errors import ExportError
+    from lossforge.export import load
+
+    path = tmp_path / "my_loss.py"
+    marker = tmp_path / "ran"
+    path.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    with pytest.raises(ExportError, match=r"my_loss\.py: a \.py export is imported.*from my_loss import.*\.json "
+                                          "export or the run file"):
+        load(path)
+    assert not marker.exists()
