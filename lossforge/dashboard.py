@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import io
+import ipaddress
 import math
 import os
 import socket
@@ -178,7 +179,12 @@ class _Handler(BaseHTTPRequestHandler):
             return True  # --host chose to serve other machines
         name = (self.headers.get("Host") or "").strip().lower()
         name = name[1:name.index("]")] if name.startswith("[") and "]" in name else name.rsplit(":", 1)[0]
-        return name in ("localhost", "::1") or name.startswith("127.")
+        if name == "localhost":
+            return True
+        try:  # an address, not a name that starts like one: 127.0.0.1.evil.example is the attacker's name
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         url = urlparse(self.path)
