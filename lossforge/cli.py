@@ -231,7 +231,8 @@ SHOW_FORMATS = ("table", "csv", "markdown", "json")
 def _show_rows(doc: dict[str, Any], raw: bool = False) -> tuple[list[str], list[list[Any]]]:
     """The hall of fame of a ``show --json`` document as a header and rows, with the table's columns: a
     ``confirmed`` column where the run confirmed, one column per task, and which known loss a row trains as
-    (``raw``: numbers unformatted and that in a ``same_as`` column, for CSV; else as the table writes it)."""
+    (``raw``: numbers unformatted and that in a ``same_as`` column, for CSV; else as the table writes it,
+    the formula cell a pair (formula, note or None) for Markdown)."""
     from lossforge.baselines import known_loss_text
 
     hof = doc["hall_of_fame"]
@@ -245,8 +246,9 @@ def _show_rows(doc: dict[str, Any], raw: bool = False) -> tuple[list[str], list[
     for h in hof:
         same = known_loss_text(h["same_as"]["name"], h["same_as"]["scale"]) if h["same_as"] else None
         invalid = None if raw else _invalid_tokens(h["tokens"])
-        formula = (h["formula"] if raw else f"{h['formula']}  (= {same})" if same
-                   else f"{h['formula']}  (invalid: {invalid})" if invalid else h["formula"])
+        # Markdown: the formula and the table's note apart, so the formula alone goes in the code span
+        formula = (h["formula"] if raw else (h["formula"], f"(= {same})" if same
+                                             else f"(invalid: {invalid})" if invalid else None))
         rows.append([h["rank"], fmt(h["fitness"]), *([fmt(h["confirmed_fitness"])] if confirmed else []),
                      fmt(h["validation_fitness"]), h["complexity"], *[fmt(h["tasks"].get(t)) for t in tasks],
                      formula, *([same or ""] if known and raw else [])])
@@ -254,9 +256,15 @@ def _show_rows(doc: dict[str, Any], raw: bool = False) -> tuple[list[str], list[
 
 
 def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(v: Any) -> str:  # names and formulas come from the run file: shown, never rendered as HTML
-        text = " ".join(str(v).split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        return text.replace("|", "\\|")  # a pipe would end the cell, a line break the row
+    """Names and formulas come from the run file: shown literally, never rendered as markup or HTML; a cell
+    given as (formula, note) is the formula as a code span, then the note."""
+    from lossforge import markdown
+
+    def cell(v: Any) -> str:
+        if isinstance(v, tuple):
+            formula, note = v
+            return markdown.code(formula) + (f" {markdown.text(note)}" if note else "")
+        return markdown.text(v)
 
     out = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     return "\n".join(out + ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows])

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import nn
 
+from lossforge import markdown
 from lossforge.atomic import check_output, write_atomic
 from lossforge.baselines import get_baseline
 from lossforge.diagnostics import probability_band, residual_band
@@ -287,38 +287,10 @@ def _cell(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())  # a line break would end the table row or the list item
-
-
-def _text(text: Any) -> str:
-    """``text`` from the run file (a run, suite, task or baseline name) as literal Markdown: HTML's ``&<>``
-    become entities and Markdown's punctuation is backslash-escaped, so no name renders as markup or HTML,
-    or breaks a table cell."""
-    out = []
-    for ch in _one_line(text):
-        if ch in "&<>":
-            out.append({"&": "&amp;", "<": "&lt;", ">": "&gt;"}[ch])
-        elif ch in "\\`*[]|":  # [ ] stop a link, | a cell, ` a code span (_ is left: names are snake_case)
-            out.append("\\" + ch)
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _code(text: Any) -> str:
-    """``text`` as a Markdown code span (shown literally, HTML included) that a backtick inside cannot end:
-    the fence is one backtick longer than the longest run of them in the text."""
-    text = _one_line(text).replace("|", r"\|")  # a pipe would end the table cell, even in code
-    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
 def _formula(text: str | None) -> str:
     if not text:
         return "–"
-    return _code(text)
+    return markdown.code(text)
 
 
 _SECTIONS = (
@@ -347,12 +319,12 @@ _SHAPE_NOTES = {
 def _markdown(run: _Run, images: dict[str, str], front: list[int]) -> str:
     s = run.summary
     lines = [
-        f"# Run report: {_text(s.name)}",
+        f"# Run report: {markdown.text(s.name)}",
         "",
-        f"- Run file: {_code(s.path)} ({s.status.value}, lossforge {_text(s.lossforge_version or 'unknown')})",
+        f"- Run file: {markdown.code(s.path)} ({s.status.value}, lossforge {markdown.text(s.lossforge_version or 'unknown')})",
         f"- Generations finished: {s.generations}; elapsed {s.elapsed_s / 60:.1f} min",
         f"- Candidates: {s.candidates} ({', '.join(f'{n} {k}' for k, n in run.counts.items() if n) or 'none'})",
-        f"- Suite: {_text(run.suite.name)}, tasks {', '.join(_text(t) for t in run.tasks)}; "
+        f"- Suite: {markdown.text(run.suite.name)}, tasks {', '.join(markdown.text(t) for t in run.tasks)}; "
         f"search seeds {list(run.suite.seeds)}",
         "",
         "Fitness is the weighted geometric mean over tasks of each task's score normalised against the task's "
@@ -370,7 +342,7 @@ def _markdown(run: _Run, images: dict[str, str], front: list[int]) -> str:
             lines += [f"| {run.complete[i].complexity} | {_cell(run.complete[i].fitness)} | "
                       f"{_formula(run.complete[i].formula)} |" for i in front]
             lines.append("")
-    header, rule = "| " + " | ".join(_text(t) for t in run.tasks) + " |", "|---:" * len(run.tasks) + "|"
+    header, rule = "| " + " | ".join(markdown.text(t) for t in run.tasks) + " |", "|---:" * len(run.tasks) + "|"
     lines += ["## Hall of fame", ""]
     if run.best:
         lines += ["| rank | formula | complexity | fitness | validation " + header, "|---:|---|---:|---:|---:" + rule]
@@ -387,10 +359,10 @@ def _markdown(run: _Run, images: dict[str, str], front: list[int]) -> str:
         lines += ["| baseline | fitness | validation " + header, "|---|---:|---:" + rule]
         for name, row in run.baselines.items():
             scores = " | ".join(_cell(row["tasks"].get(t, math.nan)) for t in run.tasks)
-            lines.append(f"| {_text(name)} | {_cell(row['fitness'])} | {_cell(row['validation_fitness'])} | {scores} |")
+            lines.append(f"| {markdown.text(name)} | {_cell(row['fitness'])} | {_cell(row['validation_fitness'])} | {scores} |")
         references = ", ".join(sorted({t.task.reference for t in run.suite.tasks}))
         lines += ["", f"Task scores are normalised seed by seed against each task's reference loss "
-                      f"({_text(references)})."]
+                      f"({markdown.text(references)})."]
     else:
         lines.append("_No baselines stored._")
     return "\n".join(lines) + "\n"
@@ -435,11 +407,11 @@ def write_report(run_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                 plot(run, Path(scratch) / f"report_{key}.png")
                 images[key] = f"report_{key}.png"
                 rendered[key] = (Path(scratch) / images[key]).read_bytes()
-    markdown = _markdown(run, images, front)
+    document = _markdown(run, images, front)
     for key, png in rendered.items():
         write_atomic(out / images[key], png)
     report = out / "report.md"
-    write_atomic(report, markdown)
+    write_atomic(report, document)
     for key in plots.keys() - images.keys():  # a figure of the report replaced (force) would describe another run
         (out / f"report_{key}.png").unlink(missing_ok=True)
     return report

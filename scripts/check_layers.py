@@ -27,7 +27,7 @@ PACKAGE = "lossforge"
 #: The import layers, lowest first (docs/architecture.md draws the same). A name covers the module and,
 #: for a package, everything in it; the most specific name wins.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", ["errors", "progress", "stats", "operators", "atomic", "strict_json"]),
+    ("foundation", ["errors", "progress", "stats", "operators", "atomic", "strict_json", "markdown"]),
     ("symbolic", ["space", "lowering", "backends", "expression", "compile", "loss", "gp"]),
     ("training", ["training", "models", "numpy_mlp", "tasks", "data_sources"]),
     ("scoring", ["scoring", "baselines", "rejection", "executor", "conformance", "data_suite"]),

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import threading
 import urllib.error
 import urllib.request
@@ -12,7 +14,9 @@ from typing import Iterator
 
 import pytest
 
+from lossforge.cli import main
 from lossforge.dashboard import make_server
+from lossforge.runfile import RunStore
 
 
 # --- the dashboard's host check -----------------------------------------------------------------------------
@@ -53,3 +57,43 @@ def test_a_host_name_that_merely_starts_with_127_is_refused_on_loopback(tmp_path
 def test_loopback_addresses_and_localhost_are_still_served(tmp_path: Path, host: str) -> None:
     with _serving(tmp_path) as url:
         assert _status(url + "api/runs.json", host) == 200
+
+
+# --- show --format markdown ---------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def hostile(tiny_run: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "hostile.db"
+    shutil.copy(tiny_run, path)
+    with RunStore.open(path) as store:  # the best row, with a formula text an editor wrote
+        store.record_candidate(1, ["multiply", "y_pred", "y_real"], status="complete", key="edited",
+                               formula="y_pred*y_real*[x](https://evil.example)`<b>", complexity=3,
+                               fitness=1e6)
+    return path
+
+
+def test_show_markdown_writes_formulas_as_code_spans(hostile: Path, capsys: pytest.CaptureFixture) -> None:
+    """Before: formulas went into the Markdown table as plain text, so ``a*b*c`` rendered ``b`` in italics
+    (every product of three factors, e.g. ``(y_pred - y_real)*(...)*2``) and a formula text in the run file
+    became a link, where report.md (and the README) show formulas literally, as code spans."""
+    assert main(["show", str(hostile), "--format", "markdown", "--top", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines[2:] if line.startswith("| ")]
+    cells = [row.split(" | ")[-1].removesuffix(" |") for row in rows]
+    edited = [cell for cell in cells if "evil.example" in cell]
+    assert edited == ["``y_pred*y_real*[x](https://evil.example)`<b>``"]  # the longer fence: a ` inside
+    assert all(cell.startswith("`") for cell in cells) and len(cells) >= 2
+
+
+def test_show_markdown_keeps_the_known_loss_note_outside_the_code_span(tiny_run: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    assert main(["show", str(tiny_run), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert main(["show", str(tiny_run), "--format", "markdown", "--top", "50"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    for entry, row in zip(doc["hall_of_fame"], rows):
+        cell = row.split(" | ")[-1].removesuffix(" |")
+        assert cell.startswith(f"`{entry['formula']}`")
+        if entry["same_as"]:
+            assert cell.endswith(f"(= {entry['same_as']['name']})") or "x " + entry["same_as"]["name"] in cell
