@@ -506,8 +506,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lossforge.report import write_report
     from lossforge.runfile import resolve_run_path
 
+    _check_named(args.output, "-o", "directory", "runs/my-report")  # was the default directory, silently
     path = resolve_run_path(args.run, args.runs_dir)
-    out = Path(args.output) if args.output else path.with_name(path.stem + "-report")
+    out = Path(args.output) if args.output is not None else path.with_name(path.stem + "-report")
     print(f"wrote {write_report(path, out, top=args.top, force=args.force)}")
     return 0
 

@@ -97,3 +97,20 @@ def test_show_markdown_keeps_the_known_loss_note_outside_the_code_span(tiny_run:
         assert cell.startswith(f"`{entry['formula']}`")
         if entry["same_as"]:
             assert cell.endswith(f"(= {entry['same_as']['name']})") or "x " + entry["same_as"]["name"] in cell
+
+
+# --- report -o ----------------------------------------------------------------------------------------------
+
+
+def test_report_with_an_empty_output_directory_is_refused(tiny_run: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Before: ``report RUN -o ''`` (a script's unset variable) silently wrote the report to the default
+    ``RUN-report`` directory beside the run, where the README says empty values are refused."""
+    run = tmp_path / "r.db"
+    shutil.copy(tiny_run, run)
+    assert main(["report", str(run), "-o", ""]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "-o" in err
+    assert not (tmp_path / "r-report").exists()
+    assert main(["report", str(run), "-o", "  "]) == 2
+    capsys.readouterr()
