@@ -845,7 +845,9 @@ class Search:
                 self.tune()  # tuned variants join the candidates, so they can be confirmed and validated
                 self.confirm()
                 self.validate()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, BrokenPipeError):
+            # a closed output (`lossforge search | head`) stops the run as Ctrl-C does: it was marked failed,
+            # while the CLI exits 0 for it
             self.store.set_status(RunStatus.INTERRUPTED)
             raise
         except BaseException:

@@ -131,3 +131,37 @@ def test_the_start_line_estimates_the_spend_the_generations_were_derived_from(tm
         assert abs(expected - DEFAULT_BUDGET) <= config.generation_cost(config.population, seeds)
     finally:
         search.close()
+
+
+class _ClosedAfter(io.StringIO):
+    """A stream whose reader goes away after ``lines`` lines, as `lossforge search | head -3` does."""
+
+    def __init__(self, lines: int) -> None:
+        super().__init__()
+        self.left = lines
+
+    def write(self, text: str) -> int:
+        if self.left <= 0:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.left -= text.count("\n")
+        return super().write(text)
+
+
+def test_a_closed_output_leaves_the_run_interrupted_and_resumable(tmp_path: Path, tiny_suite: str) -> None:
+    """Before, a search whose output was closed (piped into head) was marked failed, while the CLI exited 0
+    for it; now it is interrupted, as by Ctrl-C, and resume finishes it."""
+    import pytest
+
+    from lossforge.runfile import RunStatus
+
+    run = tmp_path / "r.db"
+    with pytest.raises(BrokenPipeError):
+        lossforge.search(run=run, suite=tiny_suite, population=4, generations=3, executor="serial",
+                         validate_top=0, stream=_ClosedAfter(4))
+    with RunStore.open(run, readonly=True) as store:
+        assert store.summary().status is RunStatus.INTERRUPTED
+        done = len(store.generations())
+    assert done < 4
+    lossforge.resume(run, quiet=True)
+    with RunStore.open(run, readonly=True) as store:
+        assert store.summary().status is RunStatus.FINISHED and len(store.generations()) == 4
