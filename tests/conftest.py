@@ -3,11 +3,14 @@ the device tests run on (``pytest --device cuda``; default cpu)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import threading
 import os
 import signal
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -110,3 +113,18 @@ def exported_class(tmp_path: Path, expression: object, name: str = "Exported") -
 def device(request: pytest.FixtureRequest) -> str:
     """The device of the device tests (``--device``)."""
     return request.config.getoption("--device")
+
+
+@contextlib.contextmanager
+def dashboard_server(target: Path, **options: Any) -> Iterator[Any]:
+    """A dashboard server on ``target`` (a run file or folder) in a thread, shut down on exit."""
+    from lossforge.dashboard import make_server
+
+    server = make_server(target, port=0, **options)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,7 +3,6 @@ running search."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from html import unescape
 import os
@@ -17,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -25,6 +24,7 @@ import lossforge
 from lossforge.dashboard import latex_svg, make_server, run_data
 from lossforge.errors import ConfigError, RunError
 from lossforge.runfile import RunStore
+from tests.conftest import dashboard_server as _serving
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -48,14 +48,8 @@ def _get(url: str) -> tuple[int, bytes]:
 
 @pytest.fixture
 def served(finished_run: Path) -> Iterator[str]:
-    server = make_server(finished_run.parent, port=0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
+    with _serving(finished_run.parent) as server:
         yield server.url
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_run_data_carries_the_run_as_the_run_file_has_it(finished_run: Path) -> None:
@@ -223,19 +217,6 @@ def test_the_page_still_checks_a_finished_run_now_and_then(finished_run: Path, t
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'class="badge finished">finished<' in dom.stdout
     assert 2 <= len(reads) <= 4  # at 0, 15 and 30 s; a run still polled every 2 s would read it 20 times
-
-
-@contextlib.contextmanager
-def _serving(target: Path, **options: Any) -> Iterator[Any]:
-    """A dashboard server on ``target`` in a thread, shut down on exit."""
-    server = make_server(target, port=0, **options)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _serve_once(target: Path, path: str) -> tuple[int, bytes]:

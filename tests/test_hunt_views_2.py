@@ -3,35 +3,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from lossforge.cli import main
-from lossforge.dashboard import make_server
 from lossforge.runfile import RunStore
+from tests.conftest import dashboard_server
 
 
 # --- the dashboard's host check -----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _serving(target: Path) -> Iterator[str]:
-    server = make_server(target, port=0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server.url
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _status(url: str, host: str) -> int:
@@ -48,14 +33,16 @@ def _status(url: str, host: str) -> int:
 def test_a_host_name_that_merely_starts_with_127_is_refused_on_loopback(tmp_path: Path, host: str) -> None:
     """Before: any Host starting with "127." was served, so a page on 127.0.0.1.evil.example (a name its
     owner can point at 127.0.0.1: DNS rebinding) read every run the dashboard shows."""
-    with _serving(tmp_path) as url:
+    with dashboard_server(tmp_path) as server:
+        url = server.url
         assert _status(url + "api/runs.json", host) == 403
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:8765", "127.1.2.3:80", "localhost", "LOCALHOST:8765",
                                   "[::1]:8765"])
 def test_loopback_addresses_and_localhost_are_still_served(tmp_path: Path, host: str) -> None:
-    with _serving(tmp_path) as url:
+    with dashboard_server(tmp_path) as server:
+        url = server.url
         assert _status(url + "api/runs.json", host) == 200
 
 
