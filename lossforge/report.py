@@ -321,7 +321,8 @@ def _markdown(run: _Run, images: dict[str, str], front: list[int]) -> str:
     lines = [
         f"# Run report: {markdown.text(s.name)}",
         "",
-        f"- Run file: {markdown.code(s.path)} ({s.status.value}, lossforge {markdown.text(s.lossforge_version or 'unknown')})",
+        f"- Run file: {markdown.code(s.path)} ({s.status.value}, "
+        f"lossforge {markdown.text(s.lossforge_version or 'unknown')})",
         f"- Generations finished: {s.generations}; elapsed {s.elapsed_s / 60:.1f} min",
         f"- Candidates: {s.candidates} ({', '.join(f'{n} {k}' for k, n in run.counts.items() if n) or 'none'})",
         f"- Suite: {markdown.text(run.suite.name)}, tasks {', '.join(markdown.text(t) for t in run.tasks)}; "
@@ -359,7 +360,8 @@ def _markdown(run: _Run, images: dict[str, str], front: list[int]) -> str:
         lines += ["| baseline | fitness | validation " + header, "|---|---:|---:" + rule]
         for name, row in run.baselines.items():
             scores = " | ".join(_cell(row["tasks"].get(t, math.nan)) for t in run.tasks)
-            lines.append(f"| {markdown.text(name)} | {_cell(row['fitness'])} | {_cell(row['validation_fitness'])} | {scores} |")
+            lines.append(f"| {markdown.text(name)} | {_cell(row['fitness'])} | {_cell(row['validation_fitness'])} "
+                         f"| {scores} |")
         references = ", ".join(sorted({t.task.reference for t in run.suite.tasks}))
         lines += ["", f"Task scores are normalised seed by seed against each task's reference loss "
                       f"({markdown.text(references)})."]

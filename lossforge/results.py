@@ -250,7 +250,8 @@ class Run:
         tasks). Every NaN or infinity in it is None."""
         counts = self.counts()
         return finite({
-            "run": str(self.path), "status": self.status, "writer_gone": self.writer_gone, "elapsed_s": round(self.elapsed_s, 3),
+            "run": str(self.path), "status": self.status, "writer_gone": self.writer_gone,
+            "elapsed_s": round(self.elapsed_s, 3),
             "suite": self.suite, "generations": len(self._generations),
             "proposed": counts["proposed"], "screened": counts["screened"], "trained": counts["trained"],
             "hall_of_fame": [loss.record() for loss in self.losses(top)],

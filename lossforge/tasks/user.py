@@ -221,10 +221,9 @@ class UserData:
             n = int(prepared.trusted.sum())
             require(n > 0, f"{self.dataset}: the trusted column {self.trusted!r} marks no rows; mark clean rows 1/true")
             require(n < len(prepared.y), f"{self.dataset}: every row is trusted; nothing noisy is left to train on")
-        pool = prepared.y if prepared.trusted is None else prepared.y[~prepared.trusted]
         if prepared.trusted is not None or prepared.test is not None:  # a held-out split keeps every class
             # every model would learn one answer (and the noise estimate's classifier failed in a traceback)
-            only = torch.unique(pool)
+            only = torch.unique(prepared.y if prepared.trusted is None else prepared.y[~prepared.trusted])
             require(len(only) > 1, f"{self.dataset}: the rows trained on all have class "
                                    f"{self.classes[int(only[0])]!r}; a classifier needs rows of two classes or more")
 
