@@ -105,8 +105,9 @@ class SearchConfig:
     """Settings of a search. Stored in the run file; every field is plain data. The one place where the
     search's defaults and their help texts are written (the CLI and :func:`lossforge.search` read them)."""
 
+    # "int", not "positive_int": the range (2..MAX_POPULATION) is checked once, in __post_init__
     population: int | None = _setting(None, f"individuals per generation (default: {DEFAULT_POPULATION})",
-                                      type="positive_int", metavar="N")
+                                      type="int", metavar="N")
     generations: int | None = _setting(None, "generations after generation 0 (default: as many as --budget buys)",
                                        type="positive_int", metavar="N")
     budget: float | None = _setting(None, "search budget in full evaluations (one loss scored on every search seed "

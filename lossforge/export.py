@@ -192,7 +192,11 @@ class {cls}(nn.Module):
 
 def render(expression: LossExpression, fmt: str, metadata: dict[str, Any] | None = None,
            name: str | None = None) -> str:
-    """The export of ``expression`` in format ``fmt`` (py, json, latex, sympy)."""
+    """The export of ``expression`` in format ``fmt`` (py, json, latex, sympy); ``name`` is the py export's
+    class name (refused for the other formats, which have none: it was silently dropped)."""
+    if name is not None and fmt != "py":
+        raise ExportError(f"a class name (--name) is only for the py export; the {fmt} export has no class: "
+                          "leave the name out or export with --format py")
     if fmt == "json":
         return to_json(expression, metadata)
     if fmt == "py":

@@ -50,7 +50,8 @@ def _cli(capsys: pytest.CaptureFixture, runs_dir: Path, *args: str) -> tuple[int
 
 
 CLI_CASES = [
-    (["search", "--population", "0"], "at least 1"),
+    (["search", "--population", "0"], "population must be at least 2"),
+    (["search", "--population", "1"], "population must be at least 2"),  # the argument check said "at least 1"
     (["search", "--generations", "-2"], "at least 1"),
     (["search", "--population", "many"], "not an integer"),
     (["search", "--population", "4000000000"], "population must be at most 1000000"),

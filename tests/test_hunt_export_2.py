@@ -92,3 +92,15 @@ def test_load_of_a_py_export_says_to_import_it_or_load_the_json(tmp_path: Path) 
                                           "export or the run file"):
         load(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("fmt", ["json", "latex", "sympy"])
+def test_a_class_name_for_a_format_without_a_class_is_refused(tiny_run: Path, tmp_path: Path, capsys,
+                                                              fmt: str) -> None:
+    """Before: `export --format json --name MyLoss` wrote the export and dropped the name without a word,
+    so a user who meant the py export got a file their `from my_loss import MyLoss` cannot use."""
+    out = tmp_path / f"loss.{fmt}"
+    assert main(["export", str(tiny_run), "--format", fmt, "--name", "MyLoss", "-o", str(out)]) == 2
+    _one_line(capsys.readouterr().err, "only for the py export")
+    assert not out.exists()
+    assert main(["export", str(tiny_run), "--format", fmt, "-o", str(out)]) == 0 and out.exists()
