@@ -236,7 +236,7 @@ def _show_rows(doc: dict[str, Any], raw: bool = False) -> tuple[list[str], list[
     from lossforge.baselines import known_loss_text
 
     hof = doc["hall_of_fame"]
-    tasks = list(hof[0]["tasks"]) if hof else []
+    tasks = doc["tasks"]  # the suite's, so a run with no scored loss yet still has its task columns
     confirmed = any(h["confirmed_fitness"] is not None for h in hof)
     known = any(h["same_as"] for h in hof)
     fmt = (lambda v: v) if raw else _fmt

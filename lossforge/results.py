@@ -243,7 +243,8 @@ class Run:
                 for i in front]
 
     def to_dict(self, top: int = 10) -> dict[str, Any]:
-        """The document of ``lossforge show --json``: run, status, writer_gone, elapsed_s, proposed, screened, trained,
+        """The document of ``lossforge show --json``: run, status, writer_gone, elapsed_s, suite, tasks (the
+        suite's task names, the keys of every ``tasks`` below), generations, proposed, screened, trained,
         hall_of_fame (rank, formula, tokens, fitness, validation_fitness, confirmed_fitness, complexity, same_as,
         tasks), rank1_vs_best_baseline (baseline, mean_diff, ci, p, seeds: rank 1's validation fitness paired
         with the best baseline's; null when not validated) and baselines (name, fitness, validation_fitness,
@@ -252,7 +253,7 @@ class Run:
         return finite({
             "run": str(self.path), "status": self.status, "writer_gone": self.writer_gone,
             "elapsed_s": round(self.elapsed_s, 3),
-            "suite": self.suite, "generations": len(self._generations),
+            "suite": self.suite, "tasks": list(self.tasks), "generations": len(self._generations),
             "proposed": counts["proposed"], "screened": counts["screened"], "trained": counts["trained"],
             "hall_of_fame": [loss.record() for loss in self.losses(top)],
             "rank1_vs_best_baseline": None if self.versus is None else _versus_record(self.versus),

@@ -101,3 +101,34 @@ def test_report_with_an_empty_output_directory_is_refused(tiny_run: Path, tmp_pa
     assert not (tmp_path / "r-report").exists()
     assert main(["report", str(run), "-o", "  "]) == 2
     capsys.readouterr()
+
+
+# --- show of a run with no scored loss ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "markdown"])
+def test_show_of_a_run_without_scored_losses_keeps_the_task_columns(tiny_run: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture, fmt: str) -> None:
+    """Before: the task columns came from the first hall-of-fame row, so a run that had scored nothing yet
+    (just started, or every loss rejected) wrote a CSV header without them: a script that appends the rows
+    of several runs, or reads ``row["label_noise"]``, got a different header from the same suite."""
+    import csv
+    import io
+    import sqlite3
+
+    assert main(["show", str(tiny_run), "--json"]) == 0
+    tasks = json.loads(capsys.readouterr().out)["tasks"]
+    assert tasks
+    empty = tmp_path / "empty.db"
+    shutil.copy(tiny_run, empty)
+    with sqlite3.connect(empty) as conn:
+        conn.execute("DELETE FROM candidates")
+    assert main(["show", str(empty), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["hall_of_fame"] == [] and doc["tasks"] == tasks
+    for path in (tiny_run, empty):  # (the confirmed and same_as columns depend on the rows)
+        assert main(["show", str(path), "--format", fmt]) == 0
+        out = capsys.readouterr().out
+        header = (next(csv.reader(io.StringIO(out))) if fmt == "csv"
+                  else [c.strip() for c in out.splitlines()[0].strip("|").split("|")])
+        assert [h for h in header if h in tasks] == tasks, (path, header)
