@@ -17,7 +17,7 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from lossforge.errors import ConfigError
+from lossforge.errors import ConfigError, LossforgeError
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss, class_probabilities
 from lossforge.rejection import probe_inputs
@@ -311,6 +311,19 @@ _KNOWN_GRADIENTS: dict[tuple[str, str, int], torch.Tensor | None] = {}
 def known_loss_text(name: str, scale: float) -> str:
     """``gce`` or ``0.261 x gce``: what :func:`same_as_known` found, for tables and messages."""
     return name if abs(scale - 1) < 1e-6 else f"{scale:.3g} x {name}"
+
+
+def stored_same_as_known(tree: object, problem: str | None, n_classes: int = 10) -> tuple[str, float] | None:
+    """:func:`same_as_known` of a run file's stored tree, for the views (``show``, ``report``, the
+    dashboard): None where the run has no single problem or the tree is invalid (a hand-edited row is listed
+    with the others and refused where it is built)."""
+    if problem is None:
+        return None
+    try:
+        expression = LossExpression(tuple(tree))  # type: ignore[arg-type]
+    except (LossforgeError, TypeError):
+        return None
+    return same_as_known(expression, problem, n_classes)
 
 
 def same_as_known(expression: LossExpression, problem: str, n_classes: int = 10) -> tuple[str, float] | None:

@@ -156,8 +156,7 @@ def _drive(engine: Any, path: Path, callbacks: Sequence[Any] = ()) -> int:
 def _ranking_table(store: Any, n: int, pick: str) -> str:
     """The final ranking as a table; a loss that trains as a known one (up to a positive factor) says which,
     and a line below says so when it is rank 1."""
-    from lossforge.baselines import known_loss_text, same_as_known
-    from lossforge.expression import LossExpression
+    from lossforge.baselines import known_loss_text, stored_same_as_known
     from lossforge.ranking import against_best_baseline, ranking, suite_of
 
     ranked = ranking(store, n, pick)
@@ -172,8 +171,7 @@ def _ranking_table(store: Any, n: int, pick: str) -> str:
         rec = item.record
         per_task = [_fmt(rec.task_scores.get(t, {}).get("normalized")) for t in task_names]
         invalid = _invalid_tokens(rec.tree)
-        known = (same_as_known(LossExpression(tuple(rec.tree)), problem, suite.probe_classes[0])
-                 if problem and invalid is None else None)
+        known = stored_same_as_known(rec.tree, problem, suite.probe_classes[0])
         first_known = known if rank == 1 else first_known
         formula = rec.formula or " ".join(map(str, rec.tree))
         formula = (f"{formula}  (= {known_loss_text(*known)})" if known

@@ -79,9 +79,11 @@ def _whole(run: Any, config: dict[str, Any], key: str) -> int:
 
 
 def _progress(run: Any, config: dict[str, Any]) -> dict[str, Any]:
-    """Which phase the run is in, generations done of how many, and an ETA from the finished generations'
+    """Which phase the run is in, generations done of how many, an ETA from the finished generations'
     mean time (none before the first has finished: a guess from set-up time would mislead), never past the
-    run's time limit."""
+    run's time limit, and ``fraction`` done for the progress bar. ``limit`` says what ends the run:
+    ``"time"`` where ``--time`` comes first (``--time`` alone allows 100,000 generations, and a bar of
+    generations done would stay empty), else ``"generations"``."""
     gens = run.generations(as_frame=False)
     total = _whole(run, config, "generations") + 1  # generation 0 counts
     done = len(gens)
@@ -90,27 +92,41 @@ def _progress(run: Any, config: dict[str, Any]) -> dict[str, Any]:
     in_gen = sum(1 for c in run.candidates(as_frame=False) if c["generation"] >= current) if done < total else 0
     seconds = [float(g["seconds"]) for g in gens
                if isinstance(g.get("seconds"), (int, float)) and math.isfinite(g["seconds"])]
+    limit = config.get("time_s")  # --time: no generation starts that would end past it
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (math.isfinite(limit) and limit > 0):
+        limit = None
+    elapsed = float(run.elapsed_s or 0.0)
+    by_generations = sum(seconds) / len(seconds) * (total - done) if seconds else None
+    time_first = limit is not None and (by_generations is None or by_generations > limit - elapsed)
     if run.status != "running":
         phase, eta = run.status, 0.0 if run.status == "finished" else None
     elif done == 0 and not run.losses(1) and not run.baselines(as_frame=False):
         phase, eta = "baselines", None
     elif done < total:
-        phase = f"generation {current} of {total - 1}"
-        eta = sum(seconds) / len(seconds) * (total - done) if seconds else None
-        limit = config.get("time_s")  # --time: no generation starts that would end past it
-        if eta is not None and isinstance(limit, (int, float)) and not isinstance(limit, bool) and math.isfinite(limit):
-            eta = min(eta, max(0.0, float(limit) - float(run.elapsed_s or 0.0)))
+        phase = f"generation {current}" + ("" if time_first else f" of {total - 1}")
+        eta = by_generations
+        if eta is not None and limit is not None:
+            eta = min(eta, max(0.0, limit - elapsed))
     else:
         phase, eta = "validation and tuning", None
+    if run.status == "finished":
+        fraction = 1.0
+    elif time_first:
+        fraction = min(1.0, elapsed / limit)
+    else:
+        fraction = done / total
     return {"phase": phase, "done": done, "total": total, "population": population,
-            "in_generation": in_gen, "eta_s": eta, "elapsed_s": run.elapsed_s}
+            "in_generation": in_gen, "eta_s": eta, "elapsed_s": run.elapsed_s, "fraction": fraction,
+            "limit": "time" if time_first else "generations", "time_s": limit}
 
 
 def run_data(path: str | os.PathLike[str], top: int = 10) -> dict[str, Any]:
     """The document ``/api/run.json`` serves: ``lossforge show --json``'s fields (see
-    :meth:`lossforge.results.Run.to_dict`) plus ``progress``, ``history`` (each generation's statistics), ``pareto``, ``rejections``,
-    ``tasks`` and, on each hall-of-fame entry, ``latex`` and ``latex_svg``. A path with no run yet gives
+    :meth:`lossforge.results.Run.to_dict`) plus ``progress``, ``history`` (each generation's statistics),
+    ``pareto``, ``rejections`` and, on each hall-of-fame entry, ``latex``, ``latex_svg`` and ``same_as_text``
+    (``"0.74 x gce"`` where it trains as a known loss, as ``show`` notes it). A path with no run yet gives
     ``{"run": path, "status": "waiting"}`` (the page keeps polling)."""
+    from lossforge.baselines import known_loss_text
     from lossforge.results import open_run
 
     path = Path(path)
@@ -121,6 +137,8 @@ def run_data(path: str | os.PathLike[str], top: int = 10) -> dict[str, Any]:
     for entry, loss in zip(doc["hall_of_fame"], run.losses(top)):
         entry["latex"] = loss.latex()
         entry["latex_svg"] = latex_svg(entry["latex"])
+        same = entry["same_as"]
+        entry["same_as_text"] = None if same is None else known_loss_text(same["name"], same["scale"])
     doc["config"] = {k: run.config.get(k) for k in ("population", "generations", "seed", "space", "selection")}
     doc["progress"] = _progress(run, run.config)
     doc["history"] = [{k: (_num(v) if isinstance(v, float) else v) for k, v in g.items()}
@@ -130,7 +148,6 @@ def run_data(path: str | os.PathLike[str], top: int = 10) -> dict[str, Any]:
                        for c in run.candidates(as_frame=False) if c["status"] == "complete"][-2000:]
     doc["rejections"] = run.rejection_reasons()
     doc["counts"] = run.counts()
-    doc["tasks"] = run.tasks
     return finite(doc)
 
 

@@ -33,9 +33,8 @@ from torch import nn
 
 from lossforge import markdown
 from lossforge.atomic import check_output, write_atomic
-from lossforge.baselines import get_baseline
+from lossforge.baselines import DISPLAY_BASELINES, get_baseline, known_loss_text, stored_same_as_known
 from lossforge.diagnostics import probability_band, residual_band
-from lossforge.baselines import DISPLAY_BASELINES
 from lossforge.errors import ExportError, LossforgeError, RunError
 from lossforge.expression import LossExpression
 from lossforge.loss import SymbolicLoss
@@ -351,7 +350,9 @@ def _markdown(run: _Run, images: dict[str, str], front: list[int]) -> str:
             rec = item.record
             scores = " | ".join(_cell(v) for v in _task_scores(rec, run.tasks))
             complexity = rec.complexity if rec.complexity is not None else "–"
-            lines.append(f"| {rank} | {_formula(rec.formula)} | {complexity} | {_cell(rec.fitness)} | "
+            known = stored_same_as_known(rec.tree, run.suite.problem, run.suite.probe_classes[0])
+            note = f" (= {markdown.text(known_loss_text(*known))})" if known else ""  # as `show` says it
+            lines.append(f"| {rank} | {_formula(rec.formula)}{note} | {complexity} | {_cell(rec.fitness)} | "
                          f"{_cell(item.validation_fitness)} | {scores} |")
     else:
         lines.append("_No complete candidate yet._")

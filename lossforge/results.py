@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lossforge.baselines import known_loss_text, same_as_known
+from lossforge.baselines import known_loss_text, stored_same_as_known
 from lossforge.errors import ConfigError, LossforgeError, RunError
 from lossforge.expression import LossExpression
 from lossforge.ranking import Ranked, Versus, against_best_baseline, baseline_rows, pareto_front, ranking, suite_of
@@ -62,13 +62,7 @@ class Loss:
     def same_as(self) -> dict[str, Any] | None:
         """``{"name", "scale"}`` when this loss trains as a known loss up to a positive factor and a constant
         (:func:`lossforge.baselines.same_as_known`): then the search returned that loss, not a new one."""
-        if self.problem is None:
-            return None
-        try:
-            expression = self.expression()
-        except LossforgeError:  # a hand-edited row: listed with the others, refused when built
-            return None
-        known = same_as_known(expression, self.problem, self.n_classes)
+        known = stored_same_as_known(self.tokens, self.problem, self.n_classes)
         return None if known is None else {"name": known[0], "scale": known[1]}
 
     def expression(self) -> LossExpression:

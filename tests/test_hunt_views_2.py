@@ -132,3 +132,56 @@ def test_show_of_a_run_without_scored_losses_keeps_the_task_columns(tiny_run: Pa
         header = (next(csv.reader(io.StringIO(out))) if fmt == "csv"
                   else [c.strip() for c in out.splitlines()[0].strip("|").split("|")])
         assert [h for h in header if h in tasks] == tasks, (path, header)
+
+
+# --- which known loss a row trains as, in every view ---------------------------------------------------------
+
+
+def test_report_and_dashboard_say_which_known_loss_a_row_trains_as(tiny_run: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """Before: only `show` noted "(= mae)" beside a loss that trains as a known one; the report's hall of
+    fame and the dashboard listed the same row as if the search had found something new."""
+    from lossforge.baselines import known_loss_text
+    from lossforge.dashboard import run_data
+    from lossforge.report import write_report
+
+    assert main(["show", str(tiny_run), "--json", "--top", "5"]) == 0
+    hof = json.loads(capsys.readouterr().out)["hall_of_fame"]
+    notes = [None if h["same_as"] is None else known_loss_text(h["same_as"]["name"], h["same_as"]["scale"])
+             for h in hof]
+    assert any(notes) and not all(notes)  # both kinds of row are checked
+    markdown = write_report(tiny_run, tmp_path / "report", top=5).read_text()
+    rows = markdown.split("## Hall of fame")[1].split("## Baselines")[0].splitlines()[4:4 + len(hof)]
+    for h, note, row in zip(hof, notes, rows):
+        cell = row.split(" | ")[1]
+        assert cell == f"`{h['formula']}`" + (f" (= {note})" if note else ""), row
+    served = run_data(tiny_run, top=5)["hall_of_fame"]
+    assert [e["same_as_text"] for e in served] == notes
+
+
+def _progress_of(status: str, elapsed: float, gens: int, config: dict) -> dict:
+    from types import SimpleNamespace
+
+    from lossforge.dashboard import _progress
+
+    run = SimpleNamespace(status=status, elapsed_s=elapsed, generations=lambda as_frame: [{"seconds": 10.0}] * gens,
+                          candidates=lambda as_frame: [], losses=lambda k: [1], baselines=lambda as_frame: [1])
+    return _progress(run, config)
+
+
+def test_the_progress_bar_of_a_time_limited_run_follows_its_time() -> None:
+    """Before: `--time 10m` alone stores 100,000 generations, and the bar showed generations done of
+    100,001: empty for the whole run, with "generations done 30/100001" beside it."""
+    config = {"generations": 100000, "population": 8, "time_s": 600.0}
+    p = _progress_of("running", 150.0, 15, config)
+    assert p["limit"] == "time" and p["fraction"] == pytest.approx(0.25)
+    assert p["phase"] == "generation 15" and p["eta_s"] == pytest.approx(450.0)
+    # where the generations end first, the bar counts them (8 of 11 at 10 s each: 30 s left, 450 s of time)
+    p = _progress_of("running", 150.0, 8, {**config, "generations": 10})
+    assert p["limit"] == "generations" and p["fraction"] == pytest.approx(8 / 11)
+    assert p["phase"] == "generation 8 of 10" and p["eta_s"] == pytest.approx(30.0)
+    # no time limit: generations, as before; a finished run is full whatever ended it
+    p = _progress_of("running", 150.0, 3, {"generations": 10, "population": 8})
+    assert p["limit"] == "generations" and p["fraction"] == pytest.approx(3 / 11)
+    assert _progress_of("finished", 598.0, 60, config)["fraction"] == 1.0
+    assert _progress_of("interrupted", 300.0, 30, config)["fraction"] == pytest.approx(0.5)

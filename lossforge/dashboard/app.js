@@ -109,9 +109,11 @@ function render(d) {
   document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   const p = d.progress || {phase: d.status === "waiting" ? "waiting for the run file" : d.status, done: 0, total: 0};
   document.getElementById("phase").textContent = p.phase;
-  document.getElementById("bar-fill").style.width = p.total ? `${100 * p.done / p.total}%` : "0";
+  const fraction = p.fraction !== undefined ? p.fraction : (p.total ? p.done / p.total : 0);
+  document.getElementById("bar-fill").style.width = `${100 * fraction}%`;
   document.getElementById("progress-line").textContent = p.total
-    ? `generations done ${p.done}/${p.total}` +
+    ? (p.limit === "time" ? `generations done ${p.done} · time limit ${duration(p.time_s)}`
+                          : `generations done ${p.done}/${p.total}`) +
       (p.done < p.total && p.in_generation !== undefined ? ` · this generation ${p.in_generation} recorded` : "") +
       ` · elapsed ${duration(p.elapsed_s)} · ETA ${d.status === "running" ? duration(p.eta_s) : "–"}`
     : "";
@@ -139,6 +141,8 @@ function render(d) {
   table(document.getElementById("hof"), ["rank", "fitness", "validation", "complexity", "formula", "rendered"],
     (d.hall_of_fame || []).map(h => {
       const code = el("td", null, "formula"); code.appendChild(el("code", h.formula));
+      // a loss that trains as a known one is that loss, not a new one: said as `show` says it
+      if (h.same_as_text) code.appendChild(el("span", ` (= ${h.same_as_text})`, "known"));
       const tex = el("td", null, "latex");
       if (h.latex_svg) tex.innerHTML = h.latex_svg;  // rendered on the server by matplotlib from sympy's LaTeX
       else tex.appendChild(el("code", h.latex || ""));
