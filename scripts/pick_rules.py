@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lossforge.atomic import write_atomic
+from lossforge.errors import LossforgeError
 from lossforge.ranking import baseline_rows, suite_of
 from lossforge.runfile import CandidateState, RunStore
 from lossforge.stats import mean_ci, paired_comparison
@@ -122,6 +123,31 @@ def read_run(path: Path) -> tuple[list[str], dict[str, float], list[Row], list[R
     return tasks, weights, unique, baselines
 
 
+def read_validated(path: Path) -> tuple[list[str], dict[str, float], list[Row], list[Row]]:
+    """As :func:`read_run`, from the run's validation stage: the losses it validated and the baselines, with
+    their scores on the suite's validation seeds (the final ranking's own choice, made there by fitness)."""
+    with RunStore.open(path, readonly=True) as store:
+        suite = suite_of(store)
+        done = store.validations()
+        tasks = [t.name for t in suite.tasks]
+        weights = {t.name: t.weight for t in suite.tasks}
+        try:
+            reference = {t.name: done[f"baseline:{t.task.reference}"][t.name] for t in suite.tasks}
+        except KeyError:
+            return tasks, weights, [], []
+        losses, baselines = [], []
+        for label, raw in done.items():
+            _, summary = suite.fitness(raw, reference)
+            row = {"name": label, "key": label, "norm": {t: float(summary[t]["normalized"]) for t in tasks},
+                   "raw": {t: float(summary[t]["score"]) for t in tasks}}
+            if label.startswith("baseline:"):
+                baselines.append({**row, "name": label.removeprefix("baseline:")})
+            else:
+                formulas = {c.key: c.formula for c in store.candidates()}
+                losses.append({**row, "name": formulas.get(label, label)})
+    return tasks, weights, losses, baselines
+
+
 def leave_one_task_out(tasks: Sequence[str], weights: dict[str, float], losses: Sequence[Row],
                        baselines: Sequence[Row]) -> dict[str, dict[str, dict[str, float]]]:
     """rule -> held-out task -> {"vs_best": points over the best baseline on it, "vs_shelf": points over
@@ -148,11 +174,18 @@ def leave_one_task_out(tasks: Sequence[str], weights: dict[str, float], losses: 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="finished run files of one suite")
+    parser.add_argument("--stage", choices=("search", "validation"), default="search",
+                        help="pick among every full-fidelity loss by its search-seed scores (default), or among "
+                             "the validated losses by their validation-seed scores")
     parser.add_argument("--json", type=Path, help="write every number here too")
     args = parser.parse_args(argv)
     per_run = {}
     for path in args.runs:
-        tasks, weights, losses, baselines = read_run(path)
+        try:
+            tasks, weights, losses, baselines = (read_run if args.stage == "search" else read_validated)(path)
+        except LossforgeError as exc:
+            print(f"pick_rules: {exc}", file=sys.stderr)
+            return 2
         if len(tasks) < 2:
             print(f"{path}: its suite has one task; leaving one out needs at least two tasks", file=sys.stderr)
             continue

@@ -53,5 +53,16 @@ def test_the_script_reads_a_run_file(rules, tiny_run, capsys) -> None:
     assert tasks == ["outliers"] and losses and baselines
     assert all(set(r["norm"]) == set(tasks) == set(r["raw"]) for r in losses + baselines)
     assert len({r["key"] for r in losses}) == len(losses)
+    validated = rules.read_validated(tiny_run)  # the tiny run validates its best losses
+    assert validated[0] == tasks and validated[2] and {b["name"] for b in validated[3]} <= {b["name"] for b in baselines}
+    assert {r["name"] for r in validated[2]} <= {r["name"] for r in losses}
     assert rules.main([str(tiny_run)]) == 2  # one task: nothing can be held out
     assert "needs at least two tasks" in capsys.readouterr().err
+
+
+def test_a_file_that_is_no_run_gets_one_line(rules, tmp_path, capsys) -> None:
+    bogus = tmp_path / "notes.db"
+    bogus.write_text("not a run file")
+    assert rules.main([str(bogus)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pick_rules: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
