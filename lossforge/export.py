@@ -67,16 +67,30 @@ def to_json(expression: LossExpression, metadata: dict[str, Any] | None = None) 
 
 
 def class_name(expression: LossExpression, name: str | None = None) -> str:
-    """A valid class name: ``name`` made an ASCII identifier (never a keyword, a builtin such as ``ValueError``
-    that the module raises, or a name the module defines), or ``EvolvedLoss`` plus the loss key."""
-    if name:
+    """The class name of the py export: ``name`` exactly as given, or ``EvolvedLoss`` plus the loss key.
+    A name that is no ASCII identifier, a keyword, or a builtin or a name the module defines itself
+    (``ValueError``, which the module raises; ``torch``) is refused with ExportError naming a usable form:
+    it was rewritten before (``robust_loss`` became ``Robust_loss``), so the user's import failed later."""
+    if name is None:
+        return f"EvolvedLoss_{expression.key[:8]}"
+    if not (name.isascii() and name.isidentifier()) or len(name) > 64:
         ident = re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_")[:64]
-        if not ident or ident[0].isdigit() or ident[0] == "_":
-            ident = f"Loss_{ident}".rstrip("_")
-        ident = ident[0].upper() + ident[1:]
-        shadows = keyword.iskeyword(ident) or ident in _RESERVED_NAMES or hasattr(builtins, ident)
-        return ident + "_" if shadows else ident
-    return f"EvolvedLoss_{expression.key[:8]}"
+        suggestion = ident if ident and not ident[0].isdigit() else f"Loss_{ident}".rstrip("_")
+        raise ExportError(f"class name {name!r} is not a Python identifier (ASCII letters, digits and _, not "
+                          f"starting with a digit, at most 64 characters); use e.g. {_safe(suggestion)!r}")
+    clash = ("a Python keyword" if keyword.iskeyword(name) else "a name the exported module defines"
+             if name in _RESERVED_NAMES else "a Python builtin, which the module may call" if hasattr(builtins, name)
+             else None)
+    if clash:
+        raise ExportError(f"class name {name!r} is {clash}; use another, e.g. "
+                          f"{_safe(name[0].upper() + name[1:] + 'Loss')!r}")
+    return name
+
+
+def _safe(ident: str) -> str:
+    """``ident`` made a name :func:`class_name` accepts (for its suggestions)."""
+    shadows = keyword.iskeyword(ident) or ident in _RESERVED_NAMES or hasattr(builtins, ident)
+    return ident + "_" if shadows else ident
 
 
 #: The classification convention and the option checks, copied verbatim from :mod:`lossforge.loss` into

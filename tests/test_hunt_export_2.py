@@ -104,3 +104,26 @@ def test_a_class_name_for_a_format_without_a_class_is_refused(tiny_run: Path, tm
     _one_line(capsys.readouterr().err, "only for the py export")
     assert not out.exists()
     assert main(["export", str(tiny_run), "--format", fmt, "-o", str(out)]) == 0 and out.exists()
+
+
+@pytest.mark.parametrize("name, fragment", [("robust_loss", None), ("match", None), ("a-b", "use e.g. 'a_b'"),
+                                            ("9lives", "use e.g. 'Loss_9lives'"), ("class", "a Python keyword"),
+                                            ("torch", "a name the exported module defines")])
+def test_the_class_name_is_the_name_given_or_refused(tiny_run: Path, tmp_path: Path, capsys, name: str,
+                                                     fragment: str | None) -> None:
+    """Before: `--name robust_loss` wrote class Robust_loss and `--name a-b` class A_b, so the user's
+    `from my_loss import robust_loss` failed after a successful export; a name that cannot be a class
+    was rewritten without a word."""
+    import importlib.util
+
+    out = tmp_path / "my_loss.py"
+    code = main(["export", str(tiny_run), "--format", "py", "--name", name, "-o", str(out)])
+    if fragment is not None:
+        assert code == 2 and not out.exists()
+        _one_line(capsys.readouterr().err, fragment)
+        return
+    assert code == 0
+    spec = importlib.util.spec_from_file_location("my_loss", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(getattr(module, name))

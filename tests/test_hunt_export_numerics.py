@@ -117,21 +117,52 @@ def test_one_hot_integer_targets_are_refused_not_trained_as_regression(exported_
 @pytest.mark.parametrize("name", ["ValueError", "valueError", "Exception", "TypeError"])
 def test_a_class_name_never_shadows_a_builtin_the_module_calls(tmp_path: Path, name: str) -> None:
     # Before: `export --name ValueError` defined class ValueError, so the module's own `raise ValueError(...)`
-    # built the loss instead; a bad option recursed, each message quoting the last, until memory ran out
+    # built the loss instead; a bad option recursed, each message quoting the last, until memory ran out.
+    # A builtin's name is refused now (it was rewritten to ValueError_ for a while, which broke the import
+    # the user wrote); any other identifier is the class name exactly.
     import builtins
 
-    source = to_python(LossExpression.parse("(y_pred - y_real)**2"), name=name)
-    cls_name = source.split("\nclass ", 1)[1].split("(", 1)[0]
-    assert not hasattr(builtins, cls_name), cls_name
+    from lossforge.errors import ExportError
+
+    expression = LossExpression.parse("(y_pred - y_real)**2")
+    if hasattr(builtins, name):
+        with pytest.raises(ExportError, match=f"class name '{name}' is a Python builtin.*use another, e.g. "):
+            to_python(expression, name=name)
+        return
+    source = to_python(expression, name=name)
+    assert f"\nclass {name}(" in source
     path = tmp_path / "named.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("named", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     with pytest.raises(ValueError, match="reduction must be"):
-        getattr(module, cls_name)(reduction="avg")
+        getattr(module, name)(reduction="avg")
     with pytest.raises(ValueError, match="same shape"):
-        getattr(module, cls_name)()(torch.zeros(3), torch.zeros(4))
+        getattr(module, name)()(torch.zeros(3), torch.zeros(4))
+
+
+@pytest.mark.parametrize("maker", ["symbolic", "export"])
+def test_one_hot_integer_targets_are_refused_not_trained_as_regression(exported_ce: type, maker: str) -> None:
+    # Before: F.one_hot(y, C) (int64) with problem="auto" was read as regression of the logits on the one-hot
+    # rows (a number, no error); with problem="classification" it broadcast the one-hot of the one-hot, an
+    # error about tensor sizes or, where N == C, a silently wrong loss. nn.CrossEntropyLoss refuses it too.
+    make = (lambda **kw: SymbolicLoss(CE, **kw)) if maker == "symbolic" else exported_ce
+    logits, labels = torch.randn(3, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 2, 1])
+    one_hot = torch.nn.functional.one_hot(labels, 3)
+    with pytest.raises(ValueError, match="problem="):
+        make()(logits, one_hot)
+    with pytest.raises(ValueError, match="class indices"):
+        make(problem="classification")(logits, one_hot)
+    with pytest.raises(ValueError, match="class indices"):
+        make(problem="classification")(logits, labels[:, None])
+    # what the messages suggest gives cross-entropy
+    expected = torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.allclose(make()(logits, one_hot.argmax(1)), expected)
+    assert torch.allclose(make(problem="classification")(logits, one_hot.float()), expected)
+    # a genuine integer regression target of one output per sample is still regression
+    assert make()(torch.tensor([[1.5], [2.0]]), torch.tensor([[1], [2]])).item() == pytest.approx(
+        SymbolicLoss(CE, problem="regression")(torch.tensor([[1.5], [2.0]]), torch.tensor([[1.0], [2.0]])).item())
 
 
 @pytest.mark.parametrize("maker", ["symbolic", "export"])

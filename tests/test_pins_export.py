@@ -15,7 +15,7 @@ from lossforge.loss import SymbolicLoss
 def test_exported_module_keeps_every_digit_of_the_constants(tmp_path: Path) -> None:
     expr = LossExpression.parse("0.123456789*(y_pred - y_real)**2 + divide(y_pred, 1.23456789 + y_real**2)")
     path = tmp_path / "exact_loss.py"
-    path.write_text(render(expr, "py", name="exact"))
+    path.write_text(render(expr, "py", name="Exact"))
     spec = importlib.util.spec_from_file_location("exact_loss", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

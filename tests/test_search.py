@@ -99,7 +99,7 @@ def test_export_formats_and_load_agree(finished_run: Path, tmp_path: Path) -> No
     json_path = tmp_path / "best.json"
     json_path.write_text(render(expr, "json", {"run": "test"}))
     py_path = tmp_path / "best_loss.py"
-    py_path.write_text(render(expr, "py", {"run": "test"}, name="best loss"))
+    py_path.write_text(render(expr, "py", {"run": "test"}, name="BestLoss"))
     from_json = load(json_path, reduction="none")
     from_run = load(finished_run, rank=1, reduction="none")
     search_time = lossforge.SymbolicLoss(expr, reduction="none")
@@ -108,7 +108,7 @@ def test_export_formats_and_load_agree(finished_run: Path, tmp_path: Path) -> No
         import best_loss  # the exported module: needs only torch
     finally:
         sys.path.remove(str(tmp_path))
-    exported = best_loss.Best_loss(reduction="none")
+    exported = best_loss.BestLoss(reduction="none")
     gen = torch.Generator().manual_seed(3)
     x = (torch.randn(50, generator=gen, dtype=torch.float64) * 3)
     y = torch.randn(50, generator=gen, dtype=torch.float64) * 3

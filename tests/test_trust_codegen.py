@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lossforge
+from lossforge.errors import ExportError
 from lossforge.export import render, to_python
 from lossforge.expression import LossExpression
 
@@ -110,7 +111,9 @@ def test_hostile_suite_name_and_run_path_cannot_run_code_on_import(tmp_path: Pat
 @pytest.mark.parametrize("evil", EVIL)
 def test_hostile_texts_stay_data(evil: str, tmp_path: Path) -> None:
     for expression in EXPRESSIONS[:2]:
-        source = to_python(expression, {"run": evil, evil: evil, "suite": evil}, name=evil)
+        with pytest.raises(ExportError, match="not a Python identifier"):  # refused, never rewritten into code
+            to_python(expression, name=evil)
+        source = to_python(expression, {"run": evil, evil: evil, "suite": evil})
         tree = check_generated_module(source)
         assert f"    run: {evil}" in ast.get_docstring(tree, clean=False)
         namespace: dict = {"__builtins__": builtins}
@@ -129,11 +132,17 @@ values = st.one_of(st.text(max_size=60), st.integers(), st.floats(allow_nan=True
        metadata=st.dictionaries(st.one_of(st.text(max_size=30), st.sampled_from(EVIL)), values, max_size=6))
 def test_every_generated_module_is_only_the_expected_code(expression: LossExpression, name: str | None,
                                                           metadata: dict) -> None:
-    source = render(expression, "py", metadata, name)
+    try:
+        source = render(expression, "py", metadata, name)
+    except ExportError as exc:  # a name that is no usable class name is refused, never rewritten
+        assert name is not None and "class name" in str(exc) and "use" in str(exc)
+        assert not (name.isascii() and name.isidentifier()) or name in {"None", "True", "class", "torch", "nn",
+                                                                       "protected_div"} or hasattr(builtins, name)
+        return
     tree = check_generated_module(source)
     doc = ast.get_docstring(tree, clean=False)
     for key, value in metadata.items():
         assert f"    {key}: {value}" in doc
     cls = next(s for s in tree.body if isinstance(s, ast.ClassDef))
-    assert cls.name.isidentifier() and cls.name.isascii()
+    assert cls.name.isidentifier() and cls.name.isascii() and (name is None or cls.name == name)
     compile(tree, "generated", "exec")
