@@ -143,29 +143,6 @@ def test_a_class_name_never_shadows_a_builtin_the_module_calls(tmp_path: Path, n
 
 
 @pytest.mark.parametrize("maker", ["symbolic", "export"])
-def test_one_hot_integer_targets_are_refused_not_trained_as_regression(exported_ce: type, maker: str) -> None:
-    # Before: F.one_hot(y, C) (int64) with problem="auto" was read as regression of the logits on the one-hot
-    # rows (a number, no error); with problem="classification" it broadcast the one-hot of the one-hot, an
-    # error about tensor sizes or, where N == C, a silently wrong loss. nn.CrossEntropyLoss refuses it too.
-    make = (lambda **kw: SymbolicLoss(CE, **kw)) if maker == "symbolic" else exported_ce
-    logits, labels = torch.randn(3, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 2, 1])
-    one_hot = torch.nn.functional.one_hot(labels, 3)
-    with pytest.raises(ValueError, match="problem="):
-        make()(logits, one_hot)
-    with pytest.raises(ValueError, match="class indices"):
-        make(problem="classification")(logits, one_hot)
-    with pytest.raises(ValueError, match="class indices"):
-        make(problem="classification")(logits, labels[:, None])
-    # what the messages suggest gives cross-entropy
-    expected = torch.nn.functional.cross_entropy(logits, labels)
-    assert torch.allclose(make()(logits, one_hot.argmax(1)), expected)
-    assert torch.allclose(make(problem="classification")(logits, one_hot.float()), expected)
-    # a genuine integer regression target of one output per sample is still regression
-    assert make()(torch.tensor([[1.5], [2.0]]), torch.tensor([[1], [2]])).item() == pytest.approx(
-        SymbolicLoss(CE, problem="regression")(torch.tensor([[1.5], [2.0]]), torch.tensor([[1.0], [2.0]])).item())
-
-
-@pytest.mark.parametrize("maker", ["symbolic", "export"])
 def test_integer_predictions_are_refused_not_computed_with_truncated_constants(tmp_path: Path, maker: str) -> None:
     # Before: loss(torch.tensor([1, 2]), torch.tensor([1, 3])) cast the constants to int64: 2.5*(...)**2 gave
     # [0, 2] for [0, 2.5] and "+ 0.5" vanished, silently (torch's own losses refuse integer inputs)
