@@ -73,6 +73,8 @@ def class_name(expression: LossExpression, name: str | None = None) -> str:
     it was rewritten before (``robust_loss`` became ``Robust_loss``), so the user's import failed later."""
     if name is None:
         return f"EvolvedLoss_{expression.key[:8]}"
+    if not isinstance(name, str):
+        raise ExportError(f"class name must be a string, got {type(name).__name__}")
     if not (name.isascii() and name.isidentifier()) or len(name) > 64:
         ident = re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_")[:64]
         suggestion = ident if ident and not ident[0].isdigit() else f"Loss_{ident}".rstrip("_")

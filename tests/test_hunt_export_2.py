@@ -127,3 +127,13 @@ def test_the_class_name_is_the_name_given_or_refused(tiny_run: Path, tmp_path: P
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert callable(getattr(module, name))
+
+
+@pytest.mark.parametrize("name", [3, b"Loss", ["Loss"]])
+def test_a_class_name_that_is_no_string_is_a_typed_error(name) -> None:
+    from lossforge.errors import ExportError
+    from lossforge.export import to_python
+    from lossforge.expression import LossExpression
+
+    with pytest.raises(ExportError, match="class name must be a string"):
+        to_python(LossExpression.parse("(y_pred - y_real)**2"), name=name)
