@@ -80,19 +80,25 @@ def class_name(expression: LossExpression, name: str | None = None) -> str:
         suggestion = ident if ident and not ident[0].isdigit() else f"Loss_{ident}".rstrip("_")
         raise ExportError(f"class name {name!r} is not a Python identifier (ASCII letters, digits and _, not "
                           f"starting with a digit, at most 64 characters); use e.g. {_safe(suggestion)!r}")
-    clash = ("a Python keyword" if keyword.iskeyword(name) else "a name the exported module defines"
-             if name in _RESERVED_NAMES else "a Python builtin, which the module may call" if hasattr(builtins, name)
-             else None)
+    clash = _clash(name)
     if clash:
         raise ExportError(f"class name {name!r} is {clash}; use another, e.g. "
                           f"{_safe(name[0].upper() + name[1:] + 'Loss')!r}")
     return name
 
 
+def _clash(ident: str) -> str | None:
+    """Why identifier ``ident`` cannot name the exported class, or None."""
+    if keyword.iskeyword(ident):
+        return "a Python keyword"
+    if ident in _RESERVED_NAMES:
+        return "a name the exported module defines"
+    return "a Python builtin, which the module may call" if hasattr(builtins, ident) else None
+
+
 def _safe(ident: str) -> str:
     """``ident`` made a name :func:`class_name` accepts (for its suggestions)."""
-    shadows = keyword.iskeyword(ident) or ident in _RESERVED_NAMES or hasattr(builtins, ident)
-    return ident + "_" if shadows else ident
+    return ident + "_" if _clash(ident) else ident
 
 
 #: The classification convention and the option checks, copied verbatim from :mod:`lossforge.loss` into
