@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from lossforge.atomic import write_atomic
 from lossforge.errors import LossforgeError
-from lossforge.ranking import baseline_rows, suite_of
+from lossforge.ranking import suite_of
 from lossforge.runfile import CandidateState, RunStore
 from lossforge.stats import mean_ci, paired_comparison
 
@@ -94,6 +94,27 @@ RULES: dict[str, Callable[..., list[float]]] = {
 }
 
 
+def _row(name: str | None, key: str | None, summary: dict[str, Any], tasks: Sequence[str]) -> Row:
+    """A row from a per-task summary as :meth:`lossforge.scoring.Suite.fitness` writes it (a candidate's
+    stored ``task_scores`` have the same shape)."""
+    return {"name": name, "key": key, "norm": {t: float(summary[t]["normalized"]) for t in tasks},
+            "raw": {t: float(summary[t]["score"]) for t in tasks}}
+
+
+def _baselines(suite: Any, scores: dict[str, Any], prefix: str = "") -> tuple[list[Row], dict[str, Any]]:
+    """The baselines among stored ``scores`` (labels ``prefix + name``) as rows, and every label's
+    per-task summary; nothing where the suite's reference loss was not scored."""
+    try:
+        reference = {t.name: scores[f"{prefix}{t.task.reference}"][t.name] for t in suite.tasks}
+    except KeyError:
+        return [], {}
+    tasks = [t.name for t in suite.tasks]
+    summaries = {label: suite.fitness(raw, reference)[1] for label, raw in scores.items()}
+    rows = [_row(label.removeprefix(prefix), label, summary, tasks) for label, summary in summaries.items()
+            if label.startswith(prefix)]
+    return rows, summaries
+
+
 def read_run(path: Path) -> tuple[list[str], dict[str, float], list[Row], list[Row]]:
     """The suite's task names and weights, the run's complete full-fidelity losses and its baselines."""
     with RunStore.open(path, readonly=True) as store:
@@ -107,18 +128,10 @@ def read_run(path: Path) -> tuple[list[str], dict[str, float], list[Row], list[R
             if c.worker and c.worker.startswith("cache:"):
                 continue
             try:
-                losses.append({"name": c.formula, "key": c.key,
-                               "norm": {t: float(c.task_scores[t]["normalized"]) for t in tasks},
-                               "raw": {t: float(c.task_scores[t]["score"]) for t in tasks}})
+                losses.append(_row(c.formula, c.key, c.task_scores, tasks))
             except (KeyError, TypeError, ValueError):
                 continue
-        raw_baselines = store.baselines()
-        baselines = []
-        for row in baseline_rows(store):
-            raw = raw_baselines[row["name"]]
-            scores = {t: statistics.fmean(s for s, st in zip(raw[t]["scores"], raw[t]["statuses"])
-                                          if st == "complete") for t in tasks}
-            baselines.append({"name": row["name"], "norm": row["tasks"], "raw": scores})
+        baselines, _ = _baselines(suite, store.baselines())
     unique = list({r["key"]: r for r in losses}.values())
     return tasks, weights, unique, baselines
 
@@ -128,23 +141,12 @@ def read_validated(path: Path) -> tuple[list[str], dict[str, float], list[Row], 
     their scores on the suite's validation seeds (the final ranking's own choice, made there by fitness)."""
     with RunStore.open(path, readonly=True) as store:
         suite = suite_of(store)
-        done = store.validations()
         tasks = [t.name for t in suite.tasks]
         weights = {t.name: t.weight for t in suite.tasks}
-        try:
-            reference = {t.name: done[f"baseline:{t.task.reference}"][t.name] for t in suite.tasks}
-        except KeyError:
-            return tasks, weights, [], []
-        losses, baselines = [], []
-        for label, raw in done.items():
-            _, summary = suite.fitness(raw, reference)
-            row = {"name": label, "key": label, "norm": {t: float(summary[t]["normalized"]) for t in tasks},
-                   "raw": {t: float(summary[t]["score"]) for t in tasks}}
-            if label.startswith("baseline:"):
-                baselines.append({**row, "name": label.removeprefix("baseline:")})
-            else:
-                formulas = {c.key: c.formula for c in store.candidates()}
-                losses.append({**row, "name": formulas.get(label, label)})
+        baselines, summaries = _baselines(suite, store.validations(), prefix="baseline:")
+        formulas = {c.key: c.formula for c in store.candidates()}
+    losses = [_row(formulas.get(label, label), label, summary, tasks) for label, summary in summaries.items()
+              if not label.startswith("baseline:")]
     return tasks, weights, losses, baselines
 
 
