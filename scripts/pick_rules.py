@@ -37,7 +37,8 @@ from lossforge.stats import mean_ci, paired_comparison
 Row = dict[str, Any]
 
 
-def _geomean(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float]) -> list[float]:
+def _geomean(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float],
+             bar: dict[str, float] | None = None) -> list[float]:
     out = []
     for r in rows:
         logs = [weights[t] * math.log(r["norm"][t]) if r["norm"][t] > 0 else -math.inf for t in tasks]
@@ -45,11 +46,13 @@ def _geomean(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float
     return out
 
 
-def _worst(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float]) -> list[float]:
+def _worst(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float],
+           bar: dict[str, float] | None = None) -> list[float]:
     return [min(r["norm"][t] for t in tasks) for r in rows]
 
 
-def _mean_rank(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float]) -> list[float]:
+def _mean_rank(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float],
+               bar: dict[str, float] | None = None) -> list[float]:
     """Weighted mean over tasks of each row's rank share among all rows (1 = best on that task)."""
     n = len(rows)
     total = [0.0] * n
@@ -61,13 +64,13 @@ def _mean_rank(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, flo
 
 
 def _regret(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float],
-            bar: dict[str, float] | None = None) -> list[float]:
+            bar: dict[str, float]) -> list[float]:
     """Worst task's normalised score minus the best baseline's on that task (the per-task bar)."""
-    assert bar is not None
     return [min(r["norm"][t] - bar[t] for t in tasks) for r in rows]
 
 
-def _geomean_minus_sd(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float]) -> list[float]:
+def _geomean_minus_sd(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float],
+                      bar: dict[str, float] | None = None) -> list[float]:
     out = []
     for r in rows:
         logs = [math.log(r["norm"][t]) if r["norm"][t] > 0 else -50.0 for t in tasks]
@@ -75,11 +78,13 @@ def _geomean_minus_sd(rows: Sequence[Row], tasks: Sequence[str], weights: dict[s
     return out
 
 
-def _median(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float]) -> list[float]:
+def _median(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float],
+            bar: dict[str, float] | None = None) -> list[float]:
     return [statistics.median(r["norm"][t] for t in tasks) for r in rows]
 
 
-def _drop_best(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float]) -> list[float]:
+def _drop_best(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, float],
+               bar: dict[str, float] | None = None) -> list[float]:
     """The geometric mean without each row's own best task: a loss must not win on one task alone."""
     out = []
     for r in rows:
@@ -88,6 +93,8 @@ def _drop_best(rows: Sequence[Row], tasks: Sequence[str], weights: dict[str, flo
     return out
 
 
+#: name -> rule(rows, tasks, weights, bar): one score per row, higher picks first; ``bar`` is the best
+#: baseline's normalised score per task (only the regret rule reads it).
 RULES: dict[str, Callable[..., list[float]]] = {
     "geomean": _geomean, "worst": _worst, "mean_rank": _mean_rank, "regret": _regret,
     "geomean_minus_sd": _geomean_minus_sd, "median": _median, "drop_best": _drop_best,
@@ -160,11 +167,10 @@ def leave_one_task_out(tasks: Sequence[str], weights: dict[str, float], losses: 
         for held in tasks:
             seen = [t for t in tasks if t != held]
             bar = {t: max(b["norm"][t] for b in baselines) for t in seen}
-            kwargs = {"bar": bar} if name == "regret" else {}
             pool = list(losses) + list(baselines)  # a search's ranking holds its seeded known losses too
-            scores = rule(pool, seen, weights, **kwargs)
+            scores = rule(pool, seen, weights, bar)
             pick = pool[max(range(len(pool)), key=lambda i: scores[i])]
-            shelf_scores = rule(baselines, seen, weights, **kwargs)
+            shelf_scores = rule(baselines, seen, weights, bar)
             shelf = baselines[max(range(len(baselines)), key=lambda i: shelf_scores[i])]
             best = max(b["raw"][held] for b in baselines)
             out[name][held] = {"vs_best": 100 * (pick["raw"][held] - best),
